@@ -1,0 +1,4 @@
+from service.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,40 @@
+"""Finding rule sets by trial name in the configured rules folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from service.errors import ConfigError
+from service.ruleset.loader import RuleSet, load_ruleset
+from service.settings import Settings
+
+RULE_SUFFIX = ".yaml"
+TEST_SUFFIX = ".tests.yaml"
+
+
+def available_trials(rules_dir: Path) -> list[str]:
+    if not rules_dir.is_dir():
+        return []
+    return sorted(
+        path.name.removesuffix(RULE_SUFFIX)
+        for path in rules_dir.glob(f"*{RULE_SUFFIX}")
+        if not path.name.endswith(TEST_SUFFIX)
+    )
+
+
+def rule_file(trial: str, settings: Settings) -> Path:
+    path = settings.rules_dir / f"{trial}{RULE_SUFFIX}"
+    if not path.is_file():
+        known = ", ".join(available_trials(settings.rules_dir)) or "none"
+        raise ConfigError(
+            f"unknown trial '{trial}': no {path.name} in {settings.rules_dir} (available: {known})"
+        )
+    return path
+
+
+def test_file(trial: str, settings: Settings) -> Path:
+    return settings.rules_dir / f"{trial}{TEST_SUFFIX}"
+
+
+def load_trial(trial: str, settings: Settings) -> RuleSet:
+    return load_ruleset(rule_file(trial, settings), settings.mappings_dir)

@@ -1,0 +1,308 @@
+"""The ``prescreen`` command line.
+
+Exit codes: 0 success; 1 finished, but some input lines or rule evaluations were unusable, or a
+rule test failed; 2 the job could not start (unknown trial, missing folder, invalid rule file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from service import catalog
+from service.errors import PrescreenError, RuleSetError
+from service.ruleset.engines import ENGINE_NAMES, EngineName
+from service.settings import Settings, get_settings
+
+EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
+SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
+DEMO_SAMPLE = "hospital"
+
+console = Console(stderr=True)
+stdout = Console()
+
+
+class RichProgress:
+    """Progress bars on stderr; the ProgressSink the screening run reports to."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+            transient=False,
+        )
+
+    def __enter__(self) -> RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._progress.stop()
+
+    def task(self, description: str, total: int) -> Callable[[int], None]:
+        task_id = self._progress.add_task(description, total=total)
+        return lambda done: self._progress.update(task_id, completed=done)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        key: value
+        for key, value in (
+            ("rules_dir", getattr(args, "rules_dir", None)),
+            ("mappings_dir", getattr(args, "mappings_dir", None)),
+            ("cel_engine", getattr(args, "engine", None)),
+        )
+        if value is not None
+    }
+    return get_settings().model_copy(update=overrides)
+
+
+def _as_of(text: str | None) -> date:
+    if text is None:
+        return datetime.now(UTC).date()
+    try:
+        return date.fromisoformat(text)
+    except ValueError as exc:
+        raise PrescreenError(f"--as-of must be a date as YYYY-MM-DD, not '{text}'") from exc
+
+
+# --- screen -----------------------------------------------------------------------------------
+
+
+def cmd_screen(args: argparse.Namespace) -> int:
+    from service.screening.run import screen_folder
+
+    settings = _settings(args)
+    ruleset = catalog.load_trial(args.trial, settings)
+    as_of = _as_of(args.as_of)
+    with RichProgress(enabled=not args.no_progress) as progress:
+        summary = screen_folder(
+            ruleset,
+            Path(args.source),
+            as_of,
+            Path(args.out),
+            engine=settings.cel_engine,
+            subject_identifier_system=settings.subject_identifier_system,
+            progress=progress,
+        )
+    _print_summary(summary)
+    return summary.exit_code
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    manifest_path = SAMPLES_DIR / DEMO_SAMPLE / "sample.json"
+    manifest = orjson.loads(manifest_path.read_bytes())
+    args.trial = manifest["trial"]
+    args.source = str(manifest_path.parent)
+    args.as_of = manifest["as_of"]
+    console.print(
+        f"Screening the shipped sample hospital ({manifest['patients']} synthetic patients) "
+        f"for [bold]{args.trial}[/] as of {args.as_of}"
+    )
+    return cmd_screen(args)
+
+
+def _print_summary(summary: object) -> None:
+    from service.screening.run import ScreeningSummary
+
+    assert isinstance(summary, ScreeningSummary)
+    table = Table(title=f"{summary.trial} pre-screening, as of {summary.as_of.isoformat()}")
+    table.add_column("verdict")
+    table.add_column("patients", justify="right")
+    for verdict in ("candidate", "potential-candidate", "ineligible"):
+        table.add_row(verdict, str(summary.verdicts.get(verdict, 0)))
+    table.add_row("[bold]total", f"[bold]{summary.patients}")
+    stdout.print(table)
+
+    criteria = Table(title="Most common reasons")
+    criteria.add_column("criterion")
+    criteria.add_column("unknown", justify="right")
+    criteria.add_column("excluding", justify="right")
+    names = [n for n, _ in summary.unknown.most_common()] + [
+        n for n, _ in summary.blocking.most_common() if n not in summary.unknown
+    ]
+    for name in names[:10]:
+        criteria.add_row(name, str(summary.unknown.get(name, 0)), str(summary.blocking.get(name, 0)))
+    stdout.print(criteria)
+
+    stats = summary.stats
+    stdout.print(
+        f"Read {stats.lines} lines in {stats.files} files: {stats.parsed} parsed, "
+        f"{stats.skipped_type} of unneeded types and {stats.skipped_prefilter} without a relevant "
+        f"code skipped unparsed; {summary.read_seconds:.2f}s reading, "
+        f"{summary.evaluate_seconds:.2f}s screening ({summary.engine})."
+    )
+    if summary.rule_errors:
+        stdout.print(f"[red]Rule errors:[/] {dict(summary.rule_errors)}")
+    if summary.issues.total:
+        stdout.print(
+            f"[yellow]{summary.issues.total} input problem(s)[/] {dict(summary.issues.counts)}; "
+            f"each with file and line in {summary.out / 'issues.ndjson'}. First ones:"
+        )
+        for issue in summary.issues.first[:10]:
+            stdout.print(escape(f"  {issue.file}:{issue.line}: {issue.kind}: {issue.message}"))
+    stdout.print(f"Wrote {summary.out}/verdicts.ndjson, ResearchStudy.ndjson, ResearchSubject.ndjson")
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def _trials(args: argparse.Namespace, settings: Settings) -> list[str]:
+    trials = args.trial or catalog.available_trials(settings.rules_dir)
+    if not trials:
+        raise PrescreenError(f"no rule sets in {settings.rules_dir}")
+    return list(trials)
+
+
+def cmd_rules_check(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    failed = False
+    for trial in _trials(args, settings):
+        try:
+            ruleset = catalog.load_trial(trial, settings)
+        except RuleSetError as exc:
+            failed = True
+            for problem in exc.problems:
+                stdout.print(f"[red]✗[/] {escape(problem)}")
+            continue
+        stdout.print(
+            f"[green]✓[/] {trial} {ruleset.version}: {len(ruleset.criteria)} criteria, "
+            f"{len(ruleset.derived)} derived values, mapping {ruleset.mapper.id} "
+            f"{ruleset.mapper.version} ({len(ruleset.mapper.valuesets)} value sets); "
+            f"compiled on {', '.join(ENGINE_NAMES)}"
+        )
+    return EXIT_UNUSABLE if failed else EXIT_OK
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    from service.ruleset.testing import run_rule_tests
+
+    settings = _settings(args)
+    engines: tuple[EngineName, ...] = tuple(args.engines) if args.engines else ENGINE_NAMES
+    ok = True
+    for trial in _trials(args, settings):
+        ruleset = catalog.load_trial(trial, settings)
+        report = run_rule_tests(ruleset, catalog.test_file(trial, settings), engines)
+        for failure in report.failures:
+            stdout.print(f"[red]FAIL[/] {trial}/{failure.test_id}: {escape(failure.message)}")
+        for failure in report.disagreements:
+            stdout.print(
+                f"[red]ENGINES DISAGREE[/] {trial}/{failure.test_id}: {escape(failure.message)}"
+            )
+        for missing in report.uncovered:
+            stdout.print(f"[yellow]NOT COVERED[/] {trial}: {missing}")
+        status = "[green]passed[/]" if report.ok else "[red]failed[/]"
+        stdout.print(
+            f"{trial}: {report.tests} tests on {', '.join(report.engines)}: {status}; "
+            f"{len(report.failures)} failures, {len(report.disagreements)} disagreements, "
+            f"{len(report.uncovered)} uncovered results"
+        )
+        ok = ok and report.ok
+    return EXIT_OK if ok else EXIT_PARTIAL
+
+
+# --- synth ------------------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from service.synth import write_population
+
+    as_of = _as_of(args.as_of)
+    counts = write_population(Path(args.out), args.patients, args.seed, as_of)
+    stdout.print(
+        f"Wrote {args.patients} patients ({sum(counts.values())} resources) to {args.out}: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    )
+    return EXIT_OK
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prescreen", description="FHIR clinical-trial eligibility pre-screening."
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--rules-dir", type=Path, help="rule sets folder (PRESCREEN_RULES_DIR)")
+    common.add_argument(
+        "--mappings-dir", type=Path, help="mappings folder (PRESCREEN_MAPPINGS_DIR)"
+    )
+    common.add_argument(
+        "--engine", choices=ENGINE_NAMES, help="CEL engine (PRESCREEN_CEL_ENGINE, default cel)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    screen = sub.add_parser("screen", parents=[common], help="screen a Bulk-Data NDJSON folder")
+    screen.add_argument("--trial", required=True, help="rule set name, e.g. relieve")
+    screen.add_argument("--source", required=True, help="folder of <ResourceType>.ndjson files")
+    screen.add_argument("--as-of", help="reference date YYYY-MM-DD (default: today, UTC)")
+    screen.add_argument("--out", required=True, help="output folder")
+    screen.add_argument("--no-progress", action="store_true", help="no progress bars")
+    screen.set_defaults(func=cmd_screen)
+
+    demo = sub.add_parser(
+        "demo", parents=[common], help="screen the sample hospital shipped in the repository"
+    )
+    demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+    rules = sub.add_parser("rules", help="validate and test rule sets")
+    rules_sub = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_sub.add_parser("check", parents=[common], help="validate rule sets")
+    check.add_argument("--trial", action="append", help="rule set (repeatable; default all)")
+    check.set_defaults(func=cmd_rules_check)
+    test = rules_sub.add_parser("test", parents=[common], help="run rule tests on the engines")
+    test.add_argument("--trial", action="append", help="rule set (repeatable; default all)")
+    test.add_argument(
+        "--engines", nargs="+", choices=ENGINE_NAMES, help="engines to run (default: all)"
+    )
+    test.set_defaults(func=cmd_rules_test)
+
+    synth = sub.add_parser("synth", help="generate a synthetic hospital as Bulk-Data NDJSON")
+    synth.add_argument("--patients", type=int, required=True, help="number of patients")
+    synth.add_argument("--seed", type=int, default=1, help="random seed (same seed, same data)")
+    synth.add_argument("--as-of", help="the date the data is generated around (default today)")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except RuleSetError as exc:
+        for problem in exc.problems:
+            console.print(f"[red]error:[/] {escape(problem)}", highlight=False)
+        return EXIT_UNUSABLE
+    except PrescreenError as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_UNUSABLE
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""A small, FHIRPath-like path language for reading only what a fact needs.
+
+Grammar (written in mapping files):
+
+    path        := alternative ( "|" alternative )*
+    alternative := step ( "." step )*
+    step        := name [ "[" subpath " in " valueset-id "]" ]
+
+Steps walk into JSON objects and flatten lists, as FHIRPath does. A bracket keeps only the list
+elements whose ``subpath`` holds a coding in the value set, for example
+``component[code in relieve-pain-type-component].valueCodeableConcept``. Alternatives are tried
+in order and the first that yields anything wins, which is how FHIR choice types
+(``effectiveDateTime | effectivePeriod.end``) are read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.errors import ConfigError
+from service.terminology import ValueSet
+
+_STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    name: str
+    filter_path: tuple[str, ...] | None
+    filter_valueset: ValueSet | None
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """A compiled path; ``values(resource)`` returns every value it reaches."""
+
+    source: str
+    alternatives: tuple[tuple[_Step, ...], ...]
+
+    def values(self, resource: Any) -> list[Any]:
+        for steps in self.alternatives:
+            found = _walk([resource], steps)
+            if found:
+                return found
+        return []
+
+    def first(self, resource: Any) -> Any:
+        found = self.values(resource)
+        return found[0] if found else None
+
+
+def _children(items: list[Any], name: str) -> list[Any]:
+    out: list[Any] = []
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        child = item.get(name)
+        if child is None:
+            continue
+        if isinstance(child, list):
+            out.extend(element for element in child if element is not None)
+        else:
+            out.append(child)
+    return out
+
+
+def _walk(items: list[Any], steps: tuple[_Step, ...]) -> list[Any]:
+    for step in steps:
+        items = _children(items, step.name)
+        if step.filter_path is not None and step.filter_valueset is not None:
+            valueset, sub = step.filter_valueset, step.filter_path
+            items = [
+                item
+                for item in items
+                if any(valueset.matches_concept(v) for v in _walk_names([item], sub))
+            ]
+        if not items:
+            return []
+    return items
+
+
+def _walk_names(items: list[Any], names: tuple[str, ...]) -> list[Any]:
+    for name in names:
+        items = _children(items, name)
+    return items
+
+
+def compile_path(source: str, valuesets: Mapping[str, ValueSet], where: str) -> Path:
+    """Parse a path; ``where`` names the file and field for error messages."""
+    alternatives: list[tuple[_Step, ...]] = []
+    for alternative in source.split("|"):
+        steps: list[_Step] = []
+        for raw in _split_steps(alternative.strip()):
+            match = _STEP.match(raw)
+            if match is None:
+                raise ConfigError(f"{where}: cannot read path step '{raw}' in '{source}'")
+            name, sub, vs_id = match.groups()
+            valueset = None
+            if vs_id is not None:
+                valueset = valuesets.get(vs_id)
+                if valueset is None:
+                    raise ConfigError(f"{where}: path '{source}' names unknown value set '{vs_id}'")
+            steps.append(_Step(name, tuple(sub.split(".")) if sub else None, valueset))
+        if not steps:
+            raise ConfigError(f"{where}: empty path alternative in '{source}'")
+        alternatives.append(tuple(steps))
+    return Path(source, tuple(alternatives))
+
+
+def _split_steps(text: str) -> list[str]:
+    """Split on dots that are not inside a bracket filter."""
+    steps, depth, current = [], 0, []
+    for char in text:
+        if char == "[":
+            depth += 1
+        elif char == "]":
+            depth -= 1
+        if char == "." and depth == 0:
+            steps.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    steps.append("".join(current))
+    return [step.strip() for step in steps if step.strip()] if text else []

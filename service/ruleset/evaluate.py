@@ -1,0 +1,160 @@
+"""Evaluating a rule set for one patient: facts in, explained three-valued results out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, Literal
+
+from service.ruleset.engines import CelEvaluationError, EngineName
+from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
+from service.ruleset.model import Kind, Result
+
+Verdict = Literal["candidate", "potential-candidate", "ineligible"]
+VERDICTS: tuple[Verdict, ...] = ("candidate", "potential-candidate", "ineligible")
+
+
+@dataclass(frozen=True, slots=True)
+class CriterionResult:
+    id: str
+    kind: Kind
+    result: Result
+    evidence: tuple[str, ...]
+    reason: str
+    manual: bool = False
+    error: bool = False
+
+    def as_contract(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "result": self.result,
+            "evidence": list(self.evidence),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PatientVerdict:
+    patient_id: str
+    verdict: Verdict
+    criteria: tuple[CriterionResult, ...]
+
+    def as_contract(self, ruleset: RuleSet, as_of: date) -> dict[str, Any]:
+        """The output contract of relieve-criteria-spec.md, one verdicts.ndjson line."""
+        return {
+            "patient": f"Patient/{self.patient_id}",
+            "trial": ruleset.id,
+            "as_of": as_of.isoformat(),
+            "verdict": self.verdict,
+            "criteria": {c.id: c.as_contract() for c in self.criteria},
+            "ruleset": {"id": ruleset.id, "version": ruleset.version},
+        }
+
+
+def decide(criteria: tuple[CriterionResult, ...]) -> Verdict:
+    """Inclusion not met or exclusion met: ineligible; any decidable unknown: potential."""
+    for c in criteria:
+        if (c.kind == "inclusion" and c.result == "not_met") or (
+            c.kind == "exclusion" and c.result == "met"
+        ):
+            return "ineligible"
+    if any(c.result == "unknown" and not c.manual for c in criteria):
+        return "potential-candidate"
+    return "candidate"
+
+
+def build_variables(ruleset: RuleSet, facts: dict[str, Any], as_of: date) -> dict[str, Any]:
+    """The CEL activation: facts at top level, plus params, windows and as_of."""
+    return {
+        **facts,
+        "params": ruleset.parameters,
+        "windows": ruleset.window_starts(as_of),
+        "as_of": as_of.isoformat(),
+    }
+
+
+def format_value(value: Any) -> str:
+    """Numbers without spurious decimals, lists joined: text a coordinator reads."""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))
+        return f"{value:.2f}".rstrip("0").rstrip(".")
+    if isinstance(value, list | tuple):
+        if not value:
+            return "none"
+        # A list of lists reads as "a 7, b 5": each inner list is one item.
+        return ", ".join(
+            " ".join(format_value(part) for part in v) if isinstance(v, list | tuple)
+            else format_value(v)
+            for v in value
+        )
+    return str(value)
+
+
+def render_reason(template: str, names: dict[str, Any]) -> str:
+    return PLACEHOLDER.sub(lambda m: format_value(names.get(m.group(1), m.group(0))), template)
+
+
+class Evaluator:
+    """Evaluates one rule set on one engine; programs were compiled when the rules loaded."""
+
+    def __init__(self, ruleset: RuleSet, engine: EngineName = "cel") -> None:
+        self.ruleset = ruleset
+        self.compiled = ruleset.compiled(engine)
+        self.engine = self.compiled.engine
+        self._template_cache: dict[date, dict[str, Any]] = {}
+
+    def _template_names(self, as_of: date) -> dict[str, Any]:
+        names = self._template_cache.get(as_of)
+        if names is None:
+            names = {
+                **self.ruleset.parameters,
+                "as_of": as_of.isoformat(),
+                **{f"{w}_start": d for w, d in self.ruleset.window_starts(as_of).items()},
+            }
+            self._template_cache[as_of] = names
+        return names
+
+    def evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
+        activation = self.engine.activation(build_variables(self.ruleset, facts, as_of))
+        failed_derived: str | None = None
+        for name, program in self.compiled.derived:
+            try:
+                activation.bind(name, program.run(activation))
+            except CelEvaluationError:
+                failed_derived = name
+                break
+        names = self._template_names(as_of)
+        results = tuple(
+            self._criterion(criterion, activation, names, failed_derived)
+            for criterion in self.ruleset.criteria
+        )
+        return PatientVerdict(patient_id, decide(results), results)
+
+    def _criterion(
+        self, criterion: Criterion, activation: Any, names: dict[str, Any], failed: str | None
+    ) -> CriterionResult:
+        if criterion.manual:
+            return CriterionResult(
+                criterion.id, criterion.kind, "unknown", (), criterion.manual_reason, manual=True
+            )
+        try:
+            if failed is not None:
+                raise CelEvaluationError(f"derived value '{failed}' failed")
+            chosen = self.engine.to_python(self.compiled.criteria[criterion.id].run(activation))
+            outcome = criterion.outcomes[int(chosen["case"])]
+            evidence = tuple(sorted({str(ref) for ref in chosen["evidence"]}))
+            reason = render_reason(outcome.reason, {**names, **chosen["args"]})
+        except (CelEvaluationError, KeyError, TypeError, ValueError, IndexError):
+            # No engine message in the reason: it could quote patient data.
+            return CriterionResult(
+                criterion.id,
+                criterion.kind,
+                "unknown",
+                (),
+                "could not be evaluated (rule error); needs review",
+                error=True,
+            )
+        return CriterionResult(criterion.id, criterion.kind, outcome.result, evidence, reason)

@@ -1,0 +1,318 @@
+"""Loading a rule set: parse, validate every criterion, compile each CEL program once per engine.
+
+Every problem found is collected and reported together, each naming the file, the criterion (or
+parameter) and what is wrong, so an author fixes a file in one pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from service.errors import ConfigError, RuleSetError
+from service.mapping.mapper import Mapper, load_mapping
+from service.ruleset.engines import (
+    ENGINE_NAMES,
+    CelEvaluationError,
+    CelSyntaxError,
+    Engine,
+    EngineName,
+    Program,
+    make_engine,
+    referenced_names,
+)
+from service.ruleset.model import CriterionDoc, Kind, Result, RuleSetDoc, TrialDoc
+
+BUILTIN_NAMES = frozenset({"params", "windows", "as_of"})
+_PARAM_REF = re.compile(r"\bparams\s*\.\s*([A-Za-z_]\w*)")
+_WINDOW_REF = re.compile(r"\bwindows\s*\.\s*([A-Za-z_]\w*)")
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    result: Result
+    reason: str
+    is_missing_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Criterion:
+    id: str
+    kind: Kind
+    text: str
+    manual: bool
+    manual_reason: str
+    outcomes: tuple[Outcome, ...]
+    source: str  # one CEL expression choosing the outcome; empty for manual criteria
+
+    @property
+    def possible_results(self) -> frozenset[Result]:
+        if self.manual:
+            return frozenset({"unknown"})
+        return frozenset(outcome.result for outcome in self.outcomes)
+
+
+@dataclass(frozen=True)
+class CompiledRules:
+    """The programs of a rule set for one engine."""
+
+    engine: Engine
+    derived: tuple[tuple[str, Program], ...]
+    criteria: dict[str, Program]
+
+
+@dataclass(frozen=True)
+class RuleSet:
+    id: str
+    version: str
+    path: Path
+    trial: TrialDoc
+    mapper: Mapper
+    parameters: dict[str, Any]
+    windows: dict[str, float]
+    derived: tuple[tuple[str, str], ...]
+    criteria: tuple[Criterion, ...]
+    _compiled: dict[str, CompiledRules] = field(default_factory=dict, repr=False)
+
+    def compiled(self, engine: EngineName) -> CompiledRules:
+        return self._compiled[engine]
+
+    def template_names(self) -> set[str]:
+        return {"as_of", *self.parameters, *(f"{name}_start" for name in self.windows)}
+
+    def window_starts(self, as_of: date) -> dict[str, str]:
+        from datetime import timedelta
+
+        return {
+            name: (as_of - timedelta(days=int(days))).isoformat()
+            for name, days in self.windows.items()
+        }
+
+
+def _criterion_source(doc: CriterionDoc) -> tuple[str, tuple[Outcome, ...]]:
+    """Fold missing / cases / otherwise into one CEL ternary chain returning the chosen case."""
+    branches: list[tuple[str | None, str, dict[str, str], Outcome]] = []
+    if doc.missing is not None:
+        m = doc.missing
+        branches.append((m.if_, m.evidence, m.args, Outcome(m.result, m.reason, True)))
+    for case in doc.cases:
+        branches.append((case.if_, case.evidence, case.args, Outcome(case.result, case.reason, False)))
+    assert doc.otherwise is not None
+    o = doc.otherwise
+    branches.append((None, o.evidence, o.args, Outcome(o.result, o.reason, False)))
+
+    def payload(index: int, evidence: str, args: dict[str, str]) -> str:
+        arg_items = ", ".join(f'"{name}": ({expr})' for name, expr in args.items())
+        return f'{{"case": {index}, "evidence": ({evidence}), "args": {{{arg_items}}}}}'
+
+    source = payload(len(branches) - 1, branches[-1][1], branches[-1][2])
+    for index in range(len(branches) - 2, -1, -1):
+        condition, evidence, args, _ = branches[index]
+        source = f"({condition}) ? {payload(index, evidence, args)} : ({source})"
+    return source, tuple(branch[3] for branch in branches)
+
+
+def _expressions(doc: CriterionDoc) -> Iterator[tuple[str, str]]:
+    """(label, CEL source) for every expression of a criterion, for precise error messages."""
+    named = [("missing", doc.missing)] if doc.missing else []
+    named += [(f"case {i + 1}", case) for i, case in enumerate(doc.cases)]
+    for label, case in named:
+        assert case is not None
+        yield f"{label} 'if'", case.if_
+        yield f"{label} 'evidence'", case.evidence
+        for arg, expr in case.args.items():
+            yield f"{label} arg '{arg}'", expr
+    if doc.otherwise is not None:
+        yield "otherwise 'evidence'", doc.otherwise.evidence
+        for arg, expr in doc.otherwise.args.items():
+            yield f"otherwise arg '{arg}'", expr
+
+
+def _reasons(doc: CriterionDoc) -> Iterator[tuple[str, str, set[str]]]:
+    named = [("missing", doc.missing)] if doc.missing else []
+    named += [(f"case {i + 1}", case) for i, case in enumerate(doc.cases)]
+    for label, case in named:
+        assert case is not None
+        yield label, case.reason, set(case.args)
+    if doc.otherwise is not None:
+        yield "otherwise", doc.otherwise.reason, set(doc.otherwise.args)
+
+
+class _Checker:
+    """Collects problems with the rule file, each prefixed by file and location."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[str] = []
+
+    def add(self, where: str, problem: str) -> None:
+        self.problems.append(f"{self.path}: {where}: {problem}")
+
+    def expression(
+        self, where: str, source: str, known: set[str], params: dict[str, Any], windows: set[str]
+    ) -> None:
+        try:
+            names = referenced_names(source)
+        except CelSyntaxError as exc:
+            self.add(where, f"CEL syntax error: {exc}")
+            return
+        for name in sorted(names - known):
+            self.add(where, f"unknown name '{name}' (not a fact, derived value or built-in)")
+        for name in _PARAM_REF.findall(source):
+            if name not in params:
+                self.add(where, f"unknown parameter 'params.{name}'")
+        for name in _WINDOW_REF.findall(source):
+            if name not in windows:
+                self.add(where, f"unknown window 'windows.{name}' (a parameter with window: true)")
+
+
+def read_ruleset_doc(path: Path) -> RuleSetDoc:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: rule file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return RuleSetDoc.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = list(err["loc"])
+            where = ".".join(str(p) for p in loc)
+            if len(loc) >= 2 and loc[0] == "criteria" and isinstance(raw, dict):
+                try:
+                    where = f"criterion '{raw['criteria'][loc[1]]['id']}' ({where})"
+                except (KeyError, IndexError, TypeError):
+                    pass
+            problems.append(f"{path}: {where}: {err['msg']}")
+        raise RuleSetError(problems) from exc
+
+
+def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
+    doc = read_ruleset_doc(path)
+    mapper = load_mapping(mappings_dir / f"{doc.mapping}.yaml")
+    check = _Checker(path)
+
+    parameters: dict[str, Any] = {
+        name: float(p.value) if isinstance(p.value, int | float) else p.value
+        for name, p in doc.parameters.items()
+    }
+    windows = {name: float(p.value) for name, p in doc.parameters.items() if p.window}
+
+    seen: set[str] = set()
+    for criterion in doc.criteria:
+        if criterion.id in seen:
+            check.add(f"criterion '{criterion.id}'", "duplicate criterion id")
+        seen.add(criterion.id)
+
+    fact_names = set(mapper.facts)
+    known = fact_names | BUILTIN_NAMES
+    for name, source in doc.derived.items():
+        if name in known:
+            check.add(f"derived '{name}'", "name already used by a fact, built-in or derived value")
+        check.expression(f"derived '{name}'", source, known, parameters, set(windows))
+        known = known | {name}
+
+    template_names = {"as_of", *parameters, *(f"{w}_start" for w in windows)}
+    criteria: list[Criterion] = []
+    for criterion in doc.criteria:
+        where = f"criterion '{criterion.id}'"
+        for label, source in _expressions(criterion):
+            check.expression(f"{where} {label}", source, known, parameters, set(windows))
+        for label, reason, args in _reasons(criterion):
+            for placeholder in PLACEHOLDER.findall(reason):
+                if placeholder not in args | template_names:
+                    check.add(
+                        f"{where} {label} reason",
+                        f"unknown placeholder '{{{placeholder}}}' (not an arg, parameter, "
+                        "window start or as_of)",
+                    )
+        if criterion.manual:
+            criteria.append(
+                Criterion(criterion.id, criterion.kind, criterion.text, True, criterion.reason, (), "")
+            )
+        else:
+            source, outcomes = _criterion_source(criterion)
+            criteria.append(
+                Criterion(
+                    criterion.id, criterion.kind, criterion.text, False, "", outcomes, source
+                )
+            )
+    if check.problems:
+        raise RuleSetError(check.problems)
+
+    ruleset = RuleSet(
+        id=doc.id,
+        version=doc.version,
+        path=path,
+        trial=doc.trial,
+        mapper=mapper,
+        parameters=parameters,
+        windows=windows,
+        derived=tuple(doc.derived.items()),
+        criteria=tuple(criteria),
+    )
+    for engine_name in ENGINE_NAMES:
+        ruleset._compiled[engine_name] = _compile(ruleset, make_engine(engine_name), check)
+    if check.problems:
+        raise RuleSetError(check.problems)
+    _dry_run(ruleset, check)
+    if check.problems:
+        raise RuleSetError(check.problems)
+    return ruleset
+
+
+def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules:
+    derived: list[tuple[str, Program]] = []
+    programs: dict[str, Program] = {}
+    for name, source in ruleset.derived:
+        try:
+            derived.append((name, engine.compile(source)))
+        except CelSyntaxError as exc:
+            check.add(f"derived '{name}'", f"{engine.name} cannot compile it: {exc}")
+    for criterion in ruleset.criteria:
+        if criterion.manual:
+            continue
+        try:
+            programs[criterion.id] = engine.compile(criterion.source)
+        except CelSyntaxError as exc:
+            check.add(f"criterion '{criterion.id}'", f"{engine.name} cannot compile it: {exc}")
+    return CompiledRules(engine, tuple(derived), programs)
+
+
+def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
+    """Run every program on a patient with one default record per fact, on both engines.
+
+    This catches what static checks cannot: a misspelt record field, a type mismatch such as
+    an int compared with a double (celpy refuses it), a derived value used the wrong way.
+    """
+    from service.ruleset.evaluate import build_variables
+
+    sample = ruleset.mapper.schema_sample()
+    variables = build_variables(ruleset, sample, date(2000, 1, 1))
+    for engine_name in ENGINE_NAMES:
+        compiled = ruleset.compiled(engine_name)
+        activation = compiled.engine.activation(variables)
+        for name, program in compiled.derived:
+            try:
+                activation.bind(name, program.run(activation))
+            except CelEvaluationError as exc:
+                check.add(f"derived '{name}'", f"fails on a sample patient ({engine_name}): {exc}")
+                return
+        for criterion_id, program in compiled.criteria.items():
+            try:
+                program.run(activation)
+            except CelEvaluationError as exc:
+                check.add(
+                    f"criterion '{criterion_id}'",
+                    f"fails on a sample patient ({engine_name}): {exc}",
+                )

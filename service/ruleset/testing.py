@@ -1,0 +1,223 @@
+"""Rule tests as data: synthetic patients with expected results, run on both CEL engines.
+
+A test file (``rules/<trial>.tests.yaml``) names base patients (lists of FHIR resources) and
+tests that start from a base, add or replace resources, remove some, and state the expected
+verdict and per-criterion results. Each test runs through the real mapper and on every engine;
+the engines must agree on every result, piece of evidence and reason. Coverage is checked: every
+result each criterion can give, and every verdict, must be asserted by some test.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ConfigError
+from service.ruleset.engines import ENGINE_NAMES, EngineName
+from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict, Verdict
+from service.ruleset.loader import RuleSet
+from service.ruleset.model import Result
+from service.screening.source import Collector, InputIssue, IssueLog
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpectedCriterion(_Strict):
+    result: Result
+    evidence: list[str] | None = None
+    reason_contains: str | None = None
+
+
+class Expectation(_Strict):
+    verdict: Verdict
+    criteria: dict[str, ExpectedCriterion] = {}
+    input_issues: list[str] = Field(default=[], description="issue kinds the input must raise")
+
+    @field_validator("criteria", mode="before")
+    @classmethod
+    def _short_form(cls, value: Any) -> Any:
+        # "alive: met" is shorthand for "alive: {result: met}".
+        if isinstance(value, dict):
+            return {k: {"result": v} if isinstance(v, str) else v for k, v in value.items()}
+        return value
+
+
+class RuleTest(_Strict):
+    id: str
+    description: str = ""
+    base: str | None = None
+    as_of: date | None = None
+    add: list[dict[str, Any]] = []
+    remove: list[str] = []
+    expect: Expectation
+
+
+class RuleTestFile(_Strict):
+    ruleset: str
+    as_of: date
+    bases: dict[str, list[dict[str, Any]]] = {}
+    tests: list[RuleTest] = Field(min_length=1)
+
+
+@dataclass
+class RuleTestFailure:
+    test_id: str
+    message: str
+
+
+@dataclass
+class RuleTestReport:
+    ruleset: str
+    tests: int = 0
+    engines: tuple[EngineName, ...] = ENGINE_NAMES
+    failures: list[RuleTestFailure] = field(default_factory=list)
+    disagreements: list[RuleTestFailure] = field(default_factory=list)
+    uncovered: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failures or self.disagreements or self.uncovered)
+
+
+def read_test_file(path: Path) -> RuleTestFile:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: rule test file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    try:
+        return RuleTestFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
+
+
+def _key(resource: dict[str, Any]) -> str:
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def patient_resources(suite: RuleTestFile, test: RuleTest) -> list[dict[str, Any]]:
+    """The resources of one test patient: its base, with additions and removals applied."""
+    if test.base is not None and test.base not in suite.bases:
+        raise ConfigError(f"test '{test.id}': unknown base '{test.base}'")
+    resources = {_key(r): copy.deepcopy(r) for r in suite.bases.get(test.base or "", [])}
+    for ref in test.remove:
+        if ref not in resources:
+            raise ConfigError(f"test '{test.id}': cannot remove {ref}, the base has no such resource")
+        del resources[ref]
+    for resource in test.add:
+        resources[_key(resource)] = copy.deepcopy(resource)
+    return list(resources.values())
+
+
+def evaluate_resources(
+    ruleset: RuleSet, evaluator: Evaluator, resources: list[dict[str, Any]], as_of: date
+) -> tuple[list[PatientVerdict], list[InputIssue]]:
+    """Map and evaluate in-memory resources exactly as the offline runner does."""
+    captured: list[InputIssue] = []
+    collector = Collector(ruleset.mapper, as_of, IssueLog(sink=captured.append))
+    for line, resource in enumerate(resources, 1):
+        collector.add_resource(resource, "<test>", line)
+    verdicts = [
+        evaluator.evaluate(pid, facts, as_of) for pid, _p, facts in collector.screened_patients()
+    ]
+    return verdicts, captured
+
+
+def run_rule_tests(
+    ruleset: RuleSet, path: Path, engines: tuple[EngineName, ...] = ENGINE_NAMES
+) -> RuleTestReport:
+    suite = read_test_file(path)
+    if suite.ruleset != ruleset.id:
+        raise ConfigError(f"{path}: tests are for '{suite.ruleset}', not '{ruleset.id}'")
+    report = RuleTestReport(ruleset.id, engines=engines)
+    evaluators = {name: Evaluator(ruleset, name) for name in engines}
+    criteria = {c.id: c for c in ruleset.criteria}
+    covered: set[tuple[str, str]] = set()
+    verdicts_seen: set[str] = set()
+
+    seen_ids: set[str] = set()
+    for test in suite.tests:
+        if test.id in seen_ids:
+            raise ConfigError(f"{path}: duplicate test id '{test.id}'")
+        seen_ids.add(test.id)
+        for criterion_id in test.expect.criteria:
+            if criterion_id not in criteria:
+                raise ConfigError(f"{path}: test '{test.id}' names unknown criterion '{criterion_id}'")
+        report.tests += 1
+        as_of = test.as_of or suite.as_of
+        resources = patient_resources(suite, test)
+        outputs: dict[str, dict[str, Any]] = {}
+        for engine_name, evaluator in evaluators.items():
+            verdicts, issues = evaluate_resources(ruleset, evaluator, resources, as_of)
+            if len(verdicts) != 1:
+                report.failures.append(
+                    RuleTestFailure(test.id, f"expected one patient, mapped {len(verdicts)}")
+                )
+                break
+            verdict = verdicts[0]
+            outputs[engine_name] = verdict.as_contract(ruleset, as_of)
+            problems = _compare(test.expect, verdict, [i.kind for i in issues])
+            report.failures.extend(
+                RuleTestFailure(test.id, f"[{engine_name}] {problem}") for problem in problems
+            )
+            if not problems:
+                verdicts_seen.add(verdict.verdict)
+                covered.update((cid, exp.result) for cid, exp in test.expect.criteria.items())
+        distinct = {repr(sorted(o.items())) for o in outputs.values()}
+        if len(distinct) > 1:
+            report.disagreements.append(RuleTestFailure(test.id, _difference(outputs)))
+
+    for criterion in ruleset.criteria:
+        for result in sorted(criterion.possible_results):
+            if (criterion.id, result) not in covered:
+                report.uncovered.append(f"criterion '{criterion.id}' result '{result}'")
+    report.uncovered.extend(f"verdict '{v}'" for v in VERDICTS if v not in verdicts_seen)
+    return report
+
+
+def _compare(expect: Expectation, verdict: PatientVerdict, issue_kinds: list[str]) -> list[str]:
+    problems: list[str] = []
+    if verdict.verdict != expect.verdict:
+        problems.append(f"verdict {verdict.verdict}, expected {expect.verdict}")
+    results = {c.id: c for c in verdict.criteria}
+    for criterion_id, expected in expect.criteria.items():
+        actual = results[criterion_id]
+        if actual.result != expected.result:
+            problems.append(
+                f"{criterion_id}: {actual.result} ({actual.reason}), expected {expected.result}"
+            )
+        if expected.evidence is not None and sorted(expected.evidence) != list(actual.evidence):
+            problems.append(
+                f"{criterion_id}: evidence {list(actual.evidence)}, expected {sorted(expected.evidence)}"
+            )
+        if expected.reason_contains and expected.reason_contains not in actual.reason:
+            problems.append(
+                f"{criterion_id}: reason '{actual.reason}' lacks '{expected.reason_contains}'"
+            )
+    if sorted(issue_kinds) != sorted(expect.input_issues):
+        problems.append(f"input issues {sorted(issue_kinds)}, expected {sorted(expect.input_issues)}")
+    return problems
+
+
+def _difference(outputs: dict[str, dict[str, Any]]) -> str:
+    names = list(outputs)
+    first, other = outputs[names[0]], outputs[names[1]]
+    if first["verdict"] != other["verdict"]:
+        return f"verdict: {names[0]}={first['verdict']} {names[1]}={other['verdict']}"
+    for cid, result in first["criteria"].items():
+        if result != other["criteria"].get(cid):
+            return f"{cid}: {names[0]}={result} {names[1]}={other['criteria'].get(cid)}"
+    return "outputs differ"
+

@@ -1,0 +1,234 @@
+"""Reading Bulk-Data NDJSON folders: only what the mapping needs is parsed in full.
+
+Lines of resource types the mapping does not read are counted and skipped without parsing.
+Lines of wanted types that mention none of the mapping's codes are skipped after a cheap shape
+check (an Observation of blood pressure cannot be a pain score). Everything else is parsed with
+orjson and handed to the mapper. Bad lines are reported with file and line and never stop a run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from service.errors import SourceError
+from service.mapping.mapper import Mapper, Record, ResourceRejected
+
+_NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
+
+
+@lru_cache(maxsize=512)
+def is_fhir_resource_type(name: str) -> bool:
+    """A resource type of FHIR R4 (the R4B models have the same set for our purposes)."""
+    from fhir.resources.R4B import get_fhir_model_class
+    from fhir.resources.R4B.resource import Resource
+
+    try:
+        return issubclass(get_fhir_model_class(name), Resource)
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class InputIssue:
+    """A problem with one line of input. It never quotes the line: that could be PHI."""
+
+    file: str
+    line: int
+    kind: str
+    message: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "kind": self.kind, "message": self.message}
+
+
+@dataclass
+class IssueLog:
+    """Counts issues by kind, keeps the first few for the console, streams all to a sink."""
+
+    sink: Callable[[InputIssue], None] | None = None
+    keep: int = 20
+    counts: Counter[str] = field(default_factory=Counter)
+    first: list[InputIssue] = field(default_factory=list)
+
+    def add(self, issue: InputIssue) -> None:
+        self.counts[issue.kind] += 1
+        if len(self.first) < self.keep:
+            self.first.append(issue)
+        if self.sink is not None:
+            self.sink(issue)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    lines: int = 0
+    parsed: int = 0
+    skipped_type: int = 0
+    skipped_prefilter: int = 0
+    records: int = 0
+
+
+@dataclass
+class PatientData:
+    """What the mapper kept for one patient: the Patient record and fact records by ref."""
+
+    patient: Record | None = None
+    facts: dict[str, dict[str, Record]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NdjsonFile:
+    path: Path
+    resource_type: str
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def discover(folder: Path) -> list[NdjsonFile]:
+    """``<Type>.ndjson``, ``<Type>.<n>.ndjson`` (optionally gzipped), in a stable order."""
+    if not folder.exists():
+        raise SourceError(f"source folder {folder} does not exist")
+    if not folder.is_dir():
+        raise SourceError(f"source {folder} is not a folder")
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _NDJSON_NAME.match(path.name)
+        if match and path.is_file():
+            found.append(NdjsonFile(path, match.group(1)))
+    if not found:
+        raise SourceError(f"source folder {folder} has no <ResourceType>.ndjson files")
+    return found
+
+
+def _open(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+
+
+class Collector:
+    """Feeds parsed resources through the mapper and groups the records by patient."""
+
+    def __init__(self, mapper: Mapper, as_of: date, issues: IssueLog) -> None:
+        self.mapper = mapper
+        self.as_of = as_of
+        self.issues = issues
+        self.patients: dict[str, PatientData] = {}
+        self.stats = ReadStats()
+
+    def add_resource(self, resource: Any, where: str, line: int) -> None:
+        if not isinstance(resource, dict):
+            self.issues.add(InputIssue(where, line, "not-a-resource", "line is not a JSON object"))
+            return
+        resource_type = resource.get("resourceType")
+        if not isinstance(resource_type, str) or not resource_type:
+            self.issues.add(InputIssue(where, line, "no-resource-type", "resourceType is missing"))
+            return
+        if resource_type not in self.mapper.resource_types:
+            if not is_fhir_resource_type(resource_type):
+                self.issues.add(
+                    InputIssue(where, line, "unknown-resource-type", "not a FHIR R4 resource type")
+                )
+            return
+        try:
+            mapped = self.mapper.map_resource(resource, self.as_of)
+        except ResourceRejected as exc:
+            self.issues.add(InputIssue(where, line, "unattributable", str(exc)))
+            return
+        if mapped is None:
+            return
+        for problem in mapped.issues:
+            self.issues.add(
+                InputIssue(where, line, "bad-value", f"{problem.field} {problem.message}")
+            )
+        data = self.patients.get(mapped.patient_id)
+        if data is None:
+            data = self.patients[mapped.patient_id] = PatientData()
+        for contribution in mapped.contributions:
+            self.stats.records += 1
+            if self.mapper.facts[contribution.fact].one:
+                data.patient = contribution.record
+            else:
+                # Keyed by ref: a resource exported twice is one record, the later copy wins.
+                data.facts.setdefault(contribution.fact, {})[mapped.ref] = contribution.record
+
+    def read_file(self, file: NdjsonFile, progress: Callable[[int], None] | None = None) -> None:
+        """Read one file; ``progress`` is told how many bytes of it are done, now and then."""
+        self.stats.files += 1
+        name = file.path.name
+        if file.resource_type not in self.mapper.resource_types:
+            if not is_fhir_resource_type(file.resource_type):
+                self.issues.add(
+                    InputIssue(name, 0, "unknown-resource-type", "file name is not a FHIR R4 type")
+                )
+            self._skip_file(file, progress)
+            return
+        prefilter = self.mapper.prefilters.get(file.resource_type)
+        with _open(file.path) as handle:
+            raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
+            for number, raw in enumerate(handle, start=1):
+                self.stats.lines += 1
+                if progress is not None and number % 2048 == 0:
+                    progress(raw_handle.tell())
+                line = raw.strip()
+                if not line:
+                    continue
+                if prefilter is not None and prefilter.search(line) is None:
+                    self.stats.skipped_prefilter += 1
+                    if line[:1] != b"{" or line[-1:] != b"}":
+                        self.issues.add(InputIssue(name, number, "malformed-json", "not a JSON object"))
+                    continue
+                try:
+                    resource = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    self.issues.add(InputIssue(name, number, "malformed-json", "line is not valid JSON"))
+                    continue
+                self.stats.parsed += 1
+                self.add_resource(resource, name, number)
+        if progress is not None:
+            progress(file.size)
+
+    def _skip_file(self, file: NdjsonFile, progress: Callable[[int], None] | None) -> None:
+        with _open(file.path) as handle:
+            for raw in handle:
+                if raw.strip():
+                    self.stats.lines += 1
+                    self.stats.skipped_type += 1
+        if progress is not None:
+            progress(file.size)
+
+    def screened_patients(self) -> Iterator[tuple[str, Record, dict[str, Any]]]:
+        """(patient id, Patient record, facts) in id order, every fact key present."""
+        list_facts = [name for name, schema in self.mapper.facts.items() if not schema.one]
+        one_fact = next(name for name, schema in self.mapper.facts.items() if schema.one)
+        for patient_id in sorted(self.patients):
+            data = self.patients[patient_id]
+            if data.patient is None:
+                continue
+            facts: dict[str, Any] = {one_fact: data.patient}
+            for name in list_facts:
+                facts[name] = list(data.facts.get(name, {}).values())
+            yield patient_id, data.patient, facts
+
+    def orphans(self) -> Counter[str]:
+        """Records of patients whose Patient resource never appeared, by fact."""
+        counts: Counter[str] = Counter()
+        for data in self.patients.values():
+            if data.patient is None:
+                for fact, records in data.facts.items():
+                    counts[fact] += len(records)
+        return counts
