@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -31,11 +31,10 @@ from service.ruleset.engines import ENGINE_NAMES, EngineName
 from service.settings import Settings, get_settings
 
 EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
-SAMPLES_DIR = Path(__file__).resolve().parent.parent / "samples"
 DEMO_SAMPLE = "hospital"
 
-console = Console(stderr=True)
-stdout = Console()
+console = Console(stderr=True, soft_wrap=True)
+stdout = Console(soft_wrap=True)
 
 
 class RichProgress:
@@ -45,7 +44,8 @@ class RichProgress:
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[amount]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -60,9 +60,14 @@ class RichProgress:
     def __exit__(self, *_exc: object) -> None:
         self._progress.stop()
 
-    def task(self, description: str, total: int) -> Callable[[int], None]:
-        task_id = self._progress.add_task(description, total=total)
-        return lambda done: self._progress.update(task_id, completed=done)
+    def task(self, description: str, total: int, unit: str = "") -> Callable[[int], None]:
+        def amount(done: int) -> str:
+            if unit == "bytes":
+                return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB"
+            return f"{done}/{total}"
+
+        task_id = self._progress.add_task(description, total=total, amount=amount(0))
+        return lambda done: self._progress.update(task_id, completed=done, amount=amount(done))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -111,7 +116,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    manifest_path = SAMPLES_DIR / DEMO_SAMPLE / "sample.json"
+    manifest_path = _settings(args).samples_dir / DEMO_SAMPLE / "sample.json"
     manifest = orjson.loads(manifest_path.read_bytes())
     args.trial = manifest["trial"]
     args.source = str(manifest_path.parent)
@@ -137,13 +142,15 @@ def _print_summary(summary: object) -> None:
 
     criteria = Table(title="Most common reasons")
     criteria.add_column("criterion")
-    criteria.add_column("unknown", justify="right")
-    criteria.add_column("excluding", justify="right")
+    criteria.add_column("unknown in potential candidates", justify="right")
+    criteria.add_column("excluding patients", justify="right")
     names = [n for n, _ in summary.unknown.most_common()] + [
         n for n, _ in summary.blocking.most_common() if n not in summary.unknown
     ]
     for name in names[:10]:
-        criteria.add_row(name, str(summary.unknown.get(name, 0)), str(summary.blocking.get(name, 0)))
+        criteria.add_row(
+            name, str(summary.unknown.get(name, 0)), str(summary.blocking.get(name, 0))
+        )
     stdout.print(criteria)
 
     stats = summary.stats
@@ -162,7 +169,9 @@ def _print_summary(summary: object) -> None:
         )
         for issue in summary.issues.first[:10]:
             stdout.print(escape(f"  {issue.file}:{issue.line}: {issue.kind}: {issue.message}"))
-    stdout.print(f"Wrote {summary.out}/verdicts.ndjson, ResearchStudy.ndjson, ResearchSubject.ndjson")
+    stdout.print(
+        f"Wrote {summary.out}/verdicts.ndjson, ResearchStudy.ndjson, ResearchSubject.ndjson"
+    )
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -229,7 +238,14 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from service.synth import write_population
 
     as_of = _as_of(args.as_of)
-    counts = write_population(Path(args.out), args.patients, args.seed, as_of)
+    counts = write_population(
+        Path(args.out),
+        args.patients,
+        args.seed,
+        as_of,
+        spinal_fraction=args.spinal_fraction,
+        median_background=args.median_background,
+    )
     stdout.print(
         f"Wrote {args.patients} patients ({sum(counts.values())} resources) to {args.out}: "
         + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
@@ -286,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=1, help="random seed (same seed, same data)")
     synth.add_argument("--as-of", help="the date the data is generated around (default today)")
     synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument(
+        "--spinal-fraction", type=float, default=0.02, help="share with spinal metastases"
+    )
+    synth.add_argument(
+        "--median-background",
+        type=int,
+        default=90,
+        help="median routine resources per patient (long-tailed)",
+    )
     synth.set_defaults(func=cmd_synth)
     return parser
 

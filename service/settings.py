@@ -26,8 +26,12 @@ class Settings(BaseSettings):
         default=_REPO_ROOT / "fhir_mappings",
         description="folder of mappings, <mapping>.yaml, and their value sets",
     )
+    samples_dir: Path = Field(
+        default=_REPO_ROOT / "samples", description="folder of shipped sample data (prescreen demo)"
+    )
     cel_engine: EngineName = Field(
-        default="cel", description="CEL engine: cel (Rust, fast, thread-safe) or celpy (pure Python)"
+        default="cel",
+        description="CEL engine: cel (Rust, fast, thread-safe) or celpy (pure Python)",
     )
     subject_identifier_system: str = Field(
         default="urn:prescreen:research-subject",

@@ -37,11 +37,11 @@ _NATURAL_DEFAULTS: dict[str, FactValue] = {
 }
 
 
-class ValueProblem(ValueError):
+class UnusableValueError(ValueError):
     """A field whose value is present but unusable (bad date, text where a number belongs)."""
 
 
-class ResourceRejected(ValueError):
+class UnattributableResourceError(ValueError):
     """A resource that cannot be attributed or referenced (no id, no patient subject)."""
 
 
@@ -67,7 +67,9 @@ class CompiledField:
     name: str
     default: FactValue
     extract: Extractor
-    presence_of: str | None = None  # a "present" field that reports whether another field was usable
+    presence_of: str | None = (
+        None  # a "present" field that reports whether another field was usable
+    )
     path_source: str = ""
 
 
@@ -105,7 +107,7 @@ class CompiledSource:
                 continue
             try:
                 value = spec.extract(resource, as_of)
-            except ValueProblem as exc:
+            except UnusableValueError as exc:
                 record[spec.name] = spec.default
                 # Several fields may read one element (birthDate for age and date): report it once.
                 where = f"{self.resource_type}.{spec.path_source}"
@@ -156,13 +158,11 @@ class MappedResource:
 
 def _first_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueProblem("is not a number")
+        raise UnusableValueError("is not a number")
     return float(value)
 
 
-def _make_extractor(
-    spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str
-) -> Extractor:
+def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str) -> Extractor:
     kind = spec.type
     if kind == "const":
         constant: FactValue = spec.value  # type: ignore[assignment]
@@ -189,7 +189,7 @@ def _make_extractor(
                             return code
                     continue
                 if not isinstance(value, str):
-                    raise ValueProblem("is not text")
+                    raise UnusableValueError("is not text")
                 return value
             return ABSENT
 
@@ -202,11 +202,11 @@ def _make_extractor(
             if value is None:
                 return ABSENT
             if not isinstance(value, str):
-                raise ValueProblem("is not a FHIR date")
+                raise UnusableValueError("is not a FHIR date")
             try:
                 return convert(value)
             except FhirDateError as exc:
-                raise ValueProblem(str(exc)) from exc
+                raise UnusableValueError(str(exc)) from exc
 
         return when
     if kind in ("age_min_years", "age_max_years"):
@@ -217,11 +217,11 @@ def _make_extractor(
             if value is None:
                 return ABSENT
             if not isinstance(value, str):
-                raise ValueProblem("is not a FHIR date")
+                raise UnusableValueError("is not a FHIR date")
             try:
                 return age_range_years(value, as_of)[index]
             except FhirDateError as exc:
-                raise ValueProblem(str(exc)) from exc
+                raise UnusableValueError(str(exc)) from exc
 
         return age
     if kind == "number":
@@ -241,14 +241,14 @@ def _make_extractor(
                 return ABSENT
             if not isinstance(value, dict):
                 if assumed not in units:
-                    raise ValueProblem("has no unit and the mapping assumes none")
+                    raise UnusableValueError("has no unit and the mapping assumes none")
                 return _first_number(value) * units[assumed]
             if value.get("value") is None:
                 return ABSENT
             amount = _first_number(value.get("value"))
             unit = value.get("code") or value.get("unit") or assumed
             if unit not in units:
-                raise ValueProblem("has a unit this mapping cannot convert")
+                raise UnusableValueError("has a unit this mapping cannot convert")
             return amount * units[unit]
 
         return quantity
@@ -269,9 +269,7 @@ def _make_extractor(
 
         def labels(resource: Any, _as_of: date) -> FactValue:
             values = path.values(resource)
-            return [
-                label for label, vs in labelled if any(vs.matches_concept(v) for v in values)
-            ]
+            return [label for label, vs in labelled if any(vs.matches_concept(v) for v in values)]
 
         return labels
     raise ConfigError(f"{where}: unsupported field type '{kind}'")
@@ -340,7 +338,7 @@ class Mapper:
     def map_resource(self, resource: Mapping[str, Any], as_of: date) -> MappedResource | None:
         """Records this resource contributes, or None when no source wants it.
 
-        Raises ResourceRejected when a wanted resource cannot be attributed to a patient.
+        Raises UnattributableResourceError when a wanted resource cannot be attributed to a patient.
         """
         resource_type = resource.get("resourceType")
         sources = self.sources.get(resource_type) if isinstance(resource_type, str) else None
@@ -351,7 +349,7 @@ class Mapper:
             return None
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
-            raise ResourceRejected("resource has no id")
+            raise UnattributableResourceError("resource has no id")
         ref = f"{resource_type}/{resource_id}"
         patient_id = _patient_of(resource, accepted[0].patient_path, resource_id)
         mapped = MappedResource(patient_id, ref)
@@ -375,7 +373,7 @@ def _patient_of(resource: Mapping[str, Any], patient_path: FhirPath | None, own_
         return own_id
     reference = patient_path.first(resource)
     if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
-        raise ResourceRejected("resource has no subject/patient reference")
+        raise UnattributableResourceError("resource has no subject/patient reference")
     return patient_id_from_reference(reference["reference"])
 
 
@@ -385,7 +383,7 @@ def patient_id_from_reference(reference: str) -> str:
     for index in range(len(parts) - 1):
         if parts[index] == "Patient" and parts[index + 1]:
             return parts[index + 1]
-    raise ResourceRejected("subject does not reference a Patient")
+    raise UnattributableResourceError("subject does not reference a Patient")
 
 
 def load_mapping(path: Path) -> Mapper:

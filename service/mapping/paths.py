@@ -23,7 +23,9 @@ from typing import Any
 from service.errors import ConfigError
 from service.terminology import ValueSet
 
-_STEP = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\])?$")
+_STEP = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\])?$"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +114,9 @@ def compile_path(source: str, valuesets: Mapping[str, ValueSet], where: str) -> 
 
 def _split_steps(text: str) -> list[str]:
     """Split on dots that are not inside a bracket filter."""
-    steps, depth, current = [], 0, []
+    steps: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char == "[":
             depth += 1

@@ -92,8 +92,8 @@ class _RustProgram:
     def run(self, activation: Any) -> Any:
         try:
             return self._program.execute(activation.context)
-        except (RuntimeError, ValueError, TypeError) as exc:
-            raise CelEvaluationError(str(exc)) from exc
+        except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError...
+            raise CelEvaluationError(f"{type(exc).__name__}: {exc}") from exc
 
 
 class RustCelEngine:
@@ -126,23 +126,23 @@ class _CelpyProgram:
     __slots__ = ("_runner", "source")
 
     def __init__(self, environment: Any, source: str) -> None:
-        import celpy
+        from celpy.celparser import CELParseError
 
         self.source = source
         try:
             ast = environment.compile(source)
-        except celpy.CELParseError as exc:
+        except CELParseError as exc:
             raise CelSyntaxError(str(exc).splitlines()[0]) from exc
         self._runner = environment.program(ast)
 
     def run(self, activation: Any) -> Any:
-        import celpy
+        from celpy.evaluation import CELEvalError
 
         try:
             result = self._runner.evaluate(activation.values)
-        except celpy.CELEvalError as exc:
+        except CELEvalError as exc:
             raise CelEvaluationError(str(exc.args[0] if exc.args else exc)) from exc
-        if isinstance(result, celpy.CELEvalError):
+        if isinstance(result, CELEvalError):
             raise CelEvaluationError(str(result.args[0] if result.args else result))
         return result
 
@@ -161,9 +161,9 @@ class CelpyEngine:
         return _CelpyProgram(self._environment, source)
 
     def activation(self, variables: dict[str, Any]) -> Activation:
-        import celpy
+        from celpy.adapter import json_to_cel
 
-        return _CelpyActivation({name: celpy.json_to_cel(v) for name, v in variables.items()})
+        return _CelpyActivation({name: json_to_cel(v) for name, v in variables.items()})
 
     def to_python(self, value: Any) -> Any:
         from celpy import celtypes

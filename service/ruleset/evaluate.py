@@ -86,7 +86,8 @@ def format_value(value: Any) -> str:
             return "none"
         # A list of lists reads as "a 7, b 5": each inner list is one item.
         return ", ".join(
-            " ".join(format_value(part) for part in v) if isinstance(v, list | tuple)
+            " ".join(format_value(part) for part in v)
+            if isinstance(v, list | tuple)
             else format_value(v)
             for v in value
         )

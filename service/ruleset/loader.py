@@ -6,6 +6,7 @@ parameter) and what is wrong, so an author fixes a file in one pass.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ class Criterion:
     manual_reason: str
     outcomes: tuple[Outcome, ...]
     source: str  # one CEL expression choosing the outcome; empty for manual criteria
+    components: tuple[tuple[str, str], ...] = ()  # (label, CEL) of each part, for the dry run
 
     @property
     def possible_results(self) -> frozenset[Result]:
@@ -104,7 +106,9 @@ def _criterion_source(doc: CriterionDoc) -> tuple[str, tuple[Outcome, ...]]:
         m = doc.missing
         branches.append((m.if_, m.evidence, m.args, Outcome(m.result, m.reason, True)))
     for case in doc.cases:
-        branches.append((case.if_, case.evidence, case.args, Outcome(case.result, case.reason, False)))
+        branches.append(
+            (case.if_, case.evidence, case.args, Outcome(case.result, case.reason, False))
+        )
     assert doc.otherwise is not None
     o = doc.otherwise
     branches.append((None, o.evidence, o.args, Outcome(o.result, o.reason, False)))
@@ -189,10 +193,8 @@ def read_ruleset_doc(path: Path) -> RuleSetDoc:
             loc = list(err["loc"])
             where = ".".join(str(p) for p in loc)
             if len(loc) >= 2 and loc[0] == "criteria" and isinstance(raw, dict):
-                try:
+                with contextlib.suppress(KeyError, IndexError, TypeError):
                     where = f"criterion '{raw['criteria'][loc[1]]['id']}' ({where})"
-                except (KeyError, IndexError, TypeError):
-                    pass
             problems.append(f"{path}: {where}: {err['msg']}")
         raise RuleSetError(problems) from exc
 
@@ -238,13 +240,22 @@ def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
                     )
         if criterion.manual:
             criteria.append(
-                Criterion(criterion.id, criterion.kind, criterion.text, True, criterion.reason, (), "")
+                Criterion(
+                    criterion.id, criterion.kind, criterion.text, True, criterion.reason, (), ""
+                )
             )
         else:
             source, outcomes = _criterion_source(criterion)
             criteria.append(
                 Criterion(
-                    criterion.id, criterion.kind, criterion.text, False, "", outcomes, source
+                    criterion.id,
+                    criterion.kind,
+                    criterion.text,
+                    False,
+                    "",
+                    outcomes,
+                    source,
+                    tuple(_expressions(criterion)),
                 )
             )
     if check.problems:
@@ -290,10 +301,11 @@ def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules
 
 
 def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
-    """Run every program on a patient with one default record per fact, on both engines.
+    """Run every expression on a patient with one default record per fact, on both engines.
 
     This catches what static checks cannot: a misspelt record field, a type mismatch such as
     an int compared with a double (celpy refuses it), a derived value used the wrong way.
+    Each part of a criterion runs on its own, so branches the sample would not reach run too.
     """
     from service.ruleset.evaluate import build_variables
 
@@ -301,18 +313,20 @@ def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
     variables = build_variables(ruleset, sample, date(2000, 1, 1))
     for engine_name in ENGINE_NAMES:
         compiled = ruleset.compiled(engine_name)
-        activation = compiled.engine.activation(variables)
+        engine = compiled.engine
+        activation = engine.activation(variables)
         for name, program in compiled.derived:
             try:
                 activation.bind(name, program.run(activation))
             except CelEvaluationError as exc:
                 check.add(f"derived '{name}'", f"fails on a sample patient ({engine_name}): {exc}")
                 return
-        for criterion_id, program in compiled.criteria.items():
-            try:
-                program.run(activation)
-            except CelEvaluationError as exc:
-                check.add(
-                    f"criterion '{criterion_id}'",
-                    f"fails on a sample patient ({engine_name}): {exc}",
-                )
+        for criterion in ruleset.criteria:
+            for label, source in criterion.components:
+                try:
+                    engine.compile(source).run(activation)
+                except CelEvaluationError as exc:
+                    check.add(
+                        f"criterion '{criterion.id}' {label}",
+                        f"fails on a sample patient ({engine_name}): {exc}",
+                    )

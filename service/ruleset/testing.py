@@ -114,7 +114,9 @@ def patient_resources(suite: RuleTestFile, test: RuleTest) -> list[dict[str, Any
     resources = {_key(r): copy.deepcopy(r) for r in suite.bases.get(test.base or "", [])}
     for ref in test.remove:
         if ref not in resources:
-            raise ConfigError(f"test '{test.id}': cannot remove {ref}, the base has no such resource")
+            raise ConfigError(
+                f"test '{test.id}': cannot remove {ref}, the base has no such resource"
+            )
         del resources[ref]
     for resource in test.add:
         resources[_key(resource)] = copy.deepcopy(resource)
@@ -154,7 +156,9 @@ def run_rule_tests(
         seen_ids.add(test.id)
         for criterion_id in test.expect.criteria:
             if criterion_id not in criteria:
-                raise ConfigError(f"{path}: test '{test.id}' names unknown criterion '{criterion_id}'")
+                raise ConfigError(
+                    f"{path}: test '{test.id}' names unknown criterion '{criterion_id}'"
+                )
         report.tests += 1
         as_of = test.as_of or suite.as_of
         resources = patient_resources(suite, test)
@@ -199,15 +203,16 @@ def _compare(expect: Expectation, verdict: PatientVerdict, issue_kinds: list[str
                 f"{criterion_id}: {actual.result} ({actual.reason}), expected {expected.result}"
             )
         if expected.evidence is not None and sorted(expected.evidence) != list(actual.evidence):
-            problems.append(
-                f"{criterion_id}: evidence {list(actual.evidence)}, expected {sorted(expected.evidence)}"
-            )
+            wanted = sorted(expected.evidence)
+            problems.append(f"{criterion_id}: evidence {list(actual.evidence)}, expected {wanted}")
         if expected.reason_contains and expected.reason_contains not in actual.reason:
             problems.append(
                 f"{criterion_id}: reason '{actual.reason}' lacks '{expected.reason_contains}'"
             )
     if sorted(issue_kinds) != sorted(expect.input_issues):
-        problems.append(f"input issues {sorted(issue_kinds)}, expected {sorted(expect.input_issues)}")
+        problems.append(
+            f"input issues {sorted(issue_kinds)}, expected {sorted(expect.input_issues)}"
+        )
     return problems
 
 
@@ -220,4 +225,3 @@ def _difference(outputs: dict[str, dict[str, Any]]) -> str:
         if result != other["criteria"].get(cid):
             return f"{cid}: {names[0]}={result} {names[1]}={other['criteria'].get(cid)}"
     return "outputs differ"
-

@@ -21,7 +21,7 @@ from service.screening.source import Collector, InputIssue, IssueLog, ReadStats,
 class ProgressSink(Protocol):
     """Where a run reports progress; ``task`` returns a function taking the amount done."""
 
-    def task(self, description: str, total: int) -> Callable[[int], None]: ...
+    def task(self, description: str, total: int, unit: str = "") -> Callable[[int], None]: ...
 
 
 @dataclass
@@ -56,7 +56,10 @@ class ScreeningSummary:
         for c in verdict.criteria:
             if c.error:
                 self.rule_errors[c.id] += 1
-            elif c.result == "unknown" and not c.manual:
+            elif (
+                c.result == "unknown" and not c.manual and verdict.verdict == "potential-candidate"
+            ):
+                # What keeps potential candidates from being candidates: data to go and find.
                 self.unknown[c.id] += 1
             if (c.kind == "inclusion" and c.result == "not_met") or (
                 c.kind == "exclusion" and c.result == "met"
@@ -71,7 +74,7 @@ class ScreeningSummary:
             "as_of": self.as_of.isoformat(),
             "patients": self.patients,
             "verdicts": {v: self.verdicts.get(v, 0) for v in VERDICTS},
-            "unknown_by_criterion": dict(self.unknown.most_common()),
+            "unknown_in_potential_candidates": dict(self.unknown.most_common()),
             "excluding_by_criterion": dict(self.blocking.most_common()),
             "rule_errors_by_criterion": dict(self.rule_errors.most_common()),
             "input": {
@@ -123,7 +126,10 @@ def screen_folder(
         for fact, count in summary.orphans.items():
             issues.add(
                 InputIssue(
-                    "*", 0, "no-patient", f"{count} {fact} record(s) name a Patient not in the source"
+                    "*",
+                    0,
+                    "no-patient",
+                    f"{count} {fact} record(s) name a Patient not in the source",
                 )
             )
 
@@ -153,12 +159,12 @@ def screen_folder(
 
 def _read_all(collector: Collector, files: list[Any], progress: ProgressSink | None) -> None:
     total = sum(f.size for f in files)
-    advance = progress.task("Reading NDJSON", total) if progress else None
+    advance = progress.task("Reading NDJSON", total, unit="bytes") if progress else None
     offset = 0
     for file in files:
         size = file.size
 
-        def report(done_in_file: int, base: int = offset) -> None:
+        def report(done_in_file: int, base: int = offset, size: int = size) -> None:
             if advance is not None:
                 advance(base + min(done_in_file, size))
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 import orjson
 
 from service.errors import SourceError
-from service.mapping.mapper import Mapper, Record, ResourceRejected
+from service.mapping.mapper import Mapper, Record, UnattributableResourceError
 
 _NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
 
@@ -117,7 +117,9 @@ def discover(folder: Path) -> list[NdjsonFile]:
 
 
 def _open(path: Path) -> IO[bytes]:
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
 
 
 class Collector:
@@ -146,7 +148,7 @@ class Collector:
             return
         try:
             mapped = self.mapper.map_resource(resource, self.as_of)
-        except ResourceRejected as exc:
+        except UnattributableResourceError as exc:
             self.issues.add(InputIssue(where, line, "unattributable", str(exc)))
             return
         if mapped is None:
@@ -190,12 +192,16 @@ class Collector:
                 if prefilter is not None and prefilter.search(line) is None:
                     self.stats.skipped_prefilter += 1
                     if line[:1] != b"{" or line[-1:] != b"}":
-                        self.issues.add(InputIssue(name, number, "malformed-json", "not a JSON object"))
+                        self.issues.add(
+                            InputIssue(name, number, "malformed-json", "not a JSON object")
+                        )
                     continue
                 try:
                     resource = orjson.loads(line)
                 except orjson.JSONDecodeError:
-                    self.issues.add(InputIssue(name, number, "malformed-json", "line is not valid JSON"))
+                    self.issues.add(
+                        InputIssue(name, number, "malformed-json", "line is not valid JSON")
+                    )
                     continue
                 self.stats.parsed += 1
                 self.add_resource(resource, name, number)

@@ -1,0 +1,46 @@
+# prescreen developer commands. `make demo` and `make test` work on a fresh machine:
+# both create the virtual environment first (Python 3.11+ needed).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck rules-test unit sample clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Screen the sample hospital shipped in samples/hospital (no server needed).
+demo: $(STAMP)
+	$(BIN)/prescreen demo
+
+## Everything CI runs: lint, types, rule tests on both CEL engines, the pytest suite.
+test: lint typecheck rules-test unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+rules-test: $(STAMP)
+	$(BIN)/prescreen rules check
+	$(BIN)/prescreen rules test
+
+unit: $(STAMP)
+	$(BIN)/pytest
+
+## Regenerate the shipped sample (deterministic: same files every time).
+sample: $(STAMP)
+	rm -f samples/hospital/*.ndjson
+	$(BIN)/prescreen synth --patients 300 --seed 7 --as-of 2026-06-15 \
+		--spinal-fraction 0.2 --median-background 12 --out samples/hospital
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,262 @@
+"""The offline runner end to end, through the CLI, against the output contract."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fhir.resources.R4B.researchstudy import ResearchStudy
+from fhir.resources.R4B.researchsubject import ResearchSubject
+
+from service.cli import main
+from service.ruleset.loader import RuleSet
+from tests.conftest import SAMPLE_DIR
+
+CRITERIA = [
+    "alive",
+    "age",
+    "spinal-metastasis",
+    "index-site",
+    "pain-type",
+    "pain-nrs",
+    "treatment",
+    "consent",
+    "survival",
+    "multiple-sites",
+    "confounding-pain",
+    "augmentation-only",
+    "systemic-only",
+]
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def screen(source: Path, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "screen",
+            "--trial",
+            "relieve",
+            "--source",
+            str(source),
+            "--as-of",
+            "2026-06-15",
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def sample_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("sample")
+    assert screen(SAMPLE_DIR, out) == 0
+    return out
+
+
+def test_verdicts_follow_the_contract(sample_out: Path) -> None:
+    verdicts = read_ndjson(sample_out / "verdicts.ndjson")
+    assert len(verdicts) == 300
+    for line in verdicts:
+        assert list(line) == ["patient", "trial", "as_of", "verdict", "criteria", "ruleset"]
+        assert line["patient"].startswith("Patient/") and line["trial"] == "relieve"
+        assert line["as_of"] == "2026-06-15" and line["ruleset"] == {
+            "id": "relieve",
+            "version": "1.0.0",
+        }
+        assert list(line["criteria"]) == CRITERIA
+        for criterion in line["criteria"].values():
+            assert list(criterion) == ["kind", "result", "evidence", "reason"]
+            assert criterion["kind"] in ("inclusion", "exclusion")
+            assert criterion["result"] in ("met", "not_met", "unknown")
+            assert all(isinstance(e, str) and "/" in e for e in criterion["evidence"])
+            assert criterion["reason"]
+    assert {v["verdict"] for v in verdicts} == {"candidate", "potential-candidate", "ineligible"}
+    assert [v["patient"] for v in verdicts] == sorted(v["patient"] for v in verdicts)
+
+
+def test_research_subjects_for_candidates_only(sample_out: Path) -> None:
+    verdicts = {v["patient"]: v["verdict"] for v in read_ndjson(sample_out / "verdicts.ndjson")}
+    subjects = read_ndjson(sample_out / "ResearchSubject.ndjson")
+    (study,) = read_ndjson(sample_out / "ResearchStudy.ndjson")
+    ResearchStudy.model_validate(study)
+    assert study["identifier"] == [
+        {"system": "https://clinicaltrials.gov/nctid", "value": "NCT06746103"}
+    ]
+    expected = {p for p, v in verdicts.items() if v != "ineligible"}
+    assert {s["individual"]["reference"] for s in subjects} == expected
+    for subject in subjects:
+        ResearchSubject.model_validate(subject)
+        assert subject["status"] == verdicts[subject["individual"]["reference"]]
+        assert subject["study"]["reference"] == f"ResearchStudy/{study['id']}"
+        assert (
+            subject["identifier"][0]["value"] == f"NCT06746103/{subject['individual']['reference']}"
+        )
+    assert len({s["id"] for s in subjects}) == len(subjects)
+
+
+def test_a_second_run_writes_identical_files(sample_out: Path, tmp_path: Path) -> None:
+    assert screen(SAMPLE_DIR, tmp_path) == 0
+    for name in ("verdicts.ndjson", "ResearchSubject.ndjson", "ResearchStudy.ndjson"):
+        assert (tmp_path / name).read_bytes() == (sample_out / name).read_bytes(), name
+
+
+def test_celpy_engine_gives_the_same_files(sample_out: Path, tmp_path: Path) -> None:
+    assert screen(SAMPLE_DIR, tmp_path, "--engine", "celpy") == 0
+    assert (tmp_path / "verdicts.ndjson").read_bytes() == (
+        sample_out / "verdicts.ndjson"
+    ).read_bytes()
+
+
+def resource_lines(*resources: dict[str, Any]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in resources)
+
+
+def spine(cid: str, pid: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Condition",
+        "id": cid,
+        "subject": {"reference": f"Patient/{pid}"},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "94602001"}]},
+        **extra,
+    }
+
+
+def test_bad_input_is_reported_with_file_and_line_and_the_run_continues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    (src / "Patient.ndjson").write_text(
+        resource_lines({"resourceType": "Patient", "id": "a", "birthDate": "1950-01-01"})
+        + '{"resourceType": "Patient", "id": "b"\n'  # line 2: truncated
+        + "\n"  # blank lines are not errors
+        + resource_lines(
+            {"resourceType": "Patient", "id": "c", "birthDate": "19x0-01-01"}
+        )  # line 4
+        + "[1, 2]\n"  # line 5
+        + resource_lines({"id": "d"})  # line 6: no resourceType
+        + resource_lines({"resourceType": "Patiente", "id": "e"})  # line 7
+    )
+    (src / "Condition.1.ndjson").write_text(
+        resource_lines(
+            spine("c1", "a"), {**spine("c2", "a"), "subject": None}
+        )  # line 2: no subject
+    )
+    (src / "Condition.2.ndjson").write_text(resource_lines(spine("c1", "a"), spine("c3", "c")))
+    (src / "Observation.ndjson").write_text(
+        '{"resourceType":"Observation","code":{"coding":[{"code":"848\n'  # irrelevant, cut
+        + '{"resourceType":"Observation","code":{"coding":[{"code":"72514-3"}]\n'  # relevant, cut
+    )
+    (src / "Widget.ndjson").write_text('{"resourceType": "Widget"}\n')
+    (src / "notes.txt").write_text("not an ndjson file, ignored")
+
+    assert screen(src, out) == 1
+    issues = {(i["file"], i["line"], i["kind"]) for i in read_ndjson(out / "issues.ndjson")}
+    assert issues == {
+        ("Patient.ndjson", 2, "malformed-json"),
+        ("Patient.ndjson", 4, "bad-value"),
+        ("Patient.ndjson", 5, "not-a-resource"),
+        ("Patient.ndjson", 6, "no-resource-type"),
+        ("Patient.ndjson", 7, "unknown-resource-type"),
+        ("Condition.1.ndjson", 2, "unattributable"),
+        ("Observation.ndjson", 1, "malformed-json"),
+        ("Observation.ndjson", 2, "malformed-json"),
+        ("Widget.ndjson", 0, "unknown-resource-type"),
+    }
+    verdicts = {v["patient"]: v for v in read_ndjson(out / "verdicts.ndjson")}
+    assert set(verdicts) == {"Patient/a", "Patient/c"}
+    # The same Condition exported in two files is one piece of evidence.
+    assert verdicts["Patient/a"]["criteria"]["spinal-metastasis"]["evidence"] == ["Condition/c1"]
+    assert verdicts["Patient/c"]["criteria"]["age"]["result"] == "unknown"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["issues"]["total"] == 9 and summary["exit_code"] == 1
+    printed = capsys.readouterr().out
+    assert "9 input problem(s)" in printed and "Patient.ndjson:2: malformed-json" in printed
+    assert "19x0" not in (out / "issues.ndjson").read_text()  # no patient data in the report
+
+
+def test_resources_of_patients_missing_from_patient_ndjson_are_counted(tmp_path: Path) -> None:
+    (tmp_path / "Patient.ndjson").write_text(resource_lines({"resourceType": "Patient", "id": "a"}))
+    (tmp_path / "Condition.ndjson").write_text(resource_lines(spine("x", "ghost")))
+    assert screen(tmp_path, tmp_path / "out") == 1
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["records_without_patient"] == {"conditions": 1}
+
+
+def test_gzipped_and_split_files_are_read(tmp_path: Path) -> None:
+    with gzip.open(tmp_path / "Condition.000.ndjson.gz", "wt") as handle:
+        handle.write(resource_lines(spine("c1", "a")))
+    (tmp_path / "Patient.ndjson").write_text(resource_lines({"resourceType": "Patient", "id": "a"}))
+    assert screen(tmp_path, tmp_path / "out") == 0
+    (verdict,) = read_ndjson(tmp_path / "out" / "verdicts.ndjson")
+    assert verdict["criteria"]["spinal-metastasis"]["result"] == "met"
+
+
+def test_ignored_resources_leave_nothing_in_memory(relieve: RuleSet, tmp_path: Path) -> None:
+    from datetime import date
+
+    from service.screening.source import Collector, IssueLog, discover
+
+    (tmp_path / "Encounter.ndjson").write_text(
+        resource_lines(
+            *(
+                {
+                    "resourceType": "Encounter",
+                    "id": str(i),
+                    "subject": {"reference": f"Patient/{i}"},
+                }
+                for i in range(500)
+            )
+        )
+    )
+    (tmp_path / "Observation.ndjson").write_text(
+        resource_lines(
+            *(
+                {
+                    "resourceType": "Observation",
+                    "id": str(i),
+                    "status": "final",
+                    "subject": {"reference": f"Patient/{i}"},
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+                }
+                for i in range(500)
+            )
+        )
+    )
+    collector = Collector(relieve.mapper, date(2026, 6, 15), IssueLog())
+    for file in discover(tmp_path):
+        collector.read_file(file)
+    assert collector.patients == {} and collector.stats.records == 0
+    assert collector.stats.parsed == 0  # neither file needed a full parse
+    assert collector.stats.skipped_type == 500 and collector.stats.skipped_prefilter == 500
+
+
+def test_missing_folder_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert screen(tmp_path / "nope", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "does not exist" in err
+
+
+def test_unknown_trial_is_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["screen", "--trial", "nope", "--source", str(SAMPLE_DIR), "--out", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown trial 'nope'" in err and "available: relieve" in err
+
+
+def test_rules_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["rules", "check"]) == 0
+    assert main(["rules", "test", "--trial", "relieve"]) == 0
+    assert "0 disagreements" in capsys.readouterr().out

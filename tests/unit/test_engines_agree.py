@@ -1,0 +1,25 @@
+"""celpy and cel give identical results on every patient of the shipped sample hospital."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from service.ruleset.evaluate import Evaluator
+from service.ruleset.loader import RuleSet
+from service.screening.source import Collector, IssueLog, discover
+from tests.conftest import SAMPLE_DIR
+
+
+def test_engines_agree_on_the_sample_hospital(relieve: RuleSet) -> None:
+    as_of = date(2026, 6, 15)
+    collector = Collector(relieve.mapper, as_of, IssueLog())
+    for file in discover(SAMPLE_DIR):
+        collector.read_file(file)
+    fast, reference = Evaluator(relieve, "cel"), Evaluator(relieve, "celpy")
+    compared = 0
+    for patient_id, _patient, facts in collector.screened_patients():
+        ours = fast.evaluate(patient_id, facts, as_of).as_contract(relieve, as_of)
+        theirs = reference.evaluate(patient_id, facts, as_of).as_contract(relieve, as_of)
+        assert ours == theirs, patient_id
+        compared += 1
+    assert compared == 300
