@@ -101,6 +101,10 @@ def cmd_screen(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ruleset = catalog.load_trial(args.trial, settings)
     as_of = _as_of(args.as_of)
+    if args.fhir_url or (args.source is None and settings.fhir_url):
+        return _screen_live(args, settings, ruleset, as_of)
+    if args.source is None:
+        raise PrescreenError("give --source DIR (NDJSON) or --fhir-url URL (a FHIR server)")
     with RichProgress(enabled=not args.no_progress) as progress:
         summary = screen_folder(
             ruleset,
@@ -113,6 +117,101 @@ def cmd_screen(args: argparse.Namespace) -> int:
         )
     _print_summary(summary)
     return summary.exit_code
+
+
+def _selection(args: argparse.Namespace) -> object:
+    from service.screening.live import Selection
+
+    ids: list[str] = []
+    if args.patients:
+        ids += [p.strip() for p in args.patients.split(",") if p.strip()]
+    if args.patients_file:
+        lines = Path(args.patients_file).read_text(encoding="utf-8").splitlines()
+        ids += [line.strip() for line in lines if line.strip()]
+    if ids and args.since:
+        raise PrescreenError("give patient ids or --since, not both")
+    if ids:
+        return Selection("ids", ids=tuple(ids))
+    if args.since:
+        return Selection("since", since=args.since)
+    return Selection("cohort")
+
+
+def _screen_live(args: argparse.Namespace, settings: Settings, ruleset: object, as_of: date) -> int:
+    import asyncio
+
+    from service.fhir.connect import connect
+    from service.ruleset.loader import RuleSet
+    from service.screening.live import LiveOptions, LiveSummary, Selection, screen_server
+
+    assert isinstance(ruleset, RuleSet)
+    selection = _selection(args)
+    assert isinstance(selection, Selection)
+    options = LiveOptions(
+        as_of=as_of,
+        out=Path(args.out),
+        selection=selection,
+        engine=settings.cel_engine,
+        write_back=args.write_back or args.dry_run,
+        dry_run=args.dry_run,
+        resume=args.resume,
+        subject_identifier_system=settings.subject_identifier_system,
+        patients_per_request=settings.fhir_patients_per_request,
+        codes_per_request=settings.fhir_codes_per_request,
+        page_size=settings.fhir_page_size,
+    )
+
+    async def run() -> LiveSummary:
+        client = await connect(settings, args.fhir_url)
+        async with client:
+            with RichProgress(enabled=not args.no_progress) as progress:
+                return await screen_server(
+                    ruleset,
+                    client,
+                    options,
+                    progress=progress,
+                    echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
+                )
+
+    summary = asyncio.run(run())
+    _print_summary(summary)
+    live = summary.extra_json()["live"]
+    stdout.print(
+        f"Selected {live['selected']} patients ({live['resumed_from_checkpoint']} already done); "
+        f"{live['requests']} HTTP requests, {live['requests_per_screened_patient']} per screened "
+        f"patient, {live['retries']} retries."
+    )
+    if "write_back" in live:
+        stdout.print(f"Write-back{' (dry run)' if args.dry_run else ''}: {live['write_back']}")
+    if summary.unscreened:
+        stdout.print(
+            f"[red]{len(summary.unscreened)} patient(s) not screened[/]; listed in "
+            f"{summary.out / 'unscreened.ndjson'}. Run again with --resume to finish."
+        )
+    return summary.exit_code
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.fhir.connect import connect
+    from service.fhir.loader import load_resources, read_folder
+
+    settings = _settings(args)
+    resources = list(read_folder(Path(args.source)))
+
+    async def run() -> int:
+        client = await connect(settings, args.fhir_url)
+        async with client:
+            with RichProgress(enabled=not args.no_progress) as progress:
+                advance = progress.task("Loading resources", len(resources))
+                return await load_resources(
+                    client, resources, per_bundle=args.per_bundle, progress=advance
+                )
+
+    written = asyncio.run(run())
+    stdout.print(f"Loaded {written} resources into {args.fhir_url or settings.fhir_url}")
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -272,11 +371,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     screen = sub.add_parser("screen", parents=[common], help="screen a Bulk-Data NDJSON folder")
     screen.add_argument("--trial", required=True, help="rule set name, e.g. relieve")
-    screen.add_argument("--source", required=True, help="folder of <ResourceType>.ndjson files")
+    screen.add_argument("--source", help="folder of <ResourceType>.ndjson files (offline)")
+    screen.add_argument("--fhir-url", help="FHIR R4 base URL to screen live (PRESCREEN_FHIR_URL)")
     screen.add_argument("--as-of", help="reference date YYYY-MM-DD (default: today, UTC)")
     screen.add_argument("--out", required=True, help="output folder")
     screen.add_argument("--no-progress", action="store_true", help="no progress bars")
+    live = screen.add_argument_group("live runs (--fhir-url)")
+    live.add_argument("--patients", help="comma-separated patient ids (default: the cohort)")
+    live.add_argument("--patients-file", help="file with one patient id per line")
+    live.add_argument("--since", help="patients with resources updated after this instant")
+    live.add_argument("--write-back", action="store_true", help="write ResearchSubjects back")
+    live.add_argument(
+        "--dry-run", action="store_true", help="print the write-back transactions, send nothing"
+    )
+    live.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ndjson")
     screen.set_defaults(func=cmd_screen)
+
+    load = sub.add_parser(
+        "load", parents=[common], help="load an NDJSON folder into a FHIR server (transactions)"
+    )
+    load.add_argument("--source", required=True, help="folder of <ResourceType>.ndjson files")
+    load.add_argument("--fhir-url", help="FHIR R4 base URL (PRESCREEN_FHIR_URL)")
+    load.add_argument("--per-bundle", type=int, default=200, help="resources per transaction")
+    load.add_argument("--no-progress", action="store_true", help="no progress bars")
+    load.set_defaults(func=cmd_load)
 
     demo = sub.add_parser(
         "demo", parents=[common], help="screen the sample hospital shipped in the repository"

@@ -21,3 +21,17 @@ class RuleSetError(ConfigError):
 
 class SourceError(PrescreenError):
     """An input source that cannot be read at all (missing folder, no NDJSON files)."""
+
+
+class FhirServerError(PrescreenError):
+    """A FHIR server answered with an error; carries the status and the server's diagnostics."""
+
+    def __init__(self, message: str, status: int | None = None, diagnostics: str = "") -> None:
+        self.status = status
+        self.diagnostics = diagnostics
+        detail = f" ({diagnostics})" if diagnostics else ""
+        super().__init__(f"{message}{detail}")
+
+
+class FhirUnavailableError(FhirServerError):
+    """The server could not be reached, or kept failing, after every retry."""

@@ -14,7 +14,6 @@ from typing import Any
 from fhir.resources.R4B.researchstudy import ResearchStudy
 from fhir.resources.R4B.researchsubject import ResearchSubject
 
-from service.ruleset.evaluate import PatientVerdict
 from service.ruleset.loader import RuleSet
 
 # Verdicts that become ResearchSubjects; ineligible patients get none (spec).
@@ -59,27 +58,26 @@ def research_study(ruleset: RuleSet) -> dict[str, Any]:
 
 
 def research_subject(
-    ruleset: RuleSet, verdict: PatientVerdict, as_of: date, identifier_system: str
+    ruleset: RuleSet, patient_id: str, status: str, as_of: date, identifier_system: str
 ) -> dict[str, Any]:
-    if verdict.verdict not in SUBJECT_STATUSES:
-        raise ValueError("ineligible patients get no ResearchSubject")
+    """A ResearchSubject; ``status`` is the verdict (or ``ineligible`` when withdrawn)."""
     resource = {
         "resourceType": "ResearchSubject",
-        "id": subject_id(ruleset, verdict.patient_id),
+        "id": subject_id(ruleset, patient_id),
         "identifier": [
             {
                 "system": identifier_system,
-                "value": subject_identifier_value(ruleset, verdict.patient_id),
+                "value": subject_identifier_value(ruleset, patient_id),
             }
         ],
-        "status": verdict.verdict,
+        "status": status,
         "period": {"start": as_of.isoformat()},
         "study": {
             "reference": f"ResearchStudy/{study_id(ruleset)}",
             "identifier": study_identifier(ruleset),
             "display": ruleset.trial.acronym,
         },
-        "individual": {"reference": f"Patient/{verdict.patient_id}"},
+        "individual": {"reference": f"Patient/{patient_id}"},
     }
     return validated(ResearchSubject, resource)
 

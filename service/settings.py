@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.ruleset.engines import EngineName
@@ -38,6 +39,42 @@ class Settings(BaseSettings):
         description="ResearchSubject.identifier.system of the subjects prescreen writes",
     )
     log_level: str = Field(default="INFO", description="logging level (never logs PHI)")
+
+    # --- the FHIR server (live screening and write-back) ---
+    fhir_url: str | None = Field(default=None, description="FHIR R4 base URL")
+    fhir_auth: Literal["none", "bearer", "basic", "smart"] = Field(
+        default="none", description="authentication to the FHIR server"
+    )
+    fhir_token: SecretStr | None = Field(default=None, description="static bearer token")
+    fhir_username: str | None = Field(default=None, description="basic auth user")
+    fhir_password: SecretStr | None = Field(default=None, description="basic auth password")
+    smart_client_id: str | None = Field(default=None, description="SMART backend client id")
+    smart_private_key: Path | None = Field(
+        default=None, description="PEM private key signing the SMART client assertion"
+    )
+    smart_kid: str | None = Field(default=None, description="key id (kid) of that key in the JWKS")
+    smart_algorithm: Literal["RS384", "ES384"] = Field(
+        default="RS384", description="assertion signing algorithm"
+    )
+    smart_token_url: str | None = Field(
+        default=None, description="token endpoint; discovered from .well-known when empty"
+    )
+    smart_scope: str = Field(
+        default="system/Patient.read system/Condition.read system/Observation.read "
+        "system/Procedure.read system/ServiceRequest.read system/ResearchStudy.* "
+        "system/ResearchSubject.* system/Observation.write system/Provenance.write",
+        description="scopes requested with the SMART token",
+    )
+    fhir_timeout: float = Field(default=30.0, description="seconds per HTTP request")
+    fhir_concurrency: int = Field(default=8, description="HTTP requests in flight at most")
+    fhir_retries: int = Field(default=5, description="attempts per request (429/5xx/network)")
+    fhir_page_size: int = Field(default=200, description="_count asked of searches")
+    fhir_patients_per_request: int = Field(
+        default=25, description="patients whose resources one search (or batch) fetches"
+    )
+    fhir_codes_per_request: int = Field(
+        default=40, description="codes per token search parameter (long value sets are chunked)"
+    )
 
 
 @lru_cache(maxsize=1)

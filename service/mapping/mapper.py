@@ -79,6 +79,8 @@ class CompiledWhere:
     test: Callable[[list[Any]], bool]
     keep_if_missing: bool
     valueset_codes: frozenset[str] | None
+    search_param: str | None = None
+    search_tokens: tuple[str, ...] = ()  # "system|code" or plain codes, sorted
 
     def passes(self, resource: Any) -> bool:
         values = self.path.values(resource)
@@ -94,6 +96,16 @@ class CompiledSource:
     patient_path: FhirPath | None
     where: tuple[CompiledWhere, ...]
     fields: tuple[CompiledField, ...]
+    patient_search: str = "patient"
+
+    @property
+    def server_filters(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        """(search parameter, allowed tokens) the server can apply; prescreen re-checks all."""
+        return tuple(
+            (clause.search_param, clause.search_tokens)
+            for clause in self.where
+            if clause.search_param is not None
+        )
 
     def accepts(self, resource: Any) -> bool:
         return all(clause.passes(resource) for clause in self.where)
@@ -296,11 +308,14 @@ def _compile_where(
                 raise ConfigError(f"{where}: unknown value set '{vs_id}'")
             members.append(valuesets[vs_id])
         codes = frozenset(code for vs in members for code in vs.code_strings)
+        tokens = tuple(sorted({f"{s}|{c}" for vs in members for s, c in vs.codes}))
         return CompiledWhere(
             path,
             lambda values: any(vs.matches_concept(v) for v in values for vs in members),
             clause.if_missing == "keep",
             codes,
+            clause.search,
+            tokens,
         )
     if clause.in_ is not None:
         allowed = frozenset(clause.in_)
@@ -309,6 +324,8 @@ def _compile_where(
             lambda values: any(str(v) in allowed for v in values),
             clause.if_missing == "keep",
             None,
+            clause.search,
+            tuple(sorted(allowed)),
         )
     refused = frozenset(clause.not_in or ())
     return CompiledWhere(
@@ -317,6 +334,16 @@ def _compile_where(
         clause.if_missing != "drop",
         None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Cohort:
+    """Live discovery: search ``resource_type?{search}=tokens`` and collect the patients."""
+
+    resource_type: str
+    search: str
+    patient_search: str
+    tokens: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -330,6 +357,7 @@ class Mapper:
     facts: Mapping[str, FactSchema]
     sources: Mapping[str, tuple[CompiledSource, ...]]
     prefilters: Mapping[str, re.Pattern[bytes] | None]
+    cohort: Cohort | None = None
 
     @property
     def resource_types(self) -> frozenset[str]:
@@ -400,7 +428,21 @@ def load_mapping(path: Path) -> Mapper:
             defaults = {f.name: f.default for f in compiled.fields}
         facts[fact_name] = FactSchema(fact_name, fact.one, defaults, fact.description)
     prefilters = {rtype: _prefilter(srcs) for rtype, srcs in sources.items()}
+    cohort = None
+    if doc.cohort is not None:
+        unknown = [vs for vs in doc.cohort.valuesets if vs not in valuesets]
+        if unknown:
+            raise ConfigError(f"{path}: cohort names unknown value sets {unknown}")
+        cohort = Cohort(
+            doc.cohort.resource,
+            doc.cohort.search,
+            doc.cohort.patient_search,
+            tuple(
+                sorted({f"{s}|{c}" for vs in doc.cohort.valuesets for s, c in valuesets[vs].codes})
+            ),
+        )
     return Mapper(
+        cohort=cohort,
         id=doc.id,
         version=doc.version,
         source_file=path,
@@ -429,7 +471,9 @@ def _compile_source(
         for name, spec in source.fields.items()
     )
     clauses = tuple(_compile_where(clause, valuesets, where) for clause in source.where)
-    return CompiledSource(fact, source.resource, patient_path, clauses, fields)
+    return CompiledSource(
+        fact, source.resource, patient_path, clauses, fields, source.patient_search
+    )
 
 
 def _prefilter(sources: list[CompiledSource]) -> re.Pattern[bytes] | None:

@@ -81,6 +81,9 @@ class WhereDoc(_Strict):
     not_in: list[str] | None = None
     in_valueset: list[str] | None = None
     if_missing: Literal["keep", "drop"] | None = None
+    search: str | None = Field(
+        default=None, description="token search parameter that applies this filter on the server"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -94,12 +97,19 @@ class WhereDoc(_Strict):
         given = [x for x in (self.in_, self.not_in, self.in_valueset) if x is not None]
         if len(given) != 1:
             raise ValueError("a where clause needs exactly one of 'in', 'not_in', 'in_valueset'")
+        if self.search and (self.not_in is not None or self.if_missing == "keep"):
+            raise ValueError(
+                "'search' only goes with 'in' or 'in_valueset' that drop missing values"
+            )
         return self
 
 
 class SourceDoc(_Strict):
     resource: str
     patient: str = "subject"
+    patient_search: str = Field(
+        default="patient", description="search parameter selecting a patient's resources"
+    )
     where: list[WhereDoc] = []
     fields: dict[str, FieldDoc]
 
@@ -118,11 +128,21 @@ class FactDoc(_Strict):
     sources: Annotated[list[SourceDoc], Field(min_length=1)]
 
 
+class CohortDoc(_Strict):
+    """How live runs find candidate patients: resources coded in these value sets."""
+
+    resource: str
+    search: str = "code"
+    patient_search: str = "patient"
+    valuesets: Annotated[list[str], Field(min_length=1)]
+
+
 class MappingDoc(_Strict):
     id: str
     version: str
     description: str = ""
     valuesets: list[str] = ["valuesets"]
+    cohort: CohortDoc | None = None
     facts: dict[str, FactDoc]
 
     @model_validator(mode="after")

@@ -39,6 +39,28 @@ class PatientVerdict:
     verdict: Verdict
     criteria: tuple[CriterionResult, ...]
 
+    @classmethod
+    def from_contract(
+        cls, line: dict[str, Any], manual: frozenset[str], errors: frozenset[str]
+    ) -> PatientVerdict:
+        """Rebuild from a verdicts line (a checkpoint), with what the contract leaves out."""
+        return cls(
+            line["patient"].removeprefix("Patient/"),
+            line["verdict"],
+            tuple(
+                CriterionResult(
+                    cid,
+                    c["kind"],
+                    c["result"],
+                    tuple(c["evidence"]),
+                    c["reason"],
+                    manual=cid in manual,
+                    error=cid in errors,
+                )
+                for cid, c in line["criteria"].items()
+            ),
+        )
+
     def as_contract(self, ruleset: RuleSet, as_of: date) -> dict[str, Any]:
         """The output contract of relieve-criteria-spec.md, one verdicts.ndjson line."""
         return {

@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -121,6 +122,25 @@ def patient_resources(suite: RuleTestFile, test: RuleTest) -> list[dict[str, Any
     for resource in test.add:
         resources[_key(resource)] = copy.deepcopy(resource)
     return list(resources.values())
+
+
+def export_patients(suite: RuleTestFile) -> list[tuple[RuleTest, str, list[dict[str, Any]]]]:
+    """Each test patient with ids made unique across the suite (``t<n>-<id>``), references
+    rewritten to match: ready to load into a FHIR server next to all the others."""
+    exported = []
+    for index, test in enumerate(suite.tests):
+        prefix = f"t{index:03d}-"
+        resources = patient_resources(suite, test)
+        renamed = {_key(r): f"{r['resourceType']}/{prefix}{r['id']}" for r in resources}
+        text = orjson.dumps(resources).decode()
+        for old, new in renamed.items():
+            text = text.replace(f'"reference":"{old}"', f'"reference":"{new}"')
+        copies = orjson.loads(text)
+        for resource in copies:
+            resource["id"] = prefix + resource["id"]
+        patient = next(r["id"] for r in copies if r["resourceType"] == "Patient")
+        exported.append((test, patient, copies))
+    return exported
 
 
 def evaluate_resources(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -66,6 +66,10 @@ class ScreeningSummary:
             ):
                 self.blocking[c.id] += 1
 
+    def extra_json(self) -> dict[str, Any]:
+        """Sections a specialised run adds to summary.json."""
+        return {}
+
     def as_json(self) -> dict[str, Any]:
         return {
             "trial": self.trial,
@@ -92,6 +96,7 @@ class ScreeningSummary:
                 "evaluate": round(self.evaluate_seconds, 3),
             },
             "exit_code": self.exit_code,
+            **self.extra_json(),
         }
 
 
@@ -136,25 +141,44 @@ def screen_folder(
     started = time.perf_counter()
     screened = [pid for pid, data in collector.patients.items() if data.patient is not None]
     advance = progress.task("Screening patients", len(screened)) if progress else None
+
+    def contracts() -> Iterator[dict[str, Any]]:
+        for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
+            verdict = evaluator.evaluate(patient_id, facts, as_of)
+            summary.tally(verdict)
+            yield verdict.as_contract(ruleset, as_of)
+            if advance is not None and (done % 256 == 0 or done == len(screened)):
+                advance(done)
+
+    write_results(ruleset, contracts(), as_of, out, subject_identifier_system)
+    summary.evaluate_seconds = time.perf_counter() - started
+    output.write_json(out / output.SUMMARY, summary.as_json())
+    return summary
+
+
+def write_results(
+    ruleset: RuleSet,
+    contracts: Iterable[dict[str, Any]],
+    as_of: date,
+    out: Path,
+    subject_identifier_system: str,
+) -> None:
+    """verdicts.ndjson, ResearchSubject.ndjson and ResearchStudy.ndjson from verdict lines."""
     with (
         output.AtomicNdjson(out / output.VERDICTS) as verdict_file,
         output.AtomicNdjson(out / output.SUBJECTS) as subject_file,
     ):
-        for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
-            verdict = evaluator.evaluate(patient_id, facts, as_of)
-            summary.tally(verdict)
-            verdict_file.write(verdict.as_contract(ruleset, as_of))
-            if verdict.verdict in SUBJECT_STATUSES:
+        for contract in contracts:
+            verdict_file.write(contract)
+            if contract["verdict"] in SUBJECT_STATUSES:
+                patient_id = contract["patient"].removeprefix("Patient/")
                 subject_file.write(
-                    research_subject(ruleset, verdict, as_of, subject_identifier_system)
+                    research_subject(
+                        ruleset, patient_id, contract["verdict"], as_of, subject_identifier_system
+                    )
                 )
-            if advance is not None and (done % 256 == 0 or done == len(screened)):
-                advance(done)
     with output.AtomicNdjson(out / output.STUDIES) as study_file:
         study_file.write(research_study(ruleset))
-    summary.evaluate_seconds = time.perf_counter() - started
-    output.write_json(out / output.SUMMARY, summary.as_json())
-    return summary
 
 
 def _read_all(collector: Collector, files: list[Any], progress: ProgressSink | None) -> None:

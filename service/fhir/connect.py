@@ -1,0 +1,117 @@
+"""Building a FhirClient from the settings, and checking the server can do what a run needs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from service.errors import ConfigError, FhirServerError
+from service.fhir.auth import SmartBackendAuth, basic_auth, bearer_auth, discover_token_url
+from service.fhir.client import FhirClient, RetryPolicy
+from service.settings import Settings
+
+
+async def connect(settings: Settings, base_url: str | None = None) -> FhirClient:
+    url = base_url or settings.fhir_url
+    if not url:
+        raise ConfigError("no FHIR server: give --fhir-url or set PRESCREEN_FHIR_URL")
+    auth: Any = None
+    if settings.fhir_auth == "bearer":
+        token = settings.fhir_token.get_secret_value() if settings.fhir_token else None
+        auth = bearer_auth(token)
+    elif settings.fhir_auth == "basic":
+        password = settings.fhir_password.get_secret_value() if settings.fhir_password else None
+        auth = basic_auth(settings.fhir_username, password)
+    elif settings.fhir_auth == "smart":
+        if not (settings.smart_client_id and settings.smart_private_key and settings.smart_kid):
+            raise ConfigError(
+                "SMART auth needs PRESCREEN_SMART_CLIENT_ID, PRESCREEN_SMART_PRIVATE_KEY "
+                "and PRESCREEN_SMART_KID"
+            )
+        try:
+            key = settings.smart_private_key.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the SMART private key: {exc.strerror}") from exc
+        auth = SmartBackendAuth(
+            client_id=settings.smart_client_id,
+            private_key_pem=key,
+            kid=settings.smart_kid,
+            token_url=settings.smart_token_url or await discover_token_url(url),
+            algorithm=settings.smart_algorithm,
+            scope=settings.smart_scope,
+        )
+    return FhirClient(
+        url,
+        auth=auth,
+        timeout=settings.fhir_timeout,
+        concurrency=settings.fhir_concurrency,
+        retry=RetryPolicy(attempts=settings.fhir_retries),
+    )
+
+
+@dataclass
+class ServerAbilities:
+    """What the CapabilityStatement promises, reduced to what prescreen uses."""
+
+    fhir_version: str
+    batch: bool
+    transaction: bool
+    interactions: dict[str, set[str]] = field(default_factory=dict)
+    search_params: dict[str, set[str]] = field(default_factory=dict)
+
+    def can(self, resource_type: str, interaction: str) -> bool:
+        return interaction in self.interactions.get(resource_type, set())
+
+    def searchable(self, resource_type: str, param: str) -> bool:
+        # _id and _lastUpdated apply to every resource; servers often leave them out.
+        return param in {"_id"} or param in self.search_params.get(resource_type, set())
+
+
+def read_capabilities(statement: dict[str, Any]) -> ServerAbilities:
+    rest = next((r for r in statement.get("rest", []) if r.get("mode") == "server"), None)
+    if rest is None:
+        rest = (statement.get("rest") or [{}])[0]
+    system = {i.get("code") for i in rest.get("interaction", [])}
+    abilities = ServerAbilities(
+        fhir_version=str(statement.get("fhirVersion", "")),
+        batch="batch" in system,
+        transaction="transaction" in system,
+    )
+    for resource in rest.get("resource", []):
+        rtype = resource.get("type")
+        abilities.interactions[rtype] = {i.get("code") for i in resource.get("interaction", [])}
+        abilities.search_params[rtype] = {p.get("name") for p in resource.get("searchParam", [])}
+    return abilities
+
+
+def check_capabilities(
+    abilities: ServerAbilities,
+    reads: dict[str, set[str]],
+    writes: set[str],
+    needs_transaction: bool,
+) -> list[str]:
+    """Problems that make the run impossible; an empty list means go.
+
+    ``reads`` maps resource types to the search parameters the run will use.
+    """
+    problems = []
+    if not abilities.fhir_version.startswith("4.0"):
+        problems.append(f"the server speaks FHIR {abilities.fhir_version or '?'}, not R4 (4.0.x)")
+    for rtype, params in sorted(reads.items()):
+        if not abilities.can(rtype, "search-type") and not abilities.can(rtype, "read"):
+            problems.append(f"{rtype}: the server offers neither search nor read")
+        for param in sorted(params):
+            if not abilities.searchable(rtype, param):
+                problems.append(f"{rtype}: search parameter '{param}' is not supported")
+    for rtype in sorted(writes):
+        for interaction in ("create", "update"):
+            if not abilities.can(rtype, interaction):
+                problems.append(f"{rtype}: the server does not allow {interaction}")
+    if needs_transaction and not abilities.transaction:
+        problems.append("the server does not accept transaction Bundles")
+    return problems
+
+
+def raise_for(problems: list[str]) -> None:
+    if problems:
+        raise FhirServerError("the FHIR server cannot serve this run: " + "; ".join(problems))

@@ -1,0 +1,213 @@
+"""Finding patients and fetching their resources, with searches derived from the mapping.
+
+Every search parameter used here comes from the mapping data (``search:`` on a filter, the
+``cohort`` block): the code list of a value set becomes a token search, chunked so URLs stay
+short. A group of patients is fetched in one batch Bundle where the server allows it, otherwise
+with one search per resource type; each search names many patients at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+from service.errors import FhirServerError
+from service.fhir.client import FhirClient, Json
+from service.fhir.connect import ServerAbilities
+from service.mapping.mapper import Mapper, UnattributableResourceError, patient_id_from_reference
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSpec:
+    """One search per group of patients: a resource type and its server-side filters."""
+
+    resource_type: str
+    patient_param: str
+    filters: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def search_plan(mapper: Mapper) -> list[SearchSpec]:
+    """Searches covering every mapped source; sources of one type that differ only in their
+    code list share a search (the pain score and survival Observations, for instance)."""
+    merged: dict[tuple[str, str, tuple[Any, ...]], set[str] | None] = {}
+    for resource_type, sources in mapper.sources.items():
+        if resource_type == "Patient":
+            continue
+        for source in sources:
+            by_param = dict(source.server_filters)
+            codes = by_param.pop("code", None)
+            key = (resource_type, source.patient_search, tuple(sorted(by_param.items())))
+            if key in merged:
+                known = merged[key]
+                merged[key] = None if known is None or codes is None else known | set(codes)
+            else:
+                merged[key] = None if codes is None else set(codes)
+    plan = []
+    for (resource_type, patient_param, others), code_set in sorted(
+        merged.items(), key=lambda item: repr(item[0])
+    ):
+        filters: list[tuple[str, tuple[str, ...]]] = list(others)
+        if code_set is not None:
+            filters.append(("code", tuple(sorted(code_set))))
+        plan.append(SearchSpec(resource_type, patient_param, tuple(sorted(filters))))
+    return plan
+
+
+def chunked(items: Iterable[str], size: int) -> list[list[str]]:
+    items = list(items)
+    return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
+
+
+def search_requests(
+    spec: SearchSpec, patient_ids: list[str], codes_per_request: int, page_size: int
+) -> list[list[tuple[str, str]]]:
+    """Query parameter lists for one group: every combination of token chunks."""
+    base = [(spec.patient_param, ",".join(f"Patient/{pid}" for pid in patient_ids))]
+    per_param = [
+        [(param, ",".join(chunk)) for chunk in chunked(tokens, codes_per_request)]
+        for param, tokens in spec.filters
+    ]
+    return [
+        [*base, *combination, ("_count", str(page_size))]
+        for combination in itertools.product(*per_param)
+    ]
+
+
+def reads_needed(mapper: Mapper) -> dict[str, set[str]]:
+    """Search parameters a live run uses, by resource type: for the capability check."""
+    needed: dict[str, set[str]] = {"Patient": {"_id"}}
+    for spec in search_plan(mapper):
+        needed.setdefault(spec.resource_type, set()).update(
+            {spec.patient_param, *(param for param, _ in spec.filters)}
+        )
+    if mapper.cohort is not None:
+        needed.setdefault(mapper.cohort.resource_type, set()).add(mapper.cohort.search)
+    return needed
+
+
+class PatientFetcher:
+    def __init__(
+        self,
+        client: FhirClient,
+        mapper: Mapper,
+        abilities: ServerAbilities,
+        *,
+        codes_per_request: int,
+        page_size: int,
+    ) -> None:
+        self.client = client
+        self.mapper = mapper
+        self.use_batch = abilities.batch
+        self.plan = search_plan(mapper)
+        self.codes_per_request = codes_per_request
+        self.page_size = page_size
+
+    def requests_for(self, patient_ids: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
+        requests = [("Patient", [("_id", ",".join(patient_ids)), ("_count", str(self.page_size))])]
+        for spec in self.plan:
+            for params in search_requests(
+                spec, patient_ids, self.codes_per_request, self.page_size
+            ):
+                requests.append((spec.resource_type, params))
+        return requests
+
+    async def fetch(self, patient_ids: list[str]) -> list[Json]:
+        """Every mapped resource of these patients (Patients included)."""
+        requests = self.requests_for(patient_ids)
+        if self.use_batch:
+            firsts = await self._batch(requests)
+        else:
+            firsts = await asyncio.gather(
+                *(
+                    self.client.get(rtype, params, kind=f"search {rtype}")
+                    for rtype, params in requests
+                )
+            )
+        resources: list[Json] = []
+        for first in firsts:
+            async for page in self.client.pages(first):
+                for entry in page.get("entry", []):
+                    resource = entry.get("resource")
+                    if (
+                        isinstance(resource, dict)
+                        and entry.get("search", {}).get("mode") != "outcome"
+                    ):
+                        resources.append(resource)
+        return resources
+
+    async def _batch(self, requests: list[tuple[str, list[tuple[str, str]]]]) -> list[Json]:
+        entries = [
+            {"request": {"method": "GET", "url": f"{rtype}?{urlencode(params)}"}}
+            for rtype, params in requests
+        ]
+        answer = await self.client.bundle("batch", entries)
+        bundles = []
+        for entry in answer.get("entry", []):
+            status = str(entry.get("response", {}).get("status", ""))
+            if not status.startswith("2"):
+                raise FhirServerError(f"a search in the batch failed with {status or 'no status'}")
+            resource = entry.get("resource")
+            if not isinstance(resource, dict) or resource.get("resourceType") != "Bundle":
+                raise FhirServerError("a batch search answered without a searchset Bundle")
+            bundles.append(resource)
+        if len(bundles) != len(requests):
+            raise FhirServerError("the batch answer has a different number of entries")
+        return bundles
+
+
+async def _patients_of(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> set[str]:
+    found: set[str] = set()
+    async for resource in client.search(rtype, params):
+        if resource.get("resourceType") == "Patient":
+            found.add(str(resource.get("id")))
+            continue
+        for key in ("subject", "patient"):
+            reference = (
+                resource.get(key, {}).get("reference")
+                if isinstance(resource.get(key), dict)
+                else None
+            )
+            if isinstance(reference, str):
+                with contextlib.suppress(UnattributableResourceError):
+                    found.add(patient_id_from_reference(reference))
+                break
+    return found
+
+
+async def discover_cohort(
+    client: FhirClient, mapper: Mapper, *, codes_per_request: int, page_size: int
+) -> list[str]:
+    """Patients with a resource coded in the cohort value sets (e.g. a spinal metastasis)."""
+    cohort = mapper.cohort
+    if cohort is None:
+        raise FhirServerError(
+            f"mapping '{mapper.id}' has no cohort block; give patient ids or --since instead"
+        )
+    found: set[str] = set()
+    for chunk in chunked(cohort.tokens, codes_per_request):
+        params = [(cohort.search, ",".join(chunk)), ("_count", str(page_size))]
+        found |= await _patients_of(client, cohort.resource_type, params)
+    return sorted(found)
+
+
+async def changed_since(
+    client: FhirClient, mapper: Mapper, since: str, *, codes_per_request: int, page_size: int
+) -> list[str]:
+    """Patients with a mapped resource (or their Patient record) updated after ``since``."""
+    found = await _patients_of(
+        client, "Patient", [("_lastUpdated", f"gt{since}"), ("_count", str(page_size))]
+    )
+    for spec in search_plan(mapper):
+        per_param = [
+            [(param, ",".join(chunk)) for chunk in chunked(tokens, codes_per_request)]
+            for param, tokens in spec.filters
+        ]
+        for combination in itertools.product(*per_param):
+            params = [("_lastUpdated", f"gt{since}"), *combination, ("_count", str(page_size))]
+            found |= await _patients_of(client, spec.resource_type, params)
+    return sorted(found)

@@ -1,0 +1,324 @@
+"""Screening the patients of a live FHIR server, with optional write-back.
+
+The run is resumable: every patient whose screening (and write-back) is complete is appended to
+``OUT/checkpoint.ndjson``. If the server is lost midway, the run stops, lists the patients it did
+not screen in ``OUT/unscreened.ndjson`` and exits 1; ``--resume`` continues from the checkpoint,
+and the idempotent write-back makes a repeated write harmless anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import IO, Any, Literal
+
+import orjson
+
+from service.errors import FhirServerError, FhirUnavailableError
+from service.fhir.client import FhirClient, Json
+from service.fhir.connect import check_capabilities, raise_for, read_capabilities
+from service.fhir.retrieval import (
+    PatientFetcher,
+    changed_since,
+    chunked,
+    discover_cohort,
+    reads_needed,
+)
+from service.fhir.writeback import WriteBack, WriteStats
+from service.ruleset.engines import EngineName
+from service.ruleset.evaluate import Evaluator, PatientVerdict
+from service.ruleset.loader import RuleSet
+from service.screening import output
+from service.screening.run import ProgressSink, ScreeningSummary, write_results
+from service.screening.source import Collector, InputIssue, IssueLog, ReadStats
+
+CHECKPOINT = "checkpoint.ndjson"
+UNSCREENED = "unscreened.ndjson"
+WRITE_TYPES = {"ResearchStudy", "ResearchSubject", "Observation", "Provenance"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which patients to screen: the mapping's cohort, explicit ids, or changes since a time."""
+
+    kind: Literal["cohort", "ids", "since"]
+    ids: tuple[str, ...] = ()
+    since: str = ""
+
+
+@dataclass(frozen=True)
+class LiveOptions:
+    as_of: date
+    out: Path
+    selection: Selection
+    engine: EngineName = "cel"
+    write_back: bool = False
+    dry_run: bool = False
+    resume: bool = False
+    subject_identifier_system: str = "urn:prescreen:research-subject"
+    patients_per_request: int = 25
+    codes_per_request: int = 40
+    page_size: int = 200
+    parallel_groups: int = 4
+
+
+@dataclass
+class LiveSummary(ScreeningSummary):
+    selected: int = 0
+    resumed: int = 0
+    unscreened: dict[str, str] = field(default_factory=dict)
+    requests: int = 0
+    requests_by_kind: dict[str, int] = field(default_factory=dict)
+    retries: int = 0
+    http_seconds: float = 0.0
+    writes: WriteStats | None = None
+
+    @property
+    def screened_now(self) -> int:
+        return self.patients - self.resumed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.unscreened else super().exit_code
+
+    def extra_json(self) -> dict[str, Any]:
+        per_patient = self.requests / self.screened_now if self.screened_now else 0.0
+        live: dict[str, Any] = {
+            "selected": self.selected,
+            "resumed_from_checkpoint": self.resumed,
+            "not_screened": len(self.unscreened),
+            "requests": self.requests,
+            "requests_per_screened_patient": round(per_patient, 3),
+            "requests_by_kind": self.requests_by_kind,
+            "retries": self.retries,
+            "http_seconds": round(self.http_seconds, 3),
+        }
+        if self.writes is not None:
+            w = self.writes
+            live["write_back"] = {
+                "created": w.created,
+                "updated": w.updated,
+                "withdrawn_to_ineligible": w.withdrawn,
+                "unchanged": w.unchanged,
+                "kept_status_set_by_a_person": w.kept_human_status,
+                "version_conflicts_retried": w.conflicts_retried,
+                "transactions": w.transactions,
+            }
+        return {"live": live}
+
+
+class Checkpoint:
+    """Append-only record of finished patients; survives a crash between two lines."""
+
+    def __init__(self, path: Path, resume: bool) -> None:
+        self.path = path
+        self.done: dict[str, dict[str, Any]] = {}
+        if resume and path.exists():
+            for raw in path.read_bytes().splitlines():
+                try:
+                    line = orjson.loads(raw)
+                except orjson.JSONDecodeError:
+                    continue  # the line a crash cut short: that patient is simply redone
+                self.done[line["verdict"]["patient"].removeprefix("Patient/")] = line
+        self._handle: IO[bytes] = path.open("ab" if resume else "wb")
+
+    def record(self, verdict: PatientVerdict, contract: dict[str, Any]) -> None:
+        line = {"verdict": contract, "rule_errors": [c.id for c in verdict.criteria if c.error]}
+        self._handle.write(orjson.dumps(line) + b"\n")
+        self._handle.flush()
+        self.done[verdict.patient_id] = line
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOptions) -> list[str]:
+    selection = options.selection
+    if selection.kind == "ids":
+        return sorted(set(selection.ids))
+    if selection.kind == "since":
+        return await changed_since(
+            client,
+            ruleset.mapper,
+            selection.since,
+            codes_per_request=options.codes_per_request,
+            page_size=options.page_size,
+        )
+    return await discover_cohort(
+        client,
+        ruleset.mapper,
+        codes_per_request=options.codes_per_request,
+        page_size=options.page_size,
+    )
+
+
+async def screen_server(
+    ruleset: RuleSet,
+    client: FhirClient,
+    options: LiveOptions,
+    *,
+    progress: ProgressSink | None = None,
+    echo: Callable[[Json], None] | None = None,
+) -> LiveSummary:
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    abilities = read_capabilities(await client.capabilities())
+    reads = reads_needed(ruleset.mapper)
+    if options.selection.kind == "since":
+        for rtype in reads:
+            reads[rtype].add("_lastUpdated")
+    writing = options.write_back and not options.dry_run
+    raise_for(
+        check_capabilities(
+            abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
+        )
+    )
+
+    issue_file = (out / output.ISSUES).open("ab" if options.resume else "wb")
+
+    def record_issue(issue: InputIssue) -> None:
+        issue_file.write(orjson.dumps(issue.as_json()) + b"\n")
+
+    issues = IssueLog(sink=record_issue)
+    summary = LiveSummary(
+        ruleset.id,
+        ruleset.version,
+        options.engine,
+        options.as_of,
+        Path(client.base_url),
+        out,
+        ReadStats(),
+        issues,
+    )
+    started = time.perf_counter()
+    checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
+    try:
+        ids = await select_patients(client, ruleset, options)
+        summary.selected = len(ids)
+        todo = [pid for pid in ids if pid not in checkpoint.done]
+        summary.resumed = len(ids) - len(todo)
+        writer = None
+        if options.write_back:
+            writer = WriteBack(
+                client,
+                ruleset,
+                options.as_of,
+                options.subject_identifier_system,
+                dry_run=options.dry_run,
+                echo=echo,
+            )
+            await writer.prepare()
+        await _screen_groups(
+            ruleset, client, abilities, options, todo, writer, checkpoint, summary, progress
+        )
+        if writer is not None:
+            summary.writes = writer.stats
+    finally:
+        checkpoint.close()
+        issue_file.close()
+    summary.read_seconds = time.perf_counter() - started
+
+    manual = frozenset(c.id for c in ruleset.criteria if c.manual)
+    lines = [checkpoint.done[pid] for pid in sorted(checkpoint.done)]
+    for line in lines:
+        summary.tally(
+            PatientVerdict.from_contract(line["verdict"], manual, frozenset(line["rule_errors"]))
+        )
+    write_results(
+        ruleset,
+        (line["verdict"] for line in lines),
+        options.as_of,
+        out,
+        options.subject_identifier_system,
+    )
+    with output.AtomicNdjson(out / UNSCREENED) as unscreened_file:
+        for pid, reason in sorted(summary.unscreened.items()):
+            unscreened_file.write({"patient": f"Patient/{pid}", "reason": reason})
+    stats = client.stats
+    summary.requests, summary.retries = stats.requests, stats.retries
+    summary.requests_by_kind = dict(stats.by_kind)
+    summary.http_seconds = stats.seconds
+    output.write_json(out / output.SUMMARY, summary.as_json())
+    return summary
+
+
+async def _screen_groups(
+    ruleset: RuleSet,
+    client: FhirClient,
+    abilities: Any,
+    options: LiveOptions,
+    todo: list[str],
+    writer: WriteBack | None,
+    checkpoint: Checkpoint,
+    summary: LiveSummary,
+    progress: ProgressSink | None,
+) -> None:
+    fetcher = PatientFetcher(
+        client,
+        ruleset.mapper,
+        abilities,
+        codes_per_request=options.codes_per_request,
+        page_size=options.page_size,
+    )
+    evaluator = Evaluator(ruleset, options.engine)
+    groups = [g for g in chunked(todo, options.patients_per_request) if g]
+    advance = progress.task("Screening patients", len(todo)) if progress else None
+    gate = asyncio.Semaphore(options.parallel_groups)
+    lost: list[str] = []
+    done = 0
+
+    async def one(group: list[str]) -> None:
+        nonlocal done
+        async with gate:
+            if lost:
+                summary.unscreened.update({pid: f"not attempted: {lost[0]}" for pid in group})
+                return
+            try:
+                verdicts = await _screen_group(ruleset, fetcher, evaluator, group, summary, options)
+                if writer is not None:
+                    await writer.write(verdicts)
+            except FhirUnavailableError as exc:
+                lost.append(str(exc))
+                summary.unscreened.update({pid: f"server unavailable: {exc}" for pid in group})
+                return
+            except FhirServerError as exc:
+                summary.unscreened.update({pid: f"server error: {exc}" for pid in group})
+                return
+            for verdict in verdicts:
+                checkpoint.record(verdict, verdict.as_contract(ruleset, options.as_of))
+            done += len(group)
+            if advance is not None:
+                advance(done)
+
+    await asyncio.gather(*(one(group) for group in groups))
+
+
+async def _screen_group(
+    ruleset: RuleSet,
+    fetcher: PatientFetcher,
+    evaluator: Evaluator,
+    group: list[str],
+    summary: LiveSummary,
+    options: LiveOptions,
+) -> list[PatientVerdict]:
+    resources = await fetcher.fetch(group)
+    collector = Collector(ruleset.mapper, options.as_of, summary.issues)
+    for resource in resources:
+        where = f"fhir:{resource.get('resourceType')}/{resource.get('id')}"
+        collector.add_resource(resource, where, 0)
+    summary.stats.records += collector.stats.records
+    summary.stats.parsed += len(resources)
+    verdicts = [
+        evaluator.evaluate(pid, facts, options.as_of)
+        for pid, _patient, facts in collector.screened_patients()
+    ]
+    found = {v.patient_id for v in verdicts}
+    for pid in group:
+        if pid not in found:
+            summary.unscreened[pid] = "no Patient resource on the server"
+            summary.issues.add(InputIssue(f"fhir:Patient/{pid}", 0, "not-found", "no such Patient"))
+    return [v for v in verdicts if v.patient_id in set(group)]
