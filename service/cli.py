@@ -176,6 +176,8 @@ def _screen_live(args: argparse.Namespace, settings: Settings, ruleset: object, 
     summary = asyncio.run(run())
     _print_summary(summary)
     live = summary.extra_json()["live"]
+    for warning in live["capability_warnings"]:
+        stdout.print(f"[yellow]CapabilityStatement:[/] {escape(warning)}")
     stdout.print(
         f"Selected {live['selected']} patients ({live['resumed_from_checkpoint']} already done); "
         f"{live['requests']} HTTP requests, {live['requests_per_screened_patient']} per screened "
@@ -253,12 +255,13 @@ def _print_summary(summary: object) -> None:
     stdout.print(criteria)
 
     stats = summary.stats
-    stdout.print(
-        f"Read {stats.lines} lines in {stats.files} files: {stats.parsed} parsed, "
-        f"{stats.skipped_type} of unneeded types and {stats.skipped_prefilter} without a relevant "
-        f"code skipped unparsed; {summary.read_seconds:.2f}s reading, "
-        f"{summary.evaluate_seconds:.2f}s screening ({summary.engine})."
-    )
+    if stats.files:
+        stdout.print(
+            f"Read {stats.lines} lines in {stats.files} files: {stats.parsed} parsed, "
+            f"{stats.skipped_type} of unneeded types and {stats.skipped_prefilter} without a "
+            f"relevant code skipped unparsed; {summary.read_seconds:.2f}s reading, "
+            f"{summary.evaluate_seconds:.2f}s screening ({summary.engine})."
+        )
     if summary.rule_errors:
         stdout.print(f"[red]Rule errors:[/] {dict(summary.rule_errors)}")
     if summary.issues.total:

@@ -84,34 +84,53 @@ def read_capabilities(statement: dict[str, Any]) -> ServerAbilities:
     return abilities
 
 
+@dataclass
+class CapabilityReport:
+    problems: list[str] = field(default_factory=list)  # the run cannot work
+    warnings: list[str] = field(default_factory=list)  # not declared; the run tries anyway
+
+
 def check_capabilities(
     abilities: ServerAbilities,
     reads: dict[str, set[str]],
     writes: set[str],
     needs_transaction: bool,
-) -> list[str]:
-    """Problems that make the run impossible; an empty list means go.
+) -> CapabilityReport:
+    """What the CapabilityStatement says against what the run will do.
 
-    ``reads`` maps resource types to the search parameters the run will use.
+    ``reads`` maps resource types to the search parameters the run will use. A resource type the
+    statement does not list at all is only a warning: many servers under-declare. A listed type
+    without a needed interaction, a FHIR version other than R4, or no transactions when writing
+    stop the run before it starts.
     """
-    problems = []
+    report = CapabilityReport()
     if not abilities.fhir_version.startswith("4.0"):
-        problems.append(f"the server speaks FHIR {abilities.fhir_version or '?'}, not R4 (4.0.x)")
+        report.problems.append(
+            f"the server speaks FHIR {abilities.fhir_version or '?'}, not R4 (4.0.x)"
+        )
     for rtype, params in sorted(reads.items()):
-        if not abilities.can(rtype, "search-type") and not abilities.can(rtype, "read"):
-            problems.append(f"{rtype}: the server offers neither search nor read")
+        if rtype not in abilities.interactions:
+            report.warnings.append(f"{rtype} is not in the CapabilityStatement")
+            continue
+        if not abilities.can(rtype, "search-type"):
+            report.problems.append(f"{rtype}: the server does not offer search")
         for param in sorted(params):
             if not abilities.searchable(rtype, param):
-                problems.append(f"{rtype}: search parameter '{param}' is not supported")
+                report.warnings.append(f"{rtype}: search parameter '{param}' is not declared")
     for rtype in sorted(writes):
+        if rtype not in abilities.interactions:
+            report.warnings.append(f"{rtype} is not in the CapabilityStatement")
+            continue
         for interaction in ("create", "update"):
             if not abilities.can(rtype, interaction):
-                problems.append(f"{rtype}: the server does not allow {interaction}")
+                report.problems.append(f"{rtype}: the server does not allow {interaction}")
     if needs_transaction and not abilities.transaction:
-        problems.append("the server does not accept transaction Bundles")
-    return problems
+        report.problems.append("the server does not accept transaction Bundles")
+    return report
 
 
-def raise_for(problems: list[str]) -> None:
-    if problems:
-        raise FhirServerError("the FHIR server cannot serve this run: " + "; ".join(problems))
+def raise_for(report: CapabilityReport) -> None:
+    if report.problems:
+        raise FhirServerError(
+            "the FHIR server cannot serve this run: " + "; ".join(report.problems)
+        )

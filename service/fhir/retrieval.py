@@ -90,6 +90,10 @@ def reads_needed(mapper: Mapper) -> dict[str, set[str]]:
     return needed
 
 
+# Answers meaning "not this way" rather than "not now": fall back to plain searches.
+BATCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
+
+
 class PatientFetcher:
     def __init__(
         self,
@@ -119,9 +123,17 @@ class PatientFetcher:
     async def fetch(self, patient_ids: list[str]) -> list[Json]:
         """Every mapped resource of these patients (Patients included)."""
         requests = self.requests_for(patient_ids)
+        firsts: list[Json] | None = None
         if self.use_batch:
-            firsts = await self._batch(requests)
-        else:
+            try:
+                firsts = await self._batch(requests)
+            except FhirServerError as exc:
+                if exc.status not in BATCH_REFUSED:
+                    raise
+                # Declared but refused (e.g. scopes that allow reads but not a POST to the
+                # base): plain searches from now on.
+                self.use_batch = False
+        if firsts is None:
             firsts = await asyncio.gather(
                 *(
                     self.client.get(rtype, params, kind=f"search {rtype}")

@@ -12,6 +12,13 @@ What is written, per patient who is (or was) a candidate:
 - one ``Provenance`` per write, naming the rule set id and version (``policy``), as_of
   (``occurredDateTime``), the written resources (``target``) and the evidence (``entity``).
 
+Every written resource also carries two ``meta.tag`` codings: ``urn:prescreen:key`` = its
+deterministic key (the identifier value) and ``urn:prescreen:study`` = the NCT id. Conditional
+creates and updates match on ``identifier`` where the CapabilityStatement declares that search
+parameter for the type, and on ``_tag`` otherwise (``_tag`` is defined for every resource; some
+servers, sekmet-fhir among them, have no ``identifier`` search on ResearchSubject). Subjects
+written before are found by the study tag.
+
 All of a patient's writes go in one transaction Bundle, so they land together or not at all.
 Nothing is written when neither the status nor the results changed since the last run (a
 fingerprint of the results is kept on the ResearchSubject), so running twice writes nothing twice.
@@ -35,6 +42,7 @@ from fhir.resources.R4B.researchsubject import ResearchSubject
 
 from service.errors import FhirServerError
 from service.fhir.client import FhirClient, Json
+from service.fhir.connect import ServerAbilities
 from service.research import (
     SUBJECT_STATUSES,
     research_study,
@@ -51,6 +59,8 @@ FINGERPRINT_URL = "urn:prescreen:fhir:StructureDefinition:results-fingerprint"
 RESULT_SYSTEM = "urn:prescreen:criterion-result"
 OBSERVATION_IDENTIFIER_SYSTEM = "urn:prescreen:criterion-observation"
 PRESCREEN_OWNED = frozenset({"candidate", "potential-candidate"})
+KEY_TAG_SYSTEM = "urn:prescreen:key"
+STUDY_TAG_SYSTEM = "urn:prescreen:study"
 
 
 @dataclass
@@ -111,10 +121,12 @@ class WriteBack:
         as_of: date,
         identifier_system: str,
         *,
+        abilities: ServerAbilities,
         dry_run: bool = False,
         echo: Callable[[Json], None] | None = None,
     ) -> None:
         self.client = client
+        self.abilities = abilities
         self.ruleset = ruleset
         self.as_of = as_of
         self.identifier_system = identifier_system
@@ -127,11 +139,31 @@ class WriteBack:
 
     # --- preparation ----------------------------------------------------------------------------
 
+    def _match(self, resource_type: str, system: str, key: str) -> tuple[str, str]:
+        """The search that finds the one resource with this deterministic key."""
+        if self.abilities.searchable(resource_type, "identifier"):
+            return "identifier", f"{system}|{key}"
+        return "_tag", f"{KEY_TAG_SYSTEM}|{key}"
+
+    def _tagged(self, resource: Json, key: str) -> Json:
+        """The resource with prescreen's key and study tags (other tags kept)."""
+        meta = dict(resource.get("meta", {}))
+        tags = [
+            t
+            for t in meta.get("tag", [])
+            if t.get("system") not in (KEY_TAG_SYSTEM, STUDY_TAG_SYSTEM)
+        ]
+        tags += [
+            {"system": KEY_TAG_SYSTEM, "code": key},
+            {"system": STUDY_TAG_SYSTEM, "code": self.ruleset.trial.nct_id},
+        ]
+        return {**resource, "meta": {"tag": tags}}
+
     async def prepare(self) -> None:
         """Find (or create) the ResearchStudy and read the subjects written for it before."""
         identifier = study_identifier(self.ruleset)
-        token = f"{identifier['system']}|{identifier['value']}"
-        found = [r async for r in self.client.search("ResearchStudy", [("identifier", token)])]
+        param, token = self._match("ResearchStudy", identifier["system"], identifier["value"])
+        found = [r async for r in self.client.search("ResearchStudy", [(param, token)])]
         studies = [r for r in found if r.get("resourceType") == "ResearchStudy"]
         if len(studies) > 1:
             raise FhirServerError(f"{len(studies)} ResearchStudy resources carry {token}")
@@ -145,7 +177,10 @@ class WriteBack:
             answer = await self.client.bundle("transaction", [self._study_create(None)])
             self.study_reference = _reference_from(answer["entry"][0], "ResearchStudy")
         if not self.study_reference.startswith("urn:uuid:"):
-            params = [("study", self.study_reference), ("_count", "500")]
+            params = [
+                ("_tag", f"{STUDY_TAG_SYSTEM}|{self.ruleset.trial.nct_id}"),
+                ("_count", "500"),
+            ]
             async for resource in self.client.search("ResearchSubject", params):
                 self._remember(resource)
 
@@ -153,12 +188,13 @@ class WriteBack:
         study = research_study(self.ruleset)
         study.pop("id", None)
         identifier = study_identifier(self.ruleset)
+        param, token = self._match("ResearchStudy", identifier["system"], identifier["value"])
         entry: Json = {
-            "resource": study,
+            "resource": self._tagged(study, identifier["value"]),
             "request": {
                 "method": "POST",
                 "url": "ResearchStudy",
-                "ifNoneExist": f"identifier={identifier['system']}|{identifier['value']}",
+                "ifNoneExist": f"{param}={token}",
             },
         }
         if full_url:
@@ -185,13 +221,14 @@ class WriteBack:
                 return None
             subject_url = f"urn:uuid:{uuid.uuid4()}"
             subject = self._subject(verdict.patient_id, status, marks, None)
+            param, token = self._match("ResearchSubject", self.identifier_system, key)
             subject_entry = {
                 "fullUrl": subject_url,
                 "resource": subject,
                 "request": {
                     "method": "POST",
                     "url": "ResearchSubject",
-                    "ifNoneExist": f"identifier={self.identifier_system}|{key}",
+                    "ifNoneExist": f"{param}={token}",
                 },
             }
             self.stats.created += 1
@@ -242,7 +279,8 @@ class WriteBack:
             {"url": WRITTEN_STATUS_URL, "valueCode": status},
             {"url": FINGERPRINT_URL, "valueString": marks},
         ]
-        return validated(ResearchSubject, subject)
+        key = subject_identifier_value(self.ruleset, patient_id)
+        return validated(ResearchSubject, self._tagged(subject, key))
 
     def _observation(
         self, verdict: PatientVerdict, criterion_id: str, full_url: str, subject_url: str
@@ -275,13 +313,11 @@ class WriteBack:
         }
         if result.evidence:
             resource["derivedFrom"] = [{"reference": ref} for ref in result.evidence]
+        param, token = self._match("Observation", OBSERVATION_IDENTIFIER_SYSTEM, identifier)
         return {
             "fullUrl": full_url,
-            "resource": validated(Observation, resource),
-            "request": {
-                "method": "PUT",
-                "url": f"Observation?identifier={OBSERVATION_IDENTIFIER_SYSTEM}|{identifier}",
-            },
+            "resource": validated(Observation, self._tagged(resource, identifier)),
+            "request": {"method": "PUT", "url": f"Observation?{param}={token}"},
         }
 
     def _provenance(self, verdict: PatientVerdict, targets: list[str]) -> Json:
@@ -357,7 +393,7 @@ class WriteBack:
     async def _refresh(self, patient_id: str) -> None:
         key = subject_identifier_value(self.ruleset, patient_id)
         self.subjects.pop(key, None)
-        params = [("identifier", f"{self.identifier_system}|{key}")]
+        params = [self._match("ResearchSubject", self.identifier_system, key)]
         async for resource in self.client.search("ResearchSubject", params):
             self._remember(resource)
 

@@ -124,12 +124,15 @@ def patient_resources(suite: RuleTestFile, test: RuleTest) -> list[dict[str, Any
     return list(resources.values())
 
 
-def export_patients(suite: RuleTestFile) -> list[tuple[RuleTest, str, list[dict[str, Any]]]]:
-    """Each test patient with ids made unique across the suite (``t<n>-<id>``), references
-    rewritten to match: ready to load into a FHIR server next to all the others."""
+def export_patients(
+    suite: RuleTestFile, prefix: str = "t"
+) -> list[tuple[RuleTest, str, list[dict[str, Any]]]]:
+    """Each test patient with ids made unique across the suite (``<prefix><n>-<id>``) and
+    references rewritten to match: ready to load into a FHIR server next to all the others."""
     exported = []
+    base = prefix
     for index, test in enumerate(suite.tests):
-        prefix = f"t{index:03d}-"
+        prefix = f"{base}{index:03d}-"
         resources = patient_resources(suite, test)
         renamed = {_key(r): f"{r['resourceType']}/{prefix}{r['id']}" for r in resources}
         text = orjson.dumps(resources).decode()

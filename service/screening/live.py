@@ -76,6 +76,7 @@ class LiveSummary(ScreeningSummary):
     retries: int = 0
     http_seconds: float = 0.0
     writes: WriteStats | None = None
+    capability_warnings: list[str] = field(default_factory=list)
 
     @property
     def screened_now(self) -> int:
@@ -96,6 +97,7 @@ class LiveSummary(ScreeningSummary):
             "requests_by_kind": self.requests_by_kind,
             "retries": self.retries,
             "http_seconds": round(self.http_seconds, 3),
+            "capability_warnings": self.capability_warnings,
         }
         if self.writes is not None:
             w = self.writes
@@ -172,11 +174,10 @@ async def screen_server(
         for rtype in reads:
             reads[rtype].add("_lastUpdated")
     writing = options.write_back and not options.dry_run
-    raise_for(
-        check_capabilities(
-            abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
-        )
+    capability = check_capabilities(
+        abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
     )
+    raise_for(capability)
 
     issue_file = (out / output.ISSUES).open("ab" if options.resume else "wb")
 
@@ -194,6 +195,7 @@ async def screen_server(
         ReadStats(),
         issues,
     )
+    summary.capability_warnings = capability.warnings
     started = time.perf_counter()
     checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
     try:
@@ -208,6 +210,7 @@ async def screen_server(
                 ruleset,
                 options.as_of,
                 options.subject_identifier_system,
+                abilities=abilities,
                 dry_run=options.dry_run,
                 echo=echo,
             )
@@ -286,6 +289,8 @@ async def _screen_groups(
                 summary.unscreened.update({pid: f"server unavailable: {exc}" for pid in group})
                 return
             except FhirServerError as exc:
+                if exc.status == 401:
+                    raise  # credentials refused even after a fresh token: nothing will work
                 summary.unscreened.update({pid: f"server error: {exc}" for pid in group})
                 return
             for verdict in verdicts:

@@ -1,0 +1,74 @@
+"""Integration fixtures: real FHIR servers, started once per session on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from service.fhir.client import FhirClient
+from service.fhir.loader import load_resources
+from service.ruleset.testing import RuleTest, export_patients, read_test_file
+from tests.conftest import RULES_DIR
+from tests.integration.servers import SekmetServer
+
+SERVERS = ["sekmet"]
+_prefixes = itertools.count()
+
+
+@pytest.fixture(scope="session", params=SERVERS)
+def fhir_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    if request.param == "sekmet":
+        server = SekmetServer(tmp_path_factory.mktemp("sekmet")).start()
+    else:  # pragma: no cover - every name in SERVERS has a branch
+        raise ValueError(request.param)
+    print(f"\n{server.name} up on {server.base_url} after {server.startup_seconds:.1f}s")
+    yield server
+    server.stop()
+
+
+class LoadedPatients:
+    """The RELIEVE rule-test patients, loaded under a prefix unique to one test."""
+
+    def __init__(self, base_url: str, prefix: str, auth: httpx.Auth | None = None) -> None:
+        suite = read_test_file(RULES_DIR / "relieve.tests.yaml")
+        self.tests: dict[str, RuleTest] = {}
+        self.resources: list[dict[str, Any]] = []
+        for test, patient_id, resources in export_patients(suite, prefix):
+            if test.expect.input_issues:
+                continue  # deliberately broken data: a server may refuse it
+            self.tests[patient_id] = test
+            self.resources.extend(resources)
+        self.base_url = base_url
+        self.auth = auth
+        asyncio.run(self._load())
+
+    async def _load(self) -> None:
+        async with FhirClient(self.base_url, auth=self.auth) as client:
+            await load_resources(client, self.resources)
+
+    @property
+    def patient_ids(self) -> list[str]:
+        return sorted(self.tests)
+
+    def write_ndjson(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)
+        by_type: dict[str, list[bytes]] = {}
+        for resource in self.resources:
+            by_type.setdefault(resource["resourceType"], []).append(orjson.dumps(resource))
+        for rtype, lines in by_type.items():
+            (folder / f"{rtype}.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+        return folder
+
+
+@pytest.fixture
+def patients(fhir_server: Any) -> LoadedPatients:
+    return LoadedPatients(fhir_server.base_url, f"i{next(_prefixes)}x")

@@ -1,0 +1,95 @@
+"""Real FHIR servers the integration suite starts on 127.0.0.1, behind one small interface.
+
+Server-specific behaviour lives here (how to start, configure and stop each server), never in
+the tests, which only use the base URL and what the FHIR specification requires of any server.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float, log: Path) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        try:
+            # 401: up, and asking for credentials (a server started with authentication on).
+            if httpx.get(url, timeout=2.0).status_code in (200, 401):
+                return time.monotonic() - started
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server did not answer {url} within {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+@dataclass
+class SekmetServer:
+    """sekmet-fhir (PyPI, pinned in pyproject) with its simulator off and SQLite in a temp dir."""
+
+    workdir: Path
+    server_auth: dict[str, Any] | None = None
+    name: str = "sekmet"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    startup_seconds: float = 0.0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def start(self) -> SekmetServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        settings: dict[str, Any] = {
+            "base_url": self.base_url,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "data_dir": str(self.workdir / "data"),
+            # The simulator would advance ServiceRequests on its own; tests need a quiet store.
+            "simulator": {"enabled": False},
+            "validation": {"inbound": "warn"},
+            "log_inbound": False,
+        }
+        if self.server_auth:
+            settings["server_auth"] = self.server_auth
+        config = self.workdir / "settings.yaml"
+        config.write_text(yaml.safe_dump(settings))
+        log = self.workdir / "server.log"
+        executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
+        self.process = subprocess.Popen(
+            [executable, "serve", "--config", str(config)],
+            cwd=self.workdir,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "SEKMET_CONFIG": str(config)},
+        )
+        self.startup_seconds = wait_until_up(f"{self.base_url}/metadata", self.process, 60.0, log)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()

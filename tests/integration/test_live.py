@@ -1,0 +1,217 @@
+"""Live screening and write-back against a real FHIR server."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.cli import main
+from tests.integration.conftest import LoadedPatients
+
+pytestmark = pytest.mark.integration
+AS_OF = "2026-06-15"
+STUDY_TAG = "urn:prescreen:study|NCT06746103"
+
+
+def read_ndjson(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def live(base_url: str, out: Path, *extra: str) -> int:
+    return main(
+        [
+            "screen",
+            "--trial",
+            "relieve",
+            "--fhir-url",
+            base_url,
+            "--as-of",
+            AS_OF,
+            "--out",
+            str(out),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def offline(source: Path, out: Path) -> dict[str, dict[str, Any]]:
+    assert (
+        main(
+            [
+                "screen",
+                "--trial",
+                "relieve",
+                "--source",
+                str(source),
+                "--as-of",
+                AS_OF,
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    return {v["patient"]: v for v in read_ndjson(out / "verdicts.ndjson")}
+
+
+def subjects_of(base_url: str, patients: LoadedPatients) -> list[dict[str, Any]]:
+    found, url = [], f"{base_url}/ResearchSubject?_tag={STUDY_TAG}&_count=500"
+    while url:
+        page = httpx.get(url).json()
+        found += [e["resource"] for e in page.get("entry", [])]
+        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), "")
+    mine = {f"Patient/{pid}" for pid in patients.patient_ids}
+    return [s for s in found if s["individual"]["reference"] in mine]
+
+
+def count(base_url: str, query: str) -> int:
+    return int(httpx.get(f"{base_url}/{query}&_summary=count").json()["total"])
+
+
+def test_live_cohort_run_gives_the_offline_verdicts(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    expected = offline(patients.write_ndjson(tmp_path / "ndjson"), tmp_path / "offline")
+    assert live(fhir_server.base_url, tmp_path / "live") == 0
+    got = {v["patient"]: v for v in read_ndjson(tmp_path / "live" / "verdicts.ndjson")}
+    mine = {p: v for p, v in got.items() if p in expected}
+    # Cohort discovery finds every patient who is not plainly ineligible...
+    assert {p for p, v in expected.items() if v["verdict"] != "ineligible"} <= set(mine)
+    # ...and each of them gets exactly the offline verdict, criterion by criterion.
+    assert mine == {p: expected[p] for p in mine}
+    summary = json.loads((tmp_path / "live" / "summary.json").read_text())
+    assert 0 < summary["live"]["requests_per_screened_patient"] <= 2
+
+
+def test_explicit_patient_ids_give_every_offline_verdict(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    expected = offline(patients.write_ndjson(tmp_path / "ndjson"), tmp_path / "offline")
+    ids = ",".join(patients.patient_ids)
+    assert live(fhir_server.base_url, tmp_path / "live", "--patients", ids) == 0
+    got = {v["patient"]: v for v in read_ndjson(tmp_path / "live" / "verdicts.ndjson")}
+    assert got == expected
+
+
+def test_write_back_is_idempotent_and_respects_people(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    base = fhir_server.base_url
+    ids = ",".join(patients.patient_ids)
+    assert live(base, tmp_path / "run1", "--patients", ids, "--write-back") == 0
+    first = subjects_of(base, patients)
+    verdicts = {
+        v["patient"]: v["verdict"] for v in read_ndjson(tmp_path / "run1" / "verdicts.ndjson")
+    }
+    assert {s["individual"]["reference"]: s["status"] for s in first} == {
+        p: v for p, v in verdicts.items() if v != "ineligible"
+    }
+    provenance_before = count(base, "Provenance?_lastUpdated=gt2000-01-01")
+    studies = count(base, "ResearchStudy?_tag=urn:prescreen:key|NCT06746103")
+    assert studies == 1
+
+    # Run again, unchanged data: nothing is written.
+    assert live(base, tmp_path / "run2", "--patients", ids, "--write-back") == 0
+    summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert summary["live"]["write_back"]["transactions"] == 0
+    assert summary["live"]["write_back"]["unchanged"] == len(first)
+    assert sorted(s["id"] for s in subjects_of(base, patients)) == sorted(s["id"] for s in first)
+    assert count(base, "Provenance?_lastUpdated=gt2000-01-01") == provenance_before
+    assert count(base, "ResearchStudy?_tag=urn:prescreen:key|NCT06746103") == 1
+
+    # A coordinator marks one candidate eligible; another candidate gains a liver metastasis.
+    candidates = [s for s in first if s["status"] == "candidate"]
+    decided, withdrawn = candidates[0], candidates[1]
+    person = {**decided, "status": "eligible"}
+    assert httpx.put(
+        f"{base}/ResearchSubject/{decided['id']}",
+        json=person,
+        headers={"Content-Type": "application/fhir+json"},
+    ).status_code in (200, 201)
+    for subject in (decided, withdrawn):
+        patient_ref = subject["individual"]["reference"]
+        liver = {
+            "resourceType": "Condition",
+            "id": patient_ref.split("/")[1] + "-liver",
+            "subject": {"reference": patient_ref},
+            "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C78.7"}]},
+        }
+        assert httpx.put(
+            f"{base}/Condition/{liver['id']}",
+            json=liver,
+            headers={"Content-Type": "application/fhir+json"},
+        ).status_code in (200, 201)
+
+    assert live(base, tmp_path / "run3", "--patients", ids, "--write-back") == 0
+    after = {s["id"]: s for s in subjects_of(base, patients)}
+    assert after[decided["id"]]["status"] == "eligible"  # a person's decision survives
+    assert after[withdrawn["id"]]["status"] == "ineligible"  # no longer qualifies
+    assert len(after) == len(first)
+    summary = json.loads((tmp_path / "run3" / "summary.json").read_text())["live"]["write_back"]
+    assert summary["kept_status_set_by_a_person"] == 1 and summary["withdrawn_to_ineligible"] == 1
+    assert count(base, "Provenance?_lastUpdated=gt2000-01-01") == provenance_before + 1
+
+
+def test_results_are_readable_from_the_server_alone(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    base = fhir_server.base_url
+    candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
+    assert live(base, tmp_path / "out", "--patients", candidate, "--write-back") == 0
+    bundle = httpx.get(
+        f"{base}/Observation",
+        params={"subject": f"Patient/{candidate}", "_tag": STUDY_TAG, "_count": "50"},
+    ).json()
+    results = {e["resource"]["code"]["coding"][0]["code"]: e["resource"] for e in bundle["entry"]}
+    assert len(results) == 13
+    pain = results["pain-nrs"]
+    assert pain["valueCodeableConcept"]["coding"][0]["code"] == "met"
+    assert pain["note"][0]["text"].startswith("latest NRS > 4")
+    assert [d["reference"] for d in pain["derivedFrom"]] == [
+        f"Observation/{candidate.removesuffix('p')}nrs-1"
+    ]
+    assert pain["focus"][0]["reference"].startswith("ResearchSubject/")
+
+
+def test_dry_run_prints_transactions_and_writes_nothing(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = fhir_server.base_url
+    candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
+    before = len(subjects_of(base, patients))
+    assert live(base, tmp_path / "out", "--patients", candidate, "--dry-run") == 0
+    bundles = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    ]
+    assert len(bundles) == 1 and bundles[0]["type"] == "transaction"
+    kinds = [e["resource"]["resourceType"] for e in bundles[0]["entry"]]
+    assert kinds.count("ResearchSubject") == 1 and kinds.count("Provenance") == 1
+    assert kinds.count("Observation") == 13
+    assert len(subjects_of(base, patients)) == before
+
+
+def test_incremental_run_screens_only_changed_patients(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    base = fhir_server.base_url
+    # Whole seconds on both sides of the moment: servers differ in timestamp precision.
+    time.sleep(1.1)
+    moment = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    time.sleep(1.1)
+    changed = patients.patient_ids[0]
+    patient = httpx.get(f"{base}/Patient/{changed}").json()
+    patient["gender"] = "other"
+    httpx.put(
+        f"{base}/Patient/{changed}", json=patient, headers={"Content-Type": "application/fhir+json"}
+    )
+    assert live(base, tmp_path / "out", "--since", moment) == 0
+    screened = [v["patient"] for v in read_ndjson(tmp_path / "out" / "verdicts.ndjson")]
+    assert screened == [f"Patient/{changed}"]
