@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
+import orjson
+
 from service.ruleset.engines import CelEvaluationError, EngineName
 from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
 from service.ruleset.model import Kind, Result
@@ -120,14 +122,56 @@ def render_reason(template: str, names: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(lambda m: format_value(names.get(m.group(1), m.group(0))), template)
 
 
-class Evaluator:
-    """Evaluates one rule set on one engine; programs were compiled when the rules loaded."""
+# Fact patterns with this many records or fewer are memoised: in a hospital most patients
+# carry no record the rules read, and share a handful of patterns (age, deceased).
+MEMO_MAX_RECORDS = 4
+MEMO_MAX_ENTRIES = 50_000
+_MARK = "\x00ref:"
 
-    def __init__(self, ruleset: RuleSet, engine: EngineName = "cel") -> None:
+
+def _memo_key(
+    facts: dict[str, Any], as_of: date
+) -> tuple[bytes, dict[str, Any], dict[str, str]] | None:
+    """The facts with every ``ref`` replaced by a placeholder, as a cache key; None if large."""
+    refs: dict[str, str] = {}
+    normalized: dict[str, Any] = {}
+    count = 0
+    for name, value in facts.items():
+        if isinstance(value, dict):
+            mark = f"{_MARK}{name}"
+            refs[mark] = value["ref"]
+            normalized[name] = {**value, "ref": mark}
+            continue
+        count += len(value)
+        if count > MEMO_MAX_RECORDS:
+            return None
+        records = []
+        for index, record in enumerate(value):
+            mark = f"{_MARK}{name}{index}"
+            refs[mark] = record["ref"]
+            records.append({**record, "ref": mark})
+        normalized[name] = records
+    key = orjson.dumps([as_of.isoformat(), normalized], option=orjson.OPT_SORT_KEYS)
+    return key, normalized, refs
+
+
+class Evaluator:
+    """Evaluates one rule set on one engine; programs were compiled when the rules loaded.
+
+    Evaluation is a pure function of the facts and as_of, so with ``memoize`` patients whose
+    facts differ only in resource ids share one evaluation; evidence is mapped back to each
+    patient's own ids.
+    """
+
+    def __init__(
+        self, ruleset: RuleSet, engine: EngineName = "cel", *, memoize: bool = False
+    ) -> None:
         self.ruleset = ruleset
         self.compiled = ruleset.compiled(engine)
         self.engine = self.compiled.engine
         self._template_cache: dict[date, dict[str, Any]] = {}
+        self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
+        self.memo_hits = 0
 
     def _template_names(self, as_of: date) -> dict[str, Any]:
         names = self._template_cache.get(as_of)
@@ -141,6 +185,38 @@ class Evaluator:
         return names
 
     def evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
+        if self._memo is None:
+            return self._evaluate(patient_id, facts, as_of)
+        keyed = _memo_key(facts, as_of)
+        if keyed is None:
+            return self._evaluate(patient_id, facts, as_of)
+        key, normalized, refs = keyed
+        shared = self._memo.get(key)
+        if shared is None:
+            shared = self._evaluate("", normalized, as_of)
+            if any(_MARK in c.reason for c in shared.criteria):
+                return self._evaluate(patient_id, facts, as_of)  # a reason quotes an id
+            if len(self._memo) < MEMO_MAX_ENTRIES:
+                self._memo[key] = shared
+        else:
+            self.memo_hits += 1
+        criteria = tuple(
+            CriterionResult(
+                c.id,
+                c.kind,
+                c.result,
+                tuple(sorted(refs.get(e, e) for e in c.evidence)),
+                c.reason,
+                c.manual,
+                c.error,
+            )
+            if c.evidence
+            else c
+            for c in shared.criteria
+        )
+        return PatientVerdict(patient_id, shared.verdict, criteria)
+
+    def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
         activation = self.engine.activation(build_variables(self.ruleset, facts, as_of))
         failed_derived: str | None = None
         for name, program in self.compiled.derived:

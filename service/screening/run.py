@@ -112,7 +112,7 @@ def screen_folder(
 ) -> ScreeningSummary:
     files = discover(source)
     out.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator(ruleset, engine)
+    evaluator = Evaluator(ruleset, engine, memoize=True)
 
     with output.AtomicNdjson(out / output.ISSUES) as issue_file:
 

@@ -23,3 +23,14 @@ def test_engines_agree_on_the_sample_hospital(relieve: RuleSet) -> None:
         assert ours == theirs, patient_id
         compared += 1
     assert compared == 300
+
+
+def test_memoised_evaluation_equals_plain_evaluation(relieve: RuleSet) -> None:
+    as_of = date(2026, 6, 15)
+    collector = Collector(relieve.mapper, as_of, IssueLog())
+    for file in discover(SAMPLE_DIR):
+        collector.read_file(file)
+    plain, memo = Evaluator(relieve, "cel"), Evaluator(relieve, "cel", memoize=True)
+    for patient_id, _patient, facts in collector.screened_patients():
+        assert memo.evaluate(patient_id, facts, as_of) == plain.evaluate(patient_id, facts, as_of)
+    assert memo.memo_hits > 100  # most sample patients share a fact pattern
