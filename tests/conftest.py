@@ -17,3 +17,13 @@ SAMPLE_DIR = ROOT / "samples" / "hospital"
 @pytest.fixture(scope="session")
 def relieve() -> RuleSet:
     return load_ruleset(RULES_DIR / "relieve.yaml", MAPPINGS_DIR)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Start-up time and memory of the FHIR servers the integration suite started."""
+    from tests.integration.servers import STARTUP_REPORT
+
+    if STARTUP_REPORT:
+        terminalreporter.section("FHIR servers")
+        for line in STARTUP_REPORT:
+            terminalreporter.write_line(line)

@@ -106,7 +106,9 @@ class PatientFetcher:
     ) -> None:
         self.client = client
         self.mapper = mapper
-        self.use_batch = abilities.batch
+        # Many servers accept batch without declaring it (HAPI declares only transaction):
+        # try it when either is declared; a refusal switches to plain searches.
+        self.use_batch = abilities.batch or abilities.transaction
         self.plan = search_plan(mapper)
         self.codes_per_request = codes_per_request
         self.page_size = page_size

@@ -7,7 +7,9 @@ What is written, per patient who is (or was) a candidate:
 - one ``Observation`` per criterion, so the results can be read from the server alone:
   ``code`` = the criterion (system ``urn:prescreen:criterion:<rule set>``), ``valueCodeableConcept``
   = met / not_met / unknown (system ``urn:prescreen:criterion-result``), ``note`` = the reason,
-  ``derivedFrom`` = the evidence, ``focus`` = the ResearchSubject, ``effectiveDateTime`` = as_of;
+  the evidence as ``workflow-supportingInfo`` extensions (the core R4 extension that may reference
+  any resource: ``derivedFrom`` only admits Observations and a few others, so it additionally
+  lists the Observation evidence), ``focus`` = the ResearchSubject, ``effectiveDateTime`` = as_of;
   each has a deterministic identifier and is written with a conditional update;
 - one ``Provenance`` per write, naming the rule set id and version (``policy``), as_of
   (``occurredDateTime``), the written resources (``target``) and the evidence (``entity``).
@@ -60,6 +62,12 @@ RESULT_SYSTEM = "urn:prescreen:criterion-result"
 OBSERVATION_IDENTIFIER_SYSTEM = "urn:prescreen:criterion-observation"
 PRESCREEN_OWNED = frozenset({"candidate", "potential-candidate"})
 KEY_TAG_SYSTEM = "urn:prescreen:key"
+SUPPORTING_INFO_URL = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo"
+# Observation.derivedFrom admits only these targets in R4.
+DERIVED_FROM_TYPES = frozenset(
+    {"DocumentReference", "ImagingStudy", "Media", "QuestionnaireResponse", "Observation",
+     "MolecularSequence"}
+)
 STUDY_TAG_SYSTEM = "urn:prescreen:study"
 
 
@@ -312,7 +320,13 @@ class WriteBack:
             "note": [{"text": result.reason}],
         }
         if result.evidence:
-            resource["derivedFrom"] = [{"reference": ref} for ref in result.evidence]
+            resource["extension"] = [
+                {"url": SUPPORTING_INFO_URL, "valueReference": {"reference": ref}}
+                for ref in result.evidence
+            ]
+            derived = [r for r in result.evidence if r.split("/", 1)[0] in DERIVED_FROM_TYPES]
+            if derived:
+                resource["derivedFrom"] = [{"reference": ref} for ref in derived]
         param, token = self._match("Observation", OBSERVATION_IDENTIFIER_SYSTEM, identifier)
         return {
             "fullUrl": full_url,

@@ -16,9 +16,9 @@ from service.fhir.client import FhirClient
 from service.fhir.loader import load_resources
 from service.ruleset.testing import RuleTest, export_patients, read_test_file
 from tests.conftest import RULES_DIR
-from tests.integration.servers import SekmetServer
+from tests.integration.servers import HapiServer, SekmetServer
 
-SERVERS = ["sekmet"]
+SERVERS = ["sekmet", "hapi"]
 _prefixes = itertools.count()
 
 
@@ -26,13 +26,36 @@ _prefixes = itertools.count()
 def fhir_server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    if request.param == "sekmet":
-        server = SekmetServer(tmp_path_factory.mktemp("sekmet")).start()
-    else:  # pragma: no cover - every name in SERVERS has a branch
-        raise ValueError(request.param)
+    harnesses = {"sekmet": SekmetServer, "hapi": HapiServer}
+    server = harnesses[request.param](tmp_path_factory.mktemp(request.param)).start()
     print(f"\n{server.name} up on {server.base_url} after {server.startup_seconds:.1f}s")
     yield server
     server.stop()
+
+
+JSON_HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+
+
+def fhir_get(url: str, **kwargs: Any) -> httpx.Response:
+    """A plain GET asking for JSON (HAPI answers XML to a request that does not say)."""
+    return httpx.get(url, headers=JSON_HEADERS, **kwargs)
+
+
+def fhir_put(url: str, json: Any, **_ignored: Any) -> httpx.Response:
+    return httpx.put(url, json=json, headers=JSON_HEADERS)
+
+
+def search_all(base_url: str, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
+    """Every resource of a search, following next links (servers cap the page size)."""
+    found: list[dict[str, Any]] = []
+    url: str | None = f"{base_url}/{resource_type}"
+    query: dict[str, str] | None = params
+    while url:
+        page = fhir_get(url, params=query).json()
+        found += [e["resource"] for e in page.get("entry", [])]
+        url = next((lk["url"] for lk in page.get("link", []) if lk["relation"] == "next"), None)
+        query = None
+    return found
 
 
 class LoadedPatients:

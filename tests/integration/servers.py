@@ -84,6 +84,10 @@ class SekmetServer:
             env={**os.environ, "SEKMET_CONFIG": str(config)},
         )
         self.startup_seconds = wait_until_up(f"{self.base_url}/metadata", self.process, 60.0, log)
+        STARTUP_REPORT.append(
+            f"sekmet-fhir answered after {self.startup_seconds:.1f}s; "
+            f"RSS {rss_mb(self.process.pid):.0f} MB"
+        )
         return self
 
     def stop(self) -> None:
@@ -91,5 +95,79 @@ class SekmetServer:
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+HAPI_DIR = Path(__file__).resolve().parent.parent / "hapi"
+STARTUP_REPORT: list[str] = []
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class HapiServer:
+    """HAPI FHIR JPA 8.8.0 (R4, H2 in memory), built from tests/hapi with Maven and run from a
+    plain classpath. Rest-hook Subscriptions and Bulk Data export are enabled."""
+
+    workdir: Path
+    name: str = "hapi"
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    startup_seconds: float = 0.0
+    heap_mb: str = "?"
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/fhir"
+
+    def build(self) -> None:
+        # Offline when the local repository already has everything; otherwise Maven Central.
+        command = ["mvn", "-q", "-B", "package", "-DskipTests"]
+        done = subprocess.run([*command, "-o"], cwd=HAPI_DIR, capture_output=True, check=False)
+        if done.returncode != 0:
+            done = subprocess.run(command, cwd=HAPI_DIR, capture_output=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"building the HAPI harness failed:\n{done.stdout[-3000:]!r}")
+
+    def start(self) -> HapiServer:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.build()
+        log = self.workdir / "hapi.log"
+        classpath = f"{HAPI_DIR / 'target' / 'classes'}:{HAPI_DIR / 'target' / 'lib'}/*"
+        self.process = subprocess.Popen(
+            [
+                "java",
+                "-Xmx1536m",
+                "-cp",
+                classpath,
+                "org.prescreen.hapi.HarnessMain",
+                str(self.port),
+            ],
+            cwd=self.workdir,
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.startup_seconds = wait_until_up(f"{self.base_url}/metadata", self.process, 240.0, log)
+        ready = [line for line in log.read_text().splitlines() if line.startswith("READY")]
+        if ready:
+            self.heap_mb = ready[0].split("heap_used_mb=")[-1]
+        STARTUP_REPORT.append(
+            f"HAPI FHIR 8.8.0 answered after {self.startup_seconds:.1f}s; "
+            f"heap in use at boot {self.heap_mb} MB; RSS {rss_mb(self.process.pid):.0f} MB"
+        )
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            STARTUP_REPORT.append(f"HAPI FHIR RSS before stop {rss_mb(self.process.pid):.0f} MB")
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()

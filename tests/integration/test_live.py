@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from service.cli import main
-from tests.integration.conftest import LoadedPatients
+from tests.integration.conftest import LoadedPatients, fhir_get, fhir_put, search_all
 
 pytestmark = pytest.mark.integration
 AS_OF = "2026-06-15"
@@ -63,17 +62,15 @@ def offline(source: Path, out: Path) -> dict[str, dict[str, Any]]:
 
 
 def subjects_of(base_url: str, patients: LoadedPatients) -> list[dict[str, Any]]:
-    found, url = [], f"{base_url}/ResearchSubject?_tag={STUDY_TAG}&_count=500"
-    while url:
-        page = httpx.get(url).json()
-        found += [e["resource"] for e in page.get("entry", [])]
-        url = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), "")
+    found = search_all(base_url, "ResearchSubject", {"_tag": STUDY_TAG, "_count": "200"})
     mine = {f"Patient/{pid}" for pid in patients.patient_ids}
     return [s for s in found if s["individual"]["reference"] in mine]
 
 
-def count(base_url: str, query: str) -> int:
-    return int(httpx.get(f"{base_url}/{query}&_summary=count").json()["total"])
+def count(base_url: str, resource_type: str, **params: str) -> int:
+    """How many resources match, asked with _summary=count (query values URL-encoded)."""
+    answer = fhir_get(f"{base_url}/{resource_type}", params={**params, "_summary": "count"})
+    return int(answer.json()["total"])
 
 
 def test_live_cohort_run_gives_the_offline_verdicts(
@@ -114,8 +111,8 @@ def test_write_back_is_idempotent_and_respects_people(
     assert {s["individual"]["reference"]: s["status"] for s in first} == {
         p: v for p, v in verdicts.items() if v != "ineligible"
     }
-    provenance_before = count(base, "Provenance?_lastUpdated=gt2000-01-01")
-    studies = count(base, "ResearchStudy?_tag=urn:prescreen:key|NCT06746103")
+    provenance_before = count(base, "Provenance", _lastUpdated="gt2000-01-01")
+    studies = count(base, "ResearchStudy", _tag="urn:prescreen:key|NCT06746103")
     assert studies == 1
 
     # Run again, unchanged data: nothing is written.
@@ -124,14 +121,14 @@ def test_write_back_is_idempotent_and_respects_people(
     assert summary["live"]["write_back"]["transactions"] == 0
     assert summary["live"]["write_back"]["unchanged"] == len(first)
     assert sorted(s["id"] for s in subjects_of(base, patients)) == sorted(s["id"] for s in first)
-    assert count(base, "Provenance?_lastUpdated=gt2000-01-01") == provenance_before
-    assert count(base, "ResearchStudy?_tag=urn:prescreen:key|NCT06746103") == 1
+    assert count(base, "Provenance", _lastUpdated="gt2000-01-01") == provenance_before
+    assert count(base, "ResearchStudy", _tag="urn:prescreen:key|NCT06746103") == 1
 
     # A coordinator marks one candidate eligible; another candidate gains a liver metastasis.
     candidates = [s for s in first if s["status"] == "candidate"]
     decided, withdrawn = candidates[0], candidates[1]
     person = {**decided, "status": "eligible"}
-    assert httpx.put(
+    assert fhir_put(
         f"{base}/ResearchSubject/{decided['id']}",
         json=person,
         headers={"Content-Type": "application/fhir+json"},
@@ -144,7 +141,7 @@ def test_write_back_is_idempotent_and_respects_people(
             "subject": {"reference": patient_ref},
             "code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "C78.7"}]},
         }
-        assert httpx.put(
+        assert fhir_put(
             f"{base}/Condition/{liver['id']}",
             json=liver,
             headers={"Content-Type": "application/fhir+json"},
@@ -157,7 +154,7 @@ def test_write_back_is_idempotent_and_respects_people(
     assert len(after) == len(first)
     summary = json.loads((tmp_path / "run3" / "summary.json").read_text())["live"]["write_back"]
     assert summary["kept_status_set_by_a_person"] == 1 and summary["withdrawn_to_ineligible"] == 1
-    assert count(base, "Provenance?_lastUpdated=gt2000-01-01") == provenance_before + 1
+    assert count(base, "Provenance", _lastUpdated="gt2000-01-01") == provenance_before + 1
 
 
 def test_results_are_readable_from_the_server_alone(
@@ -166,7 +163,7 @@ def test_results_are_readable_from_the_server_alone(
     base = fhir_server.base_url
     candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
     assert live(base, tmp_path / "out", "--patients", candidate, "--write-back") == 0
-    bundle = httpx.get(
+    bundle = fhir_get(
         f"{base}/Observation",
         params={"subject": f"Patient/{candidate}", "_tag": STUDY_TAG, "_count": "50"},
     ).json()
@@ -175,10 +172,16 @@ def test_results_are_readable_from_the_server_alone(
     pain = results["pain-nrs"]
     assert pain["valueCodeableConcept"]["coding"][0]["code"] == "met"
     assert pain["note"][0]["text"].startswith("latest NRS > 4")
-    assert [d["reference"] for d in pain["derivedFrom"]] == [
-        f"Observation/{candidate.removesuffix('p')}nrs-1"
-    ]
+    prefix = candidate.removesuffix("p")
+    assert [d["reference"] for d in pain["derivedFrom"]] == [f"Observation/{prefix}nrs-1"]
     assert pain["focus"][0]["reference"].startswith("ResearchSubject/")
+    spine = results["spinal-metastasis"]
+    supporting = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo"
+    evidence = [
+        e["valueReference"]["reference"] for e in spine["extension"] if e["url"] == supporting
+    ]
+    assert evidence == [f"Condition/{prefix}spine-lumbar"]
+    assert "derivedFrom" not in spine  # a Condition is no valid derivedFrom target in R4
 
 
 def test_dry_run_prints_transactions_and_writes_nothing(
@@ -207,9 +210,9 @@ def test_incremental_run_screens_only_changed_patients(
     moment = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     time.sleep(1.1)
     changed = patients.patient_ids[0]
-    patient = httpx.get(f"{base}/Patient/{changed}").json()
+    patient = fhir_get(f"{base}/Patient/{changed}").json()
     patient["gender"] = "other"
-    httpx.put(
+    fhir_put(
         f"{base}/Patient/{changed}", json=patient, headers={"Content-Type": "application/fhir+json"}
     )
     assert live(base, tmp_path / "out", "--since", moment) == 0

@@ -14,7 +14,7 @@ import pytest
 from service.fhir.client import FhirClient, RetryPolicy
 from service.ruleset.loader import RuleSet
 from service.screening.live import LiveOptions, LiveSummary, Selection, screen_server
-from tests.integration.conftest import LoadedPatients
+from tests.integration.conftest import LoadedPatients, search_all
 from tests.integration.test_live import offline, read_ndjson, subjects_of
 
 pytestmark = pytest.mark.integration
@@ -83,12 +83,12 @@ def test_lost_server_then_resume(
     assert {s["individual"]["reference"] for s in subjects} == {
         p for p, v in expected.items() if v["verdict"] != "ineligible"
     }
-    provenance = httpx.get(f"{base}/Provenance", params={"_count": "500"}).json()
+    provenance = search_all(base, "Provenance", {"_count": "200"})
     mine = {s["id"] for s in subjects}
     targets = [
         t["reference"]
-        for e in provenance.get("entry", [])
-        for t in e["resource"]["target"]
+        for p in provenance
+        for t in p["target"]
         if t["reference"].split("/")[-1] in mine
     ]
     assert len(targets) == len(subjects)  # one Provenance per written subject, none twice
