@@ -355,6 +355,52 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- service ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = _settings(args)
+    from service.api.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        log_level=settings.log_level.lower(),
+        access_log=False,  # request lines carry patient ids in paths and queries
+    )
+    return EXIT_OK
+
+
+def cmd_subscriptions_install(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.fhir.connect import connect
+    from service.fhir.subscriptions import install, subscription_resources
+
+    settings = _settings(args)
+    endpoint = args.endpoint or f"{(settings.public_url or '').rstrip('/')}/notifications"
+    if not endpoint.startswith(("http://", "https://")):
+        raise PrescreenError("give --endpoint URL or set PRESCREEN_PUBLIC_URL")
+    headers = [f"X-API-Key: {args.api_key}"] if args.api_key else []
+    resources = []
+    for trial in _trials(args, settings):
+        ruleset = catalog.load_trial(trial, settings)
+        resources += subscription_resources(
+            ruleset, endpoint, headers, settings.fhir_codes_per_request
+        )
+
+    async def run() -> int:
+        client = await connect(settings, args.fhir_url)
+        async with client:
+            return await install(client, resources)
+
+    stdout.print(f"Installed {asyncio.run(run())} Subscriptions notifying {endpoint}")
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -417,6 +463,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--engines", nargs="+", choices=ENGINE_NAMES, help="engines to run (default: all)"
     )
     test.set_defaults(func=cmd_rules_test)
+
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")
+    serve.add_argument("--host", help="listen address (PRESCREEN_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="listen port (PRESCREEN_PORT, default 8000)")
+    serve.set_defaults(func=cmd_serve)
+
+    subs = sub.add_parser("subscriptions", help="FHIR Subscriptions for event-driven screening")
+    subs_sub = subs.add_subparsers(dest="subscriptions_command", required=True)
+    install = subs_sub.add_parser("install", parents=[common], help="create them on the server")
+    install.add_argument("--trial", action="append", help="rule set (repeatable; default all)")
+    install.add_argument("--fhir-url", help="FHIR R4 base URL (PRESCREEN_FHIR_URL)")
+    install.add_argument("--endpoint", help="notification URL (default PUBLIC_URL/notifications)")
+    install.add_argument("--api-key", help="API key (scope notify) the server sends back")
+    install.set_defaults(func=cmd_subscriptions_install)
 
     synth = sub.add_parser("synth", help="generate a synthetic hospital as Bulk-Data NDJSON")
     synth.add_argument("--patients", type=int, required=True, help="number of patients")

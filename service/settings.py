@@ -76,6 +76,41 @@ class Settings(BaseSettings):
         default=40, description="codes per token search parameter (long value sets are chunked)"
     )
 
+    # --- the service (prescreen serve) ---
+    database_url: str = Field(
+        default="sqlite:///prescreen.db", description="SQLAlchemy URL: SQLite file or PostgreSQL"
+    )
+    host: str = Field(default="127.0.0.1", description="address prescreen serve listens on")
+    port: int = Field(default=8000, description="port prescreen serve listens on")
+    public_url: str | None = Field(
+        default=None, description="URL the service is reached at (CDS Hooks aud, subscriptions)"
+    )
+    trials: str = Field(default="", description="comma-separated trials served (default: all)")
+    api_keys: str = Field(
+        default="{}",
+        description='JSON {"name": {"key": "...", "scopes": ["screen", ...]}}; scopes: screen, '
+        "runs, candidates, decide, notify",
+    )
+    oauth_jwks_url: str | None = Field(default=None, description="JWKS for OAuth2 bearer JWTs")
+    oauth_issuer: str | None = Field(default=None, description="required iss of those JWTs")
+    oauth_audience: str | None = Field(default=None, description="required aud of those JWTs")
+    cds_issuers: str = Field(
+        default="{}", description='JSON {"EHR iss": "its JWKS URL"}: EHRs trusted for CDS Hooks'
+    )
+    max_body_bytes: int = Field(default=5_000_000, description="largest request body accepted")
+    debounce_seconds: float = Field(
+        default=2.0, description="quiet time after a notification before re-screening"
+    )
+    write_back: bool = Field(
+        default=True, description="event-driven re-screens write ResearchSubjects back"
+    )
+    webhook_url: str | None = Field(default=None, description="coordinator alert webhook")
+    webhook_secret: SecretStr | None = Field(default=None, description="HMAC key for it")
+    smtp_host: str | None = Field(default=None, description="SMTP server for alert e-mails")
+    smtp_port: int = Field(default=25, description="its port")
+    smtp_from: str = Field(default="prescreen@localhost", description="alert sender")
+    smtp_to: str = Field(default="", description="comma-separated coordinator addresses")
+
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:

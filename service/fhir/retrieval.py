@@ -9,7 +9,6 @@ with one search per resource type; each search names many patients at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from urllib.parse import urlencode
 from service.errors import FhirServerError
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities
-from service.mapping.mapper import Mapper, UnattributableResourceError, patient_id_from_reference
+from service.mapping.mapper import Mapper, patient_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,19 +176,9 @@ class PatientFetcher:
 async def _patients_of(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> set[str]:
     found: set[str] = set()
     async for resource in client.search(rtype, params):
-        if resource.get("resourceType") == "Patient":
-            found.add(str(resource.get("id")))
-            continue
-        for key in ("subject", "patient"):
-            reference = (
-                resource.get(key, {}).get("reference")
-                if isinstance(resource.get(key), dict)
-                else None
-            )
-            if isinstance(reference, str):
-                with contextlib.suppress(UnattributableResourceError):
-                    found.add(patient_id_from_reference(reference))
-                break
+        patient = patient_of(resource)
+        if patient is not None:
+            found.add(patient)
     return found
 
 

@@ -65,8 +65,14 @@ KEY_TAG_SYSTEM = "urn:prescreen:key"
 SUPPORTING_INFO_URL = "http://hl7.org/fhir/StructureDefinition/workflow-supportingInfo"
 # Observation.derivedFrom admits only these targets in R4.
 DERIVED_FROM_TYPES = frozenset(
-    {"DocumentReference", "ImagingStudy", "Media", "QuestionnaireResponse", "Observation",
-     "MolecularSequence"}
+    {
+        "DocumentReference",
+        "ImagingStudy",
+        "Media",
+        "QuestionnaireResponse",
+        "Observation",
+        "MolecularSequence",
+    }
 )
 STUDY_TAG_SYSTEM = "urn:prescreen:study"
 
@@ -167,8 +173,12 @@ class WriteBack:
         ]
         return {**resource, "meta": {"tag": tags}}
 
-    async def prepare(self) -> None:
-        """Find (or create) the ResearchStudy and read the subjects written for it before."""
+    async def prepare(self, load_subjects: bool = True) -> None:
+        """Find (or create) the ResearchStudy and read the subjects written for it before.
+
+        A service that screens a few patients at a time passes ``load_subjects=False`` and reads
+        just those patients' subjects with ``load_subjects_for``.
+        """
         identifier = study_identifier(self.ruleset)
         param, token = self._match("ResearchStudy", identifier["system"], identifier["value"])
         found = [r async for r in self.client.search("ResearchStudy", [(param, token)])]
@@ -184,11 +194,25 @@ class WriteBack:
         else:
             answer = await self.client.bundle("transaction", [self._study_create(None)])
             self.study_reference = _reference_from(answer["entry"][0], "ResearchStudy")
-        if not self.study_reference.startswith("urn:uuid:"):
+        if load_subjects and not self.study_reference.startswith("urn:uuid:"):
             params = [
                 ("_tag", f"{STUDY_TAG_SYSTEM}|{self.ruleset.trial.nct_id}"),
                 ("_count", "500"),
             ]
+            async for resource in self.client.search("ResearchSubject", params):
+                self._remember(resource)
+
+    async def load_subjects_for(self, patient_ids: list[str]) -> None:
+        """Read the existing subjects of these patients (one OR-search per 50 patients)."""
+        keys = [subject_identifier_value(self.ruleset, pid) for pid in patient_ids]
+        for key in keys:
+            self.subjects.pop(key, None)
+        for start in range(0, len(keys), 50):
+            tokens = [
+                self._match("ResearchSubject", self.identifier_system, k)
+                for k in keys[start : start + 50]
+            ]
+            params = [(tokens[0][0], ",".join(token for _param, token in tokens))]
             async for resource in self.client.search("ResearchSubject", params):
                 self._remember(resource)
 

@@ -405,6 +405,20 @@ def _patient_of(resource: Mapping[str, Any], patient_path: FhirPath | None, own_
     return patient_id_from_reference(reference["reference"])
 
 
+def patient_of(resource: Mapping[str, Any]) -> str | None:
+    """The patient a resource belongs to (its own id for a Patient), from subject or patient."""
+    if resource.get("resourceType") == "Patient":
+        return str(resource["id"]) if resource.get("id") else None
+    for key in ("subject", "patient"):
+        value = resource.get(key)
+        if isinstance(value, dict) and isinstance(value.get("reference"), str):
+            try:
+                return patient_id_from_reference(value["reference"])
+            except UnattributableResourceError:
+                return None
+    return None
+
+
 def patient_id_from_reference(reference: str) -> str:
     """The id in ``Patient/1``, ``https://host/fhir/Patient/1`` or ``Patient/1/_history/2``."""
     parts = reference.split("/")

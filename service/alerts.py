@@ -1,0 +1,132 @@
+"""Telling coordinators: a signed JSON webhook and an e-mail, once per new or upgraded candidate.
+
+Exactly once: an alert row (unique per trial, patient, status reached and channel) is claimed
+before sending, and a failed delivery is retried later rather than re-claimed. The webhook
+carries ``X-Prescreen-Event`` (the claim id, for receivers that de-duplicate) and
+``X-Prescreen-Signature: sha256=<hex>``, an HMAC of the body with the shared secret.
+Messages name the trial, the status and the patient reference, never clinical details.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import smtplib
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+import httpx
+import orjson
+
+from service.state.store import CandidateChange, Store
+
+log = logging.getLogger(__name__)
+
+# A candidate alerts when it first appears, and again when it is upgraded.
+ALERTING = {
+    None: {"candidate", "potential-candidate"},
+    "potential-candidate": {"candidate"},
+    "ineligible": {"candidate", "potential-candidate"},
+}
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    webhook_url: str | None
+    webhook_secret: str | None
+    smtp_host: str | None
+    smtp_port: int
+    smtp_from: str
+    smtp_to: tuple[str, ...]
+    worklist_url: str
+
+
+def signature(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Alerter:
+    def __init__(self, store: Store, settings: AlertSettings) -> None:
+        self.store = store
+        self.settings = settings
+        self.sent: dict[str, int] = {"webhook": 0, "email": 0}
+        self.failed: dict[str, int] = {"webhook": 0, "email": 0}
+
+    @property
+    def channels(self) -> list[str]:
+        channels = []
+        if self.settings.webhook_url:
+            channels.append("webhook")
+        if self.settings.smtp_host and self.settings.smtp_to:
+            channels.append("email")
+        return channels
+
+    async def consider(self, change: CandidateChange) -> None:
+        if change.current not in ALERTING.get(change.previous, set()):
+            return
+        for channel in self.channels:
+            alert_id = await asyncio.to_thread(
+                self.store.claim_alert, change.trial, change.patient_id, change.current, channel
+            )
+            if alert_id is not None:
+                await self._deliver(
+                    alert_id, channel, change.trial, change.patient_id, change.current
+                )
+
+    async def retry_unsent(self) -> None:
+        for alert in await asyncio.to_thread(self.store.unsent_alerts):
+            if alert.attempts < 5:
+                await self._deliver(
+                    alert.id, alert.channel, alert.trial, alert.patient_id, alert.reached
+                )
+
+    async def _deliver(
+        self, alert_id: int, channel: str, trial: str, patient_id: str, status: str
+    ) -> None:
+        payload = {
+            "event": "prescreen.candidate",
+            "id": str(alert_id),
+            "trial": trial,
+            "patient": f"Patient/{patient_id}",
+            "status": status,
+            "worklist": self.settings.worklist_url,
+        }
+        try:
+            if channel == "webhook":
+                await self._webhook(alert_id, payload)
+            else:
+                await asyncio.to_thread(self._email, payload)
+        except Exception as exc:
+            log.warning("alert %s over %s failed: %s", alert_id, channel, type(exc).__name__)
+            self.failed[channel] += 1
+            await asyncio.to_thread(self.store.mark_alert, alert_id, "failed")
+            return
+        self.sent[channel] += 1
+        await asyncio.to_thread(self.store.mark_alert, alert_id, "sent")
+
+    async def _webhook(self, alert_id: int, payload: dict[str, Any]) -> None:
+        assert self.settings.webhook_url is not None
+        body = orjson.dumps(payload)
+        headers = {"Content-Type": "application/json", "X-Prescreen-Event": str(alert_id)}
+        if self.settings.webhook_secret:
+            headers["X-Prescreen-Signature"] = signature(self.settings.webhook_secret, body)
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.post(self.settings.webhook_url, content=body, headers=headers)
+        response.raise_for_status()
+
+    def _email(self, payload: dict[str, Any]) -> None:
+        message = EmailMessage()
+        message["Subject"] = f"[prescreen] {payload['trial']}: new {payload['status']}"
+        message["From"] = self.settings.smtp_from
+        message["To"] = ", ".join(self.settings.smtp_to)
+        message["X-Prescreen-Event"] = payload["id"]
+        message.set_content(
+            f"A patient is now a {payload['status']} for {payload['trial']}.\n"
+            f"Patient: {payload['patient']}\nWorklist: {payload['worklist']}\n"
+        )
+        assert self.settings.smtp_host is not None
+        with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:
+            smtp.send_message(message)

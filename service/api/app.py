@@ -1,0 +1,156 @@
+"""The FastAPI application: ``prescreen serve`` runs it with uvicorn."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from service import catalog
+from service.alerts import Alerter, AlertSettings
+from service.api import cds, routes
+from service.api.engine import ScreeningService
+from service.api.security import Authenticator
+from service.settings import Settings
+from service.state.store import Store, migrate
+
+log = logging.getLogger(__name__)
+
+
+def load_rulesets(settings: Settings) -> dict[str, Any]:
+    wanted = [t for t in settings.trials.split(",") if t] or catalog.available_trials(
+        settings.rules_dir
+    )
+    return {trial: catalog.load_trial(trial, settings) for trial in wanted}
+
+
+class _Collector:
+    """Reads the service's own counters at scrape time: nothing to keep in sync."""
+
+    def __init__(self, service: ScreeningService) -> None:
+        self.service = service
+
+    def collect(self) -> Any:
+        screenings = CounterMetricFamily(
+            "prescreen_screenings", "Patients screened", labels=["trial", "verdict"]
+        )
+        for (trial, verdict), count in self.service.metrics.screenings.items():
+            screenings.add_metric([trial, verdict], count)
+        yield screenings
+        notes = CounterMetricFamily("prescreen_notifications", "Subscription notifications")
+        notes.add_metric([], self.service.metrics.notifications)
+        yield notes
+        alerts = CounterMetricFamily(
+            "prescreen_alerts", "Coordinator alerts", labels=["channel", "outcome"]
+        )
+        for channel, count in self.service.alerter.sent.items():
+            alerts.add_metric([channel, "sent"], count)
+        for channel, count in self.service.alerter.failed.items():
+            alerts.add_metric([channel, "failed"], count)
+        yield alerts
+        client = self.service._client
+        requests = CounterMetricFamily("prescreen_fhir_requests", "HTTP requests to FHIR")
+        errors = CounterMetricFamily("prescreen_fhir_errors", "FHIR requests that failed")
+        seconds = GaugeMetricFamily("prescreen_fhir_seconds", "Seconds spent in FHIR requests")
+        stats = client.stats if client is not None else None
+        requests.add_metric([], stats.requests if stats else 0)
+        errors.add_metric([], stats.errors if stats else 0)
+        seconds.add_metric([], stats.seconds if stats else 0.0)
+        yield from (requests, errors, seconds)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(migrate, settings.database_url)
+        store = Store(settings.database_url)
+        alerter = Alerter(
+            store,
+            AlertSettings(
+                webhook_url=settings.webhook_url,
+                webhook_secret=(
+                    settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+                ),
+                smtp_host=settings.smtp_host,
+                smtp_port=settings.smtp_port,
+                smtp_from=settings.smtp_from,
+                smtp_to=tuple(a.strip() for a in settings.smtp_to.split(",") if a.strip()),
+                worklist_url=f"{(settings.public_url or '').rstrip('/')}/candidates",
+            ),
+        )
+        service = ScreeningService(settings, store, alerter, load_rulesets(settings))
+        registry = CollectorRegistry()
+        registry.register(_Collector(service))
+        app.state.service, app.state.registry = service, registry
+        app.state.auth = Authenticator(settings)
+        await service.resume_runs()
+        service.spawn(service.background())
+        try:
+            yield
+        finally:
+            await service.aclose()
+            store.close()
+
+    app = FastAPI(
+        title="prescreen",
+        version="0.1.0",
+        description="FHIR clinical-trial eligibility pre-screening: explained verdicts, "
+        "ResearchSubject write-back, Subscriptions, CDS Hooks and coordinator alerts.",
+        lifespan=lifespan,
+    )
+
+    @app.middleware("http")
+    async def limit_body(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return JSONResponse({"detail": "request body too large"}, status_code=413)
+        return await call_next(request)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> JSONResponse:
+        service: ScreeningService = request.app.state.service
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.to_thread(service.store.ping)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = type(exc).__name__
+        try:
+            client = await service.client()
+            await client.get("metadata", kind="readiness")
+            checks["fhir"] = "ok"
+        except Exception as exc:
+            checks["fhir"] = type(exc).__name__
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse(checks, status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(
+            generate_latest(request.app.state.registry).decode(),
+            media_type="text/plain; version=0.0.4",
+        )
+
+    app.include_router(routes.router)
+    app.include_router(cds.router)
+    return app
+
+
+def app_factory() -> FastAPI:
+    """For ``uvicorn --factory service.api.app:app_factory``."""
+    from service.settings import get_settings
+
+    return create_app(get_settings())

@@ -1,0 +1,296 @@
+"""What the service does, apart from HTTP: screen patients live, run populations, re-screen on
+notifications, keep the worklist and alert coordinators. The routes only translate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+from service.alerts import Alerter
+from service.fhir.client import FhirClient, Json
+from service.fhir.connect import ServerAbilities, connect, read_capabilities
+from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
+from service.fhir.writeback import WriteBack
+from service.mapping.mapper import patient_of
+from service.ruleset.evaluate import Evaluator
+from service.ruleset.loader import RuleSet
+from service.screening.source import Collector, IssueLog, discover
+from service.settings import Settings
+from service.state.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Metrics:
+    """Counters the /metrics endpoint exports (kept here so tests can read them too)."""
+
+    screenings: Counter[tuple[str, str]] = field(default_factory=Counter)  # (trial, verdict)
+    notifications: int = 0
+
+
+class ScreeningService:
+    def __init__(
+        self, settings: Settings, store: Store, alerter: Alerter, rulesets: dict[str, RuleSet]
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.alerter = alerter
+        self.rulesets = rulesets
+        self.evaluators = {t: Evaluator(r, settings.cel_engine) for t, r in rulesets.items()}
+        self.metrics = Metrics()
+        self._client: FhirClient | None = None
+        self._abilities: ServerAbilities | None = None
+        self._lock = asyncio.Lock()
+        self.last_ping = datetime.now(UTC)
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    # --- FHIR -----------------------------------------------------------------------------------
+
+    async def client(self) -> FhirClient:
+        async with self._lock:
+            if self._client is None:
+                self._client = await connect(self.settings)
+            return self._client
+
+    async def abilities(self) -> ServerAbilities:
+        if self._abilities is None:
+            client = await self.client()
+            self._abilities = read_capabilities(await client.capabilities())
+        return self._abilities
+
+    async def aclose(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        if self._client is not None:
+            await self._client.aclose()
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # --- screening ------------------------------------------------------------------------------
+
+    def evaluate(self, trial: str, resources: list[Json], as_of: date) -> list[dict[str, Any]]:
+        """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch)."""
+        ruleset = self.rulesets[trial]
+        collector = Collector(ruleset.mapper, as_of, IssueLog())
+        for resource in resources:
+            collector.add_resource(resource, "fhir", 0)
+        evaluator = self.evaluators[trial]
+        verdicts = []
+        for pid, _patient, facts in collector.screened_patients():
+            verdict = evaluator.evaluate(pid, facts, as_of)
+            self.metrics.screenings[(trial, verdict.verdict)] += 1
+            verdicts.append(verdict)
+        return [v.as_contract(ruleset, as_of) for v in verdicts]
+
+    async def screen(
+        self, trial: str, patient_ids: list[str], as_of: date, write_back: bool
+    ) -> list[dict[str, Any]]:
+        """Fetch, evaluate, write back, update the worklist and alert: for a few patients."""
+        ruleset = self.rulesets[trial]
+        client = await self.client()
+        abilities = await self.abilities()
+        fetcher = PatientFetcher(
+            client,
+            ruleset.mapper,
+            abilities,
+            codes_per_request=self.settings.fhir_codes_per_request,
+            page_size=self.settings.fhir_page_size,
+        )
+        collector = Collector(ruleset.mapper, as_of, IssueLog())
+        for group in chunked(patient_ids, self.settings.fhir_patients_per_request):
+            for resource in await fetcher.fetch(group):
+                collector.add_resource(resource, "fhir", 0)
+        evaluator = self.evaluators[trial]
+        verdicts = [
+            evaluator.evaluate(pid, facts, as_of)
+            for pid, _patient, facts in collector.screened_patients()
+            if pid in set(patient_ids)
+        ]
+        if write_back and verdicts:
+            writer = WriteBack(
+                client,
+                ruleset,
+                as_of,
+                self.settings.subject_identifier_system,
+                abilities=abilities,
+            )
+            await writer.prepare(load_subjects=False)
+            await writer.load_subjects_for([v.patient_id for v in verdicts])
+            await writer.write(verdicts)
+        contracts = [v.as_contract(ruleset, as_of) for v in verdicts]
+        for contract in contracts:
+            self.metrics.screenings[(trial, contract["verdict"])] += 1
+            change = await asyncio.to_thread(
+                self.store.upsert_candidate, trial, contract, as_of.isoformat()
+            )
+            await self.alerter.consider(change)
+        return contracts
+
+    # --- population runs ------------------------------------------------------------------------
+
+    async def execute_run(self, run_id: str) -> None:
+        run = await asyncio.to_thread(self.store.get_run, run_id)
+        if run is None:
+            return
+        try:
+            as_of = date.fromisoformat(run.as_of)
+            if run.source == "ndjson":
+                await self._run_ndjson(run_id, run.trial, Path(run.source_detail), as_of)
+            else:
+                await self._run_fhir(
+                    run_id, run.trial, run.source_detail, as_of, bool(run.write_back)
+                )
+        except Exception as exc:
+            log.warning("run %s failed: %s", run_id, type(exc).__name__)
+            await asyncio.to_thread(self.store.finish_run, run_id, "failed", {}, str(exc)[:500])
+            return
+        counts = Counter(
+            v["verdict"] for v in await asyncio.to_thread(self.store.run_results, run_id, 0, 10**9)
+        )
+        await asyncio.to_thread(self.store.finish_run, run_id, "done", dict(counts))
+
+    async def _run_fhir(
+        self, run_id: str, trial: str, detail: str, as_of: date, write_back: bool
+    ) -> None:
+        if not await asyncio.to_thread(self.store.has_patients, run_id):
+            ids = [p for p in detail.split(",") if p]
+            if not ids:
+                ids = await discover_cohort(
+                    await self.client(),
+                    self.rulesets[trial].mapper,
+                    codes_per_request=self.settings.fhir_codes_per_request,
+                    page_size=self.settings.fhir_page_size,
+                )
+            await asyncio.to_thread(self.store.select_patients, run_id, ids)
+        pending = await asyncio.to_thread(self.store.pending_of, run_id)
+        for group in chunked(pending, self.settings.fhir_patients_per_request):
+            if not group:
+                continue
+            contracts = await self.screen(trial, group, as_of, write_back)
+            await asyncio.to_thread(self.store.record_verdicts, run_id, contracts)
+
+    async def _run_ndjson(self, run_id: str, trial: str, folder: Path, as_of: date) -> None:
+        ruleset = self.rulesets[trial]
+
+        def read() -> Collector:
+            collector = Collector(ruleset.mapper, as_of, IssueLog())
+            for file in discover(folder):
+                collector.read_file(file)
+            return collector
+
+        collector = await asyncio.to_thread(read)
+        ids = [pid for pid, data in collector.patients.items() if data.patient is not None]
+        if not await asyncio.to_thread(self.store.has_patients, run_id):
+            await asyncio.to_thread(self.store.select_patients, run_id, sorted(ids))
+        pending = set(await asyncio.to_thread(self.store.pending_of, run_id))
+        evaluator = self.evaluators[trial]
+        batch: list[dict[str, Any]] = []
+        for pid, _patient, facts in collector.screened_patients():
+            if pid not in pending:
+                continue
+            contract = evaluator.evaluate(pid, facts, as_of).as_contract(ruleset, as_of)
+            batch.append(contract)
+            change = await asyncio.to_thread(
+                self.store.upsert_candidate, trial, contract, as_of.isoformat()
+            )
+            await self.alerter.consider(change)
+            if len(batch) >= 200:
+                await asyncio.to_thread(self.store.record_verdicts, run_id, batch)
+                batch = []
+        await asyncio.to_thread(self.store.record_verdicts, run_id, batch)
+
+    async def resume_runs(self) -> None:
+        for run in await asyncio.to_thread(self.store.runs_to_resume):
+            self.spawn(self.execute_run(run.id))
+
+    # --- notifications --------------------------------------------------------------------------
+
+    async def patients_of(self, resources: list[Json], references: list[str]) -> set[str]:
+        """Patients concerned by notified resources (full) or references (id-only)."""
+        found: set[str] = set()
+        client = None
+        for reference in references:
+            rtype, _, rid = reference.partition("/")
+            if rtype == "Patient":
+                found.add(rid)
+                continue
+            client = client or await self.client()
+            try:
+                resources.append(await client.get(f"{rtype}/{rid}"))
+            except Exception:
+                continue
+        for resource in resources:
+            patient = patient_of(resource)
+            if patient is not None:
+                found.add(patient)
+        return found
+
+    async def notified(self, resources: list[Json], references: list[str]) -> None:
+        self.metrics.notifications += 1
+        types = {r.get("resourceType") for r in resources} | {
+            ref.split("/")[0] for ref in references
+        }
+        patients = await self.patients_of(resources, references)
+        if not resources and not references:
+            patients = await self._changed_since_ping()
+        for trial, ruleset in self.rulesets.items():
+            wanted = ruleset.mapper.resource_types
+            if types and not (types & wanted):
+                continue
+            await asyncio.to_thread(
+                self.store.queue, trial, patients, self.settings.debounce_seconds
+            )
+
+    async def _changed_since_ping(self) -> set[str]:
+        """An empty ping says only "something changed": ask what changed since the last one."""
+        since = self.last_ping.strftime("%Y-%m-%dT%H:%M:%SZ")
+        self.last_ping = datetime.now(UTC)
+        client = await self.client()
+        found: set[str] = set()
+        for ruleset in self.rulesets.values():
+            found |= set(
+                await changed_since(
+                    client,
+                    ruleset.mapper,
+                    since,
+                    codes_per_request=self.settings.fhir_codes_per_request,
+                    page_size=self.settings.fhir_page_size,
+                )
+            )
+        return found
+
+    async def process_due(self) -> int:
+        due = await asyncio.to_thread(self.store.take_due)
+        screened = 0
+        today = datetime.now(UTC).date()
+        for trial, patient_ids in due.items():
+            try:
+                screened += len(
+                    await self.screen(trial, patient_ids, today, self.settings.write_back)
+                )
+            except Exception as exc:
+                log.warning("re-screen failed (%s); queued again", type(exc).__name__)
+                await asyncio.to_thread(self.store.queue, trial, set(patient_ids), 10.0)
+        return screened
+
+    async def background(self) -> None:
+        """The debounce loop, and retries of alerts that could not be delivered."""
+        ticks = 0
+        while True:
+            try:
+                await self.process_due()
+                ticks += 1
+                if ticks % 60 == 0:
+                    await self.alerter.retry_unsent()
+            except Exception as exc:
+                log.warning("background loop: %s", type(exc).__name__)
+            await asyncio.sleep(0.5)
