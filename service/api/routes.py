@@ -173,12 +173,21 @@ async def post_notification(request: Request) -> Response:
     return await _notification(request, None)
 
 
-@router.api_route(
+@router.put(
     "/notifications/{resource_type}/{resource_id}",
-    methods=["PUT", "POST"],
-    summary="Rest-hook notification with the resource at [endpoint]/[type]/[id]",
+    summary="Rest-hook notification that PUTs the resource at [endpoint]/[type]/[id]",
 )
 async def put_notification(resource_type: str, resource_id: str, request: Request) -> Response:
+    return await _notification(request, f"{resource_type}/{resource_id}")
+
+
+@router.post(
+    "/notifications/{resource_type}/{resource_id}",
+    summary="Rest-hook notification that POSTs to [endpoint]/[type]/[id]",
+)
+async def post_typed_notification(
+    resource_type: str, resource_id: str, request: Request
+) -> Response:
     return await _notification(request, f"{resource_type}/{resource_id}")
 
 

@@ -266,13 +266,20 @@ class Store:
     def queue(self, trial: str, patient_ids: set[str], window_seconds: float) -> None:
         """Ask for a re-screen; another notification within the window pushes it back."""
         due = now() + timedelta(seconds=window_seconds)
-        with self.session() as session:
-            for patient_id in patient_ids:
-                row = session.get(PendingPatient, (trial, patient_id))
-                if row is None:
+        for patient_id in patient_ids:
+            # Notifications arrive concurrently: insert, and if another got there first, update.
+            try:
+                with self.session() as session:
                     session.add(PendingPatient(trial=trial, patient_id=patient_id, due_at=due))
-                else:
-                    row.due_at = due
+            except IntegrityError:
+                with self.session() as session:
+                    session.execute(
+                        update(PendingPatient)
+                        .where(
+                            PendingPatient.trial == trial, PendingPatient.patient_id == patient_id
+                        )
+                        .values(due_at=due)
+                    )
 
     def take_due(self) -> dict[str, list[str]]:
         with self.session() as session:
