@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
-# Multi-stage build: dependencies are installed in a builder stage with the same pip steps CI
-# runs (`make install`, without the dev extras), and only the virtual environment and the data
-# folders are copied into a slim runtime image that runs as an unprivileged user.
+# Multi-stage build. The builder installs prescreen into a virtual environment with the same pip
+# step CI runs (`make install`, without the dev extras); the runtime image gets only that
+# environment and the data folders, and runs as an unprivileged user.
 
 FROM python:3.11-slim-bookworm AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
@@ -13,7 +13,9 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install .
 
 FROM python:3.11-slim-bookworm AS runtime
-RUN groupadd --system prescreen && useradd --system --gid prescreen --home /app prescreen
+RUN groupadd --system prescreen \
+ && useradd --system --gid prescreen --home /app prescreen \
+ && mkdir -p /data && chown prescreen:prescreen /data
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY rules ./rules
@@ -24,10 +26,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PRESCREEN_RULES_DIR=/app/rules \
     PRESCREEN_MAPPINGS_DIR=/app/fhir_mappings \
-    PRESCREEN_SAMPLES_DIR=/app/samples
+    PRESCREEN_SAMPLES_DIR=/app/samples \
+    PRESCREEN_HOST=0.0.0.0 \
+    PRESCREEN_PORT=8000 \
+    PRESCREEN_DATABASE_URL=sqlite:////data/prescreen.db
 USER prescreen
-# The rule sets must load and compile: a broken rule file makes the container unhealthy.
-HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
-  CMD ["prescreen", "rules", "check"]
+VOLUME ["/data"]
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=3)"]
 ENTRYPOINT ["prescreen"]
-CMD ["rules", "check"]
+CMD ["serve"]

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck rules-test unit sample clean
+.PHONY: install demo test lint typecheck rules-test unit sample serve bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ rules-test: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest
+
+## Run the HTTP service (configuration: README, "Configuration").
+serve: $(STAMP)
+	$(BIN)/prescreen serve
+
+## Benchmarks (minutes; about 8 GB of generated data under benchmarks/data).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
 
 ## Regenerate the shipped sample (deterministic: same files every time).
 sample: $(STAMP)

@@ -119,32 +119,47 @@ def discover(folder: Path) -> list[NdjsonFile]:
 BLOCK_BYTES = 4 << 20
 
 
-def _blocks(handle: IO[bytes]) -> Iterator[bytes]:
-    """Whole lines, about BLOCK_BYTES at a time (the last may lack its newline)."""
-    carry = b""
+def _blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
+    """(buffer, end): whole lines in ``buffer[:end]``, about BLOCK_BYTES at a time.
+
+    One buffer is reused and filled in place (``readinto``): copying 4 MB blocks around cost
+    more than scanning them. The buffer is only valid until the next block is asked for.
+    """
+    buffer = bytearray(BLOCK_BYTES * 2)
+    view = memoryview(buffer)
+    filled = 0
     while True:
-        chunk = handle.read(BLOCK_BYTES)
-        if not chunk:
-            if carry:
-                yield carry
+        if len(buffer) - filled < BLOCK_BYTES:  # one line longer than a block: grow
+            view.release()
+            buffer.extend(bytes(len(buffer)))
+            view = memoryview(buffer)
+        read = handle.readinto(view[filled : filled + BLOCK_BYTES])  # type: ignore[attr-defined]
+        if not read:
+            if filled:
+                yield buffer, filled
             return
-        block = carry + chunk
-        cut = block.rfind(b"\n") + 1
+        filled += read
+        cut = buffer.rfind(b"\n", 0, filled) + 1
         if cut == 0:
-            carry = block
             continue
-        carry = block[cut:]
-        yield block[:cut]
+        yield buffer, cut
+        tail = filled - cut
+        buffer[:tail] = buffer[cut:filled]
+        filled = tail
 
 
-def _all_objects(block: bytes, lines: int) -> bool:
+def _all_objects(block: bytearray, end: int, lines: int) -> bool:
     """True when every line plainly is one JSON object: ``{`` at the start, ``}`` at the end.
 
     Counted on the whole block in C: n lines that each look like ``{...}`` are joined by n-1
     ``}\\n{`` seams. Anything else (blank lines, CRLF, a cut line) takes the careful path.
     """
-    last = block[-2:] if block.endswith(b"\n") else block[-1:]
-    return block[:1] == b"{" and last[:1] == b"}" and block.count(b"}\n{") == lines - 1
+    last = block[end - 2 : end - 1] if block[end - 1 : end] == b"\n" else block[end - 1 : end]
+    return block[:1] == b"{" and last == b"}" and block.count(b"}\n{", 0, end) == lines - 1
+
+
+def _constant(number: int) -> Callable[[], int]:
+    return lambda: number
 
 
 def _open(path: Path) -> IO[bytes]:
@@ -163,30 +178,35 @@ class Collector:
         self.patients: dict[str, PatientData] = {}
         self.stats = ReadStats()
 
-    def add_resource(self, resource: Any, where: str, line: int) -> None:
+    def add_resource(self, resource: Any, where: str, line: int | Callable[[], int]) -> None:
+        """Map one parsed resource; ``line`` may be a function, called only to report a problem."""
+
+        def at() -> int:
+            return line() if callable(line) else line
+
         if not isinstance(resource, dict):
-            self.issues.add(InputIssue(where, line, "not-a-resource", "line is not a JSON object"))
+            self.issues.add(InputIssue(where, at(), "not-a-resource", "line is not a JSON object"))
             return
         resource_type = resource.get("resourceType")
         if not isinstance(resource_type, str) or not resource_type:
-            self.issues.add(InputIssue(where, line, "no-resource-type", "resourceType is missing"))
+            self.issues.add(InputIssue(where, at(), "no-resource-type", "resourceType is missing"))
             return
         if resource_type not in self.mapper.resource_types:
             if not is_fhir_resource_type(resource_type):
                 self.issues.add(
-                    InputIssue(where, line, "unknown-resource-type", "not a FHIR R4 resource type")
+                    InputIssue(where, at(), "unknown-resource-type", "not a FHIR R4 resource type")
                 )
             return
         try:
             mapped = self.mapper.map_resource(resource, self.as_of)
         except UnattributableResourceError as exc:
-            self.issues.add(InputIssue(where, line, "unattributable", str(exc)))
+            self.issues.add(InputIssue(where, at(), "unattributable", str(exc)))
             return
         if mapped is None:
             return
         for problem in mapped.issues:
             self.issues.add(
-                InputIssue(where, line, "bad-value", f"{problem.field} {problem.message}")
+                InputIssue(where, at(), "bad-value", f"{problem.field} {problem.message}")
             )
         data = self.patients.get(mapped.patient_id)
         if data is None:
@@ -218,53 +238,62 @@ class Collector:
         lines_before = 0
         with _open(file.path) as handle:
             raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
-            for block in _blocks(handle):
-                lines = block.count(b"\n") + (not block.endswith(b"\n"))
+            for block, end in _blocks(handle):
+                lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
                 self.stats.lines += lines
                 if not wanted:
                     self.stats.skipped_type += lines
                 elif prefilter is None:
-                    self._parse_all(block, lines, file.path.name, lines_before)
+                    self._parse_all(bytes(block[:end]), lines, file.path.name, lines_before)
                 else:
-                    self._parse_matching(block, lines, prefilter, file.path.name, lines_before)
+                    self._parse_matching(block, end, lines, prefilter, file.path.name, lines_before)
                 lines_before += lines
                 if progress is not None:
                     progress(raw_handle.tell())
         if progress is not None:
             progress(file.size)
 
-    def _parse_line(self, line: bytes, name: str, number: int) -> None:
+    def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
         try:
             resource = orjson.loads(line)
         except orjson.JSONDecodeError:
-            self.issues.add(InputIssue(name, number, "malformed-json", "line is not valid JSON"))
+            self.issues.add(InputIssue(name, locate(), "malformed-json", "line is not valid JSON"))
             return
         self.stats.parsed += 1
-        self.add_resource(resource, name, number)
+        self.add_resource(resource, name, locate)
 
     def _parse_all(self, block: bytes, lines: int, name: str, lines_before: int) -> None:
         for offset, raw in enumerate(block.split(b"\n")[:lines]):
             line = raw.strip()
             if line:
-                self._parse_line(line, name, lines_before + offset + 1)
+                self._parse_line(line, name, _constant(lines_before + offset + 1))
 
     def _parse_matching(
-        self, block: bytes, lines: int, prefilter: re.Pattern[bytes], name: str, lines_before: int
+        self,
+        block: bytearray,
+        end: int,
+        lines: int,
+        prefilter: re.Pattern[bytes],
+        name: str,
+        lines_before: int,
     ) -> None:
         matched: set[int] = set()
-        position, number = 0, lines_before + 1
-        for match in prefilter.finditer(block):
+        for match in prefilter.finditer(block, 0, end):
             start = block.rfind(b"\n", 0, match.start()) + 1
             if start in matched:
                 continue  # a second relevant code on a line already taken
-            number += block.count(b"\n", position, start)
-            position = start
-            end = block.find(b"\n", match.end())
             matched.add(start)
-            self._parse_line(block[start : end if end != -1 else len(block)].strip(), name, number)
+            stop = block.find(b"\n", match.end(), end)
+            line = bytes(block[start : stop if stop != -1 else end]).strip()
+
+            def locate(start: int = start) -> int:
+                # Line numbers are counted only for lines that turn out to have a problem.
+                return lines_before + block.count(b"\n", 0, start) + 1
+
+            self._parse_line(line, name, locate)
         self.stats.skipped_prefilter += lines - len(matched)
-        if not _all_objects(block, lines):
-            self._report_shapes(block, matched, name, lines_before)
+        if not _all_objects(block, end, lines):
+            self._report_shapes(bytes(block[:end]), matched, name, lines_before)
 
     def _report_shapes(self, block: bytes, matched: set[int], name: str, lines_before: int) -> None:
         """The slow path, for a block where some line does not look like a JSON object."""

@@ -10,54 +10,19 @@ from typing import Any
 
 import pytest
 
-from service.cli import main
+from tests.helpers import read_ndjson, screen_cli
 from tests.integration.conftest import LoadedPatients, fhir_get, fhir_put, search_all
 
 pytestmark = pytest.mark.integration
-AS_OF = "2026-06-15"
 STUDY_TAG = "urn:prescreen:study|NCT06746103"
 
 
-def read_ndjson(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 def live(base_url: str, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "screen",
-            "--trial",
-            "relieve",
-            "--fhir-url",
-            base_url,
-            "--as-of",
-            AS_OF,
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return screen_cli("--fhir-url", base_url, out, *extra)
 
 
 def offline(source: Path, out: Path) -> dict[str, dict[str, Any]]:
-    assert (
-        main(
-            [
-                "screen",
-                "--trial",
-                "relieve",
-                "--source",
-                str(source),
-                "--as-of",
-                AS_OF,
-                "--out",
-                str(out),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert screen_cli("--source", str(source), out) == 0
     return {v["patient"]: v for v in read_ndjson(out / "verdicts.ndjson")}
 
 

@@ -14,6 +14,7 @@ from fhir.resources.R4B.researchsubject import ResearchSubject
 from service.cli import main
 from service.ruleset.loader import RuleSet
 from tests.conftest import SAMPLE_DIR
+from tests.helpers import read_ndjson, screen_cli
 
 CRITERIA = [
     "alive",
@@ -32,26 +33,8 @@ CRITERIA = [
 ]
 
 
-def read_ndjson(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
-
-
 def screen(source: Path, out: Path, *extra: str) -> int:
-    return main(
-        [
-            "screen",
-            "--trial",
-            "relieve",
-            "--source",
-            str(source),
-            "--as-of",
-            "2026-06-15",
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return screen_cli("--source", str(source), out, *extra)
 
 
 @pytest.fixture(scope="module")
