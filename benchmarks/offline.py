@@ -13,14 +13,17 @@ from benchmarks.common import AS_OF, folder_stats, population, run_child, write_
 
 FLOOR = """
 import glob, orjson
-started = time.perf_counter()
-lines = 0
-for path in sorted(glob.glob(sys.argv[1] + '/*.ndjson')):
-    with open(path, 'rb') as handle:
-        for line in handle:
-            orjson.loads(line)
-            lines += 1
-result = {'seconds': time.perf_counter() - started, 'lines': lines}
+best = float('inf')
+for _ in range(int(sys.argv[2])):
+    started = time.perf_counter()
+    lines = 0
+    for path in sorted(glob.glob(sys.argv[1] + '/*.ndjson')):
+        with open(path, 'rb') as handle:
+            for line in handle:
+                orjson.loads(line)
+                lines += 1
+    best = min(best, time.perf_counter() - started)
+result = {'seconds': best, 'lines': lines}
 """
 
 SCREEN = """
@@ -31,11 +34,14 @@ from service.screening.run import screen_folder
 loaded = time.perf_counter()
 ruleset = load_ruleset(Path('rules/relieve.yaml'), Path('fhir_mappings'))
 startup = time.perf_counter() - loaded
-started = time.perf_counter()
-summary = screen_folder(
-    ruleset, Path(sys.argv[1]), date.fromisoformat(sys.argv[2]), Path(sys.argv[3]),
-    engine='cel', subject_identifier_system='urn:prescreen:research-subject')
-result = {'seconds': time.perf_counter() - started, 'startup_seconds': startup,
+best = float('inf')
+for _ in range(int(sys.argv[4])):
+    started = time.perf_counter()
+    summary = screen_folder(
+        ruleset, Path(sys.argv[1]), date.fromisoformat(sys.argv[2]), Path(sys.argv[3]),
+        engine='cel', subject_identifier_system='urn:prescreen:research-subject')
+    best = min(best, time.perf_counter() - started)
+result = {'seconds': best, 'startup_seconds': startup,
           'patients': summary.patients, 'read_seconds': summary.read_seconds,
           'evaluate_seconds': summary.evaluate_seconds, 'parsed': summary.stats.parsed,
           'verdicts': dict(summary.verdicts)}
@@ -48,8 +54,11 @@ def measure(sizes: list[int]) -> list[dict[str, Any]]:
         folder = population(size)
         stats = folder_stats(folder)
         out = folder.parent / f"out-{size}"
-        floor = run_child(FLOOR, str(folder))
-        screen = run_child(SCREEN, str(folder), AS_OF.isoformat(), str(out))
+        # The best of three runs in one process for the smaller sizes (the first run pays for
+        # cold caches and first calls), one run at 100k; the same for both sides.
+        repeat = "3" if size <= 10_000 else "1"
+        floor = run_child(FLOOR, str(folder), repeat)
+        screen = run_child(SCREEN, str(folder), AS_OF.isoformat(), str(out), repeat)
         rows.append(
             {
                 "patients": size,
@@ -89,6 +98,7 @@ def report(rows: list[dict[str, Any]]) -> None:
         "Target: ratio_floor_over_screen >= 1.0 (screening as fast as parsing every line).",
         "screen_s: read + map + evaluate (cel) + write all outputs; startup_s: loading and "
         "validating the rule set (both engines), not included in screen_s.",
+        "Each side: best of 3 runs in one process up to 10k patients, a single run at 100k.",
     ]
 
     def plot(axes: Any) -> None:
