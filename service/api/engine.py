@@ -19,6 +19,7 @@ from service.fhir.writeback import WriteBack
 from service.mapping.mapper import patient_of
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.screening.inmemory import evaluate_resources
 from service.screening.source import Collector, IssueLog, discover
 from service.settings import Settings
 from service.state.store import Store
@@ -79,17 +80,10 @@ class ScreeningService:
 
     def evaluate(self, trial: str, resources: list[Json], as_of: date) -> list[dict[str, Any]]:
         """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch)."""
-        ruleset = self.rulesets[trial]
-        collector = Collector(ruleset.mapper, as_of, IssueLog())
-        for resource in resources:
-            collector.add_resource(resource, "fhir", 0)
-        evaluator = self.evaluators[trial]
-        verdicts = []
-        for pid, _patient, facts in collector.screened_patients():
-            verdict = evaluator.evaluate(pid, facts, as_of)
+        verdicts = evaluate_resources(self.evaluators[trial], resources, as_of)
+        for verdict in verdicts:
             self.metrics.screenings[(trial, verdict.verdict)] += 1
-            verdicts.append(verdict)
-        return [v.as_contract(ruleset, as_of) for v in verdicts]
+        return [v.as_contract(self.rulesets[trial], as_of) for v in verdicts]
 
     async def screen(
         self, trial: str, patient_ids: list[str], as_of: date, write_back: bool
@@ -105,16 +99,12 @@ class ScreeningService:
             codes_per_request=self.settings.fhir_codes_per_request,
             page_size=self.settings.fhir_page_size,
         )
-        collector = Collector(ruleset.mapper, as_of, IssueLog())
+        resources = []
         for group in chunked(patient_ids, self.settings.fhir_patients_per_request):
-            for resource in await fetcher.fetch(group):
-                collector.add_resource(resource, "fhir", 0)
-        evaluator = self.evaluators[trial]
-        verdicts = [
-            evaluator.evaluate(pid, facts, as_of)
-            for pid, _patient, facts in collector.screened_patients()
-            if pid in set(patient_ids)
-        ]
+            resources += await fetcher.fetch(group)
+        verdicts = evaluate_resources(
+            self.evaluators[trial], resources, as_of, only=set(patient_ids)
+        )
         if write_back and verdicts:
             writer = WriteBack(
                 client,

@@ -24,7 +24,8 @@ from service.ruleset.engines import ENGINE_NAMES, EngineName
 from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict, Verdict
 from service.ruleset.loader import RuleSet
 from service.ruleset.model import Result
-from service.screening.source import Collector, InputIssue, IssueLog
+from service.screening.inmemory import evaluate_resources
+from service.screening.source import InputIssue, IssueLog
 
 
 class _Strict(BaseModel):
@@ -146,17 +147,14 @@ def export_patients(
     return exported
 
 
-def evaluate_resources(
-    ruleset: RuleSet, evaluator: Evaluator, resources: list[dict[str, Any]], as_of: date
+def evaluate_test_patient(
+    evaluator: Evaluator, resources: list[dict[str, Any]], as_of: date
 ) -> tuple[list[PatientVerdict], list[InputIssue]]:
-    """Map and evaluate in-memory resources exactly as the offline runner does."""
+    """Map and evaluate a test patient exactly as the runs do, keeping the input issues."""
     captured: list[InputIssue] = []
-    collector = Collector(ruleset.mapper, as_of, IssueLog(sink=captured.append))
-    for line, resource in enumerate(resources, 1):
-        collector.add_resource(resource, "<test>", line)
-    verdicts = [
-        evaluator.evaluate(pid, facts, as_of) for pid, _p, facts in collector.screened_patients()
-    ]
+    verdicts = evaluate_resources(
+        evaluator, resources, as_of, issues=IssueLog(sink=captured.append)
+    )
     return verdicts, captured
 
 
@@ -187,7 +185,7 @@ def run_rule_tests(
         resources = patient_resources(suite, test)
         outputs: dict[str, dict[str, Any]] = {}
         for engine_name, evaluator in evaluators.items():
-            verdicts, issues = evaluate_resources(ruleset, evaluator, resources, as_of)
+            verdicts, issues = evaluate_test_patient(evaluator, resources, as_of)
             if len(verdicts) != 1:
                 report.failures.append(
                     RuleTestFailure(test.id, f"expected one patient, mapped {len(verdicts)}")

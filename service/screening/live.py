@@ -33,8 +33,9 @@ from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
+from service.screening.inmemory import evaluate_resources
 from service.screening.run import ProgressSink, ScreeningSummary, write_results
-from service.screening.source import Collector, InputIssue, IssueLog, ReadStats
+from service.screening.source import InputIssue, IssueLog, ReadStats
 
 CHECKPOINT = "checkpoint.ndjson"
 UNSCREENED = "unscreened.ndjson"
@@ -311,16 +312,8 @@ async def _screen_group(
     options: LiveOptions,
 ) -> list[PatientVerdict]:
     resources = await fetcher.fetch(group)
-    collector = Collector(ruleset.mapper, options.as_of, summary.issues)
-    for resource in resources:
-        where = f"fhir:{resource.get('resourceType')}/{resource.get('id')}"
-        collector.add_resource(resource, where, 0)
-    summary.stats.records += collector.stats.records
     summary.stats.parsed += len(resources)
-    verdicts = [
-        evaluator.evaluate(pid, facts, options.as_of)
-        for pid, _patient, facts in collector.screened_patients()
-    ]
+    verdicts = evaluate_resources(evaluator, resources, options.as_of, issues=summary.issues)
     found = {v.patient_id for v in verdicts}
     for pid in group:
         if pid not in found:
