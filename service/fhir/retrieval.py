@@ -62,6 +62,12 @@ def chunked(items: Iterable[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)] or [[]]
 
 
+# A code list that would take more than this many searches per group is not sent at all: the
+# group's resources of that type are fetched whole and the mapper keeps the relevant ones. For a
+# few patients that is less work for the server than many long OR-searches.
+MAX_CODE_CHUNKS = 2
+
+
 def search_requests(
     spec: SearchSpec, patient_ids: list[str], codes_per_request: int, page_size: int
 ) -> list[list[tuple[str, str]]]:
@@ -71,6 +77,7 @@ def search_requests(
         [(param, ",".join(chunk)) for chunk in chunked(tokens, codes_per_request)]
         for param, tokens in spec.filters
     ]
+    per_param = [options for options in per_param if len(options) <= MAX_CODE_CHUNKS]
     return [
         [*base, *combination, ("_count", str(page_size))]
         for combination in itertools.product(*per_param)
