@@ -125,7 +125,7 @@ def render_reason(template: str, names: dict[str, Any]) -> str:
 # Fact patterns with this many records or fewer are memoised: in a hospital most patients
 # carry no record the rules read, and share a handful of patterns (age, deceased).
 MEMO_MAX_RECORDS = 4
-MEMO_MAX_ENTRIES = 50_000
+MEMO_MAX_ENTRIES = 4_096  # the common patterns arrive early; rare ones are not worth keeping
 _MARK = "\x00ref:"
 
 

@@ -84,10 +84,21 @@ class ReadStats:
 
 @dataclass
 class PatientData:
-    """What the mapper kept for one patient: the Patient record and fact records by ref."""
+    """What the mapper kept for one patient: the Patient record and fact records by ref.
 
-    patient: Record | None = None
-    facts: dict[str, dict[str, Record]] = field(default_factory=dict)
+    Kept for every patient until the whole input is read, so it is kept small: the Patient
+    record as a tuple of its values (keys in schema order), no fact dict until one is needed.
+    """
+
+    __slots__ = ("facts", "patient_values")
+
+    def __init__(self) -> None:
+        self.patient_values: tuple[Any, ...] | None = None
+        self.facts: dict[str, dict[str, Record]] | None = None
+
+    @property
+    def patient(self) -> tuple[Any, ...] | None:
+        return self.patient_values
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +187,8 @@ class Collector:
         self.as_of = as_of
         self.issues = issues
         self.patients: dict[str, PatientData] = {}
+        one_fact = next(schema for schema in mapper.facts.values() if schema.one)
+        self._patient_keys = ("ref", *one_fact.defaults)
         self.stats = ReadStats()
 
     def add_resource(self, resource: Any, where: str, line: int | Callable[[], int]) -> None:
@@ -214,9 +227,12 @@ class Collector:
         for contribution in mapped.contributions:
             self.stats.records += 1
             if self.mapper.facts[contribution.fact].one:
-                data.patient = contribution.record
+                record = contribution.record
+                data.patient_values = tuple(record[key] for key in self._patient_keys)
             else:
                 # Keyed by ref: a resource exported twice is one record, the later copy wins.
+                if data.facts is None:
+                    data.facts = {}
                 data.facts.setdefault(contribution.fact, {})[mapped.ref] = contribution.record
 
     def read_file(self, file: NdjsonFile, progress: Callable[[int], None] | None = None) -> None:
@@ -313,20 +329,23 @@ class Collector:
         """(patient id, Patient record, facts) in id order, every fact key present."""
         list_facts = [name for name, schema in self.mapper.facts.items() if not schema.one]
         one_fact = next(name for name, schema in self.mapper.facts.items() if schema.one)
+        keys = self._patient_keys
         for patient_id in sorted(self.patients):
             data = self.patients[patient_id]
-            if data.patient is None:
+            if data.patient_values is None:
                 continue
-            facts: dict[str, Any] = {one_fact: data.patient}
+            patient = dict(zip(keys, data.patient_values, strict=True))
+            facts: dict[str, Any] = {one_fact: patient}
+            stored = data.facts or {}
             for name in list_facts:
-                facts[name] = list(data.facts.get(name, {}).values())
-            yield patient_id, data.patient, facts
+                facts[name] = list(stored.get(name, {}).values())
+            yield patient_id, patient, facts
 
     def orphans(self) -> Counter[str]:
         """Records of patients whose Patient resource never appeared, by fact."""
         counts: Counter[str] = Counter()
         for data in self.patients.values():
-            if data.patient is None:
-                for fact, records in data.facts.items():
+            if data.patient_values is None:
+                for fact, records in (data.facts or {}).items():
                     counts[fact] += len(records)
         return counts
