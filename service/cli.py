@@ -101,7 +101,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
     settings = _settings(args)
     ruleset = catalog.load_trial(args.trial, settings)
     as_of = _as_of(args.as_of)
-    if args.fhir_url or (args.source is None and settings.fhir_url):
+    fhir_url = getattr(args, "fhir_url", None)  # `demo` screens files and has no such option
+    if fhir_url or (args.source is None and settings.fhir_url):
         return _screen_live(args, settings, ruleset, as_of)
     if args.source is None:
         raise PrescreenError("give --source DIR (NDJSON) or --fhir-url URL (a FHIR server)")

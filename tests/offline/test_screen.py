@@ -243,3 +243,20 @@ def test_rules_commands(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["rules", "check"]) == 0
     assert main(["rules", "test", "--trial", "relieve"]) == 0
     assert "0 disagreements" in capsys.readouterr().out
+
+
+def test_demo_screens_the_shipped_sample(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The README's first command: it must work with a FHIR server configured, too.
+    monkeypatch.setenv("PRESCREEN_FHIR_URL", "http://127.0.0.1:9/fhir")
+    from service.settings import get_settings
+
+    get_settings.cache_clear()
+    try:
+        assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    finally:
+        get_settings.cache_clear()
+    assert len(read_ndjson(tmp_path / "verdicts.ndjson")) == 300
+    printed = capsys.readouterr().out
+    assert "candidate" in printed and "Most common reasons" in printed
