@@ -139,12 +139,18 @@ def _blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
     buffer = bytearray(BLOCK_BYTES * 2)
     view = memoryview(buffer)
     filled = 0
+    first = True
     while True:
         if len(buffer) - filled < BLOCK_BYTES:  # one line longer than a block: grow
             view.release()
             buffer.extend(bytes(len(buffer)))
             view = memoryview(buffer)
         read = handle.readinto(view[filled : filled + BLOCK_BYTES])  # type: ignore[attr-defined]
+        if first and buffer.startswith(b"\xef\xbb\xbf"):
+            # A UTF-8 byte-order mark, which some Windows exporters write: not part of the JSON.
+            buffer[: read - 3] = buffer[3:read]
+            read -= 3
+        first = False
         if not read:
             if filled:
                 yield buffer, filled

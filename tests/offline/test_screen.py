@@ -260,3 +260,14 @@ def test_demo_screens_the_shipped_sample(
     assert len(read_ndjson(tmp_path / "verdicts.ndjson")) == 300
     printed = capsys.readouterr().out
     assert "candidate" in printed and "Most common reasons" in printed
+
+
+def test_byte_order_mark_and_crlf_line_ends_are_read(tmp_path: Path) -> None:
+    patient = json.dumps({"resourceType": "Patient", "id": "a", "birthDate": "1950-01-01"})
+    (tmp_path / "Patient.ndjson").write_bytes(b"\xef\xbb\xbf" + patient.encode() + b"\r\n")
+    condition = json.dumps(spine("c1", "a")).encode()
+    (tmp_path / "Condition.ndjson").write_bytes(condition + b"\r\n" + condition + b"\r\n")
+    assert screen(tmp_path, tmp_path / "out") == 0
+    (verdict,) = read_ndjson(tmp_path / "out" / "verdicts.ndjson")
+    assert verdict["criteria"]["age"]["result"] == "met"
+    assert verdict["criteria"]["spinal-metastasis"]["evidence"] == ["Condition/c1"]
