@@ -16,12 +16,11 @@ from benchmarks.relieve_floor import evaluate as floor_evaluate
 
 def _facts(patients: int) -> list[tuple[str, dict[str, Any]]]:
     from service.ruleset.loader import load_ruleset
-    from service.screening.source import Collector, IssueLog, discover
+    from service.screening.source import Collector, IssueLog
 
     ruleset = load_ruleset(ROOT / "rules" / "relieve.yaml", ROOT / "fhir_mappings")
     collector = Collector(ruleset.mapper, AS_OF, IssueLog())
-    for file in discover(population(patients)):
-        collector.read_file(file)
+    collector.read_folder(population(patients))
     return [(pid, facts) for pid, _p, facts in collector.screened_patients()]
 
 

@@ -63,7 +63,7 @@ def measure() -> list[dict[str, Any]]:
     from service.fhir.loader import load_resources, read_folder
     from service.ruleset.loader import load_ruleset
     from service.screening.live import LiveOptions, Selection, screen_server
-    from service.screening.source import Collector, IssueLog, discover
+    from service.screening.source import Collector, IssueLog
     from tests.integration.servers import SekmetServer
 
     folder = _population()
@@ -93,8 +93,7 @@ def measure() -> list[dict[str, Any]]:
             summary, ours_seconds = asyncio.run(ours())
             # What the rules need for the same patients, decided offline by the same mapping.
             collector = Collector(ruleset.mapper, AS_OF, IssueLog())
-            for file in discover(folder):
-                collector.read_file(file)
+            collector.read_folder(folder)
             cohort = set(summary.patients_list) if hasattr(summary, "patients_list") else None
             selected = {v.removeprefix("Patient/") for v in _verdict_patients(Path(work) / "out")}
             needed: dict[str, list[str]] = {}

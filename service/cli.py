@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from rich.console import Console
@@ -29,6 +30,11 @@ from service import catalog
 from service.errors import PrescreenError, RuleSetError
 from service.ruleset.engines import ENGINE_NAMES, EngineName
 from service.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
+    from service.ruleset.loader import RuleSet
+    from service.screening.live import Selection
+    from service.screening.run import ScreeningSummary
 
 EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
 DEMO_SAMPLE = "hospital"
@@ -120,7 +126,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _selection(args: argparse.Namespace) -> object:
+def _selection(args: argparse.Namespace) -> Selection:
     from service.screening.live import Selection
 
     ids: list[str] = []
@@ -138,16 +144,15 @@ def _selection(args: argparse.Namespace) -> object:
     return Selection("cohort")
 
 
-def _screen_live(args: argparse.Namespace, settings: Settings, ruleset: object, as_of: date) -> int:
+def _screen_live(
+    args: argparse.Namespace, settings: Settings, ruleset: RuleSet, as_of: date
+) -> int:
     import asyncio
 
     from service.fhir.connect import connect
-    from service.ruleset.loader import RuleSet
-    from service.screening.live import LiveOptions, LiveSummary, Selection, screen_server
+    from service.screening.live import LiveOptions, LiveSummary, screen_server
 
-    assert isinstance(ruleset, RuleSet)
     selection = _selection(args)
-    assert isinstance(selection, Selection)
     options = LiveOptions(
         as_of=as_of,
         out=Path(args.out),
@@ -230,10 +235,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_screen(args)
 
 
-def _print_summary(summary: object) -> None:
-    from service.screening.run import ScreeningSummary
-
-    assert isinstance(summary, ScreeningSummary)
+def _print_summary(summary: ScreeningSummary) -> None:
     table = Table(title=f"{summary.trial} pre-screening, as of {summary.as_of.isoformat()}")
     table.add_column("verdict")
     table.add_column("patients", justify="right")

@@ -20,7 +20,7 @@ from service.mapping.mapper import patient_of
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources
-from service.screening.source import Collector, IssueLog, discover
+from service.screening.source import Collector, IssueLog
 from service.settings import Settings
 from service.state.store import Store
 
@@ -143,10 +143,8 @@ class ScreeningService:
             log.warning("run %s failed: %s", run_id, type(exc).__name__)
             await asyncio.to_thread(self.store.finish_run, run_id, "failed", {}, str(exc)[:500])
             return
-        counts = Counter(
-            v["verdict"] for v in await asyncio.to_thread(self.store.run_results, run_id, 0, 10**9)
-        )
-        await asyncio.to_thread(self.store.finish_run, run_id, "done", dict(counts))
+        counts = await asyncio.to_thread(self.store.verdict_counts, run_id)
+        await asyncio.to_thread(self.store.finish_run, run_id, "done", counts)
 
     async def _run_fhir(
         self, run_id: str, trial: str, detail: str, as_of: date, write_back: bool
@@ -173,8 +171,7 @@ class ScreeningService:
 
         def read() -> Collector:
             collector = Collector(ruleset.mapper, as_of, IssueLog())
-            for file in discover(folder):
-                collector.read_file(file)
+            collector.read_folder(folder)
             return collector
 
         collector = await asyncio.to_thread(read)

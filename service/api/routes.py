@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from service.api.engine import ScreeningService
 from service.api.security import Authenticator
 from service.fhir.writeback import WRITTEN_STATUS_URL
+from service.research import subject_identifier_value
 
 router = APIRouter()
 
@@ -239,8 +240,6 @@ async def post_decision(candidate_id: int, body: Decision, request: Request) -> 
     ruleset = service.rulesets.get(row.trial)
     if ruleset is None:
         raise HTTPException(404, "the candidate's trial is not served here")
-    from service.research import subject_identifier_value
-
     client = await service.client()
     key = subject_identifier_value(ruleset, row.patient_id)
     # Every subject prescreen writes carries its key as a tag (_tag works on every server).

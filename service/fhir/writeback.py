@@ -419,7 +419,7 @@ class WriteBack:
                     raise
                 # Someone changed the subject since it was read: read it again and re-plan.
                 self.stats.conflicts_retried += 1
-                await self._refresh(verdict.patient_id)
+                await self.load_subjects_for([verdict.patient_id])
                 replanned = self.plan(verdict)
                 if replanned is None:
                     return
@@ -427,13 +427,6 @@ class WriteBack:
                 continue
             self._remember_written(answer, entries)
             return
-
-    async def _refresh(self, patient_id: str) -> None:
-        key = subject_identifier_value(self.ruleset, patient_id)
-        self.subjects.pop(key, None)
-        params = [self._match("ResearchSubject", self.identifier_system, key)]
-        async for resource in self.client.search("ResearchSubject", params):
-            self._remember(resource)
 
     def _remember_written(self, answer: Json, entries: list[Json]) -> None:
         """Keep the new version of the subject, so a later write in this run uses If-Match."""

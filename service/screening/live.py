@@ -282,7 +282,7 @@ async def _screen_groups(
                 summary.unscreened.update({pid: f"not attempted: {lost[0]}" for pid in group})
                 return
             try:
-                verdicts = await _screen_group(ruleset, fetcher, evaluator, group, summary, options)
+                verdicts = await _screen_group(fetcher, evaluator, group, summary, options)
                 if writer is not None:
                     await writer.write(verdicts)
             except FhirUnavailableError as exc:
@@ -304,7 +304,6 @@ async def _screen_groups(
 
 
 async def _screen_group(
-    ruleset: RuleSet,
     fetcher: PatientFetcher,
     evaluator: Evaluator,
     group: list[str],
@@ -313,10 +312,12 @@ async def _screen_group(
 ) -> list[PatientVerdict]:
     resources = await fetcher.fetch(group)
     summary.stats.parsed += len(resources)
-    verdicts = evaluate_resources(evaluator, resources, options.as_of, issues=summary.issues)
+    verdicts = evaluate_resources(
+        evaluator, resources, options.as_of, issues=summary.issues, only=set(group)
+    )
     found = {v.patient_id for v in verdicts}
     for pid in group:
         if pid not in found:
             summary.unscreened[pid] = "no Patient resource on the server"
             summary.issues.add(InputIssue(f"fhir:Patient/{pid}", 0, "not-found", "no such Patient"))
-    return [v for v in verdicts if v.patient_id in set(group)]
+    return verdicts

@@ -275,6 +275,11 @@ class Collector:
         if progress is not None:
             progress(file.size)
 
+    def read_folder(self, folder: Path) -> None:
+        """Every NDJSON file of a folder, without progress reporting."""
+        for file in discover(folder):
+            self.read_file(file)
+
     def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
         try:
             resource = orjson.loads(line)

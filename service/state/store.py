@@ -159,6 +159,20 @@ class Store:
                 .values(status=status, counts=counts, error=error, updated_at=now())
             )
 
+    def verdict_counts(self, run_id: str) -> dict[str, int]:
+        """Patients per verdict, streamed from the database a thousand rows at a time."""
+        counts: dict[str, int] = {}
+        with self.session() as session:
+            rows = session.scalars(
+                select(RunPatient.verdict)
+                .where(RunPatient.run_id == run_id, RunPatient.verdict.is_not(None))
+                .execution_options(yield_per=1000)
+            )
+            for verdict in rows:
+                if verdict is not None:
+                    counts[verdict["verdict"]] = counts.get(verdict["verdict"], 0) + 1
+        return counts
+
     def run_results(self, run_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
         with self.session() as session:
             rows = session.scalars(

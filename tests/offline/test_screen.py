@@ -186,7 +186,7 @@ def test_gzipped_and_split_files_are_read(tmp_path: Path) -> None:
 def test_ignored_resources_leave_nothing_in_memory(relieve: RuleSet, tmp_path: Path) -> None:
     from datetime import date
 
-    from service.screening.source import Collector, IssueLog, discover
+    from service.screening.source import Collector, IssueLog
 
     (tmp_path / "Encounter.ndjson").write_text(
         resource_lines(
@@ -215,8 +215,7 @@ def test_ignored_resources_leave_nothing_in_memory(relieve: RuleSet, tmp_path: P
         )
     )
     collector = Collector(relieve.mapper, date(2026, 6, 15), IssueLog())
-    for file in discover(tmp_path):
-        collector.read_file(file)
+    collector.read_folder(tmp_path)
     assert collector.patients == {} and collector.stats.records == 0
     assert collector.stats.parsed == 0  # neither file needed a full parse
     assert collector.stats.skipped_type == 500 and collector.stats.skipped_prefilter == 500
