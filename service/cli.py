@@ -7,6 +7,7 @@ rule test failed; 2 the job could not start (unknown trial, missing folder, inva
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime
@@ -36,7 +37,9 @@ if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every 
     from service.screening.live import Selection
     from service.screening.run import ScreeningSummary
 
-EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE = 0, 1, 2
+# 0 done; 1 done, but some input was unusable or doubtful; 2 could not start; 3 stopped by an
+# internal error (outputs of an earlier run are left as they were).
+EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
 DEMO_SAMPLE = "hospital"
 
 console = Console(stderr=True, soft_wrap=True)
@@ -510,6 +513,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PrescreenError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_UNUSABLE
+    except Exception as exc:
+        # No traceback and no message text by default: either could quote patient data.
+        console.print(
+            f"[red]internal error:[/] {type(exc).__name__}; the run stopped and its output files "
+            "were not written (set PRESCREEN_DEBUG=1 for a traceback)",
+            highlight=False,
+        )
+        if os.environ.get("PRESCREEN_DEBUG"):
+            console.print_exception()
+        return EXIT_INTERNAL
     return code
 
 

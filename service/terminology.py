@@ -1,9 +1,18 @@
-"""Value sets: FHIR ValueSet resources loaded into fast (system, code) membership sets."""
+"""Value sets and code matching.
+
+``ValueSet``: a FHIR ValueSet loaded into fast (system, code) membership sets, plus ``regex``
+filters on ``code`` evaluated here (no terminology server needed).
+
+``CodeCanonicalizer``: rewrites the codings of a resource to the form the value sets use, by rules
+the mapping declares as data (system aliases, characters a code system ignores, whitespace,
+trailing slashes, http vs https). Matching itself stays an exact set lookup.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +23,32 @@ from service.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class ValueSet:
-    """An expanded value set: every (system, code) pair it contains."""
+    """An expanded value set: every listed (system, code) pair, and regex filters per system."""
 
     id: str
     url: str
     title: str
     codes: frozenset[tuple[str, str]]
+    patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
 
     def contains(self, system: str, code: str) -> bool:
-        return (system, code) in self.codes
+        if (system, code) in self.codes:
+            return True
+        return any(system == s and p.fullmatch(code) for s, p in self.patterns)
 
     def matches_concept(self, concept: Any) -> bool:
         """True when any coding of a CodeableConcept (or a bare Coding) is in the set."""
-        return any((coding_system, code) in self.codes for coding_system, code in codings(concept))
+        if not self.patterns:
+            return any(pair in self.codes for pair in codings(concept))
+        return any(self.contains(system, code) for system, code in codings(concept))
 
     @property
     def code_strings(self) -> frozenset[str]:
         return frozenset(code for _, code in self.codes)
+
+    @property
+    def systems(self) -> frozenset[str]:
+        return frozenset(s for s, _ in self.codes) | {s for s, _ in self.patterns}
 
 
 def codings(concept: Any) -> Iterator[tuple[str, str]]:
@@ -49,34 +67,49 @@ def codings(concept: Any) -> Iterator[tuple[str, str]]:
                 yield system, code
 
 
-def _expand(resource: Mapping[str, Any], source: Path) -> frozenset[tuple[str, str]]:
-    """Read explicit concepts from compose.include, or an existing expansion.
+def _expand(
+    resource: Mapping[str, Any], source: Path
+) -> tuple[frozenset[tuple[str, str]], tuple[tuple[str, re.Pattern[str]], ...]]:
+    """Explicit concepts and ``regex`` filters on ``code`` from compose.include, or an expansion.
 
-    Intensional filters (is-a, regex) need a terminology server; rather than silently
+    Other filters (is-a, descendent-of...) need a terminology server; rather than silently
     matching nothing, they are refused so the author lists the codes explicitly.
     """
+    name = resource.get("id")
     pairs: set[tuple[str, str]] = set()
+    patterns: list[tuple[str, re.Pattern[str]]] = []
     for entry in resource.get("expansion", {}).get("contains", []):
         pairs.add((entry["system"], entry["code"]))
     for include in resource.get("compose", {}).get("include", []):
-        if include.get("filter") or include.get("valueSet"):
-            raise ConfigError(
-                f"{source}: ValueSet '{resource.get('id')}' uses filters or nested value sets, "
-                "which cannot be expanded offline; list the codes in compose.include.concept"
-            )
         system = include.get("system")
-        concepts = include.get("concept")
-        if not isinstance(system, str) or not concepts:
+        if include.get("valueSet") or not isinstance(system, str):
             raise ConfigError(
-                f"{source}: ValueSet '{resource.get('id')}' has an include without a system "
-                "or without concepts"
+                f"{source}: ValueSet '{name}' has an include without a system or with nested "
+                "value sets, which cannot be expanded offline; list the codes instead"
             )
-        pairs.update((system, str(concept["code"])) for concept in concepts)
+        filters = include.get("filter") or []
+        for rule in filters:
+            if rule.get("property") != "code" or rule.get("op") != "regex":
+                raise ConfigError(
+                    f"{source}: ValueSet '{name}' uses a '{rule.get('op')}' filter on "
+                    f"'{rule.get('property')}', which cannot be expanded offline; list the codes "
+                    "in compose.include.concept (only 'regex' filters on 'code' are evaluated here)"
+                )
+            try:
+                patterns.append((system, re.compile(str(rule.get("value", "")))))
+            except re.error as exc:
+                raise ConfigError(
+                    f"{source}: ValueSet '{name}' has an invalid regex filter ({exc})"
+                ) from exc
+        concepts = include.get("concept")
+        if not concepts and not filters:
+            raise ConfigError(f"{source}: ValueSet '{name}' has an include without concepts")
+        pairs.update((system, str(concept["code"])) for concept in concepts or [])
     if resource.get("compose", {}).get("exclude"):
         raise ConfigError(f"{source}: compose.exclude is not supported; remove the codes instead")
-    if not pairs:
-        raise ConfigError(f"{source}: ValueSet '{resource.get('id')}' contains no codes")
-    return frozenset(pairs)
+    if not pairs and not patterns:
+        raise ConfigError(f"{source}: ValueSet '{name}' contains no codes")
+    return frozenset(pairs), tuple(patterns)
 
 
 def load_valueset(path: Path) -> ValueSet:
@@ -89,11 +122,13 @@ def load_valueset(path: Path) -> ValueSet:
     vs_id = resource.get("id")
     if not isinstance(vs_id, str) or not vs_id:
         raise ConfigError(f"{path}: ValueSet has no id")
+    codes, patterns = _expand(resource, path)
     return ValueSet(
         id=vs_id,
         url=str(resource.get("url", "")),
         title=str(resource.get("title", vs_id)),
-        codes=_expand(resource, path),
+        codes=codes,
+        patterns=patterns,
     )
 
 
@@ -109,3 +144,127 @@ def load_valuesets(folders: Iterable[Path]) -> dict[str, ValueSet]:
                 raise ConfigError(f"{path}: duplicate ValueSet id '{valueset.id}'")
             found[valueset.id] = valueset
     return found
+
+
+# --- canonical codes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SystemRule:
+    """How one code system may be written: other URIs for it, characters its codes ignore."""
+
+    system: str
+    aliases: tuple[str, ...] = ()
+    alias_patterns: tuple[re.Pattern[str], ...] = ()
+    ignore_in_code: str = ""
+
+
+@dataclass
+class CodeCanonicalizer:
+    """Rewrites codings to the (system, code) the value sets list, by rules given as data.
+
+    A coding already in canonical form costs one set lookup. Others are canonicalised once and
+    remembered: whitespace around system and code, a trailing ``/``, ``https`` for ``http``
+    (each when enabled), an alias or alias pattern of a system, and characters a system's codes
+    ignore (``C7951`` for ``C79.51``).
+    """
+
+    valuesets: Mapping[str, ValueSet]
+    rules: tuple[SystemRule, ...] = ()
+    trim_whitespace: bool = True
+    ignore_trailing_slash: bool = True
+    ignore_scheme: bool = True
+    _known: frozenset[tuple[str, str]] = field(init=False)
+    _systems: dict[str, str] = field(init=False)
+    _patterns: list[tuple[re.Pattern[str], str]] = field(init=False)
+    _code_keys: dict[tuple[str, str], str] = field(init=False)
+    _ignored: dict[str, str] = field(init=False)
+    _memo: dict[tuple[str, str], tuple[str, str]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._known = frozenset(pair for vs in self.valuesets.values() for pair in vs.codes)
+        self._systems = {}
+        for vs in self.valuesets.values():
+            for system in vs.systems:
+                self._systems.setdefault(self.system_key(system), system)
+        self._patterns = []
+        self._ignored = {}
+        for rule in self.rules:
+            self._systems[self.system_key(rule.system)] = rule.system
+            for alias in rule.aliases:
+                self._systems[self.system_key(alias)] = rule.system
+            self._patterns.extend((pattern, rule.system) for pattern in rule.alias_patterns)
+            if rule.ignore_in_code:
+                self._ignored[rule.system] = rule.ignore_in_code
+        self._code_keys = {}
+        for system, code in self._known:
+            ignored = self._ignored.get(system)
+            if ignored:
+                self._code_keys[(system, _strip_chars(code, ignored))] = code
+
+    def system_key(self, system: str) -> str:
+        """The form two spellings of one system URI share."""
+        if self.trim_whitespace:
+            system = system.strip()
+        if self.ignore_trailing_slash:
+            system = system.rstrip("/")
+        if self.ignore_scheme and system.startswith("https://"):
+            system = "http://" + system[len("https://") :]
+        return system
+
+    def canonical(self, system: str, code: str) -> tuple[str, str]:
+        if (system, code) in self._known:
+            return system, code
+        found = self._memo.get((system, code))
+        if found is None:
+            found = self._canonical(system, code)
+            if len(self._memo) > 65_536:
+                self._memo.clear()
+            self._memo[(system, code)] = found
+        return found
+
+    def _canonical(self, system: str, code: str) -> tuple[str, str]:
+        key = self.system_key(system)
+        canonical_system = self._systems.get(key)
+        if canonical_system is None:
+            canonical_system = next((s for p, s in self._patterns if p.fullmatch(key)), key)
+        canonical_code = code.strip() if self.trim_whitespace else code
+        ignored = self._ignored.get(canonical_system)
+        if ignored:
+            stripped = _strip_chars(canonical_code, ignored)
+            canonical_code = self._code_keys.get((canonical_system, stripped), canonical_code)
+        if canonical_system == key and key == system and canonical_code == code:
+            return system, code
+        return canonical_system, canonical_code
+
+    def code_variants(self, code: str, systems: Iterable[str]) -> set[str]:
+        """Spellings of a listed code the rules accept (for raw-text prefilters)."""
+        variants = {code}
+        for system in systems:
+            ignored = self._ignored.get(system)
+            if ignored:
+                variants.add(_strip_chars(code, ignored))
+        return variants
+
+    def canonicalize(self, resource: Any) -> list[tuple[dict[str, Any], str, str]]:
+        """Rewrite every Coding (any object with string ``system`` and ``code``) in place;
+        returns (coding, old system, old code) for each change, so it can be undone."""
+        changed: list[tuple[dict[str, Any], str, str]] = []
+        stack = [resource]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                system, code = item.get("system"), item.get("code")
+                if isinstance(system, str) and isinstance(code, str):
+                    canonical = self.canonical(system, code)
+                    if canonical != (system, code):
+                        item["system"], item["code"] = canonical
+                        changed.append((item, system, code))
+                stack.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                stack.extend(v for v in item if isinstance(v, dict | list))
+        return changed
+
+
+def _strip_chars(code: str, chars: str) -> str:
+    return code.translate({ord(c): None for c in chars})

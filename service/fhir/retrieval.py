@@ -87,6 +87,8 @@ def search_requests(
 def reads_needed(mapper: Mapper) -> dict[str, set[str]]:
     """Search parameters a live run uses, by resource type: for the capability check."""
     needed: dict[str, set[str]] = {"Patient": {"_id"}}
+    for target in mapper.join_targets:
+        needed.setdefault(target, set()).add("_id")
     for spec in search_plan(mapper):
         needed.setdefault(spec.resource_type, set()).update(
             {spec.patient_param, *(param for param, _ in spec.filters)}
@@ -150,15 +152,36 @@ class PatientFetcher:
             )
         resources: list[Json] = []
         for first in firsts:
-            async for page in self.client.pages(first):
-                for entry in page.get("entry", []):
-                    resource = entry.get("resource")
-                    if (
-                        isinstance(resource, dict)
-                        and entry.get("search", {}).get("mode") != "outcome"
-                    ):
-                        resources.append(resource)
+            resources.extend(await self._entries(first))
+        resources.extend(await self._referenced(resources))
         return resources
+
+    async def _entries(self, first: Json) -> list[Json]:
+        found: list[Json] = []
+        async for page in self.client.pages(first):
+            for entry in page.get("entry", []):
+                resource = entry.get("resource")
+                if isinstance(resource, dict) and entry.get("search", {}).get("mode") != "outcome":
+                    found.append(resource)
+        return found
+
+    async def _referenced(self, resources: list[Json]) -> list[Json]:
+        """Resources the mapping resolves references to (a MedicationRequest's Medication),
+        read by id in as few searches as the id lists allow."""
+        have = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
+        wanted: dict[str, set[str]] = {}
+        for resource in resources:
+            for reference in self.mapper.references_to_resolve(resource):
+                if reference not in have:
+                    rtype, rid = reference.split("/", 1)
+                    wanted.setdefault(rtype, set()).add(rid)
+        found: list[Json] = []
+        for rtype, ids in sorted(wanted.items()):
+            for chunk in chunked(sorted(ids), self.page_size):
+                params = [("_id", ",".join(chunk)), ("_count", str(self.page_size))]
+                first = await self.client.get(rtype, params, kind=f"search {rtype}")
+                found.extend(await self._entries(first))
+        return found
 
     async def _batch(self, requests: list[tuple[str, list[tuple[str, str]]]]) -> list[Json]:
         entries = [

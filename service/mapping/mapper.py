@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -10,14 +11,30 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ConfigError
-from service.fhirdates import FhirDateError, age_range_years, to_iso_date, to_utc_instant
+from service.fhirdates import FhirDateError, age_range_years, parse_datetime
+from service.mapping.paths import RESOLVED, compile_path, resolved_elements
 from service.mapping.paths import Path as FhirPath
-from service.mapping.paths import compile_path
-from service.mapping.spec import FieldDoc, MappingDoc, SourceDoc, WhereDoc, read_mapping_doc
-from service.terminology import ValueSet, codings, load_valuesets
+from service.mapping.spec import (
+    CodesDoc,
+    FieldDoc,
+    MappingDoc,
+    SkipDoc,
+    SourceDoc,
+    WhereDoc,
+    read_mapping_doc,
+)
+from service.terminology import (
+    CodeCanonicalizer,
+    SystemRule,
+    ValueSet,
+    codings,
+    load_valuesets,
+)
 
 FactValue = str | float | bool | list[str]
 Record = dict[str, FactValue]
+# Looks up a reference ("Medication/1", "#contained" is handled here) in the source being read.
+Resolver = Callable[[str], dict[str, Any] | None]
 
 # The value a field has when the resource does not carry it: facts never hold nulls.
 _NATURAL_DEFAULTS: dict[str, FactValue] = {
@@ -34,6 +51,10 @@ _NATURAL_DEFAULTS: dict[str, FactValue] = {
     "age_min_years": -1.0,
     "age_max_years": -1.0,
     "quantity": 0.0,
+    "codes": [],
+    "coded": False,
+    "unusable": False,
+    "lookup": "",
 }
 
 
@@ -47,9 +68,22 @@ class UnattributableResourceError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class DataIssue:
-    """A problem with one field of one resource; never carries the offending value (PHI)."""
+    """A problem with one field of one resource; never carries the offending value (PHI).
+
+    ``kind``: ``bad-value`` (unusable, treated as absent), ``lenient-value`` (doubtful but used),
+    ``noncanonical-code`` (matched only after normalising a code), ``unresolved-reference``.
+    """
 
     field: str
+    message: str
+    kind: str = "bad-value"
+
+
+@dataclass(frozen=True, slots=True)
+class Lenient:
+    """What an extractor returns for a value it could read only by bending the rules."""
+
+    value: FactValue
     message: str
 
 
@@ -58,7 +92,7 @@ class _Absent:
 
 
 ABSENT = _Absent()
-Extracted = FactValue | _Absent
+Extracted = FactValue | _Absent | Lenient
 Extractor = Callable[[Any, date], Extracted]
 
 
@@ -71,6 +105,7 @@ class CompiledField:
         None  # a "present" field that reports whether another field was usable
     )
     path_source: str = ""
+    unusable_of: str | None = None  # an "unusable" field: another field's value was unusable
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +116,7 @@ class CompiledWhere:
     valueset_codes: frozenset[str] | None
     search_param: str | None = None
     search_tokens: tuple[str, ...] = ()  # "system|code" or plain codes, sorted
+    uses_resolve: bool = False
 
     def passes(self, resource: Any) -> bool:
         values = self.path.values(resource)
@@ -97,6 +133,7 @@ class CompiledSource:
     where: tuple[CompiledWhere, ...]
     fields: tuple[CompiledField, ...]
     patient_search: str = "patient"
+    resolve: tuple[tuple[str, str], ...] = ()  # (Reference element, target resource type)
 
     @property
     def server_filters(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -110,22 +147,34 @@ class CompiledSource:
     def accepts(self, resource: Any) -> bool:
         return all(clause.passes(resource) for clause in self.where)
 
+    def accepts_before_resolving(self, resource: Any) -> bool:
+        return all(clause.passes(resource) for clause in self.where if not clause.uses_resolve)
+
     def record(self, resource: Any, ref: str, as_of: date) -> tuple[Record, list[DataIssue]]:
         record: Record = {"ref": ref}
         issues: list[DataIssue] = []
         usable: set[str] = set()
+        unusable: set[str] = set()
+
+        def report(spec: CompiledField, message: str, kind: str) -> None:
+            # Several fields may read one element (birthDate for age and date): report it once.
+            where = f"{self.resource_type}.{spec.path_source}"
+            if all(issue.field != where or issue.kind != kind for issue in issues):
+                issues.append(DataIssue(where, message, kind))
+
         for spec in self.fields:
-            if spec.presence_of is not None:
+            if spec.presence_of is not None or spec.unusable_of is not None:
                 continue
             try:
                 value = spec.extract(resource, as_of)
             except UnusableValueError as exc:
                 record[spec.name] = spec.default
-                # Several fields may read one element (birthDate for age and date): report it once.
-                where = f"{self.resource_type}.{spec.path_source}"
-                if all(issue.field != where for issue in issues):
-                    issues.append(DataIssue(where, str(exc)))
+                unusable.add(spec.name)
+                report(spec, str(exc), "bad-value")
                 continue
+            if isinstance(value, Lenient):
+                report(spec, value.message, "lenient-value")
+                value = value.value
             if isinstance(value, _Absent):
                 record[spec.name] = spec.default
             else:
@@ -135,6 +184,8 @@ class CompiledSource:
             if spec.presence_of is not None:
                 # An unusable value (bad date, text for a number) is as good as no value.
                 record[spec.name] = spec.presence_of in usable
+            elif spec.unusable_of is not None:
+                record[spec.name] = spec.unusable_of in unusable
         return record, issues
 
     @property
@@ -162,16 +213,52 @@ class Contribution:
 
 @dataclass(slots=True)
 class MappedResource:
+    """What one resource gives: records for facts (none when no source accepts it, which still
+    matters: a newer copy of a resource that no longer counts retracts the older one)."""
+
     patient_id: str
     ref: str
     contributions: list[Contribution] = field(default_factory=list)
     issues: list[DataIssue] = field(default_factory=list)
+    version_id: str | None = None
+    last_updated: str | None = None
+    not_screened: str | None = None  # a Patient not to screen: why
+
+
+_DECIMAL = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$")
+
+
+def _number(value: Any) -> float | Lenient:
+    """A JSON number; a number written as a JSON string is read and reported as lenient."""
+    if isinstance(value, str) and _DECIMAL.match(value):
+        return Lenient(_finite(float(value)), "is a number written as text")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UnusableValueError("is not a number")
+    return _finite(float(value))
+
+
+def _finite(number: float) -> float:
+    if not math.isfinite(number):
+        raise UnusableValueError("is not a finite number")
+    return number
 
 
 def _first_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnusableValueError("is not a number")
-    return float(value)
+    number = _number(value)
+    return number.value if isinstance(number, Lenient) else number  # type: ignore[return-value]
+
+
+def _date_value(value: Any, kind: str) -> FactValue | Lenient:
+    if not isinstance(value, str):
+        raise UnusableValueError("is not a FHIR date")
+    try:
+        parsed = parse_datetime(value)
+    except FhirDateError as exc:
+        raise UnusableValueError(str(exc)) from exc
+    result = parsed.day if kind == "date" else parsed.instant
+    if parsed.lenient:
+        return Lenient(result, "has a time without a time-zone offset (read by its calendar day)")
+    return result
 
 
 def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str) -> Extractor:
@@ -179,7 +266,7 @@ def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: st
     if kind == "const":
         constant: FactValue = spec.value  # type: ignore[assignment]
         return lambda _resource, _as_of: constant
-    if kind == "present" and spec.field:
+    if kind in ("present", "unusable") and spec.field:
         return lambda _resource, _as_of: ABSENT  # decided from the other field, in record()
     assert spec.path is not None
     path = compile_path(spec.path, valuesets, where)
@@ -190,6 +277,35 @@ def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: st
             raise ConfigError(f"{where}: unknown value set '{vs_id}'")
         return found
 
+    if kind == "codes":
+        codes_vs = valueset(spec.valueset)
+
+        def code_list(resource: Any, _as_of: date) -> Extracted:
+            found = {
+                code
+                for value in path.values(resource)
+                for system, code in codings(value)
+                if codes_vs.contains(system, code)
+            }
+            return sorted(found) if found else ABSENT
+
+        return code_list
+    if kind == "coded":
+        known_systems = frozenset(s for vs in valuesets.values() for s in vs.systems)
+        return lambda resource, _as_of: any(
+            system in known_systems for v in path.values(resource) for system, _ in codings(v)
+        )
+    if kind == "lookup":
+        labels_of = dict(spec.map or {})
+
+        def lookup(resource: Any, _as_of: date) -> Extracted:
+            for value in path.values(resource):
+                label = labels_of.get(_scalar_text(value))
+                if label is not None:
+                    return label
+            return ABSENT
+
+        return lookup
     if kind in ("string", "code"):
         code_vs = valueset(spec.valueset) if spec.valueset else None
 
@@ -207,18 +323,12 @@ def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: st
 
         return text
     if kind in ("date", "instant"):
-        convert = to_iso_date if kind == "date" else to_utc_instant
 
         def when(resource: Any, _as_of: date) -> Extracted:
             value = path.first(resource)
             if value is None:
                 return ABSENT
-            if not isinstance(value, str):
-                raise UnusableValueError("is not a FHIR date")
-            try:
-                return convert(value)
-            except FhirDateError as exc:
-                raise UnusableValueError(str(exc)) from exc
+            return _date_value(value, kind)
 
         return when
     if kind in ("age_min_years", "age_max_years"):
@@ -237,35 +347,20 @@ def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: st
 
         return age
     if kind == "number":
-
-        def number(resource: Any, _as_of: date) -> Extracted:
-            value = path.first(resource)
-            return ABSENT if value is None else _first_number(value)
-
-        return number
+        return _number_extractor(spec, path)
     if kind == "quantity":
-        units = dict(spec.units or {})
-        assumed = spec.if_no_unit
-
-        def quantity(resource: Any, _as_of: date) -> Extracted:
-            value = path.first(resource)
-            if value is None:
-                return ABSENT
-            if not isinstance(value, dict):
-                if assumed not in units:
-                    raise UnusableValueError("has no unit and the mapping assumes none")
-                return _first_number(value) * units[assumed]
-            if value.get("value") is None:
-                return ABSENT
-            amount = _first_number(value.get("value"))
-            unit = value.get("code") or value.get("unit") or assumed
-            if unit not in units:
-                raise UnusableValueError("has a unit this mapping cannot convert")
-            return amount * units[unit]
-
-        return quantity
+        return _quantity_extractor(spec, path)
     if kind == "bool":
-        return lambda resource, _as_of: path.first(resource) is True
+
+        def flag(resource: Any, _as_of: date) -> Extracted:
+            value = path.first(resource)
+            if value is None or isinstance(value, bool):
+                return value is True
+            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+                return Lenient(value.strip().lower() == "true", "is true or false written as text")
+            raise UnusableValueError("is not true or false")
+
+        return flag
     if kind == "present":
         return lambda resource, _as_of: bool(path.values(resource))
     if kind == "in_valueset":
@@ -287,13 +382,89 @@ def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: st
     raise ConfigError(f"{where}: unsupported field type '{kind}'")
 
 
+def _scalar_text(value: Any) -> str:
+    """A code or flag as text: JSON true/false as FHIR writes them, stray spaces dropped."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value.strip() if isinstance(value, str) else str(value)
+
+
+def _number_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
+    pattern = re.compile(spec.text_pattern) if spec.text_pattern else None
+    low, high = spec.range if spec.range is not None else (-math.inf, math.inf)
+
+    def number(resource: Any, _as_of: date) -> Extracted:
+        value = path.first(resource)
+        if value is None:
+            if spec.required:
+                raise UnusableValueError("has no value")
+            return ABSENT
+        lenient: str | None = None
+        if pattern is not None and isinstance(value, str):
+            # Text is read only in the form the mapping allows ("7", "7/10"), never guessed.
+            match = pattern.fullmatch(value)
+            if match is None:
+                raise UnusableValueError("is text that is not a number in the expected form")
+            amount = _finite(float(match.group(1)))
+            lenient = "is a number written as text"
+        else:
+            read = _number(value)
+            if isinstance(read, Lenient):
+                lenient, amount = read.message, float(read.value)  # type: ignore[arg-type]
+            else:
+                amount = read
+        if not low <= amount <= high:
+            raise UnusableValueError(f"is outside {low:g}-{high:g}")
+        if spec.integer and not amount.is_integer():
+            lenient = lenient or "is not a whole number (compared as it is)"
+        return Lenient(amount, lenient) if lenient else amount
+
+    return number
+
+
+def _quantity_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
+    fold = str.lower if spec.ignore_unit_case else str
+    units = {fold(unit): factor for unit, factor in (spec.units or {}).items()}
+    assumed = fold(spec.if_no_unit) if spec.if_no_unit else None
+
+    def quantity(resource: Any, _as_of: date) -> Extracted:
+        value = path.first(resource)
+        if value is None:
+            if spec.required:
+                raise UnusableValueError("has no value")
+            return ABSENT
+        if not isinstance(value, dict):
+            if assumed not in units:
+                raise UnusableValueError("has no unit and the mapping assumes none")
+            read = _number(value)
+            amount = read.value if isinstance(read, Lenient) else read
+            return float(amount) * units[assumed]  # type: ignore[arg-type]
+        if value.get("value") is None:
+            if spec.required:
+                raise UnusableValueError("has no value")
+            return ABSENT
+        amount = _first_number(value.get("value"))
+        written = [value.get(key) for key in ("code", "unit")]
+        given = [fold(u.strip()) for u in written if isinstance(u, str) and u.strip()]
+        if not given:
+            if assumed not in units:
+                raise UnusableValueError("has no unit and the mapping assumes none")
+            return amount * units[assumed]
+        factor = next((units[u] for u in given if u in units), None)
+        if factor is None:
+            raise UnusableValueError("has a unit this mapping cannot convert")
+        return amount * factor
+
+    return quantity
+
+
 def _default_for(spec: FieldDoc) -> FactValue:
     if spec.type == "const":
         return spec.value  # type: ignore[return-value]
     if spec.default is None:
         return _NATURAL_DEFAULTS.get(spec.type, "")
     if spec.type in ("number", "quantity", "age_min_years", "age_max_years"):
-        return float(spec.default)
+        return float(spec.default)  # type: ignore[arg-type]
     return spec.default
 
 
@@ -307,7 +478,16 @@ def _compile_where(
             if vs_id not in valuesets:
                 raise ConfigError(f"{where}: unknown value set '{vs_id}'")
             members.append(valuesets[vs_id])
-        codes = frozenset(code for vs in members for code in vs.code_strings)
+        uses_resolve = bool(resolved_elements(path))
+        open_ended = any(vs.patterns for vs in members)
+        if clause.search and open_ended:
+            raise ConfigError(
+                f"{where}: 'search' cannot send a value set with regex filters to a server; "
+                "drop 'search' (the filter is applied here)"
+            )
+        codes = None
+        if not open_ended and not uses_resolve:
+            codes = frozenset(code for vs in members for code in vs.code_strings)
         tokens = tuple(sorted({f"{s}|{c}" for vs in members for s, c in vs.codes}))
         return CompiledWhere(
             path,
@@ -316,12 +496,13 @@ def _compile_where(
             codes,
             clause.search,
             tokens,
+            uses_resolve,
         )
     if clause.in_ is not None:
         allowed = frozenset(clause.in_)
         return CompiledWhere(
             path,
-            lambda values: any(str(v) in allowed for v in values),
+            lambda values: any(_scalar_text(v) in allowed for v in values),
             clause.if_missing == "keep",
             None,
             clause.search,
@@ -330,7 +511,7 @@ def _compile_where(
     refused = frozenset(clause.not_in or ())
     return CompiledWhere(
         path,
-        lambda values: not any(str(v) in refused for v in values),
+        lambda values: not any(_scalar_text(v) in refused for v in values),
         clause.if_missing != "drop",
         None,
     )
@@ -346,6 +527,18 @@ class Cohort:
     tokens: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class SkipRule:
+    """Patients this test matches are not screened, for ``reason``."""
+
+    path: FhirPath
+    values: frozenset[str]
+    reason: str
+
+    def matches(self, resource: Any) -> bool:
+        return any(_scalar_text(v) in self.values for v in self.path.values(resource))
+
+
 @dataclass(frozen=True)
 class Mapper:
     """A loaded mapping: which resources to read, and how to turn them into facts."""
@@ -357,34 +550,131 @@ class Mapper:
     facts: Mapping[str, FactSchema]
     sources: Mapping[str, tuple[CompiledSource, ...]]
     prefilters: Mapping[str, re.Pattern[bytes] | None]
+    canonicalizer: CodeCanonicalizer
     cohort: Cohort | None = None
+    skip_rules: tuple[SkipRule, ...] = ()
 
     @property
     def resource_types(self) -> frozenset[str]:
-        return frozenset(self.sources)
+        """Types read from a source: mapped ones and the targets of resolve()."""
+        return frozenset(self.sources) | self.join_targets
 
-    def map_resource(self, resource: Mapping[str, Any], as_of: date) -> MappedResource | None:
-        """Records this resource contributes, or None when no source wants it.
+    @property
+    def join_targets(self) -> frozenset[str]:
+        """Resource types that paths reach with resolve() (Medication, for instance)."""
+        return frozenset(
+            target for srcs in self.sources.values() for s in srcs for _, target in s.resolve
+        )
 
-        Raises UnattributableResourceError when a wanted resource cannot be attributed to a patient.
+    def references_to_resolve(self, resource: Mapping[str, Any]) -> list[str]:
+        """``Type/id`` references this resource asks to resolve (for a live run to fetch)."""
+        sources = self.sources.get(str(resource.get("resourceType")), ())
+        found = []
+        for element, target in {pair for source in sources for pair in source.resolve}:
+            reference = resource.get(element)
+            if isinstance(reference, dict) and isinstance(reference.get("reference"), str):
+                local = local_reference(reference["reference"], target)
+                if local is not None:
+                    found.append(local)
+        return found
+
+    def map_resource(
+        self, resource: dict[str, Any], as_of: date, resolve: Resolver | None = None
+    ) -> MappedResource | None:
+        """Records this resource contributes, or None when no source wants its type.
+
+        Codings are first rewritten to canonical form (the mapping's code rules); a record that
+        only matches thanks to that is reported. References a source resolves are looked up
+        with ``resolve`` (and among contained resources). Raises UnattributableResourceError
+        when a resource that counts cannot be attributed to a patient.
         """
         resource_type = resource.get("resourceType")
         sources = self.sources.get(resource_type) if isinstance(resource_type, str) else None
         if not sources:
             return None
-        accepted = [source for source in sources if source.accepts(resource)]
-        if not accepted:
+        changes = self.canonicalizer.canonicalize(resource)
+        unresolved = self._attach_references(resource, sources, resolve)
+        mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
+        if mapped is None:
             return None
+        if unresolved:
+            mapped.issues.append(
+                DataIssue(
+                    f"{resource_type}.{unresolved}",
+                    "references a resource that is not in the source; it cannot count",
+                    "unresolved-reference",
+                )
+            )
+        if changes and mapped.contributions:
+            restore_codings(changes)
+            original = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
+            if original is None or original.contributions != mapped.contributions:
+                mapped.issues.append(
+                    DataIssue(
+                        f"{resource_type}.coding",
+                        "matched only after normalising a code or code system",
+                        "noncanonical-code",
+                    )
+                )
+        return mapped
+
+    def canonical_target(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """A resolve() target (a Medication) with its codings made canonical, kept for lookups."""
+        self.canonicalizer.canonicalize(resource)
+        return resource
+
+    def _attach_references(
+        self,
+        resource: dict[str, Any],
+        sources: tuple[CompiledSource, ...],
+        resolve: Resolver | None,
+    ) -> str | None:
+        """Put each resolved target on its Reference; the element left unresolved, if any."""
+        unresolved = None
+        for source in sources:
+            for element, target in source.resolve:
+                reference = resource.get(element)
+                if not isinstance(reference, dict) or RESOLVED in reference:
+                    continue
+                found = _lookup(resource, reference, target, resolve)
+                if found is not None:
+                    reference[RESOLVED] = found
+                elif source.accepts_before_resolving(resource):
+                    unresolved = element
+        return unresolved
+
+    def _map(
+        self,
+        resource: dict[str, Any],
+        resource_type: str,
+        sources: tuple[CompiledSource, ...],
+        as_of: date,
+    ) -> MappedResource | None:
+        accepted = [source for source in sources if source.accepts(resource)]
         resource_id = resource.get("id")
         if not isinstance(resource_id, str) or not resource_id:
-            raise UnattributableResourceError("resource has no id")
+            if accepted:
+                raise UnattributableResourceError("resource has no id")
+            return None
         ref = f"{resource_type}/{resource_id}"
-        patient_id = _patient_of(resource, accepted[0].patient_path, resource_id)
-        mapped = MappedResource(patient_id, ref)
-        for source in accepted:
-            record, issues = source.record(resource, ref, as_of)
-            mapped.contributions.append(Contribution(source.fact, record))
-            mapped.issues.extend(issues)
+        if not accepted:
+            try:
+                patient_id = _patient_of(resource, sources[0].patient_path, resource_id)
+            except UnattributableResourceError:
+                return None
+            mapped = MappedResource(patient_id, ref)
+        else:
+            patient_id = _patient_of(resource, accepted[0].patient_path, resource_id)
+            mapped = MappedResource(patient_id, ref)
+            for source in accepted:
+                record, issues = source.record(resource, ref, as_of)
+                mapped.contributions.append(Contribution(source.fact, record))
+                mapped.issues.extend(issues)
+        mapped.version_id, mapped.last_updated = version_of(resource)
+        if resource_type == "Patient":
+            mapped.not_screened = next(
+                (rule.reason for rule in self.skip_rules if rule.matches(resource)), None
+            )
         return mapped
 
     def schema_sample(self) -> dict[str, Any]:
@@ -394,6 +684,62 @@ class Mapper:
             record = {"ref": f"Sample/{name}", **schema.defaults}
             sample[name] = record if schema.one else [record]
         return sample
+
+
+CodingChange = tuple[dict[str, Any], str, str]
+
+
+def restore_codings(changes: list[CodingChange]) -> None:
+    for coding, system, code in changes:
+        coding["system"], coding["code"] = system, code
+
+
+def version_of(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """``meta.versionId`` as text and ``meta.lastUpdated`` as a UTC instant, when usable."""
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        return None, None
+    version = meta.get("versionId")
+    if isinstance(version, bool) or not isinstance(version, str | int):
+        version = None
+    updated = meta.get("lastUpdated")
+    instant = None
+    if isinstance(updated, str):
+        try:
+            instant = parse_datetime(updated).instant
+        except FhirDateError:
+            instant = None
+    return (str(version).strip() if version is not None else None), instant
+
+
+def local_reference(reference: str, target: str) -> str | None:
+    """``Type/id`` from a relative, absolute or versioned reference to ``target``."""
+    parts = reference.strip().split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    if len(parts) >= 2 and parts[-2] == target and parts[-1]:
+        return f"{target}/{parts[-1]}"
+    return None
+
+
+def _lookup(
+    resource: dict[str, Any], reference: dict[str, Any], target: str, resolve: Resolver | None
+) -> dict[str, Any] | None:
+    text = reference.get("reference")
+    if not isinstance(text, str):
+        return None
+    if text.startswith("#"):
+        contained = resource.get("contained")
+        for item in contained if isinstance(contained, list) else []:
+            if (
+                isinstance(item, dict)
+                and item.get("resourceType") == target
+                and item.get("id") == text[1:]
+            ):
+                return item
+        return None
+    local = local_reference(text, target)
+    return resolve(local) if resolve is not None and local is not None else None
 
 
 def _patient_of(resource: Mapping[str, Any], patient_path: FhirPath | None, own_id: str) -> str:
@@ -441,7 +787,12 @@ def load_mapping(path: Path) -> Mapper:
             sources.setdefault(source.resource, []).append(compiled)
             defaults = {f.name: f.default for f in compiled.fields}
         facts[fact_name] = FactSchema(fact_name, fact.one, defaults, fact.description)
-    prefilters = {rtype: _prefilter(srcs) for rtype, srcs in sources.items()}
+    canonicalizer = _canonicalizer(doc.codes, valuesets)
+    prefilters = {rtype: _prefilter(srcs, canonicalizer) for rtype, srcs in sources.items()}
+    skip_rules = tuple(_skip_rule(rule, valuesets, path) for rule in doc.patients.not_screened)
+    targets = {t for srcs in sources.values() for src in srcs for _, t in src.resolve}
+    for target in targets:
+        prefilters[target] = None  # a resolve() target is read whole: its id is what matters
     cohort = None
     if doc.cohort is not None:
         unknown = [vs for vs in doc.cohort.valuesets if vs not in valuesets]
@@ -464,7 +815,33 @@ def load_mapping(path: Path) -> Mapper:
         facts=facts,
         sources={rtype: tuple(srcs) for rtype, srcs in sources.items()},
         prefilters=prefilters,
+        canonicalizer=canonicalizer,
+        skip_rules=skip_rules,
     )
+
+
+def _canonicalizer(codes: CodesDoc, valuesets: Mapping[str, ValueSet]) -> CodeCanonicalizer:
+    rules = tuple(
+        SystemRule(
+            system,
+            tuple(doc.aliases),
+            tuple(re.compile(p) for p in doc.alias_patterns),
+            doc.ignore_in_code,
+        )
+        for system, doc in codes.systems.items()
+    )
+    return CodeCanonicalizer(
+        valuesets,
+        rules,
+        trim_whitespace=codes.trim_whitespace,
+        ignore_trailing_slash=codes.ignore_trailing_slash,
+        ignore_scheme=codes.ignore_scheme,
+    )
+
+
+def _skip_rule(rule: SkipDoc, valuesets: Mapping[str, ValueSet], path: Path) -> SkipRule:
+    where = f"{path}: patients.not_screened"
+    return SkipRule(compile_path(rule.path, valuesets, where), frozenset(rule.in_), rule.reason)
 
 
 def _compile_source(
@@ -481,29 +858,55 @@ def _compile_source(
             _make_extractor(spec, valuesets, f"{where} field '{name}'"),
             spec.field if spec.type == "present" else None,
             spec.path or "",
+            spec.field if spec.type == "unusable" else None,
         )
         for name, spec in source.fields.items()
     )
     clauses = tuple(_compile_where(clause, valuesets, where) for clause in source.where)
+    followed = {
+        element
+        for text in [
+            *(c.path for c in source.where),
+            *(f.path or "" for f in source.fields.values()),
+        ]
+        if text
+        for element in resolved_elements(compile_path(text, valuesets, where))
+    }
+    undeclared = followed - set(source.resolve)
+    if undeclared:
+        raise ConfigError(
+            f"{where}: paths resolve {sorted(undeclared)}, which 'resolve' does not declare "
+            "(element: target resource type)"
+        )
     return CompiledSource(
-        fact, source.resource, patient_path, clauses, fields, source.patient_search
+        fact,
+        source.resource,
+        patient_path,
+        clauses,
+        fields,
+        source.patient_search,
+        tuple(sorted(source.resolve.items())),
     )
 
 
-def _prefilter(sources: list[CompiledSource]) -> re.Pattern[bytes] | None:
+def _prefilter(
+    sources: list[CompiledSource], canonicalizer: CodeCanonicalizer
+) -> re.Pattern[bytes] | None:
     """A byte pattern a raw NDJSON line must contain to be worth parsing.
 
-    Only when every source of the type is restricted to value sets: then a line that mentions
-    none of their codes as a JSON string cannot match, and is skipped without parsing.
+    Only when every source of the type is restricted to listed codes: then a line that mentions
+    none of them (in any spelling the code rules accept) cannot match, and is skipped unparsed.
     """
     codes: set[str] = set()
+    systems = {system for vs in canonicalizer.valuesets.values() for system in vs.systems}
     for source in sources:
         needed = source.prefilter_codes
         if needed is None:
             return None
-        codes.update(needed)
+        for code in needed:
+            codes.update(canonicalizer.code_variants(code, systems))
     alternatives = b"|".join(re.escape(code.encode()) for code in sorted(codes))
     # Anchored on the Coding.code key: the literal prefix lets the regex engine skip ahead,
     # nearly twice as fast as matching any quoted string. Keys written with JSON escapes
-    # (\u0063ode) would slip through; no exporter writes them.
-    return re.compile(rb'"code"\s*:\s*"(?:' + alternatives + rb')"')
+    # (\u0063ode) would slip through; no exporter writes them. Spaces around a code pass.
+    return re.compile(rb'"code"\s*:\s*"\s*(?:' + alternatives + rb')\s*"')

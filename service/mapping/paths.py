@@ -4,13 +4,17 @@ Grammar (written in mapping files):
 
     path        := alternative ( "|" alternative )*
     alternative := step ( "." step )*
-    step        := name [ "[" subpath " in " valueset-id "]" ]
+    step        := name [ "[" subpath " in " valueset-id "]" ] | "resolve()"
 
 Steps walk into JSON objects and flatten lists, as FHIRPath does. A bracket keeps only the list
 elements whose ``subpath`` holds a coding in the value set, for example
 ``component[code in relieve-pain-type-component].valueCodeableConcept``. Alternatives are tried
 in order and the first that yields anything wins, which is how FHIR choice types
 (``effectiveDateTime | effectivePeriod.end``) are read.
+
+``resolve()`` follows a Reference to the resource it names (``medicationReference.resolve().code``).
+The mapper attaches the referenced resource to the Reference before the path is walked (see
+``RESOLVED``), from the same source or a contained resource; an unresolved one yields nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ from service.terminology import ValueSet
 _STEP = re.compile(
     r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\])?$"
 )
+
+
+# Where the mapper puts the resource a Reference points to; no FHIR element has this name.
+RESOLVED = "\x00resolved"
+_RESOLVE_STEP = "resolve()"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +80,7 @@ def _children(items: list[Any], name: str) -> list[Any]:
 
 def _walk(items: list[Any], steps: tuple[_Step, ...]) -> list[Any]:
     for step in steps:
-        items = _children(items, step.name)
+        items = _children(items, RESOLVED if step.name == _RESOLVE_STEP else step.name)
         if step.filter_path is not None and step.filter_valueset is not None:
             valueset, sub = step.filter_valueset, step.filter_path
             items = [
@@ -96,6 +105,13 @@ def compile_path(source: str, valuesets: Mapping[str, ValueSet], where: str) -> 
     for alternative in source.split("|"):
         steps: list[_Step] = []
         for raw in _split_steps(alternative.strip()):
+            if raw == _RESOLVE_STEP:
+                if not steps:
+                    raise ConfigError(
+                        f"{where}: resolve() needs a Reference before it in '{source}'"
+                    )
+                steps.append(_Step(_RESOLVE_STEP, None, None))
+                continue
             match = _STEP.match(raw)
             if match is None:
                 raise ConfigError(f"{where}: cannot read path step '{raw}' in '{source}'")
@@ -110,6 +126,15 @@ def compile_path(source: str, valuesets: Mapping[str, ValueSet], where: str) -> 
             raise ConfigError(f"{where}: empty path alternative in '{source}'")
         alternatives.append(tuple(steps))
     return Path(source, tuple(alternatives))
+
+
+def resolved_elements(path: Path) -> set[str]:
+    """Top-level elements a path follows with resolve() (``medicationReference``)."""
+    return {
+        steps[0].name
+        for steps in path.alternatives
+        if len(steps) > 1 and steps[1].name == _RESOLVE_STEP
+    }
 
 
 def _split_steps(text: str) -> list[str]:

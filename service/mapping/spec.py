@@ -7,6 +7,7 @@ record of typed fields. Every record of a fact has the same keys, always present
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +31,13 @@ FieldType = Literal[
     "age_max_years",
     "quantity",
     "const",
+    "codes",
+    "coded",
+    "unusable",
+    "lookup",
 ]
+
+Scalar = str | float | bool
 
 
 class _Strict(BaseModel):
@@ -48,8 +55,25 @@ class FieldDoc(_Strict):
     field: str | None = None
     units: dict[str, float] | None = None
     if_no_unit: str | None = None
-    value: str | float | bool | None = None
-    default: str | float | bool | None = None
+    value: Scalar | None = None
+    default: Scalar | list[str] | None = None
+    map: dict[str, str] | None = Field(
+        default=None, description="lookup: the label each value stands for"
+    )
+    required: bool = Field(
+        default=False, description="a record without a value is unusable, and reported"
+    )
+    range: tuple[float, float] | None = Field(
+        default=None, description="number: values outside [low, high] are unusable"
+    )
+    integer: bool = Field(
+        default=False, description="number: a value with a fraction is used, and reported"
+    )
+    text_pattern: str | None = Field(
+        default=None,
+        description="number: text matching this regex is read as the number in its first group",
+    )
+    ignore_unit_case: bool = False
     description: str = ""
 
     @model_validator(mode="after")
@@ -58,8 +82,24 @@ class FieldDoc(_Strict):
             if self.value is None:
                 raise ValueError("a const field needs 'value'")
             return self
-        if self.type == "present" and self.field:
+        if self.type in ("present", "unusable") and self.field:
             return self
+        if self.type == "unusable":
+            raise ValueError("an unusable field needs 'field' (the field whose value it checks)")
+        if self.type == "lookup" and not self.map:
+            raise ValueError("a lookup field needs 'map' (value: label)")
+        if self.type == "codes" and not self.valueset:
+            raise ValueError("a codes field needs 'valueset'")
+        if isinstance(self.default, list) != (self.type == "codes") and self.default is not None:
+            raise ValueError("only a codes field has a list default")
+        if self.text_pattern is not None:
+            try:
+                if re.compile(self.text_pattern).groups < 1:
+                    raise ValueError("text_pattern needs a group holding the number")
+            except re.error as exc:
+                raise ValueError(f"text_pattern is not a valid regex ({exc})") from exc
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError("range is [low, high] with low <= high")
         if not self.path:
             raise ValueError(f"a {self.type} field needs 'path'")
         if self.type == "in_valueset" and not self.valueset:
@@ -110,6 +150,11 @@ class SourceDoc(_Strict):
     patient_search: str = Field(
         default="patient", description="search parameter selecting a patient's resources"
     )
+    resolve: dict[str, str] = Field(
+        default={},
+        description="Reference elements that paths may follow with resolve(), and the "
+        "resource type each points to (read from the same source, or fetched live)",
+    )
     where: list[WhereDoc] = []
     fields: dict[str, FieldDoc]
 
@@ -137,11 +182,55 @@ class CohortDoc(_Strict):
     valuesets: Annotated[list[str], Field(min_length=1)]
 
 
+class SystemDoc(_Strict):
+    """Other ways one code system is written in real data."""
+
+    aliases: list[str] = Field(default=[], description="other URIs for this system")
+    alias_patterns: list[str] = Field(
+        default=[], description="regexes for whole families of URIs (editions, versions)"
+    )
+    ignore_in_code: str = Field(
+        default="", description="characters this system's codes are compared without"
+    )
+
+    @model_validator(mode="after")
+    def _patterns_compile(self) -> SystemDoc:
+        for pattern in self.alias_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"alias pattern '{pattern}' is not a valid regex ({exc})") from exc
+        return self
+
+
+class CodesDoc(_Strict):
+    """How codes in the data are matched against the value sets."""
+
+    trim_whitespace: bool = True
+    ignore_trailing_slash: bool = True
+    ignore_scheme: bool = Field(default=True, description="http and https name one system")
+    systems: dict[str, SystemDoc] = {}
+
+
+class SkipDoc(_Strict):
+    """A Patient this test matches is not screened (and the reason is reported)."""
+
+    path: str
+    in_: list[str] = Field(alias="in")
+    reason: str
+
+
+class PatientsDoc(_Strict):
+    not_screened: list[SkipDoc] = []
+
+
 class MappingDoc(_Strict):
     id: str
     version: str
     description: str = ""
     valuesets: list[str] = ["valuesets"]
+    codes: CodesDoc = CodesDoc()
+    patients: PatientsDoc = PatientsDoc()
     cohort: CohortDoc | None = None
     facts: dict[str, FactDoc]
 

@@ -109,8 +109,9 @@ def format_value(value: Any) -> str:
         if not value:
             return "none"
         # A list of lists reads as "a 7, b 5": each inner list is one item.
+        # Empty parts (an exact value's empty comparator) leave no gap: "< 3", "9".
         return ", ".join(
-            " ".join(format_value(part) for part in v)
+            " ".join(format_value(part) for part in v if part != "")
             if isinstance(v, list | tuple)
             else format_value(v)
             for v in value
@@ -121,6 +122,8 @@ def format_value(value: Any) -> str:
 def render_reason(template: str, names: dict[str, Any]) -> str:
     return PLACEHOLDER.sub(lambda m: format_value(names.get(m.group(1), m.group(0))), template)
 
+
+FAILED_REASON = "could not be evaluated (an error in the data or the rule); needs review"
 
 # Fact patterns with this many records or fewer are memoised: in a hospital most patients
 # carry no record the rules read, and share a handful of patterns (age, deceased).
@@ -183,6 +186,21 @@ class Evaluator:
             }
             self._template_cache[as_of] = names
         return names
+
+    def evaluate_safely(
+        self, patient_id: str, facts: dict[str, Any], as_of: date
+    ) -> PatientVerdict:
+        """``evaluate``, but an unexpected error makes every decidable criterion unknown."""
+        try:
+            return self.evaluate(patient_id, facts, as_of)
+        except Exception:  # no message kept: it could quote patient data
+            criteria = tuple(
+                CriterionResult(c.id, c.kind, "unknown", (), c.manual_reason, manual=True)
+                if c.manual
+                else CriterionResult(c.id, c.kind, "unknown", (), FAILED_REASON, error=True)
+                for c in self.ruleset.criteria
+            )
+            return PatientVerdict(patient_id, decide(criteria), criteria)
 
     def evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
         if self._memo is None:
@@ -253,7 +271,7 @@ class Evaluator:
                 criterion.kind,
                 "unknown",
                 (),
-                "could not be evaluated (rule error); needs review",
+                FAILED_REASON,
                 error=True,
             )
         return CriterionResult(criterion.id, criterion.kind, outcome.result, evidence, reason)

@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import yaml
@@ -39,7 +39,7 @@ class ExpectedCriterion(_Strict):
 
 
 class Expectation(_Strict):
-    verdict: Verdict
+    verdict: Verdict | Literal["not-screened"]
     criteria: dict[str, ExpectedCriterion] = {}
     input_issues: list[str] = Field(default=[], description="issue kinds the input must raise")
 
@@ -120,9 +120,11 @@ def patient_resources(suite: RuleTestFile, test: RuleTest) -> list[dict[str, Any
                 f"test '{test.id}': cannot remove {ref}, the base has no such resource"
             )
         del resources[ref]
-    for resource in test.add:
-        resources[_key(resource)] = copy.deepcopy(resource)
-    return list(resources.values())
+    # An added resource replaces the base's copy; several added copies of one resource are all
+    # kept, in order (versions of one resource in one export).
+    added = {_key(r) for r in test.add}
+    kept = [r for key, r in resources.items() if key not in added]
+    return kept + [copy.deepcopy(r) for r in test.add]
 
 
 def export_patients(
@@ -186,6 +188,18 @@ def run_rule_tests(
         outputs: dict[str, dict[str, Any]] = {}
         for engine_name, evaluator in evaluators.items():
             verdicts, issues = evaluate_test_patient(evaluator, resources, as_of)
+            if test.expect.verdict == "not-screened":
+                kinds = sorted(i.kind for i in issues)
+                if verdicts or kinds != sorted(test.expect.input_issues):
+                    report.failures.append(
+                        RuleTestFailure(
+                            test.id,
+                            f"[{engine_name}] expected not screened, got {len(verdicts)} "
+                            f"verdict(s) and input issues {kinds}",
+                        )
+                    )
+                outputs[engine_name] = {"verdicts": len(verdicts)}
+                continue
             if len(verdicts) != 1:
                 report.failures.append(
                     RuleTestFailure(test.id, f"expected one patient, mapped {len(verdicts)}")

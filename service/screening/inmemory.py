@@ -8,7 +8,7 @@ from datetime import date
 from typing import Any
 
 from service.ruleset.evaluate import Evaluator, PatientVerdict
-from service.screening.source import Collector, IssueLog
+from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog
 
 
 def evaluate_resources(
@@ -18,18 +18,45 @@ def evaluate_resources(
     *,
     issues: IssueLog | None = None,
     only: set[str] | None = None,
+    not_screened: dict[str, str] | None = None,
 ) -> list[PatientVerdict]:
     """Verdicts of the patients among ``resources`` (restricted to ``only`` when given).
 
     Each resource is located in issue reports by its reference, as it has no file and line.
+    Patients the mapping says not to screen get no verdict; ``not_screened`` collects them.
     """
-    collector = Collector(evaluator.ruleset.mapper, as_of, issues or IssueLog())
-    for resource in resources:
-        collector.add_resource(
-            resource, f"fhir:{resource.get('resourceType')}/{resource.get('id')}", 0
-        )
+    log = issues or IssueLog()
+    collector = Collector(evaluator.ruleset.mapper, as_of, log)
+    collector.read_resources(resources)
+    for pid, reason, where in collector.not_screened():
+        if only is None or pid in only:
+            log.add(InputIssue(where, 0, NOT_SCREENED, f"Patient/{pid} is not screened: {reason}"))
+            if not_screened is not None:
+                not_screened[pid] = reason
     return [
-        evaluator.evaluate(patient_id, facts, as_of)
+        evaluate_reporting(evaluator, patient_id, facts, as_of, log)
         for patient_id, _patient, facts in collector.screened_patients()
         if only is None or patient_id in only
     ]
+
+
+def evaluate_reporting(
+    evaluator: Evaluator, patient_id: str, facts: dict[str, Any], as_of: date, issues: IssueLog
+) -> PatientVerdict:
+    """Evaluate one patient; a criterion that could not be evaluated is also an input issue.
+
+    An unexpected error costs this patient's criteria (unknown, "could not be evaluated"),
+    never the run.
+    """
+    verdict = evaluator.evaluate_safely(patient_id, facts, as_of)
+    for criterion in verdict.criteria:
+        if criterion.error:
+            issues.add(
+                InputIssue(
+                    f"Patient/{patient_id}",
+                    0,
+                    "evaluation-error",
+                    f"criterion '{criterion.id}' could not be evaluated",
+                )
+            )
+    return verdict

@@ -232,21 +232,22 @@ async def screen_server(
         summary.tally(
             PatientVerdict.from_contract(line["verdict"], manual, frozenset(line["rule_errors"]))
         )
-    write_results(
-        ruleset,
-        (line["verdict"] for line in lines),
-        options.as_of,
-        out,
-        options.subject_identifier_system,
-    )
-    with output.AtomicNdjson(out / UNSCREENED) as unscreened_file:
-        for pid, reason in sorted(summary.unscreened.items()):
-            unscreened_file.write({"patient": f"Patient/{pid}", "reason": reason})
     stats = client.stats
     summary.requests, summary.retries = stats.requests, stats.retries
     summary.requests_by_kind = dict(stats.by_kind)
     summary.http_seconds = stats.seconds
-    output.write_json(out / output.SUMMARY, summary.as_json())
+    with output.OutputSet(out) as outputs:
+        write_results(
+            ruleset,
+            (line["verdict"] for line in lines),
+            options.as_of,
+            outputs,
+            options.subject_identifier_system,
+        )
+        unscreened_file = outputs.ndjson(UNSCREENED)
+        for pid, reason in sorted(summary.unscreened.items()):
+            unscreened_file.write({"patient": f"Patient/{pid}", "reason": reason})
+        outputs.json(output.SUMMARY, summary.as_json())
     return summary
 
 
@@ -282,9 +283,12 @@ async def _screen_groups(
                 summary.unscreened.update({pid: f"not attempted: {lost[0]}" for pid in group})
                 return
             try:
-                verdicts = await _screen_group(fetcher, evaluator, group, summary, options)
+                verdicts, skipped = await _screen_group(fetcher, evaluator, group, summary, options)
                 if writer is not None:
-                    await writer.write(verdicts)
+                    # A patient not to screen keeps no subject: one written earlier is withdrawn
+                    # like that of a former candidate (unless a person set its status).
+                    withdrawn = [PatientVerdict(pid, "ineligible", ()) for pid in skipped]
+                    await writer.write([*verdicts, *withdrawn])
             except FhirUnavailableError as exc:
                 lost.append(str(exc))
                 summary.unscreened.update({pid: f"server unavailable: {exc}" for pid in group})
@@ -309,15 +313,23 @@ async def _screen_group(
     group: list[str],
     summary: LiveSummary,
     options: LiveOptions,
-) -> list[PatientVerdict]:
+) -> tuple[list[PatientVerdict], list[str]]:
+    """Verdicts of a group, and the patients of it the mapping says not to screen."""
     resources = await fetcher.fetch(group)
     summary.stats.parsed += len(resources)
+    skipped: dict[str, str] = {}
     verdicts = evaluate_resources(
-        evaluator, resources, options.as_of, issues=summary.issues, only=set(group)
+        evaluator,
+        resources,
+        options.as_of,
+        issues=summary.issues,
+        only=set(group),
+        not_screened=skipped,
     )
-    found = {v.patient_id for v in verdicts}
+    summary.not_screened.update(skipped)
+    found = {v.patient_id for v in verdicts} | set(skipped)
     for pid in group:
         if pid not in found:
             summary.unscreened[pid] = "no Patient resource on the server"
             summary.issues.add(InputIssue(f"fhir:Patient/{pid}", 0, "not-found", "no such Patient"))
-    return verdicts
+    return verdicts, sorted(skipped)

@@ -29,7 +29,7 @@ class AtomicNdjson:
         self._handle: IO[bytes] | None = None
         self.count = 0
 
-    def __enter__(self) -> AtomicNdjson:
+    def open(self) -> AtomicNdjson:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = self._tmp.open("wb")
         return self
@@ -39,18 +39,75 @@ class AtomicNdjson:
         self._handle.write(orjson.dumps(item) + b"\n")
         self.count += 1
 
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+    def commit(self) -> None:
+        self.close()
+        self._tmp.replace(self.path)
+
+    def discard(self) -> None:
+        self.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> AtomicNdjson:
+        return self.open()
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._handle is not None
-        self._handle.close()
         if exc_type is None:
-            self._tmp.replace(self.path)
+            self.commit()
         else:
-            self._tmp.unlink(missing_ok=True)
+            self.discard()
+
+
+class OutputSet:
+    """A run's files, renamed into place together only when the run completes.
+
+    A run stopped midway leaves every file of the previous run as it was: never a new
+    issues.ndjson beside an old verdicts.ndjson, never half a file.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._files: list[AtomicNdjson] = []
+        self._documents: list[tuple[Path, Any]] = []
+
+    def ndjson(self, name: str) -> AtomicNdjson:
+        file = AtomicNdjson(self.out / name).open()
+        self._files.append(file)
+        return file
+
+    def json(self, name: str, item: Any) -> None:
+        """A JSON document, written when the set is committed."""
+        self._documents.append((self.out / name, item))
+
+    def __enter__(self) -> OutputSet:
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            for file in self._files:
+                file.discard()
+            return
+        for file in self._files:
+            file.close()
+        for file in self._files:
+            file.commit()
+        for path, item in self._documents:
+            write_json(path, item)
 
 
 def write_json(path: Path, item: Any) -> None:

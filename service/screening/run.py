@@ -15,7 +15,16 @@ from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
-from service.screening.source import Collector, InputIssue, IssueLog, ReadStats, discover
+from service.screening.inmemory import evaluate_reporting
+from service.screening.source import (
+    NOT_SCREENED,
+    Collector,
+    InputIssue,
+    IssueLog,
+    ReadStats,
+    discover,
+    reading_order,
+)
 
 
 class ProgressSink(Protocol):
@@ -39,6 +48,7 @@ class ScreeningSummary:
     blocking: Counter[str] = field(default_factory=Counter)
     rule_errors: Counter[str] = field(default_factory=Counter)
     orphans: Counter[str] = field(default_factory=Counter)
+    not_screened: dict[str, str] = field(default_factory=dict)
     read_seconds: float = 0.0
     evaluate_seconds: float = 0.0
 
@@ -48,8 +58,13 @@ class ScreeningSummary:
 
     @property
     def exit_code(self) -> int:
-        """0: clean; 1: finished, but some input or some rule could not be used."""
-        return 1 if self.issues.total or sum(self.rule_errors.values()) else 0
+        """0: clean; 1: finished, but some input or some rule could not be used.
+
+        Patients the mapping says not to screen (inactive, merged) are reported, but they are
+        not unusable input.
+        """
+        doubtful = self.issues.total - self.issues.counts.get(NOT_SCREENED, 0)
+        return 1 if doubtful or sum(self.rule_errors.values()) else 0
 
     def tally(self, verdict: PatientVerdict) -> None:
         self.verdicts[verdict.verdict] += 1
@@ -91,6 +106,10 @@ class ScreeningSummary:
             },
             "issues": {"total": self.issues.total, "by_kind": dict(self.issues.counts)},
             "records_without_patient": dict(self.orphans),
+            "not_screened": [
+                {"patient": f"Patient/{pid}", "reason": reason}
+                for pid, reason in sorted(self.not_screened.items())
+            ],
             "seconds": {
                 "read": round(self.read_seconds, 3),
                 "evaluate": round(self.evaluate_seconds, 3),
@@ -110,11 +129,11 @@ def screen_folder(
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
 ) -> ScreeningSummary:
-    files = discover(source)
-    out.mkdir(parents=True, exist_ok=True)
+    files = reading_order(discover(source), ruleset.mapper)
     evaluator = Evaluator(ruleset, engine, memoize=True)
 
-    with output.AtomicNdjson(out / output.ISSUES) as issue_file:
+    with output.OutputSet(out) as outputs:
+        issue_file = outputs.ndjson(output.ISSUES)
 
         def record_issue(issue: InputIssue) -> None:
             issue_file.write(issue.as_json())
@@ -137,48 +156,61 @@ def screen_folder(
                     f"{count} {fact} record(s) name a Patient not in the source",
                 )
             )
+        report_not_screened(collector, summary)
 
-    started = time.perf_counter()
-    screened = [pid for pid, data in collector.patients.items() if data.patient is not None]
-    advance = progress.task("Screening patients", len(screened)) if progress else None
+        started = time.perf_counter()
+        screened = [pid for pid, data in collector.patients.items() if data.patient is not None]
+        advance = progress.task("Screening patients", len(screened)) if progress else None
 
-    def contracts() -> Iterator[dict[str, Any]]:
-        for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
-            verdict = evaluator.evaluate(patient_id, facts, as_of)
-            summary.tally(verdict)
-            yield verdict.as_contract(ruleset, as_of)
-            if advance is not None and (done % 256 == 0 or done == len(screened)):
-                advance(done)
+        def contracts() -> Iterator[dict[str, Any]]:
+            for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
+                verdict = evaluate_reporting(evaluator, patient_id, facts, as_of, issues)
+                summary.tally(verdict)
+                yield verdict.as_contract(ruleset, as_of)
+                if advance is not None and (done % 256 == 0 or done == len(screened)):
+                    advance(done)
 
-    write_results(ruleset, contracts(), as_of, out, subject_identifier_system)
-    summary.evaluate_seconds = time.perf_counter() - started
-    output.write_json(out / output.SUMMARY, summary.as_json())
+        write_results(ruleset, contracts(), as_of, outputs, subject_identifier_system)
+        summary.evaluate_seconds = time.perf_counter() - started
+        outputs.json(output.SUMMARY, summary.as_json())
     return summary
+
+
+def report_not_screened(collector: Collector, summary: ScreeningSummary) -> None:
+    """Patients the mapping says not to screen: in issues.ndjson and summary.json."""
+    for patient_id, reason, where in collector.not_screened():
+        summary.not_screened[patient_id] = reason
+        file, _, line = where.rpartition(":")
+        summary.issues.add(
+            InputIssue(
+                file,
+                int(line) if line.isdigit() else 0,
+                NOT_SCREENED,
+                f"Patient/{patient_id} is not screened: {reason}",
+            )
+        )
 
 
 def write_results(
     ruleset: RuleSet,
     contracts: Iterable[dict[str, Any]],
     as_of: date,
-    out: Path,
+    outputs: output.OutputSet,
     subject_identifier_system: str,
 ) -> None:
     """verdicts.ndjson, ResearchSubject.ndjson and ResearchStudy.ndjson from verdict lines."""
-    with (
-        output.AtomicNdjson(out / output.VERDICTS) as verdict_file,
-        output.AtomicNdjson(out / output.SUBJECTS) as subject_file,
-    ):
-        for contract in contracts:
-            verdict_file.write(contract)
-            if contract["verdict"] in SUBJECT_STATUSES:
-                patient_id = contract["patient"].removeprefix("Patient/")
-                subject_file.write(
-                    research_subject(
-                        ruleset, patient_id, contract["verdict"], as_of, subject_identifier_system
-                    )
+    verdict_file = outputs.ndjson(output.VERDICTS)
+    subject_file = outputs.ndjson(output.SUBJECTS)
+    for contract in contracts:
+        verdict_file.write(contract)
+        if contract["verdict"] in SUBJECT_STATUSES:
+            patient_id = contract["patient"].removeprefix("Patient/")
+            subject_file.write(
+                research_subject(
+                    ruleset, patient_id, contract["verdict"], as_of, subject_identifier_system
                 )
-    with output.AtomicNdjson(out / output.STUDIES) as study_file:
-        study_file.write(research_study(ruleset))
+            )
+    outputs.ndjson(output.STUDIES).write(research_study(ruleset))
 
 
 def _read_all(collector: Collector, files: list[Any], progress: ProgressSink | None) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
@@ -21,7 +22,9 @@ from typing import IO, Any
 import orjson
 
 from service.errors import SourceError
-from service.mapping.mapper import Mapper, Record, UnattributableResourceError
+from service.mapping.mapper import Mapper, Record, UnattributableResourceError, version_of
+
+NOT_SCREENED = "not-screened"  # the issue kind of a patient the mapping says not to screen
 
 _NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
 
@@ -82,23 +85,80 @@ class ReadStats:
     records: int = 0
 
 
-@dataclass
+# One copy of a resource as read: (meta.versionId, meta.lastUpdated as UTC, read order, payload).
+# The payload is the Patient's values (with why it is not screened) or the fact records.
+Copy = tuple[str | None, str | None, int, Any]
+Copies = Copy | list[Copy]  # a list only once a second copy of the resource turns up
+
+
+def add_copy(existing: Copies | None, copy: Copy) -> Copies:
+    if existing is None:
+        return copy
+    if isinstance(existing, list):
+        existing.append(copy)
+        return existing
+    return [existing, copy]
+
+
+def current_copy(copies: Copies) -> Copy:
+    """The copy that is the record (spec: several records of one resource).
+
+    The highest ``meta.versionId`` (as integers when every copy's is one, else as text), then
+    the latest ``meta.lastUpdated``, then the copy read last.
+    """
+    if not isinstance(copies, list):
+        return copies
+    versions = [c[0] for c in copies if c[0] is not None]
+    numeric = all(v.isdigit() for v in versions)
+
+    def rank(copy: Copy) -> tuple[Any, ...]:
+        version, updated, order, _ = copy
+        if version is not None:
+            return (2, int(version) if numeric else version, "", order)
+        if updated is not None:
+            return (1, 0 if numeric else "", updated, order)
+        return (0, 0 if numeric else "", "", order)
+
+    return max(copies, key=rank)
+
+
 class PatientData:
-    """What the mapper kept for one patient: the Patient record and fact records by ref.
+    """What the mapper kept for one patient: copies of the Patient and of each fact resource.
 
     Kept for every patient until the whole input is read, so it is kept small: the Patient
-    record as a tuple of its values (keys in schema order), no fact dict until one is needed.
+    record as a tuple of its values (keys in schema order), one copy per resource unless a
+    resource turns up more than once.
     """
 
-    __slots__ = ("facts", "patient_values")
+    __slots__ = ("patient_copies", "resources")
 
     def __init__(self) -> None:
-        self.patient_values: tuple[Any, ...] | None = None
-        self.facts: dict[str, dict[str, Record]] | None = None
+        self.patient_copies: Copies | None = None
+        self.resources: dict[str, Copies] | None = None
 
     @property
     def patient(self) -> tuple[Any, ...] | None:
-        return self.patient_values
+        """The current Patient record's values, or None (no Patient, or not to be screened)."""
+        if self.patient_copies is None:
+            return None
+        values, skip, _ = current_copy(self.patient_copies)[3]
+        return None if skip else values
+
+    @property
+    def not_screened(self) -> tuple[str, str] | None:
+        """(reason, where the Patient was read) when the current Patient is not to be screened."""
+        if self.patient_copies is None:
+            return None
+        _, skip, where = current_copy(self.patient_copies)[3]
+        return (skip, where) if skip else None
+
+    def facts(self) -> dict[str, list[Record]]:
+        """The current copy's records of every resource, by fact."""
+        by_fact: dict[str, list[Record]] = {}
+        for copies in (self.resources or {}).values():
+            for fact, record in current_copy(copies)[3]:
+                by_fact.setdefault(fact, []).append(record)
+        return by_fact
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +235,12 @@ def _all_objects(block: bytearray, end: int, lines: int) -> bool:
     return block[:1] == b"{" and last == b"}" and block.count(b"}\n{", 0, end) == lines - 1
 
 
+def reading_order(files: list[NdjsonFile], mapper: Mapper) -> list[NdjsonFile]:
+    """Files of resolve() targets (Medication) first, so references find them when read."""
+    targets = mapper.join_targets
+    return sorted(files, key=lambda f: f.resource_type not in targets)
+
+
 def _constant(number: int) -> Callable[[], int]:
     return lambda: number
 
@@ -193,9 +259,15 @@ class Collector:
         self.as_of = as_of
         self.issues = issues
         self.patients: dict[str, PatientData] = {}
+        self.targets: dict[str, Copies] = {}  # resolve() targets by reference
         one_fact = next(schema for schema in mapper.facts.values() if schema.one)
         self._patient_keys = ("ref", *one_fact.defaults)
         self.stats = ReadStats()
+        self._order = 0
+
+    def resolve(self, reference: str) -> dict[str, Any] | None:
+        copies = self.targets.get(reference)
+        return None if copies is None else current_copy(copies)[3]
 
     def add_resource(self, resource: Any, where: str, line: int | Callable[[], int]) -> None:
         """Map one parsed resource; ``line`` may be a function, called only to report a problem."""
@@ -216,30 +288,54 @@ class Collector:
                     InputIssue(where, at(), "unknown-resource-type", "not a FHIR R4 resource type")
                 )
             return
+        self._order += 1
+        if resource_type in self.mapper.join_targets:
+            self._add_target(resource, resource_type)
         try:
-            mapped = self.mapper.map_resource(resource, self.as_of)
+            mapped = self.mapper.map_resource(resource, self.as_of, self.resolve)
         except UnattributableResourceError as exc:
             self.issues.add(InputIssue(where, at(), "unattributable", str(exc)))
+            return
+        except Exception:  # one odd resource must not stop the run; no message: it may quote data
+            self.issues.add(
+                InputIssue(where, at(), "unusable-resource", "could not be read (internal error)")
+            )
             return
         if mapped is None:
             return
         for problem in mapped.issues:
             self.issues.add(
-                InputIssue(where, at(), "bad-value", f"{problem.field} {problem.message}")
+                InputIssue(where, at(), problem.kind, f"{problem.field} {problem.message}")
             )
         data = self.patients.get(mapped.patient_id)
         if data is None:
             data = self.patients[mapped.patient_id] = PatientData()
-        for contribution in mapped.contributions:
-            self.stats.records += 1
-            if self.mapper.facts[contribution.fact].one:
-                record = contribution.record
-                data.patient_values = tuple(record[key] for key in self._patient_keys)
-            else:
-                # Keyed by ref: a resource exported twice is one record, the later copy wins.
-                if data.facts is None:
-                    data.facts = {}
-                data.facts.setdefault(contribution.fact, {})[mapped.ref] = contribution.record
+        stamp = (mapped.version_id, mapped.last_updated, self._order)
+        if resource_type == "Patient":
+            self.stats.records += len(mapped.contributions)
+            record = mapped.contributions[0].record
+            values = tuple(record[key] for key in self._patient_keys)
+            skip = mapped.not_screened
+            location = f"{where}:{at()}" if skip else ""
+            data.patient_copies = add_copy(data.patient_copies, (*stamp, (values, skip, location)))
+            return
+        self.stats.records += len(mapped.contributions)
+        records = tuple((c.fact, c.record) for c in mapped.contributions)
+        if data.resources is None:
+            data.resources = {}
+        data.resources[mapped.ref] = add_copy(data.resources.get(mapped.ref), (*stamp, records))
+
+    def _add_target(self, resource: dict[str, Any], resource_type: str) -> None:
+        resource_id = resource.get("id")
+        if not isinstance(resource_id, str) or not resource_id:
+            return
+        version, updated = version_of(resource)
+        kept = {k: v for k, v in resource.items() if k != "text"}  # the narrative is not needed
+        ref = f"{resource_type}/{resource_id}"
+        self.targets[ref] = add_copy(
+            self.targets.get(ref),
+            (version, updated, self._order, self.mapper.canonical_target(kept)),
+        )
 
     def read_file(self, file: NdjsonFile, progress: Callable[[int], None] | None = None) -> None:
         """Read one file; ``progress`` is told how many bytes of it are done, now and then.
@@ -258,27 +354,47 @@ class Collector:
             )
         prefilter = self.mapper.prefilters.get(file.resource_type) if wanted else None
         lines_before = 0
-        with _open(file.path) as handle:
-            raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
-            for block, end in _blocks(handle):
-                lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
-                self.stats.lines += lines
-                if not wanted:
-                    self.stats.skipped_type += lines
-                elif prefilter is None:
-                    self._parse_all(bytes(block[:end]), lines, file.path.name, lines_before)
-                else:
-                    self._parse_matching(block, end, lines, prefilter, file.path.name, lines_before)
-                lines_before += lines
-                if progress is not None:
-                    progress(raw_handle.tell())
+        try:
+            with _open(file.path) as handle:
+                raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
+                for block, end in _blocks(handle):
+                    lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
+                    self.stats.lines += lines
+                    name = file.path.name
+                    if not wanted:
+                        self.stats.skipped_type += lines
+                    elif prefilter is None:
+                        self._parse_all(bytes(block[:end]), lines, name, lines_before)
+                    else:
+                        self._parse_matching(block, end, lines, prefilter, name, lines_before)
+                    lines_before += lines
+                    if progress is not None:
+                        progress(raw_handle.tell())
+        except (OSError, EOFError, zlib.error):
+            # A corrupt or truncated gzip stream, or a read error: what was read before counts.
+            self.issues.add(
+                InputIssue(
+                    file.path.name,
+                    lines_before + 1,
+                    "unreadable-file",
+                    "the file could not be read past this line (corrupt or truncated)",
+                )
+            )
         if progress is not None:
             progress(file.size)
 
     def read_folder(self, folder: Path) -> None:
         """Every NDJSON file of a folder, without progress reporting."""
-        for file in discover(folder):
+        for file in reading_order(discover(folder), self.mapper):
             self.read_file(file)
+
+    def read_resources(self, resources: Iterable[dict[str, Any]]) -> None:
+        """Resources already in memory; each is located in reports by its reference."""
+        targets = self.mapper.join_targets
+        ordered = sorted(resources, key=lambda r: r.get("resourceType") not in targets)
+        for resource in ordered:
+            where = f"fhir:{resource.get('resourceType')}/{resource.get('id')}"
+            self.add_resource(resource, where, 0)
 
     def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
         try:
@@ -337,26 +453,40 @@ class Collector:
             start += len(raw) + 1
 
     def screened_patients(self) -> Iterator[tuple[str, Record, dict[str, Any]]]:
-        """(patient id, Patient record, facts) in id order, every fact key present."""
+        """(patient id, Patient record, facts) in id order, every fact key present.
+
+        Patients whose Patient resource never appeared, or who are not to be screened, are
+        left out (see ``orphans`` and ``not_screened``).
+        """
         list_facts = [name for name, schema in self.mapper.facts.items() if not schema.one]
         one_fact = next(name for name, schema in self.mapper.facts.items() if schema.one)
         keys = self._patient_keys
         for patient_id in sorted(self.patients):
             data = self.patients[patient_id]
-            if data.patient_values is None:
+            values = data.patient
+            if values is None:
                 continue
-            patient = dict(zip(keys, data.patient_values, strict=True))
+            patient = dict(zip(keys, values, strict=True))
             facts: dict[str, Any] = {one_fact: patient}
-            stored = data.facts or {}
+            stored = data.facts()
             for name in list_facts:
-                facts[name] = list(stored.get(name, {}).values())
+                facts[name] = stored.get(name, [])
             yield patient_id, patient, facts
+
+    def not_screened(self) -> list[tuple[str, str, str]]:
+        """(patient id, reason, where read) for every patient the mapping says not to screen."""
+        found = []
+        for patient_id in sorted(self.patients):
+            skipped = self.patients[patient_id].not_screened
+            if skipped is not None:
+                found.append((patient_id, *skipped))
+        return found
 
     def orphans(self) -> Counter[str]:
         """Records of patients whose Patient resource never appeared, by fact."""
         counts: Counter[str] = Counter()
         for data in self.patients.values():
-            if data.patient_values is None:
-                for fact, records in (data.facts or {}).items():
+            if data.patient_copies is None:
+                for fact, records in data.facts().items():
                     counts[fact] += len(records)
         return counts

@@ -68,6 +68,8 @@ class LoadedPatients:
         for test, patient_id, resources in export_patients(suite, prefix):
             if test.expect.input_issues:
                 continue  # deliberately broken data: a server may refuse it
+            if len({(r["resourceType"], r["id"]) for r in resources}) != len(resources):
+                continue  # several copies of one resource: a server keeps only one version
             self.tests[patient_id] = test
             self.resources.extend(resources)
         self.base_url = base_url

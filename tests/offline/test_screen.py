@@ -52,7 +52,7 @@ def test_verdicts_follow_the_contract(sample_out: Path) -> None:
         assert line["patient"].startswith("Patient/") and line["trial"] == "relieve"
         assert line["as_of"] == "2026-06-15" and line["ruleset"] == {
             "id": "relieve",
-            "version": "1.0.0",
+            "version": "1.1.0",
         }
         assert list(line["criteria"]) == CRITERIA
         for criterion in line["criteria"].values():

@@ -28,7 +28,7 @@ def test_every_field_is_present_with_plain_values(relieve: RuleSet) -> None:
         "ref": "Observation/o1",
         "has_score": True,
         "score": 7.0,
-        "pain_type": "unspecified",
+        "pain_types": ["unspecified"],
         "date": "2026-06-10",
         "instant": "2026-06-10T07:00:00Z",
     }
@@ -42,21 +42,29 @@ def test_unusable_value_counts_as_absent_and_is_reported_without_the_value(
     assert mapped is not None
     record = mapped.contributions[0].record
     assert record["has_score"] is False and record["score"] == 0.0
-    assert [(i.field, i.message) for i in mapped.issues] == [
-        ("Observation.valueInteger | valueQuantity.value", "is not a number")
+    assert [(i.field, i.message, i.kind) for i in mapped.issues] == [
+        (
+            "Observation.valueInteger | valueQuantity.value | valueString",
+            "is text that is not a number in the expected form",
+            "bad-value",
+        )
     ]
     assert "seven" not in repr(mapped.issues)
 
 
-def test_resources_outside_the_value_sets_are_not_mapped(relieve: RuleSet) -> None:
+def test_resources_outside_the_value_sets_give_no_record(relieve: RuleSet) -> None:
     blood_pressure = nrs(code={"coding": [{"system": "http://loinc.org", "code": "8480-6"}]})
-    assert relieve.mapper.map_resource(blood_pressure, AS_OF) is None
+    mapped = relieve.mapper.map_resource(blood_pressure, AS_OF)
+    # Still known as a copy of Observation/o1 (a newer copy that no longer counts retracts it).
+    assert mapped is not None and mapped.contributions == [] and mapped.ref == "Observation/o1"
     assert relieve.mapper.map_resource({"resourceType": "Encounter", "id": "e"}, AS_OF) is None
 
 
 def test_status_filters_come_from_the_mapping(relieve: RuleSet) -> None:
-    assert relieve.mapper.map_resource(nrs(status="cancelled", valueInteger=7), AS_OF) is None
-    assert relieve.mapper.map_resource(nrs(status="preliminary", valueInteger=7), AS_OF) is not None
+    cancelled = relieve.mapper.map_resource(nrs(status="cancelled", valueInteger=7), AS_OF)
+    assert cancelled is not None and cancelled.contributions == []
+    preliminary = relieve.mapper.map_resource(nrs(status="preliminary", valueInteger=7), AS_OF)
+    assert preliminary is not None and len(preliminary.contributions) == 1
 
 
 def test_a_wanted_resource_without_subject_is_rejected(relieve: RuleSet) -> None:
