@@ -171,7 +171,7 @@ def _screen_live(
     )
 
     async def run() -> LiveSummary:
-        client = await connect(settings, args.fhir_url)
+        client = await connect(settings, args.fhir_url, ruleset.mapper.resource_types)
         async with client:
             with RichProgress(enabled=not args.no_progress) as progress:
                 return await screen_server(

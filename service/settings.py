@@ -59,11 +59,10 @@ class Settings(BaseSettings):
     smart_token_url: str | None = Field(
         default=None, description="token endpoint; discovered from .well-known when empty"
     )
-    smart_scope: str = Field(
-        default="system/Patient.read system/Condition.read system/Observation.read "
-        "system/Procedure.read system/ServiceRequest.read system/ResearchStudy.* "
-        "system/ResearchSubject.* system/Observation.write system/Provenance.write",
-        description="scopes requested with the SMART token",
+    smart_scope: str | None = Field(
+        default=None,
+        description="scopes requested with the SMART token; by default system/<Type>.read for "
+        "every resource type the mapping reads, plus the write-back scopes",
     )
     fhir_timeout: float = Field(default=30.0, description="seconds per HTTP request")
     fhir_concurrency: int = Field(default=8, description="HTTP requests in flight at most")

@@ -56,7 +56,8 @@ class ScreeningService:
     async def client(self) -> FhirClient:
         async with self._lock:
             if self._client is None:
-                self._client = await connect(self.settings)
+                read_types = {t for r in self.rulesets.values() for t in r.mapper.resource_types}
+                self._client = await connect(self.settings, read_types=read_types)
             return self._client
 
     async def abilities(self) -> ServerAbilities:

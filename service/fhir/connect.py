@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,8 +11,26 @@ from service.fhir.auth import SmartBackendAuth, basic_auth, bearer_auth, discove
 from service.fhir.client import FhirClient, RetryPolicy
 from service.settings import Settings
 
+# What write-back needs besides reading: the study and its subjects, criterion Observations and
+# one Provenance per transaction.
+WRITE_SCOPES = (
+    "system/ResearchStudy.*",
+    "system/ResearchSubject.*",
+    "system/Observation.write",
+    "system/Provenance.write",
+)
 
-async def connect(settings: Settings, base_url: str | None = None) -> FhirClient:
+
+def default_scope(read_types: Iterable[str]) -> str:
+    """SMART scopes for reading these resource types (and Patient) and for write-back."""
+    reads = [f"system/{rtype}.read" for rtype in sorted({"Patient", *read_types})]
+    return " ".join([*reads, *WRITE_SCOPES])
+
+
+async def connect(
+    settings: Settings, base_url: str | None = None, read_types: Iterable[str] = ()
+) -> FhirClient:
+    """A client for the server; ``read_types`` (the mapping's) set the default SMART scopes."""
     url = base_url or settings.fhir_url
     if not url:
         raise ConfigError("no FHIR server: give --fhir-url or set PRESCREEN_FHIR_URL")
@@ -38,7 +57,7 @@ async def connect(settings: Settings, base_url: str | None = None) -> FhirClient
             kid=settings.smart_kid,
             token_url=settings.smart_token_url or await discover_token_url(url),
             algorithm=settings.smart_algorithm,
-            scope=settings.smart_scope,
+            scope=settings.smart_scope or default_scope(read_types),
         )
     return FhirClient(
         url,

@@ -234,7 +234,10 @@ def _number(value: Any) -> float | Lenient:
         return Lenient(_finite(float(value)), "is a number written as text")
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UnusableValueError("is not a number")
-    return _finite(float(value))
+    try:
+        return _finite(float(value))
+    except OverflowError as exc:  # an integer too large for a double
+        raise UnusableValueError("is not a finite number") from exc
 
 
 def _finite(number: float) -> float:

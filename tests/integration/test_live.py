@@ -122,6 +122,39 @@ def test_write_back_is_idempotent_and_respects_people(
     assert count(base, "Provenance", _lastUpdated="gt2000-01-01") == provenance_before + 1
 
 
+def test_a_patient_no_longer_to_screen_has_its_subject_withdrawn(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    base = fhir_server.base_url
+    candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
+    assert live(base, tmp_path / "run1", "--patients", candidate, "--write-back") == 0
+    (subject,) = [
+        s
+        for s in subjects_of(base, patients)
+        if s["individual"]["reference"].endswith(f"/{candidate}")
+    ]
+    assert subject["status"] == "candidate"
+
+    # The record is merged away (inactive): the patient is not screened any more.
+    patient = fhir_get(f"{base}/Patient/{candidate}").json()
+    patient = {k: v for k, v in patient.items() if k not in ("meta", "text")}
+    assert fhir_put(
+        f"{base}/Patient/{candidate}", json={**patient, "active": False}
+    ).status_code in (
+        200,
+        201,
+    )
+    assert live(base, tmp_path / "run2", "--patients", candidate, "--write-back") == 0
+    assert read_ndjson(tmp_path / "run2" / "verdicts.ndjson") == []
+    summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
+    assert [entry["patient"] for entry in summary["not_screened"]] == [f"Patient/{candidate}"]
+    assert summary["live"]["write_back"]["withdrawn_to_ineligible"] == 1
+    after = fhir_get(f"{base}/ResearchSubject/{subject['id']}").json()
+    assert after["status"] == "ineligible"
+    kinds = [i["kind"] for i in read_ndjson(tmp_path / "run2" / "issues.ndjson")]
+    assert kinds == ["not-screened"]
+
+
 def test_results_are_readable_from_the_server_alone(
     fhir_server: Any, patients: LoadedPatients, tmp_path: Path
 ) -> None:
