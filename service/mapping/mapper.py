@@ -246,11 +246,6 @@ def _finite(number: float) -> float:
     return number
 
 
-def _first_number(value: Any) -> float:
-    number = _number(value)
-    return number.value if isinstance(number, Lenient) else number  # type: ignore[return-value]
-
-
 def _date_value(value: Any, kind: str) -> FactValue | Lenient:
     if not isinstance(value, str):
         raise UnusableValueError("is not a FHIR date")
@@ -397,10 +392,8 @@ def _number_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
     low, high = spec.range if spec.range is not None else (-math.inf, math.inf)
 
     def number(resource: Any, _as_of: date) -> Extracted:
-        value = path.first(resource)
+        value = _first_value(path, resource, spec.required)
         if value is None:
-            if spec.required:
-                raise UnusableValueError("has no value")
             return ABSENT
         lenient: str | None = None
         if pattern is not None and isinstance(value, str):
@@ -431,34 +424,47 @@ def _quantity_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
     assumed = fold(spec.if_no_unit) if spec.if_no_unit else None
 
     def quantity(resource: Any, _as_of: date) -> Extracted:
-        value = path.first(resource)
+        value = _first_value(path, resource, spec.required)
         if value is None:
-            if spec.required:
-                raise UnusableValueError("has no value")
             return ABSENT
-        if not isinstance(value, dict):
-            if assumed not in units:
-                raise UnusableValueError("has no unit and the mapping assumes none")
-            read = _number(value)
-            amount = read.value if isinstance(read, Lenient) else read
-            return float(amount) * units[assumed]  # type: ignore[arg-type]
-        if value.get("value") is None:
-            if spec.required:
-                raise UnusableValueError("has no value")
-            return ABSENT
-        amount = _first_number(value.get("value"))
-        written = [value.get(key) for key in ("code", "unit")]
-        given = [fold(u.strip()) for u in written if isinstance(u, str) and u.strip()]
+        given: list[str] = []
+        if isinstance(value, dict):
+            written = [value.get(key) for key in ("code", "unit")]
+            given = [fold(u.strip()) for u in written if isinstance(u, str) and u.strip()]
+            value = _first_value_of(value, "value", spec.required)
+            if value is None:
+                return ABSENT
+        read = _number(value)
+        amount = float(read.value if isinstance(read, Lenient) else read)  # type: ignore[arg-type]
         if not given:
             if assumed not in units:
                 raise UnusableValueError("has no unit and the mapping assumes none")
-            return amount * units[assumed]
-        factor = next((units[u] for u in given if u in units), None)
-        if factor is None:
-            raise UnusableValueError("has a unit this mapping cannot convert")
-        return amount * factor
+            factor = units[assumed]
+        else:
+            found = next((units[u] for u in given if u in units), None)
+            if found is None:
+                raise UnusableValueError("has a unit this mapping cannot convert")
+            factor = found
+        return (
+            Lenient(amount * factor, read.message) if isinstance(read, Lenient) else amount * factor
+        )
 
     return quantity
+
+
+def _first_value(path: FhirPath, resource: Any, required: bool) -> Any:
+    """The first value at the path; None when there is none, unless one is required."""
+    value = path.first(resource)
+    if value is None and required:
+        raise UnusableValueError("has no value")
+    return value
+
+
+def _first_value_of(element: dict[str, Any], key: str, required: bool) -> Any:
+    value = element.get(key)
+    if value is None and required:
+        raise UnusableValueError("has no value")
+    return value
 
 
 def _default_for(spec: FieldDoc) -> FactValue:
