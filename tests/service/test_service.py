@@ -153,8 +153,21 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
 
     assert wait_for(subject_status, 30) == "potential-candidate"
     wait_for(lambda: all(alerts_for(helpers, patient)), 20)
-    # Today's pain score arrives: upgraded to candidate, which alerts once more.
+    # Today's pain score arrives: upgraded to candidate, which alerts once more. (The June
+    # survival estimate is older than its 90-day window by now: a fresh one comes first, which
+    # alone changes nothing.)
     today = time.strftime("%Y-%m-%d", time.gmtime())
+    survival = {
+        "resourceType": "Observation",
+        "id": f"{patient}-survival-today",
+        "status": "final",
+        "subject": {"reference": f"Patient/{patient}"},
+        "code": {"coding": [{"system": "urn:prescreen:relieve", "code": "estimated-survival"}]},
+        "effectiveDateTime": today,
+        "valueQuantity": {"value": 9, "unit": "months"},
+    }
+    headers = {"Content-Type": "application/fhir+json"}
+    httpx.put(f"{sekmet.base_url}/Observation/{survival['id']}", json=survival, headers=headers)
     pain = {
         "resourceType": "Observation",
         "id": f"{patient}-nrs-today",
@@ -172,7 +185,6 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
             }
         ],
     }
-    headers = {"Content-Type": "application/fhir+json"}
     httpx.put(f"{sekmet.base_url}/Observation/{pain['id']}", json=pain, headers=headers)
     wait_for(lambda: subject_status() == "candidate", 30)
     wait_for(lambda: len(alerts_for(helpers, patient)[0]) == 2, 20)
