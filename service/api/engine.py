@@ -16,7 +16,7 @@ from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities, connect, read_capabilities
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
 from service.fhir.writeback import WriteBack
-from service.mapping.mapper import patient_of
+from service.mapping.resources import patient_of
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources

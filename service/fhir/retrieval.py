@@ -18,7 +18,8 @@ from urllib.parse import urlencode
 from service.errors import FhirServerError
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities
-from service.mapping.mapper import Mapper, patient_of
+from service.mapping.mapper import Mapper
+from service.mapping.resources import patient_of
 
 
 @dataclass(frozen=True, slots=True)

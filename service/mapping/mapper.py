@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,12 +10,30 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ConfigError
-from service.fhirdates import FhirDateError, age_range_years, parse_datetime
+from service.mapping.fields import (
+    Absent,
+    DataIssue,
+    Extractor,
+    FactValue,
+    Lenient,
+    UnusableValueError,
+    default_for,
+    make_extractor,
+    scalar_text,
+)
 from service.mapping.paths import RESOLVED, compile_path, resolved_elements
 from service.mapping.paths import Path as FhirPath
+from service.mapping.resources import (
+    Resolver,
+    UnattributableResourceError,
+    local_reference,
+    lookup_reference,
+    patient_of_path,
+    restore_codings,
+    version_of,
+)
 from service.mapping.spec import (
     CodesDoc,
-    FieldDoc,
     MappingDoc,
     SkipDoc,
     SourceDoc,
@@ -27,73 +44,10 @@ from service.terminology import (
     CodeCanonicalizer,
     SystemRule,
     ValueSet,
-    codings,
     load_valuesets,
 )
 
-FactValue = str | float | bool | list[str]
 Record = dict[str, FactValue]
-# Looks up a reference ("Medication/1", "#contained" is handled here) in the source being read.
-Resolver = Callable[[str], dict[str, Any] | None]
-
-# The value a field has when the resource does not carry it: facts never hold nulls.
-_NATURAL_DEFAULTS: dict[str, FactValue] = {
-    "string": "",
-    "code": "",
-    "date": "",
-    "instant": "",
-    "number": 0.0,
-    "bool": False,
-    "present": False,
-    "in_valueset": False,
-    "one_of": False,
-    "labels": [],
-    "age_min_years": -1.0,
-    "age_max_years": -1.0,
-    "quantity": 0.0,
-    "codes": [],
-    "coded": False,
-    "unusable": False,
-    "lookup": "",
-}
-
-
-class UnusableValueError(ValueError):
-    """A field whose value is present but unusable (bad date, text where a number belongs)."""
-
-
-class UnattributableResourceError(ValueError):
-    """A resource that cannot be attributed or referenced (no id, no patient subject)."""
-
-
-@dataclass(frozen=True, slots=True)
-class DataIssue:
-    """A problem with one field of one resource; never carries the offending value (PHI).
-
-    ``kind``: ``bad-value`` (unusable, treated as absent), ``lenient-value`` (doubtful but used),
-    ``noncanonical-code`` (matched only after normalising a code), ``unresolved-reference``.
-    """
-
-    field: str
-    message: str
-    kind: str = "bad-value"
-
-
-@dataclass(frozen=True, slots=True)
-class Lenient:
-    """What an extractor returns for a value it could read only by bending the rules."""
-
-    value: FactValue
-    message: str
-
-
-class _Absent:
-    """What an extractor returns when the resource does not carry the value at all."""
-
-
-ABSENT = _Absent()
-Extracted = FactValue | _Absent | Lenient
-Extractor = Callable[[Any, date], Extracted]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +129,7 @@ class CompiledSource:
             if isinstance(value, Lenient):
                 report(spec, value.message, "lenient-value")
                 value = value.value
-            if isinstance(value, _Absent):
+            if isinstance(value, Absent):
                 record[spec.name] = spec.default
             else:
                 record[spec.name] = value
@@ -225,258 +179,6 @@ class MappedResource:
     not_screened: str | None = None  # a Patient not to screen: why
 
 
-_DECIMAL = re.compile(r"^\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*$")
-
-
-def _number(value: Any) -> float | Lenient:
-    """A JSON number; a number written as a JSON string is read and reported as lenient."""
-    if isinstance(value, str) and _DECIMAL.match(value):
-        return Lenient(_finite(float(value)), "is a number written as text")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise UnusableValueError("is not a number")
-    try:
-        return _finite(float(value))
-    except OverflowError as exc:  # an integer too large for a double
-        raise UnusableValueError("is not a finite number") from exc
-
-
-def _finite(number: float) -> float:
-    if not math.isfinite(number):
-        raise UnusableValueError("is not a finite number")
-    return number
-
-
-def _date_value(value: Any, kind: str) -> FactValue | Lenient:
-    if not isinstance(value, str):
-        raise UnusableValueError("is not a FHIR date")
-    try:
-        parsed = parse_datetime(value)
-    except FhirDateError as exc:
-        raise UnusableValueError(str(exc)) from exc
-    result = parsed.day if kind == "date" else parsed.instant
-    if parsed.lenient:
-        return Lenient(result, "has a time without a time-zone offset (read by its calendar day)")
-    return result
-
-
-def _make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str) -> Extractor:
-    kind = spec.type
-    if kind == "const":
-        constant: FactValue = spec.value  # type: ignore[assignment]
-        return lambda _resource, _as_of: constant
-    if kind in ("present", "unusable") and spec.field:
-        return lambda _resource, _as_of: ABSENT  # decided from the other field, in record()
-    assert spec.path is not None
-    path = compile_path(spec.path, valuesets, where)
-
-    def valueset(vs_id: str | None) -> ValueSet:
-        found = valuesets.get(vs_id or "")
-        if found is None:
-            raise ConfigError(f"{where}: unknown value set '{vs_id}'")
-        return found
-
-    if kind == "codes":
-        codes_vs = valueset(spec.valueset)
-
-        def code_list(resource: Any, _as_of: date) -> Extracted:
-            found = {
-                code
-                for value in path.values(resource)
-                for system, code in codings(value)
-                if codes_vs.contains(system, code)
-            }
-            return sorted(found) if found else ABSENT
-
-        return code_list
-    if kind == "coded":
-        known_systems = frozenset(s for vs in valuesets.values() for s in vs.systems)
-        return lambda resource, _as_of: any(
-            system in known_systems for v in path.values(resource) for system, _ in codings(v)
-        )
-    if kind == "lookup":
-        labels_of = dict(spec.map or {})
-
-        def lookup(resource: Any, _as_of: date) -> Extracted:
-            for value in path.values(resource):
-                label = labels_of.get(_scalar_text(value))
-                if label is not None:
-                    return label
-            return ABSENT
-
-        return lookup
-    if kind in ("string", "code"):
-        code_vs = valueset(spec.valueset) if spec.valueset else None
-
-        def text(resource: Any, _as_of: date) -> Extracted:
-            for value in path.values(resource):
-                if code_vs is not None:
-                    for system, code in codings(value):
-                        if code_vs.contains(system, code):
-                            return code
-                    continue
-                if not isinstance(value, str):
-                    raise UnusableValueError("is not text")
-                return value
-            return ABSENT
-
-        return text
-    if kind in ("date", "instant"):
-
-        def when(resource: Any, _as_of: date) -> Extracted:
-            value = path.first(resource)
-            if value is None:
-                return ABSENT
-            return _date_value(value, kind)
-
-        return when
-    if kind in ("age_min_years", "age_max_years"):
-        index = 0 if kind == "age_min_years" else 1
-
-        def age(resource: Any, as_of: date) -> Extracted:
-            value = path.first(resource)
-            if value is None:
-                return ABSENT
-            if not isinstance(value, str):
-                raise UnusableValueError("is not a FHIR date")
-            try:
-                return age_range_years(value, as_of)[index]
-            except FhirDateError as exc:
-                raise UnusableValueError(str(exc)) from exc
-
-        return age
-    if kind == "number":
-        return _number_extractor(spec, path)
-    if kind == "quantity":
-        return _quantity_extractor(spec, path)
-    if kind == "bool":
-
-        def flag(resource: Any, _as_of: date) -> Extracted:
-            value = path.first(resource)
-            if value is None or isinstance(value, bool):
-                return value is True
-            if isinstance(value, str) and value.strip().lower() in ("true", "false"):
-                return Lenient(value.strip().lower() == "true", "is true or false written as text")
-            raise UnusableValueError("is not true or false")
-
-        return flag
-    if kind == "present":
-        return lambda resource, _as_of: bool(path.values(resource))
-    if kind == "in_valueset":
-        member = valueset(spec.valueset)
-        return lambda resource, _as_of: any(
-            member.matches_concept(v) for v in path.values(resource)
-        )
-    if kind == "one_of":
-        wanted = frozenset(spec.values or ())
-        return lambda resource, _as_of: any(str(v) in wanted for v in path.values(resource))
-    if kind == "labels":
-        labelled = [(label, valueset(vs_id)) for label, vs_id in (spec.labels or {}).items()]
-
-        def labels(resource: Any, _as_of: date) -> FactValue:
-            values = path.values(resource)
-            return [label for label, vs in labelled if any(vs.matches_concept(v) for v in values)]
-
-        return labels
-    raise ConfigError(f"{where}: unsupported field type '{kind}'")
-
-
-def _scalar_text(value: Any) -> str:
-    """A code or flag as text: JSON true/false as FHIR writes them, stray spaces dropped."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value.strip() if isinstance(value, str) else str(value)
-
-
-def _number_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
-    pattern = re.compile(spec.text_pattern) if spec.text_pattern else None
-    low, high = spec.range if spec.range is not None else (-math.inf, math.inf)
-
-    def number(resource: Any, _as_of: date) -> Extracted:
-        value = _first_value(path, resource, spec.required)
-        if value is None:
-            return ABSENT
-        lenient: str | None = None
-        if pattern is not None and isinstance(value, str):
-            # Text is read only in the form the mapping allows ("7", "7/10"), never guessed.
-            match = pattern.fullmatch(value)
-            if match is None:
-                raise UnusableValueError("is text that is not a number in the expected form")
-            amount = _finite(float(match.group(1)))
-            lenient = "is a number written as text"
-        else:
-            read = _number(value)
-            if isinstance(read, Lenient):
-                lenient, amount = read.message, float(read.value)  # type: ignore[arg-type]
-            else:
-                amount = read
-        if not low <= amount <= high:
-            raise UnusableValueError(f"is outside {low:g}-{high:g}")
-        if spec.integer and not amount.is_integer():
-            lenient = lenient or "is not a whole number (compared as it is)"
-        return Lenient(amount, lenient) if lenient else amount
-
-    return number
-
-
-def _quantity_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
-    fold = str.lower if spec.ignore_unit_case else str
-    units = {fold(unit): factor for unit, factor in (spec.units or {}).items()}
-    assumed = fold(spec.if_no_unit) if spec.if_no_unit else None
-
-    def quantity(resource: Any, _as_of: date) -> Extracted:
-        value = _first_value(path, resource, spec.required)
-        if value is None:
-            return ABSENT
-        given: list[str] = []
-        if isinstance(value, dict):
-            written = [value.get(key) for key in ("code", "unit")]
-            given = [fold(u.strip()) for u in written if isinstance(u, str) and u.strip()]
-            value = _first_value_of(value, "value", spec.required)
-            if value is None:
-                return ABSENT
-        read = _number(value)
-        amount = float(read.value if isinstance(read, Lenient) else read)  # type: ignore[arg-type]
-        if not given:
-            if assumed not in units:
-                raise UnusableValueError("has no unit and the mapping assumes none")
-            factor = units[assumed]
-        else:
-            found = next((units[u] for u in given if u in units), None)
-            if found is None:
-                raise UnusableValueError("has a unit this mapping cannot convert")
-            factor = found
-        return (
-            Lenient(amount * factor, read.message) if isinstance(read, Lenient) else amount * factor
-        )
-
-    return quantity
-
-
-def _first_value(path: FhirPath, resource: Any, required: bool) -> Any:
-    """The first value at the path; None when there is none, unless one is required."""
-    value = path.first(resource)
-    if value is None and required:
-        raise UnusableValueError("has no value")
-    return value
-
-
-def _first_value_of(element: dict[str, Any], key: str, required: bool) -> Any:
-    value = element.get(key)
-    if value is None and required:
-        raise UnusableValueError("has no value")
-    return value
-
-
-def _default_for(spec: FieldDoc) -> FactValue:
-    if spec.type == "const":
-        return spec.value  # type: ignore[return-value]
-    if spec.default is None:
-        return _NATURAL_DEFAULTS.get(spec.type, "")
-    if spec.type in ("number", "quantity", "age_min_years", "age_max_years"):
-        return float(spec.default)  # type: ignore[arg-type]
-    return spec.default
-
-
 def _compile_where(
     clause: WhereDoc, valuesets: Mapping[str, ValueSet], where: str
 ) -> CompiledWhere:
@@ -511,7 +213,7 @@ def _compile_where(
         allowed = frozenset(clause.in_)
         return CompiledWhere(
             path,
-            lambda values: any(_scalar_text(v) in allowed for v in values),
+            lambda values: any(scalar_text(v) in allowed for v in values),
             clause.if_missing == "keep",
             None,
             clause.search,
@@ -520,7 +222,7 @@ def _compile_where(
     refused = frozenset(clause.not_in or ())
     return CompiledWhere(
         path,
-        lambda values: not any(_scalar_text(v) in refused for v in values),
+        lambda values: not any(scalar_text(v) in refused for v in values),
         clause.if_missing != "drop",
         None,
     )
@@ -545,7 +247,7 @@ class SkipRule:
     reason: str
 
     def matches(self, resource: Any) -> bool:
-        return any(_scalar_text(v) in self.values for v in self.path.values(resource))
+        return any(scalar_text(v) in self.values for v in self.path.values(resource))
 
 
 @dataclass(frozen=True)
@@ -645,7 +347,7 @@ class Mapper:
                 reference = resource.get(element)
                 if not isinstance(reference, dict) or RESOLVED in reference:
                     continue
-                found = _lookup(resource, reference, target, resolve)
+                found = lookup_reference(resource, reference, target, resolve)
                 if found is not None:
                     reference[RESOLVED] = found
                 elif source.accepts_before_resolving(resource):
@@ -668,12 +370,12 @@ class Mapper:
         ref = f"{resource_type}/{resource_id}"
         if not accepted:
             try:
-                patient_id = _patient_of(resource, sources[0].patient_path, resource_id)
+                patient_id = patient_of_path(resource, sources[0].patient_path, resource_id)
             except UnattributableResourceError:
                 return None
             mapped = MappedResource(patient_id, ref)
         else:
-            patient_id = _patient_of(resource, accepted[0].patient_path, resource_id)
+            patient_id = patient_of_path(resource, accepted[0].patient_path, resource_id)
             mapped = MappedResource(patient_id, ref)
             for source in accepted:
                 record, issues = source.record(resource, ref, as_of)
@@ -693,94 +395,6 @@ class Mapper:
             record = {"ref": f"Sample/{name}", **schema.defaults}
             sample[name] = record if schema.one else [record]
         return sample
-
-
-CodingChange = tuple[dict[str, Any], str, str]
-
-
-def restore_codings(changes: list[CodingChange]) -> None:
-    for coding, system, code in changes:
-        coding["system"], coding["code"] = system, code
-
-
-def version_of(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """``meta.versionId`` as text and ``meta.lastUpdated`` as a UTC instant, when usable."""
-    meta = resource.get("meta")
-    if not isinstance(meta, dict):
-        return None, None
-    version = meta.get("versionId")
-    if isinstance(version, bool) or not isinstance(version, str | int):
-        version = None
-    updated = meta.get("lastUpdated")
-    instant = None
-    if isinstance(updated, str):
-        try:
-            instant = parse_datetime(updated).instant
-        except FhirDateError:
-            instant = None
-    return (str(version).strip() if version is not None else None), instant
-
-
-def local_reference(reference: str, target: str) -> str | None:
-    """``Type/id`` from a relative, absolute or versioned reference to ``target``."""
-    parts = reference.strip().split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    if len(parts) >= 2 and parts[-2] == target and parts[-1]:
-        return f"{target}/{parts[-1]}"
-    return None
-
-
-def _lookup(
-    resource: dict[str, Any], reference: dict[str, Any], target: str, resolve: Resolver | None
-) -> dict[str, Any] | None:
-    text = reference.get("reference")
-    if not isinstance(text, str):
-        return None
-    if text.startswith("#"):
-        contained = resource.get("contained")
-        for item in contained if isinstance(contained, list) else []:
-            if (
-                isinstance(item, dict)
-                and item.get("resourceType") == target
-                and item.get("id") == text[1:]
-            ):
-                return item
-        return None
-    local = local_reference(text, target)
-    return resolve(local) if resolve is not None and local is not None else None
-
-
-def _patient_of(resource: Mapping[str, Any], patient_path: FhirPath | None, own_id: str) -> str:
-    if patient_path is None:
-        return own_id
-    reference = patient_path.first(resource)
-    if not isinstance(reference, dict) or not isinstance(reference.get("reference"), str):
-        raise UnattributableResourceError("resource has no subject/patient reference")
-    return patient_id_from_reference(reference["reference"])
-
-
-def patient_of(resource: Mapping[str, Any]) -> str | None:
-    """The patient a resource belongs to (its own id for a Patient), from subject or patient."""
-    if resource.get("resourceType") == "Patient":
-        return str(resource["id"]) if resource.get("id") else None
-    for key in ("subject", "patient"):
-        value = resource.get(key)
-        if isinstance(value, dict) and isinstance(value.get("reference"), str):
-            try:
-                return patient_id_from_reference(value["reference"])
-            except UnattributableResourceError:
-                return None
-    return None
-
-
-def patient_id_from_reference(reference: str) -> str:
-    """The id in ``Patient/1``, ``https://host/fhir/Patient/1`` or ``Patient/1/_history/2``."""
-    parts = reference.split("/")
-    for index in range(len(parts) - 1):
-        if parts[index] == "Patient" and parts[index + 1]:
-            return parts[index + 1]
-    raise UnattributableResourceError("subject does not reference a Patient")
 
 
 def load_mapping(path: Path) -> Mapper:
@@ -863,8 +477,8 @@ def _compile_source(
     fields = tuple(
         CompiledField(
             name,
-            _default_for(spec),
-            _make_extractor(spec, valuesets, f"{where} field '{name}'"),
+            default_for(spec),
+            make_extractor(spec, valuesets, f"{where} field '{name}'"),
             spec.field if spec.type == "present" else None,
             spec.path or "",
             spec.field if spec.type == "unusable" else None,

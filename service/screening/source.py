@@ -22,7 +22,8 @@ from typing import IO, Any
 import orjson
 
 from service.errors import SourceError
-from service.mapping.mapper import Mapper, Record, UnattributableResourceError, version_of
+from service.mapping.mapper import Mapper, Record
+from service.mapping.resources import UnattributableResourceError, version_of
 
 NOT_SCREENED = "not-screened"  # the issue kind of a patient the mapping says not to screen
 

@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from service.mapping.mapper import UnattributableResourceError, patient_id_from_reference
+from service.mapping.resources import UnattributableResourceError, patient_id_from_reference
 from service.ruleset.loader import RuleSet
 
 AS_OF = date(2026, 6, 15)
