@@ -131,13 +131,14 @@ def make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str
 
     if kind == "codes":
         codes_vs = valueset(spec.valueset)
+        translate = dict(spec.map or {})
 
         def code_list(resource: Any, _as_of: date) -> Extracted:
             found = {
-                code
+                translate.get(code, code) if translate else code
                 for value in path.values(resource)
                 for system, code in codings(value)
-                if codes_vs.contains(system, code)
+                if codes_vs.contains(system, code) and (not translate or code in translate)
             }
             return sorted(found) if found else ABSENT
 
@@ -148,11 +149,12 @@ def make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str
             system in known_systems for v in path.values(resource) for system, _ in codings(v)
         )
     if kind == "lookup":
-        labels_of = dict(spec.map or {})
+        fold = str.lower if spec.ignore_case else str
+        labels_of = {fold(value): label for value, label in (spec.map or {}).items()}
 
         def lookup(resource: Any, _as_of: date) -> Extracted:
             for value in path.values(resource):
-                label = labels_of.get(scalar_text(value))
+                label = labels_of.get(fold(scalar_text(value)))
                 if label is not None:
                     return label
             return ABSENT
@@ -199,7 +201,7 @@ def make_extractor(spec: FieldDoc, valuesets: Mapping[str, ValueSet], where: str
 
         return age
     if kind == "number":
-        return _number_extractor(spec, path)
+        return _number_extractor(spec, path, valueset(spec.valueset) if spec.valueset else None)
     if kind == "quantity":
         return _quantity_extractor(spec, path)
     if kind == "bool":
@@ -241,16 +243,27 @@ def scalar_text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else str(value)
 
 
-def _number_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
+def _number_extractor(spec: FieldDoc, path: FhirPath, answers: ValueSet | None = None) -> Extractor:
     pattern = re.compile(spec.text_pattern) if spec.text_pattern else None
     low, high = spec.range if spec.range is not None else (-math.inf, math.inf)
+    code_values = dict(spec.code_values or {})
 
     def number(resource: Any, _as_of: date) -> Extracted:
         value = _first_value(path, resource, spec.required)
         if value is None:
             return ABSENT
         lenient: str | None = None
-        if pattern is not None and isinstance(value, str):
+        if code_values and isinstance(value, dict):
+            # A coded answer (LOINC LA codes, for instance) stands for its number.
+            found = [
+                code_values[code]
+                for system, code in codings(value)
+                if code in code_values and (answers is None or answers.contains(system, code))
+            ]
+            if not found:
+                raise UnusableValueError("is a code this mapping gives no number for")
+            amount = found[0]
+        elif pattern is not None and isinstance(value, str):
             # Text is read only in the form the mapping allows ("7", "7/10"), never guessed.
             match = pattern.fullmatch(value)
             if match is None:
@@ -265,6 +278,11 @@ def _number_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
                 amount = read
         if not low <= amount <= high:
             raise UnusableValueError(f"is outside {low:g}-{high:g}")
+        if (
+            spec.step
+            and not ((amount - (low if math.isfinite(low) else 0.0)) / spec.step).is_integer()
+        ):
+            raise UnusableValueError(f"is not in steps of {spec.step:g}")
         if spec.integer and not amount.is_integer():
             lenient = lenient or "is not a whole number (compared as it is)"
         return Lenient(amount, lenient) if lenient else amount

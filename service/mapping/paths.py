@@ -4,11 +4,13 @@ Grammar (written in mapping files):
 
     path        := alternative ( "|" alternative )*
     alternative := step ( "." step )*
-    step        := name [ "[" subpath " in " valueset-id "]" ] | "resolve()"
+    step        := name [ "[" subpath " in " valueset-id "]" | "[" subpath " = '" text "']" ]
+                 | "resolve()"
 
 Steps walk into JSON objects and flatten lists, as FHIRPath does. A bracket keeps only the list
 elements whose ``subpath`` holds a coding in the value set, for example
-``component[code in relieve-pain-type-component].valueCodeableConcept``. Alternatives are tried
+``component[code in relieve-pain-type-component].valueCodeableConcept``; ``[sub = 'text']`` keeps
+those whose ``sub`` is that text (``extension[url = '...'].valueCode``). Alternatives are tried
 in order and the first that yields anything wins, which is how FHIR choice types
 (``effectiveDateTime | effectivePeriod.end``) are read.
 
@@ -28,7 +30,9 @@ from service.errors import ConfigError
 from service.terminology import ValueSet
 
 _STEP = re.compile(
-    r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\])?$"
+    r"^([A-Za-z_][A-Za-z0-9_]*)"
+    r"(?:\[\s*([A-Za-z0-9_.]+)\s+in\s+([A-Za-z0-9_.-]+)\s*\]"
+    r"|\[\s*([A-Za-z0-9_.]+)\s*=\s*'([^']*)'\s*\])?$"
 )
 
 
@@ -42,6 +46,7 @@ class _Step:
     name: str
     filter_path: tuple[str, ...] | None
     filter_valueset: ValueSet | None
+    filter_text: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,9 @@ def _walk(items: list[Any], steps: tuple[_Step, ...]) -> list[Any]:
                 for item in items
                 if any(valueset.matches_concept(v) for v in _walk_names([item], sub))
             ]
+        elif step.filter_path is not None:
+            text, sub = step.filter_text, step.filter_path
+            items = [item for item in items if text in _walk_names([item], sub)]
         if not items:
             return []
     return items
@@ -115,12 +123,15 @@ def compile_path(source: str, valuesets: Mapping[str, ValueSet], where: str) -> 
             match = _STEP.match(raw)
             if match is None:
                 raise ConfigError(f"{where}: cannot read path step '{raw}' in '{source}'")
-            name, sub, vs_id = match.groups()
+            name, sub, vs_id, text_sub, text = match.groups()
             valueset = None
             if vs_id is not None:
                 valueset = valuesets.get(vs_id)
                 if valueset is None:
                     raise ConfigError(f"{where}: path '{source}' names unknown value set '{vs_id}'")
+            if text_sub is not None:
+                steps.append(_Step(name, tuple(text_sub.split(".")), None, text))
+                continue
             steps.append(_Step(name, tuple(sub.split(".")) if sub else None, valueset))
         if not steps:
             raise ConfigError(f"{where}: empty path alternative in '{source}'")

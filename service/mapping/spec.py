@@ -74,6 +74,14 @@ class FieldDoc(_Strict):
         description="number: text matching this regex is read as the number in its first group",
     )
     ignore_unit_case: bool = False
+    ignore_case: bool = Field(default=False, description="lookup: values match whatever their case")
+    code_values: dict[str, float] | None = Field(
+        default=None,
+        description="number: a coded value (in 'valueset', when given) stands for this number",
+    )
+    step: float | None = Field(
+        default=None, description="number: only multiples of step (from range's low) are usable"
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -88,6 +96,10 @@ class FieldDoc(_Strict):
             raise ValueError("an unusable field needs 'field' (the field whose value it checks)")
         if self.type == "lookup" and not self.map:
             raise ValueError("a lookup field needs 'map' (value: label)")
+        if self.map and self.type not in ("lookup", "codes"):
+            raise ValueError("'map' goes with a lookup or codes field")
+        if self.step is not None and self.step <= 0:
+            raise ValueError("step must be positive")
         if self.type == "codes" and not self.valueset:
             raise ValueError("a codes field needs 'valueset'")
         if isinstance(self.default, list) != (self.type == "codes") and self.default is not None:

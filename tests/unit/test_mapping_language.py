@@ -534,3 +534,78 @@ def test_valid_quantities_convert_by_their_unit(
     record, kinds = record_of(mapping(tmp_path, QUANTITY), observation(valueQuantity=quantity))
     factor = 0.25 if unit and unit.lower() == "wk" else 1.0
     assert record["months"] == amount * factor and record["usable"] and kinds == []
+
+
+# --- capabilities the second trial needed ---------------------------------------------------
+
+SCORES = {
+    "scores": {
+        "sources": [
+            {
+                "resource": "Observation",
+                "fields": {
+                    "score": {
+                        "type": "number",
+                        "required": True,
+                        "range": [0, 100],
+                        "step": 10,
+                        "path": "valueInteger | valueString | valueCodeableConcept",
+                        "text_pattern": r"\s*(\d+)\s*%?\s*",
+                        "valueset": "kinds",
+                        "code_values": {"a": 100, "b": 90},
+                    },
+                    "answer": {
+                        "type": "lookup",
+                        "path": "valueString",
+                        "ignore_case": True,
+                        "map": {"not detected": "negative"},
+                    },
+                    "sex": {
+                        "type": "code",
+                        "path": "extension[url = 'urn:sex'].valueCode | gender",
+                    },
+                    "levels": {
+                        "type": "codes",
+                        "path": "bodySite",
+                        "valueset": "tumour",
+                        "map": {"1": "L1"},
+                    },
+                },
+            }
+        ]
+    }
+}
+
+
+@pytest.mark.parametrize(
+    ("value", "score", "issues"),
+    [
+        ({"valueInteger": 70}, 70.0, []),
+        ({"valueInteger": 75}, 0.0, ["bad-value"]),  # not in steps of 10
+        ({"valueString": "80%"}, 80.0, ["lenient-value"]),
+        ({"valueCodeableConcept": {"coding": [{"system": "urn:kinds", "code": "b"}]}}, 90.0, []),
+        (
+            {"valueCodeableConcept": {"coding": [{"system": "urn:other", "code": "b"}]}},
+            0.0,
+            ["bad-value"],
+        ),  # a code outside the answer value set
+    ],
+)
+def test_numbers_from_coded_answers_and_steps(
+    tmp_path: Path, value: dict[str, Any], score: float, issues: list[str]
+) -> None:
+    record, kinds = record_of(mapping(tmp_path, SCORES), observation(**value))
+    assert record["score"] == score and kinds == issues
+
+
+def test_text_filters_case_free_lookups_and_translated_codes(tmp_path: Path) -> None:
+    mapper = mapping(tmp_path, SCORES)
+    resource = observation(
+        valueString=" Not Detected ",
+        extension=[{"url": "urn:other", "valueCode": "M"}, {"url": "urn:sex", "valueCode": "F"}],
+        bodySite=[{"coding": [{"system": SNOMED, "code": "1"}]}],
+    )
+    record, _ = record_of(mapper, resource)
+    assert (record["answer"], record["sex"], record["levels"]) == ("negative", "F", ["L1"])
+    record, _ = record_of(mapper, observation(valueString="x", gender="female"))
+    assert (record["answer"], record["sex"], record["levels"]) == ("", "female", [])

@@ -7,9 +7,9 @@ from typing import Any
 
 import yaml
 
-from service.ruleset.loader import RuleSet
+from service.ruleset.loader import RuleSet, load_ruleset
 from service.ruleset.testing import run_rule_tests
-from tests.conftest import RULES_DIR
+from tests.conftest import MAPPINGS_DIR, RULES_DIR
 
 TESTS = RULES_DIR / "relieve.tests.yaml"
 
@@ -43,3 +43,11 @@ def test_missing_coverage_is_a_failure(relieve: RuleSet, tmp_path: Path) -> None
 def _expects_confounder(test: dict[str, Any]) -> bool:
     expected = test["expect"].get("criteria", {}).get("confounding-pain")
     return expected == "met" or (isinstance(expected, dict) and expected.get("result") == "met")
+
+
+def test_ssrs_rule_tests_pass_on_both_engines_with_full_coverage() -> None:
+    ssrs = load_ruleset(RULES_DIR / "ssrs.yaml", MAPPINGS_DIR)
+    report = run_rule_tests(ssrs, RULES_DIR / "ssrs.tests.yaml")
+    assert report.engines == ("cel", "celpy")
+    assert report.failures == [] and report.disagreements == [] and report.uncovered == []
+    assert report.tests >= 50
