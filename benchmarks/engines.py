@@ -16,11 +16,12 @@ from benchmarks.relieve_floor import evaluate as floor_evaluate
 
 def _facts(patients: int) -> list[tuple[str, dict[str, Any]]]:
     from service.ruleset.loader import load_ruleset
+    from service.screening.ndjson import read_folder
     from service.screening.source import Collector, IssueLog
 
     ruleset = load_ruleset(ROOT / "rules" / "relieve.yaml", ROOT / "fhir_mappings")
     collector = Collector(ruleset.mapper, AS_OF, IssueLog())
-    collector.read_folder(population(patients))
+    read_folder(collector, population(patients))
     return [(pid, facts) for pid, _p, facts in collector.screened_patients()]
 
 

@@ -63,6 +63,7 @@ def measure() -> list[dict[str, Any]]:
     from service.fhir.loader import load_resources, read_folder
     from service.ruleset.loader import load_ruleset
     from service.screening.live import LiveOptions, Selection, screen_server
+    from service.screening.ndjson import read_folder as read_into
     from service.screening.source import Collector, IssueLog
     from tests.integration.servers import SekmetServer
 
@@ -93,7 +94,7 @@ def measure() -> list[dict[str, Any]]:
             summary, ours_seconds = asyncio.run(ours())
             # What the rules need for the same patients, decided offline by the same mapping.
             collector = Collector(ruleset.mapper, AS_OF, IssueLog())
-            collector.read_folder(folder)
+            read_into(collector, folder)
             cohort = set(summary.patients_list) if hasattr(summary, "patients_list") else None
             selected = {v.removeprefix("Patient/") for v in _verdict_patients(Path(work) / "out")}
             needed: dict[str, list[str]] = {}

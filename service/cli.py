@@ -105,19 +105,25 @@ def _as_of(text: str | None) -> date:
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
-    from service.screening.run import screen_folder
+    from service.screening.run import screen_portfolio
 
     settings = _settings(args)
-    ruleset = catalog.load_trial(args.trial, settings)
+    rulesets = [catalog.load_trial(trial, settings) for trial in _trial_names(args.trial, settings)]
     as_of = _as_of(args.as_of)
     fhir_url = getattr(args, "fhir_url", None)  # `demo` screens files and has no such option
     if fhir_url or (args.source is None and settings.fhir_url):
-        return _screen_live(args, settings, ruleset, as_of)
+        if len(rulesets) == 1:
+            return _screen_live(args, settings, rulesets[0], as_of, Path(args.out))
+        # A live portfolio: each trial in turn, into OUT/<trial>/.
+        return max(
+            _screen_live(args, settings, ruleset, as_of, Path(args.out) / ruleset.id)
+            for ruleset in rulesets
+        )
     if args.source is None:
         raise PrescreenError("give --source DIR (NDJSON) or --fhir-url URL (a FHIR server)")
     with RichProgress(enabled=not args.no_progress) as progress:
-        summary = screen_folder(
-            ruleset,
+        portfolio = screen_portfolio(
+            rulesets,
             Path(args.source),
             as_of,
             Path(args.out),
@@ -125,8 +131,39 @@ def cmd_screen(args: argparse.Namespace) -> int:
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
         )
-    _print_summary(summary)
-    return summary.exit_code
+    for summary in portfolio.summaries:
+        _print_summary(summary)
+    if portfolio.overview:
+        _print_overlap(portfolio.overview, Path(args.out))
+    return portfolio.exit_code
+
+
+def _trial_names(text: str, settings: Settings) -> list[str]:
+    """``relieve``, ``relieve,ssrs`` or ``all`` (every rule set in the rules folder)."""
+    if text.strip() == "all":
+        names = catalog.available_trials(settings.rules_dir)
+    else:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise PrescreenError(f"no trial named in --trial '{text}'")
+    return list(dict.fromkeys(names))
+
+
+def _print_overlap(overview: dict[str, object], out: Path) -> None:
+    table = Table(title=f"Patients across trials, as of {overview['as_of']}")
+    trials = list(overview["trials"])  # type: ignore[call-overload]
+    for trial in trials:
+        table.add_column(trial)
+    table.add_column("patients", justify="right")
+    for row in overview["combinations"]:  # type: ignore[attr-defined]
+        table.add_row(*(row["verdicts"].get(t, "-") for t in trials), str(row["patients"]))
+    stdout.print(table)
+    stdout.print(
+        f"{overview['candidates_for_several_trials']} patient(s) are candidates for more than one "
+        f"trial; {overview['flagged_for_several_trials']} are candidates or potential candidates "
+        f"for more than one. Wrote {out}/<trial>/ for each trial, {out}/summary.json and "
+        f"{out}/patients.ndjson."
+    )
 
 
 def _selection(args: argparse.Namespace) -> Selection:
@@ -148,7 +185,7 @@ def _selection(args: argparse.Namespace) -> Selection:
 
 
 def _screen_live(
-    args: argparse.Namespace, settings: Settings, ruleset: RuleSet, as_of: date
+    args: argparse.Namespace, settings: Settings, ruleset: RuleSet, as_of: date, out: Path
 ) -> int:
     import asyncio
 
@@ -158,7 +195,7 @@ def _screen_live(
     selection = _selection(args)
     options = LiveOptions(
         as_of=as_of,
-        out=Path(args.out),
+        out=out,
         selection=selection,
         engine=settings.cel_engine,
         write_back=args.write_back or args.dry_run,
@@ -425,7 +462,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     screen = sub.add_parser("screen", parents=[common], help="screen a Bulk-Data NDJSON folder")
-    screen.add_argument("--trial", required=True, help="rule set name, e.g. relieve")
+    screen.add_argument(
+        "--trial",
+        required=True,
+        help="rule set (relieve), several (relieve,ssrs: one reading, OUT/<trial>/ each), or all",
+    )
     screen.add_argument("--source", help="folder of <ResourceType>.ndjson files (offline)")
     screen.add_argument("--fhir-url", help="FHIR R4 base URL to screen live (PRESCREEN_FHIR_URL)")
     screen.add_argument("--as-of", help="reference date YYYY-MM-DD (default: today, UTC)")

@@ -20,6 +20,7 @@ from service.mapping.resources import patient_of
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources
+from service.screening.ndjson import read_folder
 from service.screening.source import Collector, IssueLog
 from service.settings import Settings
 from service.state.store import Store
@@ -172,7 +173,7 @@ class ScreeningService:
 
         def read() -> Collector:
             collector = Collector(ruleset.mapper, as_of, IssueLog())
-            collector.read_folder(folder)
+            read_folder(collector, folder)
             return collector
 
         collector = await asyncio.to_thread(read)

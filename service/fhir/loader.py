@@ -13,7 +13,7 @@ import orjson
 
 from service.errors import SourceError
 from service.fhir.client import FhirClient, Json
-from service.screening.source import _open, discover
+from service.screening.ndjson import discover, open_ndjson
 
 # Referenced resources first, so servers that check references on write accept every bundle.
 LOAD_ORDER = ["Patient", "Practitioner", "Organization", "Encounter", "Condition"]
@@ -28,7 +28,7 @@ def read_folder(folder: Path) -> Iterator[Json]:
     """Every resource of an NDJSON folder, Patients first; unreadable lines are an error."""
     files = sorted(discover(folder), key=lambda f: _rank({"resourceType": f.resource_type}))
     for file in files:
-        with _open(file.path) as handle:
+        with open_ndjson(file.path) as handle:
             for number, raw in enumerate(handle, 1):
                 if not raw.strip():
                     continue

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -260,10 +261,18 @@ class Mapper:
     valuesets: Mapping[str, ValueSet]
     facts: Mapping[str, FactSchema]
     sources: Mapping[str, tuple[CompiledSource, ...]]
-    prefilters: Mapping[str, re.Pattern[bytes] | None]
+    prefilter_codes: Mapping[str, frozenset[str] | None]
     canonicalizer: CodeCanonicalizer
     cohort: Cohort | None = None
     skip_rules: tuple[SkipRule, ...] = ()
+
+    @functools.cached_property
+    def prefilters(self) -> dict[str, re.Pattern[bytes] | None]:
+        """Per resource type, the raw-line pattern of its codes (None: every line is parsed)."""
+        return {
+            rtype: None if codes is None else code_prefilter(codes)
+            for rtype, codes in self.prefilter_codes.items()
+        }
 
     @property
     def resource_types(self) -> frozenset[str]:
@@ -411,11 +420,13 @@ def load_mapping(path: Path) -> Mapper:
             defaults = {f.name: f.default for f in compiled.fields}
         facts[fact_name] = FactSchema(fact_name, fact.one, defaults, fact.description)
     canonicalizer = _canonicalizer(doc.codes, valuesets)
-    prefilters = {rtype: _prefilter(srcs, canonicalizer) for rtype, srcs in sources.items()}
+    prefilter_codes = {
+        rtype: _prefilter_codes(srcs, canonicalizer) for rtype, srcs in sources.items()
+    }
     skip_rules = tuple(_skip_rule(rule, valuesets, path) for rule in doc.patients.not_screened)
     targets = {t for srcs in sources.values() for src in srcs for _, t in src.resolve}
     for target in targets:
-        prefilters[target] = None  # a resolve() target is read whole: its id is what matters
+        prefilter_codes[target] = None  # a resolve() target is read whole: its id matters
     cohort = None
     if doc.cohort is not None:
         unknown = [vs for vs in doc.cohort.valuesets if vs not in valuesets]
@@ -437,7 +448,7 @@ def load_mapping(path: Path) -> Mapper:
         valuesets=valuesets,
         facts=facts,
         sources={rtype: tuple(srcs) for rtype, srcs in sources.items()},
-        prefilters=prefilters,
+        prefilter_codes=prefilter_codes,
         canonicalizer=canonicalizer,
         skip_rules=skip_rules,
     )
@@ -512,10 +523,10 @@ def _compile_source(
     )
 
 
-def _prefilter(
+def _prefilter_codes(
     sources: list[CompiledSource], canonicalizer: CodeCanonicalizer
-) -> re.Pattern[bytes] | None:
-    """A byte pattern a raw NDJSON line must contain to be worth parsing.
+) -> frozenset[str] | None:
+    """Codes one of which a raw NDJSON line of this type must hold to be worth parsing.
 
     Only when every source of the type is restricted to listed codes: then a line that mentions
     none of them (in any spelling the code rules accept) cannot match, and is skipped unparsed.
@@ -528,7 +539,12 @@ def _prefilter(
             return None
         for code in needed:
             codes.update(canonicalizer.code_variants(code, systems))
-    alternatives = b"|".join(re.escape(code.encode()) for code in sorted(codes))
+    return frozenset(codes)
+
+
+def code_prefilter(codes: Iterable[str]) -> re.Pattern[bytes]:
+    """A byte pattern matching a JSON ``"code": "<one of codes>"`` in a raw line."""
+    alternatives = b"|".join(re.escape(code.encode()) for code in sorted(set(codes)))
     # Anchored on the Coding.code key: the literal prefix lets the regex engine skip ahead,
     # nearly twice as fast as matching any quoted string. Keys written with JSON escapes
     # (\u0063ode) would slip through; no exporter writes them. Spaces around a code pass.

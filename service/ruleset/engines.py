@@ -34,6 +34,8 @@ class CelEvaluationError(RuntimeError):
 class Activation(Protocol):
     def bind(self, name: str, value: Any) -> None: ...
 
+    def bind_all(self, values: dict[str, Any]) -> None: ...
+
 
 class Program(Protocol):
     source: str
@@ -75,6 +77,9 @@ class _RustActivation:
 
     def bind(self, name: str, value: Any) -> None:
         self.context.add_variable(name, value)
+
+    def bind_all(self, values: dict[str, Any]) -> None:
+        self.context.update(values)
 
 
 class _RustProgram:
@@ -120,6 +125,9 @@ class _CelpyActivation:
 
     def bind(self, name: str, value: Any) -> None:
         self.values[name] = value
+
+    def bind_all(self, values: dict[str, Any]) -> None:
+        self.values.update(values)
 
 
 class _CelpyProgram:

@@ -87,16 +87,6 @@ def decide(criteria: tuple[CriterionResult, ...]) -> Verdict:
     return "candidate"
 
 
-def build_variables(ruleset: RuleSet, facts: dict[str, Any], as_of: date) -> dict[str, Any]:
-    """The CEL activation: facts at top level, plus params, windows and as_of."""
-    return {
-        **facts,
-        "params": ruleset.parameters,
-        "windows": ruleset.window_starts(as_of),
-        "as_of": as_of.isoformat(),
-    }
-
-
 def format_value(value: Any) -> str:
     """Numbers without spurious decimals, lists joined: text a coordinator reads."""
     if isinstance(value, bool):
@@ -235,14 +225,19 @@ class Evaluator:
         return PatientVerdict(patient_id, shared.verdict, criteria)
 
     def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
-        activation = self.engine.activation(build_variables(self.ruleset, facts, as_of))
+        activation = self.engine.activation(self.ruleset.variables(facts, as_of))
         failed_derived: str | None = None
-        for name, program in self.compiled.derived:
-            try:
-                activation.bind(name, program.run(activation))
-            except CelEvaluationError:
-                failed_derived = name
+        for layer in self.compiled.derived:
+            values: dict[str, Any] = {}
+            for name, program in layer:
+                try:
+                    values[name] = program.run(activation)
+                except CelEvaluationError:
+                    failed_derived = name
+                    break
+            if failed_derived is not None:
                 break
+            activation.bind_all(values)
         names = self._template_names(as_of)
         results = tuple(
             self._criterion(criterion, activation, names, failed_derived)

@@ -64,10 +64,16 @@ class Criterion:
 
 @dataclass(frozen=True)
 class CompiledRules:
-    """The programs of a rule set for one engine."""
+    """The programs of a rule set for one engine.
+
+    Derived values come in layers: every value of a layer reads only facts and values of earlier
+    layers, so a layer is computed against one activation and bound at once. (The Rust engine
+    converts its context again after every change: binding 47 values one by one cost ~28 µs
+    each, a layer at a time costs that once per layer.)
+    """
 
     engine: Engine
-    derived: tuple[tuple[str, Program], ...]
+    derived: tuple[tuple[tuple[str, Program], ...], ...]
     criteria: dict[str, Program]
 
 
@@ -89,6 +95,15 @@ class RuleSet:
 
     def template_names(self) -> set[str]:
         return {"as_of", *self.parameters, *(f"{name}_start" for name in self.windows)}
+
+    def variables(self, facts: dict[str, Any], as_of: date) -> dict[str, Any]:
+        """The CEL activation: facts at top level, plus params, windows and as_of."""
+        return {
+            **facts,
+            "params": self.parameters,
+            "windows": self.window_starts(as_of),
+            "as_of": as_of.isoformat(),
+        }
 
     def window_starts(self, as_of: date) -> dict[str, str]:
         from datetime import timedelta
@@ -283,13 +298,22 @@ def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
 
 
 def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules:
-    derived: list[tuple[str, Program]] = []
+    layers: list[list[tuple[str, Program]]] = []
+    layer_of: dict[str, int] = {}
     programs: dict[str, Program] = {}
     for name, source in ruleset.derived:
         try:
-            derived.append((name, engine.compile(source)))
+            program = engine.compile(source)
         except CelSyntaxError as exc:
             check.add(f"derived '{name}'", f"{engine.name} cannot compile it: {exc}")
+            continue
+        # One layer after the latest derived value it reads (the loader checked the names).
+        depends = [layer_of[n] for n in referenced_names(source) if n in layer_of]
+        layer = max(depends, default=-1) + 1
+        layer_of[name] = layer
+        if layer == len(layers):
+            layers.append([])
+        layers[layer].append((name, program))
     for criterion in ruleset.criteria:
         if criterion.manual:
             continue
@@ -297,7 +321,7 @@ def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules
             programs[criterion.id] = engine.compile(criterion.source)
         except CelSyntaxError as exc:
             check.add(f"criterion '{criterion.id}'", f"{engine.name} cannot compile it: {exc}")
-    return CompiledRules(engine, tuple(derived), programs)
+    return CompiledRules(engine, tuple(tuple(layer) for layer in layers), programs)
 
 
 def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
@@ -307,20 +331,20 @@ def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
     an int compared with a double (celpy refuses it), a derived value used the wrong way.
     Each part of a criterion runs on its own, so branches the sample would not reach run too.
     """
-    from service.ruleset.evaluate import build_variables
-
     sample = ruleset.mapper.schema_sample()
-    variables = build_variables(ruleset, sample, date(2000, 1, 1))
+    variables = ruleset.variables(sample, date(2000, 1, 1))
     for engine_name in ENGINE_NAMES:
         compiled = ruleset.compiled(engine_name)
         engine = compiled.engine
         activation = engine.activation(variables)
-        for name, program in compiled.derived:
-            try:
-                activation.bind(name, program.run(activation))
-            except CelEvaluationError as exc:
-                check.add(f"derived '{name}'", f"fails on a sample patient ({engine_name}): {exc}")
-                return
+        for layer in compiled.derived:
+            for name, program in layer:
+                try:
+                    activation.bind(name, program.run(activation))
+                except CelEvaluationError as exc:
+                    problem = f"fails on a sample patient ({engine_name}): {exc}"
+                    check.add(f"derived '{name}'", problem)
+                    return
         for criterion in ruleset.criteria:
             for label, source in criterion.components:
                 try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -16,15 +16,8 @@ from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
-from service.screening.source import (
-    NOT_SCREENED,
-    Collector,
-    InputIssue,
-    IssueLog,
-    ReadStats,
-    discover,
-    reading_order,
-)
+from service.screening.ndjson import NdjsonReader, discover
+from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog, ReadStats
 
 
 class ProgressSink(Protocol):
@@ -129,23 +122,163 @@ def screen_folder(
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
 ) -> ScreeningSummary:
-    files = reading_order(discover(source), ruleset.mapper)
-    evaluator = Evaluator(ruleset, engine, memoize=True)
+    """One trial: its files straight in ``out``."""
+    portfolio = screen_portfolio(
+        [ruleset],
+        source,
+        as_of,
+        out,
+        engine=engine,
+        subject_identifier_system=subject_identifier_system,
+        progress=progress,
+    )
+    return portfolio.summaries[0]
 
+
+@dataclass
+class PortfolioSummary:
+    """Several trials screened in one pass: a summary per trial and the overlap."""
+
+    summaries: list[ScreeningSummary]
+    out: Path
+    overview: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return max(summary.exit_code for summary in self.summaries)
+
+
+def screen_portfolio(
+    rulesets: Sequence[RuleSet],
+    source: Path,
+    as_of: date,
+    out: Path,
+    *,
+    engine: EngineName = "cel",
+    subject_identifier_system: str,
+    progress: ProgressSink | None = None,
+) -> PortfolioSummary:
+    """Screen every trial on one reading of the source.
+
+    Each line is read and parsed once; each parsed resource goes to every trial's mapping. With
+    one trial the files are written in ``out``; with several, each trial's in ``out/<trial>/``
+    (the same contract), plus ``out/summary.json`` with the overlap between the trials and
+    ``out/patients.ndjson`` with each patient's verdict per trial.
+    """
+    files = discover(source)
+    several = len(rulesets) > 1
     with output.OutputSet(out) as outputs:
-        issue_file = outputs.ndjson(output.ISSUES)
-
-        def record_issue(issue: InputIssue) -> None:
-            issue_file.write(issue.as_json())
-
-        issues = IssueLog(sink=record_issue)
-        collector = Collector(ruleset.mapper, as_of, issues)
-        summary = ScreeningSummary(
-            ruleset.id, ruleset.version, engine, as_of, source, out, collector.stats, issues
-        )
+        trials: list[_Trial] = []
+        for ruleset in rulesets:
+            folder = f"{ruleset.id}/" if several else ""
+            trials.append(
+                _Trial(ruleset, Evaluator(ruleset, engine, memoize=True), outputs, folder, as_of)
+            )
+        reader = NdjsonReader([trial.collector for trial in trials])
         started = time.perf_counter()
-        _read_all(collector, files, progress)
-        summary.read_seconds = time.perf_counter() - started
+        total_bytes = sum(f.size for f in files)
+        advance = progress.task("Reading NDJSON", total_bytes, unit="bytes") if progress else None
+        reader.read_files(files, (lambda done, _total: advance(done)) if advance else None)
+        read_seconds = time.perf_counter() - started
+        verdicts_by_patient: dict[str, dict[str, str]] = {}
+        summaries = []
+        for trial in trials:
+            summary = ScreeningSummary(
+                trial.ruleset.id,
+                trial.ruleset.version,
+                engine,
+                as_of,
+                source,
+                out / trial.folder if several else out,
+                trial.collector.stats,
+                trial.issues,
+            )
+            summary.read_seconds = read_seconds
+            trial.screen(summary, subject_identifier_system, progress, verdicts_by_patient)
+            outputs.json(f"{trial.folder}{output.SUMMARY}", summary.as_json())
+            summaries.append(summary)
+        portfolio = PortfolioSummary(summaries, out)
+        if several:
+            portfolio.overview = overlap([r.id for r in rulesets], as_of, verdicts_by_patient)
+            outputs.json(output.SUMMARY, portfolio.overview)
+            patients_file = outputs.ndjson(PATIENTS)
+            for patient_id in sorted(verdicts_by_patient):
+                patients_file.write(
+                    {
+                        "patient": f"Patient/{patient_id}",
+                        "verdicts": verdicts_by_patient[patient_id],
+                    }
+                )
+    return portfolio
+
+
+PATIENTS = "patients.ndjson"
+FLAGGED = ("candidate", "potential-candidate")
+
+
+def overlap(
+    trials: list[str], as_of: date, verdicts_by_patient: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """Patients × trials: verdict counts per trial, and how many qualify for several."""
+    combinations: Counter[tuple[tuple[str, str], ...]] = Counter(
+        tuple(sorted(verdicts.items())) for verdicts in verdicts_by_patient.values()
+    )
+    return {
+        "trials": trials,
+        "as_of": as_of.isoformat(),
+        "patients": len(verdicts_by_patient),
+        "verdicts": {
+            trial: {
+                v: sum(1 for verdicts in verdicts_by_patient.values() if verdicts.get(trial) == v)
+                for v in VERDICTS
+            }
+            for trial in trials
+        },
+        "candidates_for_several_trials": sum(
+            1
+            for verdicts in verdicts_by_patient.values()
+            if sum(v == "candidate" for v in verdicts.values()) > 1
+        ),
+        "flagged_for_several_trials": sum(
+            1
+            for verdicts in verdicts_by_patient.values()
+            if sum(v in FLAGGED for v in verdicts.values()) > 1
+        ),
+        "combinations": [
+            {"verdicts": dict(combination), "patients": count}
+            for combination, count in sorted(combinations.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+    }
+
+
+class _Trial:
+    """One trial of a portfolio run: its collector, issue file and outputs."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        evaluator: Evaluator,
+        outputs: output.OutputSet,
+        folder: str,
+        as_of: date,
+    ) -> None:
+        self.ruleset = ruleset
+        self.evaluator = evaluator
+        self.outputs = outputs
+        self.folder = folder
+        self.as_of = as_of
+        issue_file = outputs.ndjson(f"{folder}{output.ISSUES}")
+        self.issues = IssueLog(sink=lambda issue: issue_file.write(issue.as_json()))
+        self.collector = Collector(ruleset.mapper, as_of, self.issues)
+
+    def screen(
+        self,
+        summary: ScreeningSummary,
+        subject_identifier_system: str,
+        progress: ProgressSink | None,
+        verdicts_by_patient: dict[str, dict[str, str]],
+    ) -> None:
+        collector, issues, as_of = self.collector, self.issues, self.as_of
         summary.orphans = collector.orphans()
         for fact, count in summary.orphans.items():
             issues.add(
@@ -157,23 +290,24 @@ def screen_folder(
                 )
             )
         report_not_screened(collector, summary)
-
         started = time.perf_counter()
         screened = [pid for pid, data in collector.patients.items() if data.patient is not None]
-        advance = progress.task("Screening patients", len(screened)) if progress else None
+        title = f"Screening patients ({self.ruleset.id})" if self.folder else "Screening patients"
+        advance = progress.task(title, len(screened)) if progress else None
 
         def contracts() -> Iterator[dict[str, Any]]:
             for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
-                verdict = evaluate_reporting(evaluator, patient_id, facts, as_of, issues)
+                verdict = evaluate_reporting(self.evaluator, patient_id, facts, as_of, issues)
                 summary.tally(verdict)
-                yield verdict.as_contract(ruleset, as_of)
+                verdicts_by_patient.setdefault(patient_id, {})[self.ruleset.id] = verdict.verdict
+                yield verdict.as_contract(self.ruleset, as_of)
                 if advance is not None and (done % 256 == 0 or done == len(screened)):
                     advance(done)
 
-        write_results(ruleset, contracts(), as_of, outputs, subject_identifier_system)
+        write_results(
+            self.ruleset, contracts(), as_of, self.outputs, subject_identifier_system, self.folder
+        )
         summary.evaluate_seconds = time.perf_counter() - started
-        outputs.json(output.SUMMARY, summary.as_json())
-    return summary
 
 
 def report_not_screened(collector: Collector, summary: ScreeningSummary) -> None:
@@ -197,10 +331,11 @@ def write_results(
     as_of: date,
     outputs: output.OutputSet,
     subject_identifier_system: str,
+    folder: str = "",
 ) -> None:
     """verdicts.ndjson, ResearchSubject.ndjson and ResearchStudy.ndjson from verdict lines."""
-    verdict_file = outputs.ndjson(output.VERDICTS)
-    subject_file = outputs.ndjson(output.SUBJECTS)
+    verdict_file = outputs.ndjson(f"{folder}{output.VERDICTS}")
+    subject_file = outputs.ndjson(f"{folder}{output.SUBJECTS}")
     for contract in contracts:
         verdict_file.write(contract)
         if contract["verdict"] in SUBJECT_STATUSES:
@@ -210,19 +345,4 @@ def write_results(
                     ruleset, patient_id, contract["verdict"], as_of, subject_identifier_system
                 )
             )
-    outputs.ndjson(output.STUDIES).write(research_study(ruleset))
-
-
-def _read_all(collector: Collector, files: list[Any], progress: ProgressSink | None) -> None:
-    total = sum(f.size for f in files)
-    advance = progress.task("Reading NDJSON", total, unit="bytes") if progress else None
-    offset = 0
-    for file in files:
-        size = file.size
-
-        def report(done_in_file: int, base: int = offset, size: int = size) -> None:
-            if advance is not None:
-                advance(base + min(done_in_file, size))
-
-        collector.read_file(file, report if advance else None)
-        offset += size
+    outputs.ndjson(f"{folder}{output.STUDIES}").write(research_study(ruleset))

@@ -8,26 +8,17 @@ orjson and handed to the mapper. Bad lines are reported with file and line and n
 
 from __future__ import annotations
 
-import gzip
-import re
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-import orjson
-
-from service.errors import SourceError
 from service.mapping.mapper import Mapper, Record
 from service.mapping.resources import UnattributableResourceError, version_of
 
 NOT_SCREENED = "not-screened"  # the issue kind of a patient the mapping says not to screen
-
-_NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
 
 
 @lru_cache(maxsize=512)
@@ -162,96 +153,6 @@ class PatientData:
         return by_fact
 
 
-@dataclass(frozen=True, slots=True)
-class NdjsonFile:
-    path: Path
-    resource_type: str
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-
-def discover(folder: Path) -> list[NdjsonFile]:
-    """``<Type>.ndjson``, ``<Type>.<n>.ndjson`` (optionally gzipped), in a stable order."""
-    if not folder.exists():
-        raise SourceError(f"source folder {folder} does not exist")
-    if not folder.is_dir():
-        raise SourceError(f"source {folder} is not a folder")
-    found = []
-    for path in sorted(folder.iterdir()):
-        match = _NDJSON_NAME.match(path.name)
-        if match and path.is_file():
-            found.append(NdjsonFile(path, match.group(1)))
-    if not found:
-        raise SourceError(f"source folder {folder} has no <ResourceType>.ndjson files")
-    return found
-
-
-BLOCK_BYTES = 4 << 20
-
-
-def _blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
-    """(buffer, end): whole lines in ``buffer[:end]``, about BLOCK_BYTES at a time.
-
-    One buffer is reused and filled in place (``readinto``): copying 4 MB blocks around cost
-    more than scanning them. The buffer is only valid until the next block is asked for.
-    """
-    buffer = bytearray(BLOCK_BYTES * 2)
-    view = memoryview(buffer)
-    filled = 0
-    first = True
-    while True:
-        if len(buffer) - filled < BLOCK_BYTES:  # one line longer than a block: grow
-            view.release()
-            buffer.extend(bytes(len(buffer)))
-            view = memoryview(buffer)
-        read = handle.readinto(view[filled : filled + BLOCK_BYTES])  # type: ignore[attr-defined]
-        if first and buffer.startswith(b"\xef\xbb\xbf"):
-            # A UTF-8 byte-order mark, which some Windows exporters write: not part of the JSON.
-            buffer[: read - 3] = buffer[3:read]
-            read -= 3
-        first = False
-        if not read:
-            if filled:
-                yield buffer, filled
-            return
-        filled += read
-        cut = buffer.rfind(b"\n", 0, filled) + 1
-        if cut == 0:
-            continue
-        yield buffer, cut
-        tail = filled - cut
-        buffer[:tail] = buffer[cut:filled]
-        filled = tail
-
-
-def _all_objects(block: bytearray, end: int, lines: int) -> bool:
-    """True when every line plainly is one JSON object: ``{`` at the start, ``}`` at the end.
-
-    Counted on the whole block in C: n lines that each look like ``{...}`` are joined by n-1
-    ``}\\n{`` seams. Anything else (blank lines, CRLF, a cut line) takes the careful path.
-    """
-    last = block[end - 2 : end - 1] if block[end - 1 : end] == b"\n" else block[end - 1 : end]
-    return block[:1] == b"{" and last == b"}" and block.count(b"}\n{", 0, end) == lines - 1
-
-
-def reading_order(files: list[NdjsonFile], mapper: Mapper) -> list[NdjsonFile]:
-    """Files of resolve() targets (Medication) first, so references find them when read."""
-    targets = mapper.join_targets
-    return sorted(files, key=lambda f: f.resource_type not in targets)
-
-
-def _constant(number: int) -> Callable[[], int]:
-    return lambda: number
-
-
-def _open(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return path.open("rb")
-
-
 class Collector:
     """Feeds parsed resources through the mapper and groups the records by patient."""
 
@@ -338,57 +239,6 @@ class Collector:
             (version, updated, self._order, self.mapper.canonical_target(kept)),
         )
 
-    def read_file(self, file: NdjsonFile, progress: Callable[[int], None] | None = None) -> None:
-        """Read one file; ``progress`` is told how many bytes of it are done, now and then.
-
-        The file is read in blocks. Where the mapping allows a prefilter, the block is searched
-        for relevant codes in one pass (C speed) and only the lines holding a match are parsed;
-        the other lines are only checked, block-wise, to look like one JSON object each.
-        """
-        self.stats.files += 1
-        wanted = file.resource_type in self.mapper.resource_types
-        if not wanted and not is_fhir_resource_type(file.resource_type):
-            self.issues.add(
-                InputIssue(
-                    file.path.name, 0, "unknown-resource-type", "file name is not a FHIR R4 type"
-                )
-            )
-        prefilter = self.mapper.prefilters.get(file.resource_type) if wanted else None
-        lines_before = 0
-        try:
-            with _open(file.path) as handle:
-                raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
-                for block, end in _blocks(handle):
-                    lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
-                    self.stats.lines += lines
-                    name = file.path.name
-                    if not wanted:
-                        self.stats.skipped_type += lines
-                    elif prefilter is None:
-                        self._parse_all(bytes(block[:end]), lines, name, lines_before)
-                    else:
-                        self._parse_matching(block, end, lines, prefilter, name, lines_before)
-                    lines_before += lines
-                    if progress is not None:
-                        progress(raw_handle.tell())
-        except (OSError, EOFError, zlib.error):
-            # A corrupt or truncated gzip stream, or a read error: what was read before counts.
-            self.issues.add(
-                InputIssue(
-                    file.path.name,
-                    lines_before + 1,
-                    "unreadable-file",
-                    "the file could not be read past this line (corrupt or truncated)",
-                )
-            )
-        if progress is not None:
-            progress(file.size)
-
-    def read_folder(self, folder: Path) -> None:
-        """Every NDJSON file of a folder, without progress reporting."""
-        for file in reading_order(discover(folder), self.mapper):
-            self.read_file(file)
-
     def read_resources(self, resources: Iterable[dict[str, Any]]) -> None:
         """Resources already in memory; each is located in reports by its reference."""
         targets = self.mapper.join_targets
@@ -396,62 +246,6 @@ class Collector:
         for resource in ordered:
             where = f"fhir:{resource.get('resourceType')}/{resource.get('id')}"
             self.add_resource(resource, where, 0)
-
-    def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
-        try:
-            resource = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            self.issues.add(InputIssue(name, locate(), "malformed-json", "line is not valid JSON"))
-            return
-        self.stats.parsed += 1
-        self.add_resource(resource, name, locate)
-
-    def _parse_all(self, block: bytes, lines: int, name: str, lines_before: int) -> None:
-        for offset, raw in enumerate(block.split(b"\n")[:lines]):
-            line = raw.strip()
-            if line:
-                self._parse_line(line, name, _constant(lines_before + offset + 1))
-
-    def _parse_matching(
-        self,
-        block: bytearray,
-        end: int,
-        lines: int,
-        prefilter: re.Pattern[bytes],
-        name: str,
-        lines_before: int,
-    ) -> None:
-        matched: set[int] = set()
-        for match in prefilter.finditer(block, 0, end):
-            start = block.rfind(b"\n", 0, match.start()) + 1
-            if start in matched:
-                continue  # a second relevant code on a line already taken
-            matched.add(start)
-            stop = block.find(b"\n", match.end(), end)
-            line = bytes(block[start : stop if stop != -1 else end]).strip()
-
-            def locate(start: int = start) -> int:
-                # Line numbers are counted only for lines that turn out to have a problem.
-                return lines_before + block.count(b"\n", 0, start) + 1
-
-            self._parse_line(line, name, locate)
-        self.stats.skipped_prefilter += lines - len(matched)
-        if not _all_objects(block, end, lines):
-            self._report_shapes(bytes(block[:end]), matched, name, lines_before)
-
-    def _report_shapes(self, block: bytes, matched: set[int], name: str, lines_before: int) -> None:
-        """The slow path, for a block where some line does not look like a JSON object."""
-        start = 0
-        for offset, raw in enumerate(block.split(b"\n")):
-            if start not in matched:
-                line = raw.strip()
-                if line and (line[:1] != b"{" or line[-1:] != b"}"):
-                    self.issues.add(
-                        InputIssue(
-                            name, lines_before + offset + 1, "malformed-json", "not a JSON object"
-                        )
-                    )
-            start += len(raw) + 1
 
     def screened_patients(self) -> Iterator[tuple[str, Record, dict[str, Any]]]:
         """(patient id, Patient record, facts) in id order, every fact key present.

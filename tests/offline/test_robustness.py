@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening import run
-from service.screening.source import Collector, InputIssue, IssueLog, NdjsonFile
+from service.screening.ndjson import NdjsonFile, NdjsonReader
+from service.screening.source import Collector, InputIssue, IssueLog
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import AS_OF, read_ndjson, screen_cli
 
@@ -154,7 +155,7 @@ def test_no_line_can_raise_out_of_the_reader(
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"{resource_type}.ndjson"
         path.write_bytes(b"\n".join(lines) + b"\n")
-        collector.read_file(NdjsonFile(path, resource_type))
+        NdjsonReader([collector]).read_files([NdjsonFile(path, resource_type)])
     evaluator = Evaluator(relieve)
     for patient_id, _patient, facts in collector.screened_patients():
         verdict = evaluator.evaluate_safely(

@@ -14,7 +14,7 @@ from fhir.resources.R4B.researchsubject import ResearchSubject
 from service.cli import main
 from service.ruleset.loader import RuleSet
 from tests.conftest import SAMPLE_DIR
-from tests.helpers import read_ndjson, screen_cli
+from tests.helpers import AS_OF, read_ndjson, screen_cli
 
 CRITERIA = [
     "alive",
@@ -186,6 +186,7 @@ def test_gzipped_and_split_files_are_read(tmp_path: Path) -> None:
 def test_ignored_resources_leave_nothing_in_memory(relieve: RuleSet, tmp_path: Path) -> None:
     from datetime import date
 
+    from service.screening.ndjson import read_folder
     from service.screening.source import Collector, IssueLog
 
     (tmp_path / "Encounter.ndjson").write_text(
@@ -215,7 +216,7 @@ def test_ignored_resources_leave_nothing_in_memory(relieve: RuleSet, tmp_path: P
         )
     )
     collector = Collector(relieve.mapper, date(2026, 6, 15), IssueLog())
-    collector.read_folder(tmp_path)
+    read_folder(collector, tmp_path)
     assert collector.patients == {} and collector.stats.records == 0
     assert collector.stats.parsed == 0  # neither file needed a full parse
     assert collector.stats.skipped_type == 500 and collector.stats.skipped_prefilter == 500
@@ -270,3 +271,33 @@ def test_byte_order_mark_and_crlf_line_ends_are_read(tmp_path: Path) -> None:
     (verdict,) = read_ndjson(tmp_path / "out" / "verdicts.ndjson")
     assert verdict["criteria"]["age"]["result"] == "met"
     assert verdict["criteria"]["spinal-metastasis"]["evidence"] == ["Condition/c1"]
+
+
+def test_a_portfolio_reads_once_and_gives_each_trial_its_single_run_files(tmp_path: Path) -> None:
+    for trial in ("relieve", "ssrs"):
+        command = ["screen", "--trial", trial, "--source", str(SAMPLE_DIR), "--as-of", AS_OF]
+        assert main([*command, "--out", str(tmp_path / f"alone-{trial}"), "--no-progress"]) == 0
+    both = tmp_path / "both"
+    command = ["screen", "--trial", "relieve,ssrs", "--source", str(SAMPLE_DIR), "--as-of", AS_OF]
+    assert main([*command, "--out", str(both), "--no-progress"]) == 0
+    for trial in ("relieve", "ssrs"):
+        for name in ("verdicts.ndjson", "ResearchSubject.ndjson", "ResearchStudy.ndjson"):
+            alone = (tmp_path / f"alone-{trial}" / name).read_bytes()
+            assert (both / trial / name).read_bytes() == alone, (trial, name)
+    overview = json.loads((both / "summary.json").read_text())
+    patients = read_ndjson(both / "patients.ndjson")
+    assert (
+        overview["trials"] == ["relieve", "ssrs"] and overview["patients"] == len(patients) == 300
+    )
+    flagged = [
+        p
+        for p in patients
+        if sum(v in ("candidate", "potential-candidate") for v in p["verdicts"].values()) > 1
+    ]
+    assert overview["flagged_for_several_trials"] == len(flagged) > 0
+    assert sum(c["patients"] for c in overview["combinations"]) == 300
+    # "all" names every rule set in the rules folder.
+    every = tmp_path / "all"
+    command = ["screen", "--trial", "all", "--source", str(SAMPLE_DIR), "--as-of", AS_OF]
+    assert main([*command, "--out", str(every), "--no-progress"]) == 0
+    assert json.loads((every / "summary.json").read_text())["trials"] == ["relieve", "ssrs"]

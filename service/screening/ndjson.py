@@ -1,0 +1,269 @@
+"""Reading Bulk-Data NDJSON folders once, for one trial or a portfolio of them.
+
+Each file is read in blocks; each line is scanned once and parsed at most once, and the parsed
+resource goes to every collector (one per trial's mapping). Lines of resource types no mapping
+reads are counted and skipped without parsing. Where every mapping reading a type restricts it to
+listed codes, a block is searched for those codes in one pass (C speed) and only the lines holding
+one are parsed; the other lines are only checked, block-wise, to look like one JSON object each.
+Bad lines are reported with file and line, to every collector, and never stop a run.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from service.errors import SourceError
+from service.mapping.mapper import code_prefilter
+from service.screening.source import Collector, InputIssue, ReadStats, is_fhir_resource_type
+
+_NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class NdjsonFile:
+    path: Path
+    resource_type: str
+
+    @property
+    def size(self) -> int:
+        return self.path.stat().st_size
+
+
+def discover(folder: Path) -> list[NdjsonFile]:
+    """``<Type>.ndjson``, ``<Type>.<n>.ndjson`` (optionally gzipped), in a stable order."""
+    if not folder.exists():
+        raise SourceError(f"source folder {folder} does not exist")
+    if not folder.is_dir():
+        raise SourceError(f"source {folder} is not a folder")
+    found = []
+    for path in sorted(folder.iterdir()):
+        match = _NDJSON_NAME.match(path.name)
+        if match and path.is_file():
+            found.append(NdjsonFile(path, match.group(1)))
+    if not found:
+        raise SourceError(f"source folder {folder} has no <ResourceType>.ndjson files")
+    return found
+
+
+BLOCK_BYTES = 4 << 20
+
+
+def _blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
+    """(buffer, end): whole lines in ``buffer[:end]``, about BLOCK_BYTES at a time.
+
+    One buffer is reused and filled in place (``readinto``): copying 4 MB blocks around cost
+    more than scanning them. The buffer is only valid until the next block is asked for.
+    """
+    buffer = bytearray(BLOCK_BYTES * 2)
+    view = memoryview(buffer)
+    filled = 0
+    first = True
+    while True:
+        if len(buffer) - filled < BLOCK_BYTES:  # one line longer than a block: grow
+            view.release()
+            buffer.extend(bytes(len(buffer)))
+            view = memoryview(buffer)
+        read = handle.readinto(view[filled : filled + BLOCK_BYTES])  # type: ignore[attr-defined]
+        if first and buffer.startswith(b"\xef\xbb\xbf"):
+            # A UTF-8 byte-order mark, which some Windows exporters write: not part of the JSON.
+            buffer[: read - 3] = buffer[3:read]
+            read -= 3
+        first = False
+        if not read:
+            if filled:
+                yield buffer, filled
+            return
+        filled += read
+        cut = buffer.rfind(b"\n", 0, filled) + 1
+        if cut == 0:
+            continue
+        yield buffer, cut
+        tail = filled - cut
+        buffer[:tail] = buffer[cut:filled]
+        filled = tail
+
+
+def _all_objects(block: bytearray, end: int, lines: int) -> bool:
+    """True when every line plainly is one JSON object: ``{`` at the start, ``}`` at the end.
+
+    Counted on the whole block in C: n lines that each look like ``{...}`` are joined by n-1
+    ``}\\n{`` seams. Anything else (blank lines, CRLF, a cut line) takes the careful path.
+    """
+    last = block[end - 2 : end - 1] if block[end - 1 : end] == b"\n" else block[end - 1 : end]
+    return block[:1] == b"{" and last == b"}" and block.count(b"}\n{", 0, end) == lines - 1
+
+
+def reading_order(files: list[NdjsonFile], targets: frozenset[str]) -> list[NdjsonFile]:
+    """Files of resolve() targets (Medication) first, so references find them when read."""
+    return sorted(files, key=lambda f: f.resource_type not in targets)
+
+
+def _constant(number: int) -> Callable[[], int]:
+    return lambda: number
+
+
+def open_ndjson(path: Path) -> IO[bytes]:
+    if path.suffix == ".gz":
+        return gzip.open(path, "rb")  # type: ignore[return-value]
+    return path.open("rb")
+
+
+class NdjsonReader:
+    """Reads files once and hands every parsed resource to each collector."""
+
+    def __init__(self, collectors: Sequence[Collector]) -> None:
+        self.collectors = list(collectors)
+        self.stats = ReadStats()
+        self.wanted = frozenset(
+            rtype for collector in collectors for rtype in collector.mapper.resource_types
+        )
+        self.targets = frozenset(
+            rtype for collector in collectors for rtype in collector.mapper.join_targets
+        )
+        self.prefilters: dict[str, re.Pattern[bytes] | None] = {}
+        for rtype in self.wanted:
+            code_sets = [
+                c.mapper.prefilter_codes.get(rtype)
+                for c in collectors
+                if rtype in c.mapper.resource_types
+            ]
+            if any(codes is None for codes in code_sets):
+                self.prefilters[rtype] = None
+            else:
+                self.prefilters[rtype] = code_prefilter(set().union(*code_sets))  # type: ignore[arg-type]
+
+    def report(self, issue: InputIssue) -> None:
+        for collector in self.collectors:
+            collector.issues.add(issue)
+
+    def read_files(
+        self, files: list[NdjsonFile], progress: Callable[[int, int], None] | None = None
+    ) -> None:
+        """Read the files (targets of references first); ``progress(done, total)`` in bytes."""
+        ordered = reading_order(files, self.targets)
+        total = sum(f.size for f in ordered)
+        offset = 0
+        for file in ordered:
+            size = file.size
+
+            def report(done: int, base: int = offset, size: int = size) -> None:
+                if progress is not None:
+                    progress(base + min(done, size), total)
+
+            self._read_file(file, report)
+            offset += size
+        for collector in self.collectors:
+            # Every trial read the same lines; the records each mapping kept are its own.
+            records = collector.stats.records
+            collector.stats.__dict__.update(self.stats.__dict__)
+            collector.stats.records = records
+
+    def _read_file(self, file: NdjsonFile, progress: Callable[[int], None]) -> None:
+        self.stats.files += 1
+        wanted = file.resource_type in self.wanted
+        if not wanted and not is_fhir_resource_type(file.resource_type):
+            self.report(
+                InputIssue(
+                    file.path.name, 0, "unknown-resource-type", "file name is not a FHIR R4 type"
+                )
+            )
+        prefilter = self.prefilters.get(file.resource_type) if wanted else None
+        lines_before = 0
+        try:
+            with open_ndjson(file.path) as handle:
+                raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
+                for block, end in _blocks(handle):
+                    lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
+                    self.stats.lines += lines
+                    name = file.path.name
+                    if not wanted:
+                        self.stats.skipped_type += lines
+                    elif prefilter is None:
+                        self._parse_all(bytes(block[:end]), lines, name, lines_before)
+                    else:
+                        self._parse_matching(block, end, lines, prefilter, name, lines_before)
+                    lines_before += lines
+                    progress(raw_handle.tell())
+        except (OSError, EOFError, zlib.error):
+            # A corrupt or truncated gzip stream, or a read error: what was read before counts.
+            self.report(
+                InputIssue(
+                    file.path.name,
+                    lines_before + 1,
+                    "unreadable-file",
+                    "the file could not be read past this line (corrupt or truncated)",
+                )
+            )
+        progress(file.size)
+
+    def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
+        try:
+            resource = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            self.report(InputIssue(name, locate(), "malformed-json", "line is not valid JSON"))
+            return
+        self.stats.parsed += 1
+        for collector in self.collectors:
+            collector.add_resource(resource, name, locate)
+
+    def _parse_all(self, block: bytes, lines: int, name: str, lines_before: int) -> None:
+        for offset, raw in enumerate(block.split(b"\n")[:lines]):
+            line = raw.strip()
+            if line:
+                self._parse_line(line, name, _constant(lines_before + offset + 1))
+
+    def _parse_matching(
+        self,
+        block: bytearray,
+        end: int,
+        lines: int,
+        prefilter: re.Pattern[bytes],
+        name: str,
+        lines_before: int,
+    ) -> None:
+        matched: set[int] = set()
+        for match in prefilter.finditer(block, 0, end):
+            start = block.rfind(b"\n", 0, match.start()) + 1
+            if start in matched:
+                continue  # a second relevant code on a line already taken
+            matched.add(start)
+            stop = block.find(b"\n", match.end(), end)
+            line = bytes(block[start : stop if stop != -1 else end]).strip()
+
+            def locate(start: int = start) -> int:
+                # Line numbers are counted only for lines that turn out to have a problem.
+                return lines_before + block.count(b"\n", 0, start) + 1
+
+            self._parse_line(line, name, locate)
+        self.stats.skipped_prefilter += lines - len(matched)
+        if not _all_objects(block, end, lines):
+            self._report_shapes(bytes(block[:end]), matched, name, lines_before)
+
+    def _report_shapes(self, block: bytes, matched: set[int], name: str, lines_before: int) -> None:
+        """The slow path, for a block where some line does not look like a JSON object."""
+        start = 0
+        for offset, raw in enumerate(block.split(b"\n")):
+            if start not in matched:
+                line = raw.strip()
+                if line and (line[:1] != b"{" or line[-1:] != b"}"):
+                    self.report(
+                        InputIssue(
+                            name, lines_before + offset + 1, "malformed-json", "not a JSON object"
+                        )
+                    )
+            start += len(raw) + 1
+
+
+def read_folder(collectors: Collector | Sequence[Collector], folder: Path) -> ReadStats:
+    """Every NDJSON file of a folder, read once into the collectors, without progress."""
+    reader = NdjsonReader([collectors] if isinstance(collectors, Collector) else collectors)
+    reader.read_files(discover(folder))
+    return reader.stats
