@@ -265,12 +265,12 @@ def cmd_load(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     manifest_path = _settings(args).samples_dir / DEMO_SAMPLE / "sample.json"
     manifest = orjson.loads(manifest_path.read_bytes())
-    args.trial = manifest["trial"]
+    args.trial = ",".join(manifest.get("trials") or [manifest["trial"]])
     args.source = str(manifest_path.parent)
     args.as_of = manifest["as_of"]
     console.print(
         f"Screening the shipped sample hospital ({manifest['patients']} synthetic patients) "
-        f"for [bold]{args.trial}[/] as of {args.as_of}"
+        f"for [bold]{args.trial.replace(',', ', ')}[/] as of {args.as_of}"
     )
     return cmd_screen(args)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from service.cli import main
 from tests.helpers import read_ndjson, screen_cli
 from tests.integration.conftest import LoadedPatients, fhir_get, fhir_put, search_all
 
@@ -216,3 +217,116 @@ def test_incremental_run_screens_only_changed_patients(
     assert live(base, tmp_path / "out", "--since", moment) == 0
     screened = [v["patient"] for v in read_ndjson(tmp_path / "out" / "verdicts.ndjson")]
     assert screened == [f"Patient/{changed}"]
+
+
+def both_trials_patient(pid: str) -> list[dict[str, Any]]:
+    """A patient who is a RELIEVE candidate and qualifies for SSRS as far as data can tell."""
+    subject = {"reference": f"Patient/{pid}"}
+    snomed, loinc = "http://snomed.info/sct", "http://loinc.org"
+    pain_type = {"system": "urn:prescreen:relieve", "code": "axial-triggered"}
+    return [
+        {"resourceType": "Patient", "id": pid, "birthDate": "1960-03-10", "gender": "male"},
+        {
+            "resourceType": "Condition",
+            "id": f"{pid}-met",
+            "subject": subject,
+            "code": {"coding": [{"system": snomed, "code": "94602001"}]},
+            "bodySite": [
+                {"coding": [{"system": snomed, "code": "122496007"}]},  # lumbar spine
+                {"coding": [{"system": snomed, "code": "14293000"}]},  # L2
+            ],
+        },
+        {
+            "resourceType": "Observation",
+            "id": f"{pid}-nrs",
+            "status": "final",
+            "subject": subject,
+            "code": {"coding": [{"system": loinc, "code": "72514-3"}]},
+            "effectiveDateTime": "2026-06-10T09:00:00+02:00",
+            "valueInteger": 7,
+            "component": [
+                {
+                    "code": {"coding": [{"system": "urn:prescreen:relieve", "code": "pain-type"}]},
+                    "valueCodeableConcept": {"coding": [pain_type]},
+                }
+            ],
+        },
+        {
+            "resourceType": "Observation",
+            "id": f"{pid}-survival",
+            "status": "final",
+            "subject": subject,
+            "code": {"coding": [{"system": "urn:prescreen:relieve", "code": "estimated-survival"}]},
+            "effectiveDateTime": "2026-06-01",
+            "valueQuantity": {"value": 9, "unit": "months"},
+        },
+        {
+            "resourceType": "ServiceRequest",
+            "id": f"{pid}-rt",
+            "status": "active",
+            "intent": "order",
+            "subject": subject,
+            "code": {"coding": [{"system": snomed, "code": "1217123003"}]},
+        },
+        {
+            "resourceType": "Observation",
+            "id": f"{pid}-kps",
+            "status": "final",
+            "subject": subject,
+            "code": {"coding": [{"system": loinc, "code": "89243-0"}]},
+            "effectiveDateTime": "2026-06-01",
+            "valueInteger": 80,
+        },
+        {
+            "resourceType": "Encounter",
+            "id": f"{pid}-visit",
+            "status": "finished",
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+            "type": [{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "99214"}]}],
+            "subject": subject,
+            "period": {"start": "2026-05-20T09:00:00Z"},
+        },
+        {
+            "resourceType": "DiagnosticReport",
+            "id": f"{pid}-mri",
+            "status": "final",
+            "subject": subject,
+            "code": {"coding": [{"system": loinc, "code": "24968-0"}]},
+            "effectiveDateTime": "2026-05-25",
+        },
+    ]
+
+
+def test_a_portfolio_gives_one_subject_per_trial_and_agrees_with_offline(
+    fhir_server: Any, tmp_path: Path
+) -> None:
+    base = fhir_server.base_url
+    pid = f"both{int(time.time() * 1000) % 10_000_000}"
+    resources = both_trials_patient(pid)
+    for resource in resources:
+        url = f"{base}/{resource['resourceType']}/{resource['id']}"
+        assert fhir_put(url, json=resource).status_code in (200, 201)
+    source = tmp_path / "ndjson"
+    source.mkdir()
+    for resource in resources:
+        with (source / f"{resource['resourceType']}.ndjson").open("a") as handle:
+            handle.write(json.dumps(resource) + "\n")
+
+    command = ["screen", "--trial", "relieve,ssrs", "--as-of", "2026-06-15", "--no-progress"]
+    assert main([*command, "--source", str(source), "--out", str(tmp_path / "offline")]) == 0
+    live_out = tmp_path / "live"
+    extra = ["--fhir-url", base, "--patients", pid, "--write-back"]
+    assert main([*command, *extra, "--out", str(live_out)]) == 0
+    for trial in ("relieve", "ssrs"):
+        offline_lines = read_ndjson(tmp_path / "offline" / trial / "verdicts.ndjson")
+        assert read_ndjson(live_out / trial / "verdicts.ndjson") == offline_lines
+    verdicts = {
+        trial: read_ndjson(live_out / trial / "verdicts.ndjson")[0]["verdict"]
+        for trial in ("relieve", "ssrs")
+    }
+    assert verdicts == {"relieve": "candidate", "ssrs": "candidate"}
+    found = search_all(base, "ResearchSubject", {"_count": "200"})
+    mine = [s for s in found if s["individual"]["reference"] == f"Patient/{pid}"]
+    studies = {s["study"]["reference"] for s in mine}
+    assert len(mine) == 2 and len(studies) == 2  # one subject per ResearchStudy
+    assert {s["status"] for s in mine} == {"candidate"}
