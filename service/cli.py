@@ -350,7 +350,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 
 
 def cmd_rules_test(args: argparse.Namespace) -> int:
-    from service.ruleset.testing import run_rule_tests
+    from service.screening.ruletests import run_rule_tests
 
     settings = _settings(args)
     engines: tuple[EngineName, ...] = tuple(args.engines) if args.engines else ENGINE_NAMES

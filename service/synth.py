@@ -2,15 +2,19 @@
 
 Most patients are unrelated to any trial (vitals, labs, common conditions and procedures); some
 have cancer; a few have spinal metastases, each drawn from a list of RELIEVE scenarios that
-together produce every verdict and every criterion outcome. The codes used here are test data,
-written as a hospital would record them; prescreen itself reads codes only from fhir_mappings/.
+together produce every verdict and every criterion outcome. Each spinal-metastasis patient also
+gets an SSRS scenario (vertebra levels, performance status, history and physical, spine MRI,
+pregnancy test, cord compression) that together produce every SSRS verdict and criterion outcome.
+SSRS records draw from a random stream of their own, so the RELIEVE records of a seed are the same
+with or without them. The codes used here are test data, written as a hospital would record them;
+prescreen itself reads codes only from fhir_mappings/.
 """
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,6 +28,8 @@ ICD10 = "http://hl7.org/fhir/sid/icd-10-cm"
 CPT = "http://www.ama-assn.org/go/cpt"
 UCUM = "http://unitsofmeasure.org"
 LOCAL = "urn:prescreen:relieve"
+SSRS = "urn:prescreen:ssrs"
+BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -72,6 +78,58 @@ PAIN_TYPES = [
     "radicular-triggered",
 ]
 
+# Vertebra levels (SNOMED CT) in order; the sacrum is the RELIEVE "sacral" region code itself.
+LEVELS = {
+    "C1": "14806007",
+    "C2": "39976000",
+    "C3": "113205007",
+    "C4": "5329002",
+    "C5": "36978003",
+    "C6": "36054005",
+    "C7": "87391001",
+    "T1": "64864005",
+    "T2": "53733008",
+    "T3": "1626008",
+    "T4": "73071006",
+    "T5": "56401006",
+    "T6": "45296009",
+    "T7": "62487009",
+    "T8": "11068009",
+    "T9": "82687006",
+    "T10": "7610001",
+    "T11": "12989004",
+    "T12": "23215003",
+    "L1": "66794005",
+    "L2": "14293000",
+    "L3": "36470004",
+    "L4": "11994002",
+    "L5": "49668003",
+}
+ORDER = list(LEVELS)
+REGION_LEVELS = {
+    "cervical": ORDER[0:7],
+    "thoracic": ORDER[7:19],
+    "lumbar": ORDER[19:24],
+    "sacral": [],
+}
+# The levels SSRS can treat (C3-L5), and the MRI region each belongs to.
+TREATABLE = ORDER[2:]
+MRI_REGIONS = ["cervical", "thoracic", "lumbar"]
+SPINE_MRI = {
+    "cervical": [(LOINC, "24935-9", "MR Cervical spine"), (CPT, "72141", "MRI cervical spine")],
+    "thoracic": [(LOINC, "24980-5", "MR Thoracic spine"), (CPT, "72146", "MRI thoracic spine")],
+    "lumbar": [(LOINC, "24968-0", "MR Lumbar spine"), (CPT, "72148", "MRI lumbar spine")],
+}
+HP_VISITS = [
+    (CPT, "99204", "Office or other outpatient visit, new patient"),
+    (CPT, "99214", "Office or other outpatient visit, established patient"),
+    (CPT, "99215", "Office or other outpatient visit, established patient"),
+    (CPT, "99244", "Outpatient consultation"),
+    (CPT, "98005", "Synchronous audio-video visit, established patient"),
+]
+KPS_ANSWERS = {100: "LA29175-9", 90: "LA29176-7", 80: "LA29177-5", 70: "LA29178-3"}
+ECOG_ANSWERS = {0: "LA9622-7", 1: "LA9623-5", 2: "LA9624-3", 3: "LA9625-0"}
+
 # RELIEVE scenarios for spinal-metastasis patients, with their relative weights.
 SCENARIOS: dict[str, int] = {
     "eligible-radiotherapy-order": 4,
@@ -91,6 +149,34 @@ SCENARIOS: dict[str, int] = {
     "minor": 1,
     "bone-metastasis-without-site": 1,
 }
+
+# SSRS scenarios, drawn for each spinal-metastasis patient on top of its RELIEVE scenario, with
+# their relative weights. "ssrs-" scenarios have every record a candidate needs; the others leave
+# out or change one thing.
+SSRS_SCENARIOS: dict[str, int] = {
+    "ssrs-eligible": 8,
+    "ssrs-eligible-ecog": 2,
+    "ssrs-three-sites": 1,
+    "ssrs-compression-resolved": 1,
+    "ssrs-hysterectomy": 1,
+    "no-performance-status": 2,
+    "ecog-2": 1,
+    "low-kps": 2,
+    "kps-70": 1,
+    "no-history-physical": 2,
+    "no-spine-mri": 1,
+    "mri-other-region": 1,
+    "no-pregnancy-test": 1,
+    "positive-pregnancy-test": 1,
+    "cord-compression": 2,
+    "diffuse": 1,
+    "long-site": 1,
+    "upper-cervical-only": 1,
+    "region-only": 2,
+}
+# Scenarios that need levels coded in a region of the treatable span, or a woman under 60.
+_NEED_LEVELS = {"ssrs-three-sites", "diffuse", "long-site", "upper-cervical-only", "region-only"}
+_NEED_WOMAN = {"ssrs-hysterectomy", "no-pregnancy-test", "positive-pregnancy-test"}
 
 
 def _coding(system: str, code: str, display: str | None = None) -> dict[str, Any]:
@@ -142,6 +228,7 @@ class _Patient:
         display: str,
         *,
         site: str | None = None,
+        levels: Sequence[str] = (),
         clinical: str = "active",
         verification: str = "confirmed",
         days_ago: int = 60,
@@ -157,6 +244,10 @@ class _Patient:
         }
         if site:
             resource["bodySite"] = [_coding(SCT, site)]
+            # SSRS reads vertebra levels; RELIEVE reads the region coding above.
+            resource["bodySite"] += [
+                _coding(SCT, LEVELS[level], f"{level} vertebra") for level in levels
+            ]
         self.resources.append(resource)
 
     def measurement(
@@ -239,24 +330,179 @@ class _Patient:
             }
         )
 
-    def encounter(self, days_ago: int) -> None:
+    def encounter(self, days_ago: int, visit: tuple[str, str, str] | None = None) -> None:
+        resource: Resource = {
+            "resourceType": "Encounter",
+            "id": self._id("enc"),
+            "status": "finished",
+            "class": {
+                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                "code": "AMB",
+            },
+        }
+        if visit:
+            resource["type"] = [_coding(*visit)]
+        resource["subject"] = self.ref()
+        resource["period"] = {"start": self.instant(days_ago), "end": self.instant(days_ago)}
+        self.resources.append(resource)
+
+    def observation(
+        self, code: dict[str, Any], category: str, days_ago: int, value: Resource
+    ) -> None:
+        """An Observation with its value given as ``{"value<type>": ...}``."""
         self.resources.append(
             {
-                "resourceType": "Encounter",
-                "id": self._id("enc"),
-                "status": "finished",
-                "class": {
-                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                    "code": "AMB",
+                "resourceType": "Observation",
+                "id": self._id("o"),
+                "status": "final",
+                "category": [_coding(OBS_CATEGORY, category)],
+                "code": code,
+                "subject": self.ref(),
+                "effectiveDateTime": self.instant(days_ago),
+                **value,
+            }
+        )
+
+    def note(self, system: str, code: str, display: str, days_ago: int) -> None:
+        self.resources.append(
+            {
+                "resourceType": "DocumentReference",
+                "id": self._id("doc"),
+                "status": "current",
+                "docStatus": "final",
+                "type": _coding(system, code, display),
+                "subject": self.ref(),
+                "date": self.instant(days_ago),
+                "content": [{"attachment": {"contentType": "text/plain", "title": display}}],
+            }
+        )
+
+    def report(self, codes: list[tuple[str, str, str]], days_ago: int, conclusion: str) -> None:
+        self.resources.append(
+            {
+                "resourceType": "DiagnosticReport",
+                "id": self._id("dr"),
+                "status": "final",
+                "category": [_coding("http://terminology.hl7.org/CodeSystem/v2-0074", "RAD")],
+                "code": {
+                    "coding": [
+                        {"system": system, "code": code, "display": display}
+                        for system, code, display in codes
+                    ]
                 },
                 "subject": self.ref(),
-                "period": {"start": self.instant(days_ago), "end": self.instant(days_ago)},
+                "effectiveDateTime": self.instant(days_ago),
+                "conclusion": conclusion,
             }
         )
 
 
 def _birth_date(rng: random.Random, as_of: date, low: int, high: int) -> str:
     return (as_of - timedelta(days=rng.randint(low * 365 + 1, high * 365))).isoformat()
+
+
+def _age(birth: str, as_of: date) -> int:
+    born = date.fromisoformat(birth)
+    return as_of.year - born.year - ((as_of.month, as_of.day) < (born.month, born.day))
+
+
+def _run(rng: random.Random, pool: list[str], length: int) -> list[str]:
+    """``length`` adjacent levels from ``pool`` (all of it when shorter)."""
+    length = min(length, len(pool))
+    start = rng.randint(0, len(pool) - length)
+    return pool[start : start + length]
+
+
+def _apart(rng: random.Random, pool: list[str], count: int) -> list[str]:
+    """``count`` levels from ``pool``, no two adjacent (fewer when the pool is too short)."""
+    count = min(count, (len(pool) + 1) // 2)
+    slots = sorted(rng.sample(range(len(pool) - count + 1), count))
+    return [pool[slot + offset] for offset, slot in enumerate(slots)]
+
+
+@dataclass
+class _SsrsPlan:
+    """What one spinal-metastasis patient gets for SSRS, decided when its conditions are made."""
+
+    scenario: str
+    woman_under_60: bool
+    mri_regions: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _SsrsPlanner:
+    """Draws SSRS scenarios from a random stream of its own (the RELIEVE stream stays as it was).
+
+    Every scenario is used once, on the first patient it fits, before any is drawn by weight, so
+    that even a small population covers them all.
+    """
+
+    rng: random.Random
+    pending: list[str] = field(default_factory=lambda: list(SSRS_SCENARIOS))
+
+    def pick(self, region: str | None, woman_under_60: bool, screenable: bool) -> str:
+        fits = [
+            name
+            for name in SSRS_SCENARIOS
+            if (name not in _NEED_WOMAN or woman_under_60)
+            and (name not in _NEED_LEVELS or (region is not None and region != "sacral"))
+            and (name != "diffuse" or region in ("cervical", "thoracic"))
+            and (name != "upper-cervical-only" or region == "cervical")
+        ]
+        if screenable:
+            for name in self.pending:
+                if name in fits:
+                    self.pending.remove(name)
+                    return name
+        return self.rng.choices(fits, [SSRS_SCENARIOS[name] for name in fits])[0]
+
+    def levels(self, scenario: str, region: str | None) -> list[str]:
+        """The vertebra levels coded on the patient's first spinal metastasis."""
+        if region is None or scenario == "region-only":
+            return []
+        treatable = [level for level in REGION_LEVELS[region] if level in TREATABLE]
+        rng = self.rng
+        if scenario == "diffuse":
+            return _run(rng, REGION_LEVELS[region], rng.randint(6, 8))
+        if scenario == "long-site":
+            return _run(rng, treatable, 3)
+        if scenario == "ssrs-three-sites":
+            return _apart(rng, treatable, rng.randint(2, 3))
+        if scenario == "upper-cervical-only":
+            return rng.choice([["C1"], ["C2"], ["C1", "C2"]])
+        if not treatable or (not scenario.startswith("ssrs-") and rng.random() < 0.15):
+            return []
+        return _run(rng, treatable, 1 if rng.random() < 0.65 else 2)
+
+    def extra_level(self, scenario: str, region: str, taken: list[str]) -> list[str]:
+        """One level for a further spinal metastasis, apart from the levels already coded."""
+        if scenario == "region-only":
+            return []
+        near = {
+            ORDER[i + step]
+            for i in map(ORDER.index, taken)
+            for step in (-1, 0, 1)
+            if 0 <= i + step < len(ORDER)
+        }
+        free = [
+            level for level in REGION_LEVELS[region] if level in TREATABLE and level not in near
+        ]
+        return [self.rng.choice(free)] if free else []
+
+
+def _mri_regions(sites: list[tuple[str | None, list[str]]]) -> list[str]:
+    """The MRI regions that cover the treatable part of each (region, levels) metastasis."""
+    wanted: list[str] = []
+    for region, levels in sites:
+        if levels:
+            wanted += [
+                name
+                for name in MRI_REGIONS
+                if any(level in TREATABLE for level in set(levels) & set(REGION_LEVELS[name]))
+            ]
+        elif region in MRI_REGIONS:
+            wanted.append(region)
+    return [name for name in MRI_REGIONS if name in wanted]
 
 
 def _background(p: _Patient, volume: int) -> None:
@@ -276,7 +522,7 @@ def _background(p: _Patient, volume: int) -> None:
         p.procedure(system, code, display, "completed", rng.randint(30, 2000))
 
 
-def _spinal_scenario(p: _Patient, scenario: str) -> None:
+def _spinal_scenario(p: _Patient, scenario: str, planner: _SsrsPlanner) -> _SsrsPlan:
     rng = p.rng
     adult = _birth_date(rng, p.as_of, 35, 88)
     if scenario == "deceased":
@@ -288,6 +534,19 @@ def _spinal_scenario(p: _Patient, scenario: str) -> None:
     system, code, display = rng.choice(PRIMARY_CANCERS)
     p.condition(system, code, display, days_ago=rng.randint(200, 2000))
     region = rng.choice(list(REGIONS))
+
+    # SSRS: the scenario and the vertebra levels, from the planner's own random stream.
+    person = p.resources[0]
+    woman_under_60 = person["gender"] == "female" and _age(person["birthDate"], p.as_of) < 60
+    located = scenario != "bone-metastasis-without-site"
+    ssrs = planner.pick(
+        region if located else None,
+        woman_under_60,
+        screenable=located and region != "sacral" and scenario not in ("deceased", "minor"),
+    )
+    levels = planner.levels(ssrs, region if located else None)
+    sites: list[tuple[str | None, list[str]]] = [(region if located else None, levels)]
+
     if scenario == "bone-metastasis-without-site":
         p.condition(ICD10, "C79.51", "Secondary malignant neoplasm of bone")
     elif rng.random() < 0.5:
@@ -296,20 +555,36 @@ def _spinal_scenario(p: _Patient, scenario: str) -> None:
             "94602001",
             "Secondary malignant neoplasm of vertebral column",
             site=REGIONS[region],
+            levels=levels,
         )
     else:
-        p.condition(ICD10, "C79.51", "Secondary malignant neoplasm of bone", site=REGIONS[region])
+        p.condition(
+            ICD10,
+            "C79.51",
+            "Secondary malignant neoplasm of bone",
+            site=REGIONS[region],
+            levels=levels,
+        )
     if scenario == "eligible-two-lesions-one-region":
+        more = planner.extra_level(ssrs, region, levels)
+        sites.append((region, more))
         p.condition(
             SCT,
             "94602001",
             "Secondary malignant neoplasm of vertebral column",
             site=REGIONS[region],
+            levels=more,
         )
     if scenario == "two-regions":
         other = rng.choice([r for r in REGIONS if r != region])
+        more = planner.extra_level(ssrs, other, levels)
+        sites.append((other, more))
         p.condition(
-            SCT, "94602001", "Secondary malignant neoplasm of vertebral column", site=REGIONS[other]
+            SCT,
+            "94602001",
+            "Secondary malignant neoplasm of vertebral column",
+            site=REGIONS[other],
+            levels=more,
         )
     if scenario == "liver-metastasis":
         p.condition(ICD10, "C78.7", "Secondary malignant neoplasm of liver")
@@ -353,6 +628,169 @@ def _spinal_scenario(p: _Patient, scenario: str) -> None:
             intent=rng.choice(["order", "plan"]),
         )
 
+    # An MRI of the region where the metastasis was found (sacrum: the lumbar MRI shows it).
+    mri_regions = _mri_regions(sites) or [region if region in MRI_REGIONS else "lumbar"]
+    return _SsrsPlan(ssrs, woman_under_60, mri_regions)
+
+
+def _performance_status(p: _Patient, scenario: str) -> None:
+    rng = p.rng
+    kps = _coding(LOINC, "89243-0", "Karnofsky Performance Status score")
+    ecog = _coding(LOINC, "89247-1", "ECOG Performance Status score")
+    if scenario == "no-performance-status":
+        if rng.random() < 0.5:  # too old to count
+            p.observation(kps, "survey", rng.randint(75, 300), {"valueInteger": 80})
+        return
+    if scenario in ("ssrs-eligible-ecog", "ecog-2") or (
+        scenario == "low-kps" and rng.random() < 0.3
+    ):
+        grade = {"ssrs-eligible-ecog": rng.randint(0, 1), "ecog-2": 2}.get(scenario, 3)
+        value: Resource = (
+            {"valueCodeableConcept": _coding(LOINC, ECOG_ANSWERS[grade])}
+            if rng.random() < 0.3
+            else {"valueInteger": grade}
+        )
+        p.observation(ecog, "survey", rng.randint(1, 50), value)
+        return
+    if scenario == "low-kps":
+        score = rng.choice([40, 50, 50, 60])
+    elif scenario == "kps-70":
+        score = 70
+    else:
+        score = rng.choice([80, 80, 90, 90, 100])
+    if rng.random() < 0.3:  # an earlier, different score: the latest decides
+        p.observation(kps, "survey", rng.randint(40, 55), {"valueInteger": rng.choice([60, 90])})
+    value = (
+        {"valueCodeableConcept": _coding(LOINC, KPS_ANSWERS[score])}
+        if score in KPS_ANSWERS and rng.random() < 0.2
+        else {"valueInteger": score}
+    )
+    p.observation(kps, "survey", rng.randint(1, 35), value)
+
+
+def _history_and_physical(p: _Patient, scenario: str) -> None:
+    rng = p.rng
+    if scenario == "no-history-physical":
+        days_ago = rng.randint(75, 400)  # too old to count
+        if rng.random() < 0.5:
+            return
+    else:
+        days_ago = rng.randint(1, 50)
+    if rng.random() < 0.3:
+        p.note(LOINC, "34117-2", "History and physical note", days_ago)
+    else:
+        p.encounter(days_ago, rng.choice(HP_VISITS))
+
+
+def _spine_mri(p: _Patient, plan: _SsrsPlan) -> None:
+    rng = p.rng
+    regions, days_ago = plan.mri_regions, rng.randint(3, 50)
+    if plan.scenario == "no-spine-mri":
+        if rng.random() < 0.5:
+            return
+        days_ago = rng.randint(75, 400)  # too old to count
+    elif plan.scenario == "mri-other-region":
+        regions = [name for name in MRI_REGIONS if name not in regions][:1]
+    if len(regions) > 1 and rng.random() < 0.5:  # one report coding every region
+        p.report([SPINE_MRI[name][0] for name in regions], days_ago, "Spinal metastatic disease.")
+        return
+    for name in regions:
+        loinc, cpt = SPINE_MRI[name]
+        if rng.random() < 0.3:
+            p.procedure(*cpt, "completed", days_ago)
+        else:
+            p.report([loinc], days_ago, f"Metastatic disease of the {name} spine.")
+
+
+def _cord_compression(p: _Patient, scenario: str) -> None:
+    rng = p.rng
+    escc = _coding(SSRS, "escc-grade", "Epidural spinal cord compression grade")
+
+    def grade(value: str, days_ago: int) -> None:
+        p.observation(escc, "imaging", days_ago, {"valueCodeableConcept": _coding(SSRS, value)})
+
+    if scenario == "cord-compression":
+        if rng.random() < 0.5:
+            p.condition(
+                ICD10, "G95.20", "Cord compression, unspecified", days_ago=rng.randint(2, 30)
+            )
+        else:
+            grade(rng.choice(["2", "3"]), rng.randint(2, 30))
+    elif scenario == "ssrs-compression-resolved":
+        p.condition(ICD10, "G95.20", "Cord compression, unspecified", days_ago=rng.randint(40, 55))
+        grade(rng.choice(["1b", "1c"]), rng.randint(3, 30))
+    elif rng.random() < 0.35:
+        grade(rng.choice(["0", "1a", "1b", "1c"]), rng.randint(3, 50))
+
+
+def _pregnancy(p: _Patient, plan: _SsrsPlan) -> None:
+    rng = p.rng
+    scenario = plan.scenario
+    if scenario == "ssrs-hysterectomy":
+        if rng.random() < 0.5:
+            p.procedure(SCT, "236886002", "Hysterectomy", "completed", rng.randint(400, 6000))
+        else:  # a permanent state counts whatever its clinical status
+            p.condition(
+                ICD10,
+                "Z90.710",
+                "Acquired absence of both cervix and uterus",
+                clinical="inactive",
+                days_ago=rng.randint(400, 6000),
+            )
+        return
+    if not plan.woman_under_60:
+        return
+    urine = _coding(LOINC, "2106-3", "Choriogonadotropin (pregnancy test) [Presence] in Urine")
+    serum = _coding(LOINC, "19080-1", "Choriogonadotropin [Units/volume] in Serum or Plasma")
+    days_ago = rng.randint(1, 50)
+    if scenario == "no-pregnancy-test":
+        if rng.random() < 0.5:
+            return
+        days_ago = rng.randint(75, 400)  # too old to count
+    if scenario == "positive-pregnancy-test":
+        if rng.random() < 0.5:
+            p.observation(
+                urine,
+                "laboratory",
+                days_ago,
+                {"valueCodeableConcept": _coding(SCT, "10828004", "Positive")},
+            )
+        else:
+            hcg = {
+                "value": rng.randint(200, 5000),
+                "unit": "mIU/mL",
+                "system": UCUM,
+                "code": "m[IU]/mL",
+            }
+            p.observation(serum, "laboratory", days_ago, {"valueQuantity": hcg})
+        return
+    form = rng.random()
+    if form < 0.4:
+        p.observation(
+            urine,
+            "laboratory",
+            days_ago,
+            {"valueCodeableConcept": _coding(SCT, "260385009", "Negative")},
+        )
+    elif form < 0.7:
+        hcg = {"comparator": "<", "value": 2, "unit": "mIU/mL", "system": UCUM, "code": "m[IU]/mL"}
+        p.observation(serum, "laboratory", days_ago, {"valueQuantity": hcg})
+    else:
+        p.observation(urine, "laboratory", days_ago, {"valueString": "negative"})
+
+
+def _ssrs_records(p: _Patient, plan: _SsrsPlan) -> None:
+    """The records SSRS reads, beyond the conditions: drawn from ``p.rng``."""
+    person = p.resources[0]
+    if p.rng.random() < 0.3:
+        code = "F" if person["gender"] == "female" else "M"
+        person["extension"] = [{"url": BIRTH_SEX, "valueCode": code}]
+    _performance_status(p, plan.scenario)
+    _history_and_physical(p, plan.scenario)
+    _spine_mri(p, plan)
+    _cord_compression(p, plan.scenario)
+    _pregnancy(p, plan)
+
 
 def _cancer_without_spine(p: _Patient) -> None:
     rng = p.rng
@@ -378,9 +816,11 @@ def generate(
 ) -> Iterator[Resource]:
     """Every resource of the population, patient by patient."""
     rng = random.Random(seed)
+    planner = _SsrsPlanner(random.Random(f"{seed}:ssrs"))
     names, weights = list(SCENARIOS), list(SCENARIOS.values())
     for index in range(patients):
         p = _Patient(f"p{index:07d}", as_of, rng)
+        plan: _SsrsPlan | None = None
         draw = rng.random()
         if draw < spinal_fraction:
             # Cycle through scenarios first so that even a small population covers them all.
@@ -388,7 +828,7 @@ def generate(
             scenario = (
                 names[seen % len(names)] if seen < len(names) else rng.choices(names, weights)[0]
             )
-            _spinal_scenario(p, scenario)
+            plan = _spinal_scenario(p, scenario, planner)
         elif draw < spinal_fraction + cancer_fraction:
             _cancer_without_spine(p)
         else:
@@ -396,6 +836,10 @@ def generate(
         # Long tail: most patients have a modest record, a few have thousands of resources.
         volume = int(rng.lognormvariate(0, 0.9) * median_background)
         _background(p, min(volume, 40 * median_background))
+        if plan is not None:
+            # After the RELIEVE and routine records, from the SSRS stream: those stay as they were.
+            p.rng = planner.rng
+            _ssrs_records(p, plan)
         yield from p.resources
 
 

@@ -13,7 +13,7 @@ import orjson
 
 from service.errors import SourceError
 from service.fhir.client import FhirClient, Json
-from service.screening.ndjson import discover, open_ndjson
+from service.ndjson_files import discover, open_ndjson
 
 # Referenced resources first, so servers that check references on write accept every bundle.
 LOAD_ORDER = ["Patient", "Practitioner", "Organization", "Encounter", "Condition"]

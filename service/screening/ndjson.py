@@ -14,44 +14,14 @@ import gzip
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from service.errors import SourceError
 from service.mapping.mapper import code_prefilter
+from service.ndjson_files import NdjsonFile, discover, open_ndjson
 from service.screening.source import Collector, InputIssue, ReadStats, is_fhir_resource_type
-
-_NDJSON_NAME = re.compile(r"^([A-Za-z]+)(?:\.[A-Za-z0-9_-]+)?\.ndjson(?:\.gz)?$")
-
-
-@dataclass(frozen=True, slots=True)
-class NdjsonFile:
-    path: Path
-    resource_type: str
-
-    @property
-    def size(self) -> int:
-        return self.path.stat().st_size
-
-
-def discover(folder: Path) -> list[NdjsonFile]:
-    """``<Type>.ndjson``, ``<Type>.<n>.ndjson`` (optionally gzipped), in a stable order."""
-    if not folder.exists():
-        raise SourceError(f"source folder {folder} does not exist")
-    if not folder.is_dir():
-        raise SourceError(f"source {folder} is not a folder")
-    found = []
-    for path in sorted(folder.iterdir()):
-        match = _NDJSON_NAME.match(path.name)
-        if match and path.is_file():
-            found.append(NdjsonFile(path, match.group(1)))
-    if not found:
-        raise SourceError(f"source folder {folder} has no <ResourceType>.ndjson files")
-    return found
-
 
 BLOCK_BYTES = 4 << 20
 
@@ -108,12 +78,6 @@ def reading_order(files: list[NdjsonFile], targets: frozenset[str]) -> list[Ndjs
 
 def _constant(number: int) -> Callable[[], int]:
     return lambda: number
-
-
-def open_ndjson(path: Path) -> IO[bytes]:
-    if path.suffix == ".gz":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return path.open("rb")
 
 
 class NdjsonReader:

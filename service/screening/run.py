@@ -10,13 +10,14 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Protocol
 
+from service.ndjson_files import discover
 from service.research import SUBJECT_STATUSES, research_study, research_subject
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
-from service.screening.ndjson import NdjsonReader, discover
+from service.screening.ndjson import NdjsonReader
 from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog, ReadStats
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from service.fhir.client import FhirClient
 from service.fhir.loader import load_resources
-from service.ruleset.testing import RuleTest, export_patients, read_test_file
+from service.screening.ruletests import RuleTest, export_patients, read_test_file
 from tests.conftest import RULES_DIR
 from tests.integration.servers import HapiServer, SekmetServer
 

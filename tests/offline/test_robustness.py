@@ -17,10 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from service.ndjson_files import NdjsonFile
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening import run
-from service.screening.ndjson import NdjsonFile, NdjsonReader
+from service.screening.ndjson import NdjsonReader
 from service.screening.source import Collector, InputIssue, IssueLog
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import AS_OF, read_ndjson, screen_cli

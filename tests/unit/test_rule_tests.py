@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 
 from service.ruleset.loader import RuleSet, load_ruleset
-from service.ruleset.testing import run_rule_tests
+from service.screening.ruletests import run_rule_tests
 from tests.conftest import MAPPINGS_DIR, RULES_DIR
 
 TESTS = RULES_DIR / "relieve.tests.yaml"
