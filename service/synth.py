@@ -340,10 +340,12 @@ class _Patient:
                 "code": "AMB",
             },
         }
-        if visit:
-            resource["type"] = [_coding(*visit)]
         resource["subject"] = self.ref()
-        resource["period"] = {"start": self.instant(days_ago), "end": self.instant(days_ago)}
+        if visit:  # a history and physical: SSRS reads its type and period.start
+            resource["type"] = [_coding(*visit)]
+            resource["period"] = {"start": self.instant(days_ago)}
+        else:
+            resource["period"] = {"start": self.instant(days_ago), "end": self.instant(days_ago)}
         self.resources.append(resource)
 
     def observation(
@@ -498,7 +500,7 @@ def _mri_regions(sites: list[tuple[str | None, list[str]]]) -> list[str]:
             wanted += [
                 name
                 for name in MRI_REGIONS
-                if any(level in TREATABLE for level in set(levels) & set(REGION_LEVELS[name]))
+                if any(level in TREATABLE and level in REGION_LEVELS[name] for level in levels)
             ]
         elif region in MRI_REGIONS:
             wanted.append(region)

@@ -1,0 +1,119 @@
+"""The synthetic hospital: deterministic by seed, and carrying what both trials read."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections import Counter
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from service.synth import LEVELS, REGIONS, generate, write_population
+from tests.conftest import SAMPLE_DIR
+
+AS_OF = date(2026, 6, 15)
+
+
+def _population(patients: int = 200, seed: int = 3) -> list[dict[str, Any]]:
+    return list(generate(patients, seed, AS_OF, spinal_fraction=0.25, median_background=4))
+
+
+def _codes(concept: dict[str, Any]) -> set[str]:
+    return {coding["code"] for coding in concept.get("coding", [])}
+
+
+def test_same_seed_writes_identical_files(tmp_path: Path) -> None:
+    options: dict[str, Any] = {"spinal_fraction": 0.25, "median_background": 4}
+    first = write_population(tmp_path / "a", 120, 11, AS_OF, **options)
+    second = write_population(tmp_path / "b", 120, 11, AS_OF, **options)
+    assert first == second
+    for path in sorted((tmp_path / "a").glob("*.ndjson")):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+    write_population(tmp_path / "c", 120, 12, AS_OF, **options)
+    patients = (tmp_path / "c" / "Patient.ndjson").read_bytes()
+    assert patients != (tmp_path / "a" / "Patient.ndjson").read_bytes()
+
+
+def test_the_shipped_sample_is_what_its_command_generates(tmp_path: Path) -> None:
+    manifest = json.loads((SAMPLE_DIR / "sample.json").read_text())
+    argv = shlex.split(manifest["generated_by"])
+    options = dict(zip(argv[2::2], argv[3::2], strict=True))
+    assert argv[:2] == ["prescreen", "synth"] and options["--out"] == "samples/hospital"
+    write_population(
+        tmp_path,
+        int(options["--patients"]),
+        int(options["--seed"]),
+        date.fromisoformat(options["--as-of"]),
+        spinal_fraction=float(options["--spinal-fraction"]),
+        median_background=int(options["--median-background"]),
+    )
+    shipped = sorted(path.name for path in SAMPLE_DIR.glob("*.ndjson"))
+    assert shipped == sorted(path.name for path in tmp_path.glob("*.ndjson"))
+    for name in shipped:
+        assert (tmp_path / name).read_bytes() == (SAMPLE_DIR / name).read_bytes(), (
+            f"{name}: run `make sample`"
+        )
+    assert manifest["trials"] == ["relieve", "ssrs"]
+
+
+def test_spinal_metastases_keep_their_region_and_gain_vertebra_levels() -> None:
+    spinal = [
+        r
+        for r in _population()
+        if r["resourceType"] == "Condition" and _codes(r["code"]) & {"94602001", "C79.51"}
+    ]
+    located = [c for c in spinal if "bodySite" in c]
+    assert located and len(located) < len(spinal)  # some bone metastases have no site
+    level_codes = set(LEVELS.values())
+    with_levels = 0
+    for condition in located:
+        region, *levels = condition["bodySite"]
+        assert _codes(region) <= set(REGIONS.values())  # what RELIEVE reads comes first
+        assert all(_codes(level) <= level_codes for level in levels)
+        with_levels += bool(levels)
+    assert 0 < with_levels < len(located)  # some are coded by region only
+    assert any(len(c["bodySite"]) > 6 for c in located)  # diffuse disease
+
+
+def test_population_carries_what_ssrs_reads() -> None:
+    resources = _population()
+    kinds = Counter(r["resourceType"] for r in resources)
+    assert kinds["DiagnosticReport"] and kinds["DocumentReference"]
+    observed = Counter(
+        code for r in resources if r["resourceType"] == "Observation" for code in _codes(r["code"])
+    )
+    for code in ("89243-0", "89247-1", "escc-grade", "2106-3"):
+        assert observed[code] > 0, code
+    visits = [r for r in resources if r["resourceType"] == "Encounter" and "type" in r]
+    assert visits and all(v["status"] == "finished" and v["period"]["start"] for v in visits)
+    mris = [
+        code
+        for r in resources
+        if r["resourceType"] in ("DiagnosticReport", "Procedure")
+        for code in _codes(r["code"])
+        if code in {"24935-9", "24980-5", "24968-0", "72141", "72146", "72148"}
+    ]
+    assert mris
+    conditions = Counter(
+        code for r in resources if r["resourceType"] == "Condition" for code in _codes(r["code"])
+    )
+    assert conditions["G95.20"] > 0
+    grades = {
+        coding["code"]
+        for r in resources
+        if r["resourceType"] == "Observation" and "escc-grade" in _codes(r["code"])
+        for coding in r["valueCodeableConcept"]["coding"]
+    }
+    assert grades <= {"0", "1a", "1b", "1c", "2", "3"}
+
+
+def test_every_resource_belongs_to_a_patient_with_unique_ids() -> None:
+    resources = _population(120, 5)
+    patients = {r["id"] for r in resources if r["resourceType"] == "Patient"}
+    assert len(patients) == 120
+    ids = Counter((r["resourceType"], r["id"]) for r in resources)
+    assert max(ids.values()) == 1
+    for r in resources:
+        if r["resourceType"] != "Patient":
+            assert r["subject"]["reference"].removeprefix("Patient/") in patients
