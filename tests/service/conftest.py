@@ -197,7 +197,7 @@ def service(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterat
     thread.join(timeout=10)
 
 
-def wait_for(check: Any, seconds: float = 20.0) -> Any:
+def wait_for(check: Any, seconds: float = 120.0) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = check()

@@ -82,7 +82,7 @@ def test_killed_run_resumes_without_duplicates(
             lambda: (lambda s: s if s["status"] == "done" else None)(
                 client.get(f"/runs/{run['id']}").json()
             ),
-            60,
+            180,
         )
         results = client.get(f"/runs/{run['id']}/results", params={"limit": 1000}).json()[
             "verdicts"

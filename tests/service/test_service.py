@@ -163,8 +163,8 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
         assert len(found) <= 1
         return found[0]["status"] if found else None
 
-    assert wait_for(subject_status, 30) == "potential-candidate"
-    wait_for(lambda: all(alerts_for(helpers, patient)), 20)
+    assert wait_for(subject_status) == "potential-candidate"
+    wait_for(lambda: all(alerts_for(helpers, patient)))
     # Today's pain score arrives: upgraded to candidate, which alerts once more. (The June
     # survival estimate is older than its 90-day window by now: a fresh one comes first, which
     # alone changes nothing.)
@@ -198,8 +198,8 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
         ],
     }
     httpx.put(f"{sekmet.base_url}/Observation/{pain['id']}", json=pain, headers=headers)
-    wait_for(lambda: subject_status() == "candidate", 30)
-    wait_for(lambda: len(alerts_for(helpers, patient)[0]) == 2, 20)
+    wait_for(lambda: subject_status() == "candidate")
+    wait_for(lambda: len(alerts_for(helpers, patient)[0]) == 2)
     # A change that alters nothing: re-screened, no new alert, still one ResearchSubject.
     pain["valueInteger"] = 9
     httpx.put(f"{sekmet.base_url}/Observation/{pain['id']}", json=pain, headers=headers)
@@ -239,7 +239,7 @@ def test_notification_payload_forms(service: RunningService, sekmet: SekmetServe
         assert hook.post("/notifications").status_code == 200  # empty ping
         assert hook.post("/notifications", content=b"{not json").status_code == 400
     key = f"urn:prescreen:key|NCT06746103/Patient/{patient}"
-    assert wait_for(lambda: search_all(sekmet.base_url, "ResearchSubject", {"_tag": key}), 20)
+    assert wait_for(lambda: search_all(sekmet.base_url, "ResearchSubject", {"_tag": key}))
 
 
 def test_cds_hooks(service: RunningService, sekmet: SekmetServer, helpers: Helpers) -> None:
@@ -324,7 +324,7 @@ def test_ndjson_run_with_paged_results(service: RunningService, tmp_path: Any) -
             lambda: (lambda r: r if r["status"] == "done" else None)(
                 client.get(f"/runs/{run_id}").json()
             ),
-            60,
+            180,
         )
         assert done["progress"] == {"done": 300, "total": 300}
         page1 = client.get(f"/runs/{run_id}/results", params={"limit": 200}).json()["verdicts"]
