@@ -92,6 +92,7 @@ class NdjsonReader:
         self.targets = frozenset(
             rtype for collector in collectors for rtype in collector.mapper.join_targets
         )
+        self._takers: list[tuple[Collector, re.Pattern[bytes] | None]] = []
         self.prefilters: dict[str, re.Pattern[bytes] | None] = {}
         for rtype in self.wanted:
             code_sets = [
@@ -140,6 +141,7 @@ class NdjsonReader:
                 )
             )
         prefilter = self.prefilters.get(file.resource_type) if wanted else None
+        self._takers = self._takers_of(file.resource_type)
         lines_before = 0
         try:
             with open_ndjson(file.path) as handle:
@@ -175,8 +177,18 @@ class NdjsonReader:
             self.report(InputIssue(name, locate(), "malformed-json", "line is not valid JSON"))
             return
         self.stats.parsed += 1
-        for collector in self.collectors:
-            collector.add_resource(resource, name, locate)
+        for collector, own_codes in self._takers:
+            # A line this trial alone would have skipped unparsed stays unseen by it, so each
+            # trial of a portfolio gets exactly what a run of it alone gets.
+            if own_codes is None or own_codes.search(line):
+                collector.add_resource(resource, name, locate)
+
+    def _takers_of(self, resource_type: str) -> list[tuple[Collector, re.Pattern[bytes] | None]]:
+        """The collectors reading this file type, each with the line test it needs, if any."""
+        takers = [c for c in self.collectors if resource_type in c.mapper.resource_types]
+        if len(takers) == 1:
+            return [(takers[0], None)]  # the reader's own prefilter is this trial's
+        return [(c, c.mapper.prefilters.get(resource_type)) for c in takers]
 
     def _parse_all(self, block: bytes, lines: int, name: str, lines_before: int) -> None:
         for offset, raw in enumerate(block.split(b"\n")[:lines]):

@@ -165,6 +165,12 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
 
     assert wait_for(subject_status) == "potential-candidate"
     wait_for(lambda: all(alerts_for(helpers, patient)))
+    # Every served trial screens the patient: SSRS alerts on its own (no KPS yet: potential).
+    ssrs_hooks, ssrs_mails = wait_for(
+        lambda: (lambda h, m: (h, m) if h and m else None)(*alerts_for(helpers, patient, "ssrs"))
+    )
+    assert [json.loads(b)["status"] for _h, b in ssrs_hooks] == ["potential-candidate"]
+    assert len(ssrs_mails) == 1
     # Today's pain score arrives: upgraded to candidate, which alerts once more. (The June
     # survival estimate is older than its 90-day window by now: a fresh one comes first, which
     # alone changes nothing.)
@@ -207,6 +213,7 @@ def test_subscription_notification_rescreens_and_alerts_exactly_once(
     hooks, mails = alerts_for(helpers, patient)
     assert [json.loads(b)["status"] for _h, b in hooks] == ["potential-candidate", "candidate"]
     assert len(mails) == 2
+    assert len(alerts_for(helpers, patient, "ssrs")[0]) == 1  # still potential: no new alert
     assert subject_status() == "candidate"
     with service.client() as client:
         listed = client.get(
