@@ -189,37 +189,28 @@ def _screen_live(
 ) -> int:
     import asyncio
 
-    from service.fhir.connect import connect
-    from service.screening.live import LiveOptions, LiveSummary, screen_server
+    from service.screening.live import live_options, screen_url
 
-    selection = _selection(args)
-    options = LiveOptions(
+    options = live_options(
+        settings,
         as_of=as_of,
         out=out,
-        selection=selection,
-        engine=settings.cel_engine,
-        write_back=args.write_back or args.dry_run,
+        selection=_selection(args),
+        write_back=args.write_back,
         dry_run=args.dry_run,
         resume=args.resume,
-        subject_identifier_system=settings.subject_identifier_system,
-        patients_per_request=settings.fhir_patients_per_request,
-        codes_per_request=settings.fhir_codes_per_request,
-        page_size=settings.fhir_page_size,
     )
-
-    async def run() -> LiveSummary:
-        client = await connect(settings, args.fhir_url, ruleset.mapper.resource_types)
-        async with client:
-            with RichProgress(enabled=not args.no_progress) as progress:
-                return await screen_server(
-                    ruleset,
-                    client,
-                    options,
-                    progress=progress,
-                    echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
-                )
-
-    summary = asyncio.run(run())
+    with RichProgress(enabled=not args.no_progress) as progress:
+        summary = asyncio.run(
+            screen_url(
+                settings,
+                args.fhir_url,
+                ruleset,
+                options,
+                progress=progress,
+                echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
+            )
+        )
     _print_summary(summary)
     live = summary.extra_json()["live"]
     for warning in live["capability_warnings"]:

@@ -20,7 +20,7 @@ import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError
 from service.fhir.client import FhirClient, Json
-from service.fhir.connect import check_capabilities, raise_for, read_capabilities
+from service.fhir.connect import check_capabilities, connect, raise_for, read_capabilities
 from service.fhir.retrieval import (
     PatientFetcher,
     changed_since,
@@ -36,6 +36,7 @@ from service.screening import output
 from service.screening.inmemory import evaluate_resources
 from service.screening.run import ProgressSink, ScreeningSummary, write_results
 from service.screening.source import InputIssue, IssueLog, ReadStats
+from service.settings import Settings
 
 CHECKPOINT = "checkpoint.ndjson"
 UNSCREENED = "unscreened.ndjson"
@@ -137,6 +138,47 @@ class Checkpoint:
 
     def close(self) -> None:
         self._handle.close()
+
+
+def live_options(
+    settings: Settings,
+    *,
+    as_of: date,
+    out: Path,
+    selection: Selection,
+    write_back: bool = False,
+    dry_run: bool = False,
+    resume: bool = False,
+) -> LiveOptions:
+    """The options of a live run, with the request sizes of the configuration."""
+    return LiveOptions(
+        as_of=as_of,
+        out=out,
+        selection=selection,
+        engine=settings.cel_engine,
+        write_back=write_back or dry_run,
+        dry_run=dry_run,
+        resume=resume,
+        subject_identifier_system=settings.subject_identifier_system,
+        patients_per_request=settings.fhir_patients_per_request,
+        codes_per_request=settings.fhir_codes_per_request,
+        page_size=settings.fhir_page_size,
+    )
+
+
+async def screen_url(
+    settings: Settings,
+    fhir_url: str | None,
+    ruleset: RuleSet,
+    options: LiveOptions,
+    *,
+    progress: ProgressSink | None = None,
+    echo: Callable[[Json], None] | None = None,
+) -> LiveSummary:
+    """Connect to the server (the configured one when ``fhir_url`` is None) and screen it."""
+    client = await connect(settings, fhir_url, ruleset.mapper.resource_types)
+    async with client:
+        return await screen_server(ruleset, client, options, progress=progress, echo=echo)
 
 
 async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOptions) -> list[str]:
