@@ -163,8 +163,27 @@ class Evaluator:
         self.compiled = ruleset.compiled(engine)
         self.engine = self.compiled.engine
         self._template_cache: dict[date, dict[str, Any]] = {}
+        self._constant_cache: dict[date, tuple[dict[str, Any], str | None]] = {}
         self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
         self.memo_hits = 0
+
+    def _constants(self, as_of: date) -> tuple[dict[str, Any], str | None]:
+        """The derived values that read no fact, for this as_of (computed once), and the name
+        of one that failed, if any."""
+        cached = self._constant_cache.get(as_of)
+        if cached is None:
+            activation = self.engine.activation(self.ruleset.variables({}, as_of))
+            values: dict[str, Any] = {}
+            failed = None
+            for name, program in self.compiled.constants:
+                try:
+                    values[name] = program.run(activation)
+                except CelEvaluationError:
+                    failed = name
+                    break
+                activation.bind(name, values[name])
+            cached = self._constant_cache[as_of] = (values, failed)
+        return cached
 
     def _template_names(self, as_of: date) -> dict[str, Any]:
         names = self._template_cache.get(as_of)
@@ -225,9 +244,9 @@ class Evaluator:
         return PatientVerdict(patient_id, shared.verdict, criteria)
 
     def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
-        activation = self.engine.activation(self.ruleset.variables(facts, as_of))
-        failed_derived: str | None = None
-        for layer in self.compiled.derived:
+        constants, failed_derived = self._constants(as_of)
+        activation = self.engine.activation({**self.ruleset.variables(facts, as_of), **constants})
+        for layer in () if failed_derived else self.compiled.derived:
             values: dict[str, Any] = {}
             for name, program in layer:
                 try:

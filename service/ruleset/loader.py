@@ -75,6 +75,9 @@ class CompiledRules:
     engine: Engine
     derived: tuple[tuple[tuple[str, Program], ...], ...]
     criteria: dict[str, Program]
+    # Derived values that read no fact (tables such as vertebra numbers): computed once per
+    # as_of and passed in with the facts, in order.
+    constants: tuple[tuple[str, Program], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -300,6 +303,8 @@ def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
 def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules:
     layers: list[list[tuple[str, Program]]] = []
     layer_of: dict[str, int] = {}
+    constants: list[tuple[str, Program]] = []
+    constant_names = set(BUILTIN_NAMES)
     programs: dict[str, Program] = {}
     for name, source in ruleset.derived:
         try:
@@ -307,8 +312,13 @@ def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules
         except CelSyntaxError as exc:
             check.add(f"derived '{name}'", f"{engine.name} cannot compile it: {exc}")
             continue
+        references = referenced_names(source)
+        if references <= constant_names:
+            constants.append((name, program))
+            constant_names.add(name)
+            continue
         # One layer after the latest derived value it reads (the loader checked the names).
-        depends = [layer_of[n] for n in referenced_names(source) if n in layer_of]
+        depends = [layer_of[n] for n in references if n in layer_of]
         layer = max(depends, default=-1) + 1
         layer_of[name] = layer
         if layer == len(layers):
@@ -321,7 +331,9 @@ def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules
             programs[criterion.id] = engine.compile(criterion.source)
         except CelSyntaxError as exc:
             check.add(f"criterion '{criterion.id}'", f"{engine.name} cannot compile it: {exc}")
-    return CompiledRules(engine, tuple(tuple(layer) for layer in layers), programs)
+    return CompiledRules(
+        engine, tuple(tuple(layer) for layer in layers), programs, tuple(constants)
+    )
 
 
 def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
@@ -337,7 +349,7 @@ def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
         compiled = ruleset.compiled(engine_name)
         engine = compiled.engine
         activation = engine.activation(variables)
-        for layer in compiled.derived:
+        for layer in (compiled.constants, *compiled.derived):
             for name, program in layer:
                 try:
                     activation.bind(name, program.run(activation))
