@@ -13,6 +13,7 @@ read leniently (its calendar day as written, UTC for ordering) and the caller re
 from __future__ import annotations
 
 import calendar
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -39,6 +40,7 @@ class FhirDateTime:
     lenient: bool  # a time without offset (or seconds): read, but the caller reports it
 
 
+@functools.lru_cache(maxsize=65_536)  # the same dates recur across a population
 def parse_datetime(value: str) -> FhirDateTime:
     """Any FHIR R4 date, dateTime or instant; raises FhirDateError for anything else."""
     match = _DATETIME.match(value)
@@ -103,6 +105,7 @@ def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
+@functools.lru_cache(maxsize=65_536)
 def age_range_years(birth_date: str, as_of: date) -> tuple[float, float]:
     """Lowest and highest age a birth date allows on ``as_of`` (equal for a full date)."""
     earliest, latest = date_bounds(birth_date)

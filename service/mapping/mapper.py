@@ -265,6 +265,7 @@ class Mapper:
     canonicalizer: CodeCanonicalizer
     cohort: Cohort | None = None
     skip_rules: tuple[SkipRule, ...] = ()
+    coded_types: frozenset[str] = frozenset()  # resource types whose codings are matched
 
     @functools.cached_property
     def prefilters(self) -> dict[str, re.Pattern[bytes] | None]:
@@ -312,7 +313,10 @@ class Mapper:
         sources = self.sources.get(resource_type) if isinstance(resource_type, str) else None
         if not sources:
             return None
-        changes = self.canonicalizer.canonicalize(resource)
+        # Only types whose codings something matches need canonical codes (not a Patient).
+        changes = (
+            self.canonicalizer.canonicalize(resource) if resource_type in self.coded_types else []
+        )
         unresolved = self._attach_references(resource, sources, resolve)
         mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
         if mapped is None:
@@ -451,6 +455,25 @@ def load_mapping(path: Path) -> Mapper:
         prefilter_codes=prefilter_codes,
         canonicalizer=canonicalizer,
         skip_rules=skip_rules,
+        coded_types=frozenset(
+            source.resource
+            for fact in doc.facts.values()
+            for source in fact.sources
+            if _matches_codings(source)
+        ),
+    )
+
+
+def _matches_codings(source: SourceDoc) -> bool:
+    """Whether a source compares codings with value sets anywhere (filters, fields, paths)."""
+    coded_fields = {"in_valueset", "codes", "labels", "coded"}
+    return (
+        any(clause.in_valueset or " in " in clause.path for clause in source.where)
+        or any(
+            spec.type in coded_fields or spec.valueset or " in " in (spec.path or "")
+            for spec in source.fields.values()
+        )
+        or bool(source.resolve)
     )
 
 
