@@ -419,12 +419,8 @@ def cmd_subscriptions_install(args: argparse.Namespace) -> int:
     if not endpoint.startswith(("http://", "https://")):
         raise PrescreenError("give --endpoint URL or set PRESCREEN_PUBLIC_URL")
     headers = [f"X-API-Key: {args.api_key}"] if args.api_key else []
-    resources = []
-    for trial in _trials(args, settings):
-        ruleset = catalog.load_trial(trial, settings)
-        resources += subscription_resources(
-            ruleset, endpoint, headers, settings.fhir_codes_per_request
-        )
+    rulesets = [catalog.load_trial(trial, settings) for trial in _trials(args, settings)]
+    resources = subscription_resources(rulesets, endpoint, headers, settings.fhir_codes_per_request)
 
     async def run() -> int:
         client = await connect(settings, args.fhir_url)

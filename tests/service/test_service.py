@@ -16,7 +16,8 @@ import pytest
 
 from service.fhir.client import FhirClient
 from service.fhir.subscriptions import install, subscription_resources
-from service.ruleset.loader import RuleSet
+from service.ruleset.loader import RuleSet, load_ruleset
+from tests.conftest import MAPPINGS_DIR, RULES_DIR
 from tests.integration.conftest import LoadedPatients, fhir_get, search_all
 from tests.integration.servers import SekmetServer
 from tests.service.conftest import (
@@ -143,9 +144,16 @@ def test_on_demand_screening_writes_back_and_alerts_once(
 def test_subscription_notification_rescreens_and_alerts_exactly_once(
     service: RunningService, sekmet: SekmetServer, helpers: Helpers, relieve: RuleSet
 ) -> None:
+    ssrs = load_ruleset(RULES_DIR / "ssrs.yaml", MAPPINGS_DIR)
     resources = subscription_resources(
-        relieve, f"{service.url}/notifications", [f"X-API-Key: {NOTIFY_KEY}"], 40
+        [relieve, ssrs], f"{service.url}/notifications", [f"X-API-Key: {NOTIFY_KEY}"], 40
     )
+    # The union of both trials' searches: one Patient subscription, each search once.
+    criteria = [r["criteria"] for r in resources]
+    assert len(set(criteria)) == len(criteria) == len({r["id"] for r in resources})
+    assert sum(c.startswith("Patient?") for c in criteria) == 1
+    assert any(c.startswith("Encounter?") for c in criteria)  # SSRS reads visits
+    assert any(c.startswith("MedicationRequest?") for c in criteria)  # RELIEVE reads orders
 
     async def setup() -> None:
         async with FhirClient(sekmet.base_url) as client:
