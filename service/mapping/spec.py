@@ -11,10 +11,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from service.errors import ConfigError
+from service.yamlfiles import read_model
 
 FieldType = Literal[
     "string",
@@ -262,16 +261,4 @@ class MappingDoc(_Strict):
 
 
 def read_mapping_doc(path: Path) -> MappingDoc:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: mapping file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    try:
-        return MappingDoc.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+    return read_model(path, MappingDoc, "mapping file")

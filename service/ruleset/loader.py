@@ -14,10 +14,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from service.errors import ConfigError, RuleSetError
+from service.errors import RuleSetError
 from service.mapping.mapper import Mapper, load_mapping
 from service.ruleset.engines import (
     ENGINE_NAMES,
@@ -30,6 +29,7 @@ from service.ruleset.engines import (
     referenced_names,
 )
 from service.ruleset.model import CriterionDoc, Kind, Result, RuleSetDoc, TrialDoc
+from service.yamlfiles import read_yaml
 
 BUILTIN_NAMES = frozenset({"params", "windows", "as_of"})
 _PARAM_REF = re.compile(r"\bparams\s*\.\s*([A-Za-z_]\w*)")
@@ -197,12 +197,7 @@ class _Checker:
 
 
 def read_ruleset_doc(path: Path) -> RuleSetDoc:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: rule file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    raw = read_yaml(path, "rule file")
     try:
         return RuleSetDoc.model_validate(raw)
     except ValidationError as exc:

@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.errors import ConfigError
 from service.ruleset.engines import ENGINE_NAMES, EngineName
@@ -26,6 +25,7 @@ from service.ruleset.loader import RuleSet
 from service.ruleset.model import Result
 from service.screening.inmemory import evaluate_resources
 from service.screening.source import InputIssue, IssueLog
+from service.yamlfiles import read_model
 
 
 class _Strict(BaseModel):
@@ -90,19 +90,7 @@ class RuleTestReport:
 
 
 def read_test_file(path: Path) -> RuleTestFile:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"{path}: rule test file not found") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
-    try:
-        return RuleTestFile.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+    return read_model(path, RuleTestFile, "rule test file")
 
 
 def _key(resource: dict[str, Any]) -> str:
