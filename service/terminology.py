@@ -225,16 +225,16 @@ class CodeCanonicalizer:
 
     def _canonical(self, system: str, code: str) -> tuple[str, str]:
         key = self.system_key(system)
-        canonical_system = self._systems.get(key)
+        canonical_system = self._systems.get(key) or next(
+            (s for p, s in self._patterns if p.fullmatch(key)), None
+        )
         if canonical_system is None:
-            canonical_system = next((s for p, s in self._patterns if p.fullmatch(key)), key)
+            return system, code  # a system no value set uses: nothing to match, left as written
         canonical_code = code.strip() if self.trim_whitespace else code
         ignored = self._ignored.get(canonical_system)
         if ignored:
             stripped = _strip_chars(canonical_code, ignored)
             canonical_code = self._code_keys.get((canonical_system, stripped), canonical_code)
-        if canonical_system == key and key == system and canonical_code == code:
-            return system, code
         return canonical_system, canonical_code
 
     def code_variants(self, code: str, systems: Iterable[str]) -> set[str]:

@@ -104,10 +104,11 @@ class ScreeningService:
         resources = []
         for group in chunked(patient_ids, self.settings.fhir_patients_per_request):
             resources += await fetcher.fetch(group)
+        skipped: dict[str, str] = {}
         verdicts = evaluate_resources(
-            self.evaluators[trial], resources, as_of, only=set(patient_ids)
+            self.evaluators[trial], resources, as_of, only=set(patient_ids), not_screened=skipped
         )
-        if write_back and verdicts:
+        if write_back and (verdicts or skipped):
             writer = WriteBack(
                 client,
                 ruleset,
@@ -116,8 +117,9 @@ class ScreeningService:
                 abilities=abilities,
             )
             await writer.prepare(load_subjects=False)
-            await writer.load_subjects_for([v.patient_id for v in verdicts])
+            await writer.load_subjects_for([v.patient_id for v in verdicts] + sorted(skipped))
             await writer.write(verdicts)
+            await writer.withdraw(sorted(skipped))
         contracts = [v.as_contract(ruleset, as_of) for v in verdicts]
         for contract in contracts:
             self.metrics.screenings[(trial, contract["verdict"])] += 1

@@ -178,7 +178,7 @@ class PatientFetcher:
                     wanted.setdefault(rtype, set()).add(rid)
         found: list[Json] = []
         for rtype, ids in sorted(wanted.items()):
-            for chunk in chunked(sorted(ids), self.page_size):
+            for chunk in chunked(sorted(ids), self.codes_per_request):  # URLs stay short
                 params = [("_id", ",".join(chunk)), ("_count", str(self.page_size))]
                 first = await self.client.get(rtype, params, kind=f"search {rtype}")
                 found.extend(await self._entries(first))

@@ -409,6 +409,11 @@ class WriteBack:
                 continue
             await self._commit(verdict, entries)
 
+    async def withdraw(self, patient_ids: list[str]) -> None:
+        """Subjects of patients no longer screened (inactive, merged) are set to ineligible,
+        like a former candidate's, unless a person set their status; nothing new is created."""
+        await self.write([PatientVerdict(pid, "ineligible", ()) for pid in patient_ids])
+
     async def _commit(self, verdict: PatientVerdict, entries: list[Json]) -> None:
         for attempt in range(3):
             try:

@@ -268,7 +268,8 @@ def _number_extractor(spec: FieldDoc, path: FhirPath, answers: ValueSet | None =
             match = pattern.fullmatch(value)
             if match is None:
                 raise UnusableValueError("is text that is not a number in the expected form")
-            amount = _finite(float(match.group(1)))
+            read = _number(match.group(1))  # the mapping's group may catch non-numbers too
+            amount = float(read.value if isinstance(read, Lenient) else read)  # type: ignore[arg-type]
             lenient = "is a number written as text"
         else:
             read = _number(value)
@@ -303,7 +304,7 @@ def _quantity_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
         if isinstance(value, dict):
             written = [value.get(key) for key in ("code", "unit")]
             given = [fold(u.strip()) for u in written if isinstance(u, str) and u.strip()]
-            value = _first_value_of(value, "value", spec.required)
+            value = _required(value.get("value"), spec.required)
             if value is None:
                 return ABSENT
         read = _number(value)
@@ -326,14 +327,10 @@ def _quantity_extractor(spec: FieldDoc, path: FhirPath) -> Extractor:
 
 def _first_value(path: FhirPath, resource: Any, required: bool) -> Any:
     """The first value at the path; None when there is none, unless one is required."""
-    value = path.first(resource)
-    if value is None and required:
-        raise UnusableValueError("has no value")
-    return value
+    return _required(path.first(resource), required)
 
 
-def _first_value_of(element: dict[str, Any], key: str, required: bool) -> Any:
-    value = element.get(key)
+def _required(value: Any, required: bool) -> Any:
     if value is None and required:
         raise UnusableValueError("has no value")
     return value

@@ -317,30 +317,37 @@ class Mapper:
         changes = (
             self.canonicalizer.canonicalize(resource) if resource_type in self.coded_types else []
         )
-        unresolved = self._attach_references(resource, sources, resolve)
-        mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
-        if mapped is None:
-            return None
-        if unresolved:
-            mapped.issues.append(
-                DataIssue(
-                    f"{resource_type}.{unresolved}",
-                    "references a resource that is not in the source; it cannot count",
-                    "unresolved-reference",
-                )
-            )
-        if changes and mapped.contributions:
-            restore_codings(changes)
-            original = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
-            if original is None or original.contributions != mapped.contributions:
+        attached: list[dict[str, Any]] = []
+        try:
+            unresolved = self._attach_references(resource, sources, resolve, attached)
+            mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
+            if mapped is None:
+                return None
+            if unresolved:
                 mapped.issues.append(
                     DataIssue(
-                        f"{resource_type}.coding",
-                        "matched only after normalising a code or code system",
-                        "noncanonical-code",
+                        f"{resource_type}.{unresolved}",
+                        "references a resource that is not in the source; it cannot count",
+                        "unresolved-reference",
                     )
                 )
-        return mapped
+            if changes and mapped.contributions:
+                restore_codings(changes)
+                original = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
+                if original is None or original.contributions != mapped.contributions:
+                    mapped.issues.append(
+                        DataIssue(
+                            f"{resource_type}.coding",
+                            "matched only after normalising a code or code system",
+                            "noncanonical-code",
+                        )
+                    )
+            return mapped
+        finally:
+            # The resource leaves as it came: another trial's mapping reads it next.
+            restore_codings(changes)
+            for reference in attached:
+                reference.pop(RESOLVED, None)
 
     def canonical_target(self, resource: dict[str, Any]) -> dict[str, Any]:
         """A resolve() target (a Medication) with its codings made canonical, kept for lookups."""
@@ -352,8 +359,10 @@ class Mapper:
         resource: dict[str, Any],
         sources: tuple[CompiledSource, ...],
         resolve: Resolver | None,
+        attached: list[dict[str, Any]],
     ) -> str | None:
-        """Put each resolved target on its Reference; the element left unresolved, if any."""
+        """Put each resolved target on its Reference (listed in ``attached``); the element left
+        unresolved, if any."""
         unresolved = None
         for source in sources:
             for element, target in source.resolve:
@@ -363,6 +372,7 @@ class Mapper:
                 found = lookup_reference(resource, reference, target, resolve)
                 if found is not None:
                     reference[RESOLVED] = found
+                    attached.append(reference)
                 elif source.accepts_before_resolving(resource):
                     unresolved = element
         return unresolved

@@ -327,10 +327,8 @@ async def _screen_groups(
             try:
                 verdicts, skipped = await _screen_group(fetcher, evaluator, group, summary, options)
                 if writer is not None:
-                    # A patient not to screen keeps no subject: one written earlier is withdrawn
-                    # like that of a former candidate (unless a person set its status).
-                    withdrawn = [PatientVerdict(pid, "ineligible", ()) for pid in skipped]
-                    await writer.write([*verdicts, *withdrawn])
+                    await writer.write(verdicts)
+                    await writer.withdraw(skipped)
             except FhirUnavailableError as exc:
                 lost.append(str(exc))
                 summary.unscreened.update({pid: f"server unavailable: {exc}" for pid in group})

@@ -101,7 +101,7 @@ def current_copy(copies: Copies) -> Copy:
     if not isinstance(copies, list):
         return copies
     versions = [c[0] for c in copies if c[0] is not None]
-    numeric = all(v.isdigit() for v in versions)
+    numeric = all(v.isdecimal() for v in versions)  # isdigit() admits "²", which int() refuses
 
     def rank(copy: Copy) -> tuple[Any, ...]:
         version, updated, order, _ = copy
@@ -191,9 +191,9 @@ class Collector:
                 )
             return
         self._order += 1
-        if resource_type in self.mapper.join_targets:
-            self._add_target(resource, resource_type)
         try:
+            if resource_type in self.mapper.join_targets:
+                self._add_target(resource, resource_type)
             mapped = self.mapper.map_resource(resource, self.as_of, self.resolve)
         except UnattributableResourceError as exc:
             self.issues.add(InputIssue(where, at(), "unattributable", str(exc)))
@@ -213,15 +213,14 @@ class Collector:
         if data is None:
             data = self.patients[mapped.patient_id] = PatientData()
         stamp = (mapped.version_id, mapped.last_updated, self._order)
+        self.stats.records += len(mapped.contributions)
         if resource_type == "Patient":
-            self.stats.records += len(mapped.contributions)
             record = mapped.contributions[0].record
             values = tuple(record[key] for key in self._patient_keys)
             skip = mapped.not_screened
             location = f"{where}:{at()}" if skip else ""
             data.patient_copies = add_copy(data.patient_copies, (*stamp, (values, skip, location)))
             return
-        self.stats.records += len(mapped.contributions)
         records = tuple((c.fact, c.record) for c in mapped.contributions)
         if data.resources is None:
             data.resources = {}
@@ -242,10 +241,13 @@ class Collector:
     def read_resources(self, resources: Iterable[dict[str, Any]]) -> None:
         """Resources already in memory; each is located in reports by its reference."""
         targets = self.mapper.join_targets
-        ordered = sorted(resources, key=lambda r: r.get("resourceType") not in targets)
-        for resource in ordered:
-            where = f"fhir:{resource.get('resourceType')}/{resource.get('id')}"
-            self.add_resource(resource, where, 0)
+
+        def kind(resource: Any) -> Any:
+            return resource.get("resourceType") if isinstance(resource, dict) else None
+
+        for resource in sorted(resources, key=lambda r: kind(r) not in targets):
+            name = f"{kind(resource)}/{resource.get('id')}" if kind(resource) else "?"
+            self.add_resource(resource, f"fhir:{name}", 0)
 
     def screened_patients(self) -> Iterator[tuple[str, Record, dict[str, Any]]]:
         """(patient id, Patient record, facts) in id order, every fact key present.

@@ -307,3 +307,34 @@ def test_a_portfolio_reads_once_and_gives_each_trial_its_single_run_files(tmp_pa
     command = ["screen", "--trial", "all", "--source", str(SAMPLE_DIR), "--as-of", AS_OF]
     assert main([*command, "--out", str(every), "--no-progress"]) == 0
     assert json.loads((every / "summary.json").read_text())["trials"] == ["relieve", "ssrs"]
+
+
+def test_each_trial_of_a_portfolio_reports_what_it_alone_would(tmp_path: Path) -> None:
+    # A code written noncanonically on a line both trials parse (a reason code is RELIEVE's):
+    # RELIEVE does not take the Procedure, SSRS does. SSRS must see the code as written, and so
+    # report it, whatever RELIEVE's mapping did with the same parsed resource first.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text(
+        json.dumps({"resourceType": "Patient", "id": "p", "birthDate": "1960-03-10"}) + "\n"
+    )
+    hysterectomy = {
+        "resourceType": "Procedure",
+        "id": "h",
+        "status": "completed",
+        "subject": {"reference": "Patient/p"},
+        "code": {"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": " 58150"}]},
+        "reasonCode": [{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "22510"}]}],
+    }
+    (source / "Procedure.ndjson").write_text(json.dumps(hysterectomy) + "\n")
+    command = ["screen", "--source", str(source), "--as-of", AS_OF, "--no-progress"]
+    main([*command, "--trial", "relieve", "--out", str(tmp_path / "relieve")])
+    assert main([*command, "--trial", "ssrs", "--out", str(tmp_path / "ssrs")]) == 1
+    assert main([*command, "--trial", "relieve,ssrs", "--out", str(tmp_path / "both")]) == 1
+    alone = read_ndjson(tmp_path / "ssrs" / "issues.ndjson")
+    assert [i["kind"] for i in alone] == ["noncanonical-code"]
+    for trial in ("relieve", "ssrs"):
+        alone = read_ndjson(tmp_path / trial / "issues.ndjson")
+        assert read_ndjson(tmp_path / "both" / trial / "issues.ndjson") == alone
+        verdicts = (tmp_path / trial / "verdicts.ndjson").read_bytes()
+        assert (tmp_path / "both" / trial / "verdicts.ndjson").read_bytes() == verdicts
