@@ -8,26 +8,19 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from service.api.decisions import (
+    DECISIONS,
+    DecisionConflictError,
+    DecisionError,
+    record_decision,
+)
 from service.api.engine import ScreeningService
 from service.api.security import Authenticator
-from service.fhir.writeback import WRITTEN_STATUS_URL
-from service.research import subject_identifier_value
 
 router = APIRouter()
-
-DECISIONS = (
-    "eligible",
-    "ineligible",
-    "not-registered",
-    "screening",
-    "pending-on-study",
-    "on-study",
-    "withdrawn",
-    "candidate",
-    "potential-candidate",
-)
 
 
 def _service(request: Request) -> ScreeningService:
@@ -228,36 +221,37 @@ async def get_candidates(
 class Decision(BaseModel):
     status: Literal[DECISIONS]  # type: ignore[valid-type]
     note: str | None = Field(default=None, max_length=1000)
+    expected_version: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the ResearchSubject versionId the decision was made on: "
+        "if it changed meanwhile, 409 with the other decision instead of overwriting it",
+    )
 
 
 @router.post("/candidates/{candidate_id}/decision", summary="Record a coordinator's decision")
-async def post_decision(candidate_id: int, body: Decision, request: Request) -> dict[str, Any]:
+async def post_decision(candidate_id: int, body: Decision, request: Request) -> Response:
     principal = _auth(request).require(request, "decide")
-    service = _service(request)
-    row = await asyncio.to_thread(service.store.candidate, candidate_id)
-    if row is None:
-        raise HTTPException(404, "no such candidate")
-    ruleset = service.rulesets.get(row.trial)
-    if ruleset is None:
-        raise HTTPException(404, "the candidate's trial is not served here")
-    client = await service.client()
-    key = subject_identifier_value(ruleset, row.patient_id)
-    # Every subject prescreen writes carries its key as a tag (_tag works on every server).
-    found = [
-        r
-        async for r in client.search("ResearchSubject", [("_tag", f"urn:prescreen:key|{key}")])
-        if r.get("resourceType") == "ResearchSubject"
-    ]
-    if not found:
-        raise HTTPException(409, "no ResearchSubject on the FHIR server for this candidate")
-    subject = dict(found[0])
-    subject["status"] = body.status
-    # A person decided: prescreen's own status marker no longer matches, so it will not undo it.
-    subject["extension"] = [
-        e for e in subject.get("extension", []) if e.get("url") != WRITTEN_STATUS_URL
-    ]
-    version = subject.get("meta", {}).get("versionId")
-    headers = {"If-Match": f'W/"{version}"'} if version else {}
-    await client.request("PUT", f"ResearchSubject/{subject['id']}", json=subject, headers=headers)
-    await asyncio.to_thread(service.store.set_candidate_status, candidate_id, body.status)
-    return {"id": candidate_id, "status": body.status, "decided_by": principal.name}
+    try:
+        outcome = await record_decision(
+            _service(request), candidate_id, body.status, expected_version=body.expected_version
+        )
+    except DecisionConflictError as conflict:
+        return JSONResponse(
+            status_code=409,
+            content={
+                "detail": conflict.message,
+                "current_status": conflict.current_status,
+                "current_version": conflict.current_version,
+            },
+        )
+    except DecisionError as error:
+        raise HTTPException(error.status, error.message) from error
+    return JSONResponse(
+        {
+            "id": outcome.candidate_id,
+            "status": outcome.status,
+            "version": outcome.version,
+            "decided_by": principal.name,
+        }
+    )

@@ -22,7 +22,7 @@ from service.mapping.fields import (
     make_extractor,
     scalar_text,
 )
-from service.mapping.paths import RESOLVED, compile_path, resolved_elements
+from service.mapping.paths import RESOLVED, compile_path, concept_wrong_types, resolved_elements
 from service.mapping.paths import Path as FhirPath
 from service.mapping.resources import (
     Resolver,
@@ -61,6 +61,7 @@ class CompiledField:
     )
     path_source: str = ""
     unusable_of: str | None = None  # an "unusable" field: another field's value was unusable
+    path: FhirPath | None = None  # to explain an absent value held in the wrong JSON type
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,12 +73,31 @@ class CompiledWhere:
     search_param: str | None = None
     search_tokens: tuple[str, ...] = ()  # "system|code" or plain codes, sorted
     uses_resolve: bool = False
+    tests_concepts: bool = False  # an 'in_valueset' test: the values must be CodeableConcepts
 
     def passes(self, resource: Any) -> bool:
         values = self.path.values(resource)
         if not values:
             return self.keep_if_missing
         return self.test(values)
+
+    def wrong_types(self, resource: Any) -> list[tuple[str, str]]:
+        """(element, problem) for what this clause reads in the wrong JSON type (see
+        Path.wrong_types)."""
+        values = self.path.values(resource)
+        # A path that reached something read what it needed; only an empty one can hide a
+        # wrongly typed element on the way.
+        problems = [] if values else self.path.wrong_types(resource)
+        for value in values:
+            if self.tests_concepts:
+                problem = concept_wrong_types(value)
+            elif isinstance(value, dict | list):
+                problem = f"is {'an object' if isinstance(value, dict) else 'a list'}, not a code"
+            else:
+                problem = None
+            if problem is not None:
+                problems.append((self.path.source, problem))
+        return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +152,13 @@ class CompiledSource:
                 value = value.value
             if isinstance(value, Absent):
                 record[spec.name] = spec.default
+                for element, problem in spec.path.wrong_types(resource) if spec.path else ():
+                    unusable.add(spec.name)
+                    report(
+                        spec,
+                        f"{element} {problem} (wrong JSON type, treated as absent)",
+                        "bad-value",
+                    )
             else:
                 record[spec.name] = value
                 usable.add(spec.name)
@@ -209,6 +236,7 @@ def _compile_where(
             clause.search,
             tokens,
             uses_resolve,
+            tests_concepts=True,
         )
     if clause.in_ is not None:
         allowed = frozenset(clause.in_)
@@ -404,6 +432,24 @@ class Mapper:
                 record, issues = source.record(resource, ref, as_of)
                 mapped.contributions.append(Contribution(source.fact, record))
                 mapped.issues.extend(issues)
+        # An element a resource is judged on may hold the wrong JSON type (a string where a
+        # CodeableConcept belongs): it reads as absent, and that must be said, never silent.
+        problems = sorted(
+            {
+                problem
+                for source in sources
+                for clause in source.where
+                for problem in clause.wrong_types(resource)
+            }
+        )
+        mapped.issues.extend(
+            DataIssue(
+                f"{resource_type}.{element}",
+                f"{problem} (wrong JSON type, treated as absent)",
+                "bad-value",
+            )
+            for element, problem in problems
+        )
         mapped.version_id, mapped.last_updated = version_of(resource)
         if resource_type == "Patient":
             mapped.not_screened = next(
@@ -526,6 +572,7 @@ def _compile_source(
             spec.field if spec.type == "present" else None,
             spec.path or "",
             spec.field if spec.type == "unusable" else None,
+            compile_path(spec.path, valuesets, where) if spec.path else None,
         )
         for name, spec in source.fields.items()
     )

@@ -67,6 +67,15 @@ class Path:
         found = self.values(resource)
         return found[0] if found else None
 
+    def wrong_types(self, resource: Any) -> list[tuple[str, str]]:
+        """Elements on this path that hold a JSON value of the wrong type (a string where an
+        object must be, as in ``"code": "C79.51"``): reading them yields nothing, and the
+        caller reports that instead of treating the element as silently absent."""
+        problems: list[tuple[str, str]] = []
+        for steps in self.alternatives:
+            problems.extend(_wrong_types(resource, steps))
+        return problems
+
 
 def _children(items: list[Any], name: str) -> list[Any]:
     out: list[Any] = []
@@ -99,6 +108,69 @@ def _walk(items: list[Any], steps: tuple[_Step, ...]) -> list[Any]:
         if not items:
             return []
     return items
+
+
+def _wrong_types(resource: Any, steps: tuple[_Step, ...]) -> list[tuple[str, str]]:
+    """(element, problem) for elements a walk must step into (more steps follow) that are not
+    objects."""
+    problems: list[tuple[str, str]] = []
+    items = [resource]
+    walked: list[str] = []
+    for position, step in enumerate(steps):
+        if step.name == _RESOLVE_STEP:
+            items = _children(items, RESOLVED)
+            continue
+        walked.append(step.name)
+        children = [
+            item.get(step.name) for item in items if isinstance(item, dict) and step.name in item
+        ]
+        flat: list[Any] = []
+        for child in children:
+            flat.extend(child if isinstance(child, list) else [child])
+        needs_object = position < len(steps) - 1 or step.filter_path is not None
+        if needs_object:
+            wrong = [item for item in flat if item is not None and not isinstance(item, dict)]
+            if wrong:
+                problems.append((".".join(walked), f"is {_json_type(wrong[0])}, not an object"))
+        items = [item for item in flat if isinstance(item, dict)]
+        if not items:
+            break
+    return problems
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return "a " + type(value).__name__
+
+
+def concept_wrong_types(concept: Any) -> str | None:
+    """Why a value tested against a value set is not a CodeableConcept or Coding, if it is not:
+    FHIR JSON writes ``coding`` as an array of objects and ``system``/``code`` as strings."""
+    if not isinstance(concept, dict):
+        return f"is {_json_type(concept)}, not a CodeableConcept"
+    coding = concept.get("coding")
+    if coding is not None:
+        if not isinstance(coding, list):
+            return f"has 'coding' as {_json_type(coding)}, not a list of Codings"
+        if any(not isinstance(item, dict) for item in coding):
+            return "has a 'coding' entry that is not an object"
+        items = coding
+    else:
+        items = [concept]
+    for item in items:
+        for key in ("system", "code"):
+            if key in item and item[key] is not None and not isinstance(item[key], str):
+                return f"has a Coding '{key}' that is {_json_type(item[key])}, not a string"
+    return None
 
 
 def _walk_names(items: list[Any], names: tuple[str, ...]) -> list[Any]:
