@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck rules-test unit sample serve bench clean
+.PHONY: install demo demo-ui screenshots test lint typecheck rules-test unit sample serve image bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ install: $(STAMP)
 ## Screen the sample hospital shipped in samples/hospital (no server needed).
 demo: $(STAMP)
 	$(BIN)/prescreen demo
+
+## The sample hospital in the web worklist: a local FHIR server (sekmet-fhir) holding it, screened
+## for every trial, served at http://127.0.0.1:8000/ui/ (user demo, password demo-password).
+demo-ui: $(STAMP)
+	$(BIN)/python -m tests.ui.harness
+
+## Regenerate the web worklist screenshots in docs/ (needs Debian's chromium).
+screenshots: $(STAMP)
+	$(BIN)/python -m tests.ui.screenshots
 
 ## Everything CI runs: lint, types, rule tests on both CEL engines, the pytest suite.
 test: lint typecheck rules-test unit
@@ -39,6 +48,12 @@ unit: $(STAMP)
 ## Run the HTTP service (configuration: README, "Configuration").
 serve: $(STAMP)
 	$(BIN)/prescreen serve
+
+## The container image, built without Docker (debootstrapped Debian base + buildah; needs root),
+## then checked: prescreen serve from the image answers /healthz and screens the shipped sample.
+image:
+	.ci/build-image
+	.ci/check-image
 
 ## Benchmarks (minutes; about 8 GB of generated data under benchmarks/data).
 bench: $(STAMP)

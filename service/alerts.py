@@ -1,7 +1,9 @@
 """Telling coordinators: a signed JSON webhook and an e-mail, once per new or upgraded candidate.
 
 Exactly once: an alert row (unique per trial, patient, status reached and channel) is claimed
-before sending, and a failed delivery is retried later rather than re-claimed. The webhook
+before sending, and a failed delivery is retried later rather than re-claimed. A delivery holds
+a lease on its row while in flight (renewed until it ends), and a retry first claims that lease:
+a slow webhook is not sent again by the retry loop, nor by another replica's. The webhook
 carries ``X-Prescreen-Event`` (the claim id, for receivers that de-duplicate) and
 ``X-Prescreen-Signature: sha256=<hex>``, an HMAC of the body with the shared secret.
 Messages name the trial, the status and the patient reference, never clinical details.
@@ -10,6 +12,7 @@ Messages name the trial, the status and the patient reference, never clinical de
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -21,6 +24,8 @@ from typing import Any
 import httpx
 import orjson
 
+from service.errors import error_kind
+from service.state.leases import kept
 from service.state.store import CandidateChange, Store
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,7 @@ ALERTING = {
     "potential-candidate": {"candidate"},
     "ineligible": {"candidate", "potential-candidate"},
 }
+ATTEMPTS = 5  # deliveries tried per alert, the first one included
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,8 @@ class AlertSettings:
     smtp_from: str
     smtp_to: tuple[str, ...]
     worklist_url: str
+    # How long a delivery's claim holds unless renewed (PRESCREEN_LEASE_SECONDS in the service).
+    lease_seconds: float = 30.0
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -69,7 +77,12 @@ class Alerter:
             return
         for channel in self.channels:
             alert_id = await asyncio.to_thread(
-                self.store.claim_alert, change.trial, change.patient_id, change.current, channel
+                self.store.claim_alert,
+                change.trial,
+                change.patient_id,
+                change.current,
+                channel,
+                self.settings.lease_seconds,
             )
             if alert_id is not None:
                 await self._deliver(
@@ -77,8 +90,15 @@ class Alerter:
                 )
 
     async def retry_unsent(self) -> None:
+        """Send again what failed (or what a stopped replica left in flight), never an alert
+        whose delivery is still under way here or elsewhere."""
         for alert in await asyncio.to_thread(self.store.unsent_alerts):
-            if alert.attempts < 5:
+            if alert.attempts >= ATTEMPTS:
+                continue
+            claimed = await asyncio.to_thread(
+                self.store.claim_retry, alert.id, self.settings.lease_seconds
+            )
+            if claimed:
                 await self._deliver(
                     alert.id, alert.channel, alert.trial, alert.patient_id, alert.reached
                 )
@@ -94,13 +114,15 @@ class Alerter:
             "status": status,
             "worklist": self.settings.worklist_url,
         }
+        renew = functools.partial(self.store.renew_alert, alert_id, self.settings.lease_seconds)
         try:
-            if channel == "webhook":
-                await self._webhook(alert_id, payload)
-            else:
-                await asyncio.to_thread(self._email, payload)
+            async with kept(renew, self.settings.lease_seconds):
+                if channel == "webhook":
+                    await self._webhook(alert_id, payload)
+                else:
+                    await asyncio.to_thread(self._email, payload)
         except Exception as exc:
-            log.warning("alert %s over %s failed: %s", alert_id, channel, type(exc).__name__)
+            log.warning("alert %s over %s failed: %s", alert_id, channel, error_kind(exc))
             self.failed[channel] += 1
             await asyncio.to_thread(self.store.mark_alert, alert_id, "failed")
             return

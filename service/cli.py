@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from rich.console import Console
@@ -34,12 +35,15 @@ from service.settings import Settings, get_settings
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
     from service.ruleset.loader import RuleSet
+    from service.screening.bulk import BulkExportRun, BulkScope
     from service.screening.live import Selection
+    from service.screening.pool import WorkerPool
     from service.screening.run import ScreeningSummary
 
 # 0 done; 1 done, but some input was unusable or doubtful; 2 could not start; 3 stopped by an
 # internal error (outputs of an earlier run are left as they were).
 EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
+T = TypeVar("T")
 DEMO_SAMPLE = "hospital"
 
 console = Console(stderr=True, soft_wrap=True)
@@ -78,6 +82,11 @@ class RichProgress:
         task_id = self._progress.add_task(description, total=total, amount=amount(0))
         return lambda done: self._progress.update(task_id, completed=done, amount=amount(done))
 
+    def status(self, description: str) -> Callable[[str], None]:
+        """A line without a total whose text changes (a Bulk export's X-Progress)."""
+        task_id = self._progress.add_task(description, total=None, amount="")
+        return lambda text: self._progress.update(task_id, amount=escape(text))
+
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
@@ -105,12 +114,21 @@ def _as_of(text: str | None) -> date:
 
 
 def cmd_screen(args: argparse.Namespace) -> int:
+    # The workers of an offline run start first: they load the rule sets while this process
+    # starts up and loads them too.
+    with _offline_workers(args) as workers:
+        return _cmd_screen(args, workers)
+
+
+def _cmd_screen(args: argparse.Namespace, workers: WorkerPool | None) -> int:
     from service.screening.run import screen_portfolio
 
     settings = _settings(args)
     rulesets = [catalog.load_trial(trial, settings) for trial in _trial_names(args.trial, settings)]
     as_of = _as_of(args.as_of)
     fhir_url = getattr(args, "fhir_url", None)  # `demo` screens files and has no such option
+    if getattr(args, "bulk", False):
+        return _screen_bulk(args, settings, rulesets, as_of, Path(args.out))
     if fhir_url or (args.source is None and settings.fhir_url):
         if len(rulesets) == 1:
             return _screen_live(args, settings, rulesets[0], as_of, Path(args.out))
@@ -121,6 +139,8 @@ def cmd_screen(args: argparse.Namespace) -> int:
         )
     if args.source is None:
         raise PrescreenError("give --source DIR (NDJSON) or --fhir-url URL (a FHIR server)")
+    if getattr(args, "executor", "local") == "spark":
+        return _screen_spark(args, settings, rulesets, as_of)
     with RichProgress(enabled=not args.no_progress) as progress:
         portfolio = screen_portfolio(
             rulesets,
@@ -130,12 +150,69 @@ def cmd_screen(args: argparse.Namespace) -> int:
             engine=settings.cel_engine,
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
+            workers=workers if workers is not None else 1,
         )
     for summary in portfolio.summaries:
         _print_summary(summary)
     if portfolio.overview:
         _print_overlap(portfolio.overview, Path(args.out))
     return portfolio.exit_code
+
+
+def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerPool | None]:
+    """Worker processes for an offline run (``--source``) on more than one, started now."""
+    from contextlib import nullcontext
+
+    from service.screening.pool import WorkerPool, auto_workers
+
+    if args.source is None or getattr(args, "bulk", False) or getattr(args, "fhir_url", None):
+        return nullcontext()
+    if getattr(args, "executor", "local") == "spark":
+        return nullcontext()  # Spark's executors do the work
+    if args.workers is not None and args.workers < 1:
+        raise PrescreenError("--workers must be 1 or more")
+    count = auto_workers(Path(args.source)) if args.workers is None else args.workers
+    if count == 1:
+        return nullcontext()
+    settings = _settings(args)
+    rules = [
+        (catalog.rule_file(trial, settings), settings.mappings_dir)
+        for trial in _trial_names(args.trial, settings)
+    ]
+    return WorkerPool(count, rules, settings.cel_engine, _as_of(args.as_of))
+
+
+def _screen_spark(
+    args: argparse.Namespace, settings: Settings, rulesets: list[RuleSet], as_of: date
+) -> int:
+    """``--executor spark``: the same files, computed on a Spark cluster (or local[*])."""
+    from service.screening.spark import screen_portfolio_spark
+
+    with RichProgress(enabled=not args.no_progress) as progress:
+        portfolio = screen_portfolio_spark(
+            rulesets,
+            args.source,  # a folder, or any Hadoop URI (hdfs://, s3a://...): not a Path
+            as_of,
+            Path(args.out),
+            engine=settings.cel_engine,
+            subject_identifier_system=settings.subject_identifier_system,
+            master=args.spark_master,
+            progress=progress,
+        )
+    for summary in portfolio.summaries:
+        _print_summary(summary)
+    if portfolio.overview:
+        _print_overlap(portfolio.overview, Path(args.out))
+    return portfolio.exit_code
+
+
+def _workers_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="processes screening an NDJSON folder (default: one per core; one for a folder "
+        "under 256 MB); the output files are the same for any number",
+    )
 
 
 def _trial_names(text: str, settings: Settings) -> list[str]:
@@ -200,6 +277,9 @@ def _screen_live(
         dry_run=args.dry_run,
         resume=args.resume,
     )
+    # A dry run's stdout is the transaction Bundles alone, one JSON per line (NDJSON), so it
+    # can be piped; the tables and messages go to stderr.
+    report = console if args.dry_run else stdout
     with RichProgress(enabled=not args.no_progress) as progress:
         summary = asyncio.run(
             screen_url(
@@ -211,41 +291,184 @@ def _screen_live(
                 echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
             )
         )
-    _print_summary(summary)
+    _print_summary(summary, report)
     live = summary.extra_json()["live"]
     for warning in live["capability_warnings"]:
-        stdout.print(f"[yellow]CapabilityStatement:[/] {escape(warning)}")
-    stdout.print(
+        report.print(f"[yellow]CapabilityStatement:[/] {escape(warning)}")
+    report.print(
         f"Selected {live['selected']} patients ({live['resumed_from_checkpoint']} already done); "
         f"{live['requests']} HTTP requests, {live['requests_per_screened_patient']} per screened "
         f"patient, {live['retries']} retries."
     )
     if "write_back" in live:
-        stdout.print(f"Write-back{' (dry run)' if args.dry_run else ''}: {live['write_back']}")
+        report.print(f"Write-back{' (dry run)' if args.dry_run else ''}: {live['write_back']}")
     if summary.unscreened:
-        stdout.print(
+        report.print(
             f"[red]{len(summary.unscreened)} patient(s) not screened[/]; listed in "
             f"{summary.out / 'unscreened.ndjson'}. Run again with --resume to finish."
         )
     return summary.exit_code
 
 
+# --- Bulk Data export -------------------------------------------------------------------------
+
+
+def _bulk_scope(args: argparse.Namespace) -> BulkScope:
+    from service.screening.bulk import BulkScope
+
+    if args.group and args.export_level == "system":
+        raise PrescreenError("give --group ID or --export-level system, not both")
+    if args.group:
+        return BulkScope("group", args.group, args.since)
+    return BulkScope(args.export_level, None, args.since)
+
+
+def _show_server_diagnostics(run: Callable[[], T]) -> T:
+    """Run; a FHIR server's OperationOutcome text goes to the operator before the error line."""
+    from service.errors import FhirServerError
+
+    try:
+        return run()
+    except FhirServerError as exc:
+        if exc.diagnostics:
+            console.print(f"[red]the server said:[/] {escape(exc.diagnostics[:500])}")
+        raise
+
+
+def _screen_bulk(
+    args: argparse.Namespace,
+    settings: Settings,
+    rulesets: list[RuleSet],
+    as_of: date,
+    out: Path,
+) -> int:
+    import asyncio
+
+    from service.screening.bulk import screen_bulk
+
+    if args.source:
+        raise PrescreenError("--bulk exports from a FHIR server: give --fhir-url, not --source")
+    for flag, given in (
+        ("--patients", args.patients),
+        ("--patients-file", args.patients_file),
+        ("--write-back", args.write_back),
+        ("--dry-run", args.dry_run),
+        ("--resume", args.resume),
+    ):
+        if given:
+            raise PrescreenError(
+                f"{flag} is for REST runs; --bulk screens every patient of the export (and a "
+                "stopped --bulk run resumes by itself)"
+            )
+    if not (args.fhir_url or settings.fhir_url):
+        raise PrescreenError("--bulk needs --fhir-url URL (or PRESCREEN_FHIR_URL)")
+    scope = _bulk_scope(args)
+    with RichProgress(enabled=not args.no_progress) as progress:
+        run = _show_server_diagnostics(
+            lambda: asyncio.run(
+                screen_bulk(
+                    settings,
+                    args.fhir_url,
+                    rulesets,
+                    as_of,
+                    out,
+                    scope,
+                    keep_export=args.keep_export,
+                    progress=progress,
+                )
+            )
+        )
+    assert run.portfolio is not None
+    for summary in run.portfolio.summaries:
+        _print_summary(summary)
+    if run.portfolio.overview:
+        _print_overlap(run.portfolio.overview, out)
+    _print_export(run)
+    return run.portfolio.exit_code
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from service.screening.bulk import export_only
+
+    settings = _settings(args)
+    rulesets = (
+        [catalog.load_trial(trial, settings) for trial in _trial_names(args.trial, settings)]
+        if args.trial
+        else []
+    )
+    if not (args.fhir_url or settings.fhir_url):
+        raise PrescreenError("give --fhir-url URL (or set PRESCREEN_FHIR_URL)")
+    scope = _bulk_scope(args)
+    out = Path(args.out)
+    with RichProgress(enabled=not args.no_progress) as progress:
+        run = _show_server_diagnostics(
+            lambda: asyncio.run(
+                export_only(
+                    settings,
+                    args.fhir_url,
+                    rulesets,
+                    out,
+                    scope,
+                    keep_export=args.keep_export,
+                    progress=progress,
+                )
+            )
+        )
+    _print_export(run)
+    stdout.print(f"Wrote {out}/ (screen it with: prescreen screen --source {out} …)")
+    return EXIT_PARTIAL if any(entry.is_error for entry in run.report.errors) else EXIT_OK
+
+
+def _print_export(run: BulkExportRun) -> None:
+    report = run.report
+    request = report.request
+    scope = f"Group/{request.group_id}" if request.group_id else request.level
+    since = f", changes since {request.since}" if request.since else ""
+    resources = f", {report.resources} resources" if report.resources is not None else ""
+    stdout.print(
+        f"Bulk export ({scope}{since}): {report.files} files, {report.bytes / 1e6:.1f} MB"
+        f"{resources}; {report.downloaded} downloaded by this run"
+        f"{' (resumed)' if report.resumed else ''}; {report.referenced} referenced resources "
+        f"read by id; {report.requests} HTTP requests; {report.waited_seconds:.0f}s waiting for "
+        f"the server. _typeFilter {report.type_filter}."
+    )
+    for note in report.notes:
+        stdout.print(f"[yellow]note:[/] {escape(note)}")
+    if report.errors:
+        errors = sum(entry.is_error for entry in report.errors)
+        stdout.print(
+            f"[yellow]The export's error files list {errors} error(s) and "
+            f"{len(report.errors) - errors} other issue(s)[/] (in {report.folder}/errors/)"
+        )
+    if run.deleted is None:
+        stdout.print("The export job is kept on the server (--keep-export).")
+    elif run.deleted:
+        stdout.print("The export job was deleted on the server.")
+    else:
+        stdout.print("[yellow]The server did not take the deletion of the export job.[/]")
+
+
 def cmd_load(args: argparse.Namespace) -> int:
     import asyncio
 
     from service.fhir.connect import connect
-    from service.fhir.loader import load_resources, read_folder
+    from service.fhir.loader import folder_readers, load_readers, plan_load
 
     settings = _settings(args)
-    resources = list(read_folder(Path(args.source)))
+    # Read as a stream, twice before the first request: which types reference which, and the
+    # ids of conditionally referenced resources (see service/fhir/loader.py).
+    readers = folder_readers(Path(args.source))
+    plan = plan_load(readers)
 
     async def run() -> int:
         client = await connect(settings, args.fhir_url)
         async with client:
             with RichProgress(enabled=not args.no_progress) as progress:
-                advance = progress.task("Loading resources", len(resources))
-                return await load_resources(
-                    client, resources, per_bundle=args.per_bundle, progress=advance
+                advance = progress.task("Loading resources", plan.resources)
+                return await load_readers(
+                    client, readers, plan=plan, per_bundle=args.per_bundle, progress=advance
                 )
 
     written = asyncio.run(run())
@@ -263,17 +486,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         f"Screening the shipped sample hospital ({manifest['patients']} synthetic patients) "
         f"for [bold]{args.trial.replace(',', ', ')}[/] as of {args.as_of}"
     )
-    return cmd_screen(args)
+    code = cmd_screen(args)
+    console.print(
+        "\n[bold]Web worklist[/] on this sample: run [bold]make demo-ui[/] in the prescreen "
+        "checkout. It starts a local FHIR server holding the sample, screens it, and serves "
+        "http://127.0.0.1:8000/ui/ (sign in as [bold]demo[/], password [bold]demo-password[/]; "
+        "Ctrl-C stops it)."
+    )
+    return code
 
 
-def _print_summary(summary: ScreeningSummary) -> None:
+def _print_summary(summary: ScreeningSummary, out: Console = stdout) -> None:
     table = Table(title=f"{summary.trial} pre-screening, as of {summary.as_of.isoformat()}")
     table.add_column("verdict")
     table.add_column("patients", justify="right")
     for verdict in ("candidate", "potential-candidate", "ineligible"):
         table.add_row(verdict, str(summary.verdicts.get(verdict, 0)))
     table.add_row("[bold]total", f"[bold]{summary.patients}")
-    stdout.print(table)
+    out.print(table)
 
     criteria = Table(title="Most common reasons")
     criteria.add_column("criterion")
@@ -286,28 +516,26 @@ def _print_summary(summary: ScreeningSummary) -> None:
         criteria.add_row(
             name, str(summary.unknown.get(name, 0)), str(summary.blocking.get(name, 0))
         )
-    stdout.print(criteria)
+    out.print(criteria)
 
     stats = summary.stats
     if stats.files:
-        stdout.print(
+        out.print(
             f"Read {stats.lines} lines in {stats.files} files: {stats.parsed} parsed, "
             f"{stats.skipped_type} of unneeded types and {stats.skipped_prefilter} without a "
             f"relevant code skipped unparsed; {summary.read_seconds:.2f}s reading, "
             f"{summary.evaluate_seconds:.2f}s screening ({summary.engine})."
         )
     if summary.rule_errors:
-        stdout.print(f"[red]Rule errors:[/] {dict(summary.rule_errors)}")
+        out.print(f"[red]Rule errors:[/] {dict(summary.rule_errors)}")
     if summary.issues.total:
-        stdout.print(
+        out.print(
             f"[yellow]{summary.issues.total} input problem(s)[/] {dict(summary.issues.counts)}; "
             f"each with file and line in {summary.out / 'issues.ndjson'}. First ones:"
         )
         for issue in summary.issues.first[:10]:
-            stdout.print(escape(f"  {issue.file}:{issue.line}: {issue.kind}: {issue.message}"))
-    stdout.print(
-        f"Wrote {summary.out}/verdicts.ndjson, ResearchStudy.ndjson, ResearchSubject.ndjson"
-    )
+            out.print(escape(f"  {issue.file}:{issue.line}: {issue.kind}: {issue.message}"))
+    out.print(f"Wrote {summary.out}/verdicts.ndjson, ResearchStudy.ndjson, ResearchSubject.ndjson")
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -431,7 +659,44 @@ def cmd_subscriptions_install(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_users(args: argparse.Namespace) -> int:
+    """People who may sign in to the web worklist (/ui)."""
+    from service.ui import users
+
+    settings = _settings(args)
+    if args.users_command == "add":
+        password = None if args.no_password else users.read_password()
+        trials = [t.strip() for t in (args.trials or "").split(",") if t.strip()]
+        users.add_user(settings, args.name, args.role, trials, password)
+        scope = f" for {', '.join(trials)}" if trials else ""
+        stdout.print(f"Saved {args.name}: {args.role}{scope}")
+    elif args.users_command == "remove":
+        if not users.remove_user(settings, args.name):
+            raise PrescreenError(f"no user named '{args.name}'")
+        stdout.print(f"Removed {args.name}")
+    else:
+        table = Table("name", "role", "trials", "sign-in")
+        for user in users.list_users(settings):
+            sign_in = "password" if user.password_hash else "identity provider"
+            table.add_row(escape(user.name), user.role, user.trials or "all", sign_in)
+        stdout.print(table)
+    return EXIT_OK
+
+
 # --- parser -----------------------------------------------------------------------------------
+
+
+def _export_arguments(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--group", help="export the members of this Group (Group/ID/$export)")
+    group.add_argument(
+        "--export-level",
+        choices=("patient", "system"),
+        default="patient",
+        help="without --group: Patient/$export (default) or the system-level $export",
+    )
+    group.add_argument(
+        "--keep-export", action="store_true", help="do not delete the export job on the server"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -459,6 +724,19 @@ def build_parser() -> argparse.ArgumentParser:
     screen.add_argument("--as-of", help="reference date YYYY-MM-DD (default: today, UTC)")
     screen.add_argument("--out", required=True, help="output folder")
     screen.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _workers_argument(screen)
+    screen.add_argument(
+        "--executor",
+        choices=("local", "spark"),
+        default="local",
+        help="where an offline run computes: this machine (local), or Apache Spark (needs "
+        "prescreen[spark]; --source may then be any Hadoop URI: hdfs://, s3a://...)",
+    )
+    screen.add_argument(
+        "--spark-master",
+        help="Spark master URL (spark://host:7077, local[4]...; default: as spark-submit "
+        "configured it, else local[*])",
+    )
     live = screen.add_argument_group("live runs (--fhir-url)")
     live.add_argument("--patients", help="comma-separated patient ids (default: the cohort)")
     live.add_argument("--patients-file", help="file with one patient id per line")
@@ -468,7 +746,27 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run", action="store_true", help="print the write-back transactions, send nothing"
     )
     live.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ndjson")
+    bulk = screen.add_argument_group(
+        "Bulk Data export (--fhir-url with --bulk; --since adds the changes to OUT/bulk)"
+    )
+    bulk.add_argument(
+        "--bulk", action="store_true", help="$export into OUT/bulk, then screen it as --source"
+    )
+    _export_arguments(bulk)
     screen.set_defaults(func=cmd_screen)
+
+    export = sub.add_parser(
+        "export", parents=[common], help="Bulk Data $export of a FHIR server into a folder"
+    )
+    export.add_argument("--fhir-url", help="FHIR R4 base URL (PRESCREEN_FHIR_URL)")
+    export.add_argument("--out", required=True, help="folder for the NDJSON files")
+    export.add_argument(
+        "--trial", help="export only what these trials read (relieve, relieve,ssrs or all)"
+    )
+    export.add_argument("--since", help="only resources changed after this FHIR instant")
+    export.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _export_arguments(export)
+    export.set_defaults(func=cmd_export)
 
     load = sub.add_parser(
         "load", parents=[common], help="load an NDJSON folder into a FHIR server (transactions)"
@@ -484,6 +782,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="out/demo", help="output folder (default out/demo)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _workers_argument(demo)
     demo.set_defaults(func=cmd_demo)
 
     rules = sub.add_parser("rules", help="validate and test rule sets")
@@ -502,6 +801,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (PRESCREEN_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="listen port (PRESCREEN_PORT, default 8000)")
     serve.set_defaults(func=cmd_serve)
+
+    people = sub.add_parser("users", help="people who may sign in to the web worklist (/ui)")
+    people_sub = people.add_subparsers(dest="users_command", required=True)
+    add = people_sub.add_parser(
+        "add", help="add or replace a person (password from a prompt, or one line of stdin)"
+    )
+    add.add_argument("name", help="user name (with OIDC sign-in: the username claim)")
+    add.add_argument("--role", required=True, choices=("coordinator", "viewer"), help="role")
+    add.add_argument("--trials", help="comma-separated trials a coordinator decides on (all)")
+    add.add_argument(
+        "--no-password", action="store_true", help="no password: signs in at the identity provider"
+    )
+    add.set_defaults(func=cmd_users)
+    remove = people_sub.add_parser("remove", help="remove a person and end their sessions")
+    remove.add_argument("name")
+    remove.set_defaults(func=cmd_users)
+    people_sub.add_parser("list", help="list the people").set_defaults(func=cmd_users)
 
     subs = sub.add_parser("subscriptions", help="FHIR Subscriptions for event-driven screening")
     subs_sub = subs.add_subparsers(dest="subscriptions_command", required=True)

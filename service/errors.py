@@ -1,4 +1,6 @@
-"""Exceptions shared across the package."""
+"""Exceptions shared across the package, and the *kind* of an error: what the service stores,
+returns and logs instead of a message (messages from a FHIR server or a database can quote
+patient ids and names; a kind never does)."""
 
 from __future__ import annotations
 
@@ -24,14 +26,49 @@ class SourceError(PrescreenError):
 
 
 class FhirServerError(PrescreenError):
-    """A FHIR server answered with an error; carries the status and the server's diagnostics."""
+    """A FHIR server answered with an error; carries the status and the server's diagnostics.
+
+    The diagnostics (an OperationOutcome's text) stay out of the message: servers quote the
+    request in them ("Patient/123 (Jane Doe) not found"), and messages end up in logs and
+    tracebacks. Code that shows them to an operator reads ``diagnostics`` explicitly.
+    """
 
     def __init__(self, message: str, status: int | None = None, diagnostics: str = "") -> None:
         self.status = status
         self.diagnostics = diagnostics
-        detail = f" ({diagnostics})" if diagnostics else ""
-        super().__init__(f"{message}{detail}")
+        super().__init__(message)
 
 
 class FhirUnavailableError(FhirServerError):
     """The server could not be reached, or kept failing, after every retry."""
+
+
+def error_kind(exc: BaseException) -> str:
+    """A short, fixed name for what went wrong, safe to store, return and log: never the message.
+
+    fhir-unavailable, fhir-http-<status>, fhir-error (a FHIR answer prescreen cannot use),
+    database-error, http-error (another HTTP peer: a webhook), source-unreadable, config-error,
+    io-error, internal-error.
+    """
+    if isinstance(exc, FhirUnavailableError):
+        return "fhir-unavailable"
+    if isinstance(exc, FhirServerError):
+        return f"fhir-http-{exc.status}" if exc.status is not None else "fhir-error"
+    if isinstance(exc, SourceError):
+        return "source-unreadable"
+    if isinstance(exc, ConfigError):
+        return "config-error"
+    roots = _modules_of(exc)
+    if roots & {"sqlalchemy", "sqlite3", "psycopg", "psycopg2"}:
+        return "database-error"
+    if "httpx" in roots:
+        return "http-error"
+    if isinstance(exc, OSError):
+        return "io-error"
+    return "internal-error"
+
+
+def _modules_of(exc: BaseException) -> set[str]:
+    # By module rather than by class: this module is imported by every command, most of which
+    # never load SQLAlchemy, a database driver or httpx.
+    return {cls.__module__.split(".", 1)[0] for cls in type(exc).__mro__}

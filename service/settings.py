@@ -75,6 +75,37 @@ class Settings(BaseSettings):
         default=40, description="codes per token search parameter (long value sets are chunked)"
     )
 
+    # --- Bulk Data $export (prescreen screen --bulk, prescreen export) ---
+    bulk_type_filter: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="send the mappings' code and status filters as _typeFilter: auto (when the "
+        "server's CapabilityStatement or $export OperationDefinition declares it), always, never",
+    )
+    bulk_poll_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="first wait between two status polls when the server gives no Retry-After; "
+        "it grows by half each time up to PRESCREEN_BULK_POLL_MAX_SECONDS",
+    )
+    bulk_poll_max_seconds: float = Field(
+        default=60.0, gt=0, description="longest wait between two polls without a Retry-After"
+    )
+    bulk_max_wait_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="give up waiting for an export after this long (the job is kept: the same "
+        "command resumes it)",
+    )
+    bulk_retry_after_max_seconds: float = Field(
+        default=3600.0,
+        ge=0,
+        description="longest Retry-After honoured while polling an export or downloading its "
+        "files (a longer one is shortened to this)",
+    )
+    bulk_download_concurrency: int = Field(
+        default=4, ge=1, description="export files downloaded at the same time"
+    )
+
     # --- the service (prescreen serve) ---
     database_url: str = Field(
         default="sqlite:///prescreen.db", description="SQLAlchemy URL: SQLite file or PostgreSQL"
@@ -96,12 +127,56 @@ class Settings(BaseSettings):
     cds_issuers: str = Field(
         default="{}", description='JSON {"EHR iss": "its JWKS URL"}: EHRs trusted for CDS Hooks'
     )
-    max_body_bytes: int = Field(default=5_000_000, description="largest request body accepted")
+    cds_fhir_servers: str = Field(
+        default="",
+        description="comma-separated FHIR base URLs a CDS Hooks call may name as fhirServer "
+        "(compared normalised); default: the FHIR base URL (PRESCREEN_FHIR_URL)",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins of browser-based EHRs allowed to call the CDS Hooks "
+        "endpoints (CORS), or * for any; default: none",
+    )
+    jwks_timeout_seconds: float = Field(
+        default=3.0,
+        gt=0,
+        description="longest wait for a JWKS (OAuth2 and CDS Hooks issuers), whole fetch",
+    )
+    jwks_cache_seconds: float = Field(
+        default=300.0, gt=0, description="how long fetched signing keys are used before a refetch"
+    )
+    jwks_refresh_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="a JWKS is fetched again at most once per this interval after a failed fetch "
+        "or for a token whose kid it lacks (failures and unknown kids are cached meanwhile)",
+    )
+    max_body_bytes: int = Field(
+        default=5_000_000,
+        description="largest request body accepted, counted on the bytes received (chunked too)",
+    )
+    ndjson_roots: str = Field(
+        default="",
+        description="comma-separated folders under which POST /runs may read NDJSON "
+        "(source: ndjson); empty: NDJSON runs through the API are refused",
+    )
+    readiness_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="how long /readyz reuses its last FHIR server check (it needs no credentials)",
+    )
     debounce_seconds: float = Field(
         default=2.0, description="quiet time after a notification before re-screening"
     )
     write_back: bool = Field(
         default=True, description="event-driven re-screens write ResearchSubjects back"
+    )
+    lease_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="how long a replica's claim on a population run, an alert being sent or a "
+        "patient's write-back holds without renewal (renewed every third of it while the work "
+        "goes on); another replica takes the work over once it has expired",
     )
     webhook_url: str | None = Field(default=None, description="coordinator alert webhook")
     webhook_secret: SecretStr | None = Field(default=None, description="HMAC key for it")
@@ -109,6 +184,35 @@ class Settings(BaseSettings):
     smtp_port: int = Field(default=25, description="its port")
     smtp_from: str = Field(default="prescreen@localhost", description="alert sender")
     smtp_to: str = Field(default="", description="comma-separated coordinator addresses")
+
+    # --- the web worklist (/ui) ---
+    ui_mode: Literal["local", "oidc", "off"] = Field(
+        default="local",
+        description="how people sign in to /ui: local (users added with `prescreen users add`), "
+        "oidc (the hospital's OpenID Connect provider), or off (no web worklist)",
+    )
+    oidc_issuer: str | None = Field(
+        default=None, description="OpenID Connect issuer URL (its .well-known is read)"
+    )
+    oidc_client_id: str | None = Field(default=None, description="this service's OIDC client id")
+    oidc_client_secret: SecretStr | None = Field(default=None, description="its client secret")
+    oidc_scope: str = Field(default="openid profile email", description="scopes asked at sign-in")
+    oidc_username_claim: str = Field(
+        default="preferred_username",
+        description="ID token claim naming the person (falls back to sub); matched against "
+        "`prescreen users add` names for their role",
+    )
+    oidc_roles_claim: str | None = Field(
+        default=None,
+        description="ID token claim listing roles for people not added with `prescreen users "
+        "add`: coordinator, viewer, or coordinator:<trial>",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="key signing the /ui session cookie; random at each start when unset (set it "
+        "for several replicas)",
+    )
+    session_hours: float = Field(default=8.0, description="a /ui sign-in lasts this many hours")
 
 
 @lru_cache(maxsize=1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import time
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -17,7 +19,8 @@ from service import catalog
 from service.alerts import Alerter, AlertSettings
 from service.api import cds, routes
 from service.api.engine import ScreeningService
-from service.api.security import Authenticator
+from service.api.guard import Authenticate, RequestGuard, is_public
+from service.api.security import Authenticator, JwksWarmup
 from service.settings import Settings
 from service.state.store import Store, migrate
 
@@ -106,18 +109,39 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-            return JSONResponse({"detail": "request body too large"}, status_code=413)
-        return await call_next(request)
+    def authenticator_for(request: Request) -> Authenticate | None:
+        """What must hold before a request's body is read: valid credentials, for every
+        endpoint but the public ones and CDS Hooks (which verifies the EHR's JWT itself)."""
+        path = request.url.path
+        if is_public(path) or path.startswith("/cds-services"):
+            return None
+        auth: Authenticator = request.app.state.auth
+        return auth.principal
+
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        authenticator_for=authenticator_for,
+    )
+    # Added after the guard, so they run before it: signing keys are fetched (asynchronously)
+    # before any credential check, and a CORS preflight is answered before anything else.
+    app.add_middleware(JwksWarmup)
+    app.add_middleware(cds.CdsCors, origins=cds.cors_origins(settings))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default answer quotes the offending input back; it could be patient data.
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    fhir_check: dict[str, Any] = {"at": None, "outcome": ""}
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
@@ -128,12 +152,18 @@ def create_app(settings: Settings) -> FastAPI:
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = type(exc).__name__
-        try:
-            client = await service.client()
-            await client.get("metadata", kind="readiness")
-            checks["fhir"] = "ok"
-        except Exception as exc:
-            checks["fhir"] = type(exc).__name__
+        # /readyz needs no credentials: without a cache, every probe (or anyone) would make
+        # the service send a request to the FHIR server.
+        checked_at = fhir_check["at"]
+        if checked_at is None or time.monotonic() - checked_at >= settings.readiness_cache_seconds:
+            try:
+                client = await service.client()
+                await client.get("metadata", kind="readiness")
+                fhir_check["outcome"] = "ok"
+            except Exception as exc:
+                fhir_check["outcome"] = type(exc).__name__
+            fhir_check["at"] = time.monotonic()
+        checks["fhir"] = fhir_check["outcome"]
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(checks, status_code=200 if ready else 503)
 
@@ -146,6 +176,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(cds.router)
+    if settings.ui_mode != "off":
+        # The coordinators' web worklist: its own cookie session and error pages, under /ui.
+        from service.ui.app import create_ui
+
+        app.mount("/ui", create_ui(app, settings))
     return app
 
 

@@ -3,7 +3,8 @@
 The decision is written to the patient's ResearchSubject on the FHIR server with ``If-Match``, so
 two people deciding at once cannot overwrite each other: the caller may pass the version it showed
 the person (``expected_version``); if the subject has changed since, nothing is written and the
-other decision is returned in a :class:`DecisionConflictError`.
+other decision is returned in a :class:`DecisionConflictError`. Each decision written is kept in
+the decision history (who, when, the status, the reason and a note), which the web worklist shows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from service.api.engine import ScreeningService
 from service.errors import FhirServerError
 from service.fhir.writeback import WRITTEN_STATUS_URL
 from service.research import subject_identifier_value
+from service.state.models import DecisionRecord
+from service.state.worklist import WorklistStore
 
 # ResearchSubject.status codes (R4 research-subject-status) a person may set.
 DECISIONS = (
@@ -43,10 +46,19 @@ class DecisionError(Exception):
 class DecisionConflictError(DecisionError):
     """Someone else changed the ResearchSubject first: their status is returned, not overwritten."""
 
-    def __init__(self, current_status: str, current_version: str | None) -> None:
+    def __init__(
+        self,
+        current_status: str,
+        current_version: str | None,
+        *,
+        last_decision: DecisionRecord | None = None,
+    ) -> None:
         super().__init__(409, "the ResearchSubject was changed by someone else first")
         self.current_status = current_status
         self.current_version = current_version
+        # The decision prescreen recorded last for this candidate (who and when), if any: the
+        # other person's, unless the change was made outside prescreen.
+        self.last_decision = last_decision
 
 
 @dataclass(frozen=True)
@@ -80,17 +92,27 @@ async def record_decision(
     status: str,
     *,
     expected_version: str | None = None,
+    decided_by: str = "",
+    reason: str = "",
+    note: str = "",
 ) -> DecisionOutcome:
-    """Write ``status`` to the candidate's ResearchSubject; refuse if it changed meanwhile."""
+    """Write ``status`` to the candidate's ResearchSubject; refuse if it changed meanwhile.
+
+    ``decided_by`` (the signed-in person or the API client), ``reason`` and ``note`` go to the
+    decision history only: the ResearchSubject carries the status, not free text.
+    """
     if status not in DECISIONS:
         raise DecisionError(422, f"unknown decision '{status}'")
     row = await asyncio.to_thread(service.store.candidate, candidate_id)
     if row is None:
         raise DecisionError(404, "no such candidate")
+    history = WorklistStore(service.store.engine)
     subject = await find_subject(service, row.trial, row.patient_id)
     version = subject.get("meta", {}).get("versionId")
+    previous = str(subject.get("status", ""))
     if expected_version is not None and version is not None and expected_version != version:
-        raise DecisionConflictError(str(subject.get("status", "")), version)
+        last = await asyncio.to_thread(history.last_decision, candidate_id)
+        raise DecisionConflictError(previous, version, last_decision=last)
     subject["status"] = status
     # A person decided: prescreen's own status marker no longer matches, so it will not undo it.
     subject["extension"] = [
@@ -112,9 +134,22 @@ async def record_decision(
     if response.status_code in (409, 412):
         # Someone wrote between our read and our write: show theirs.
         current = await find_subject(service, row.trial, row.patient_id)
+        last = await asyncio.to_thread(history.last_decision, candidate_id)
         raise DecisionConflictError(
-            str(current.get("status", "")), current.get("meta", {}).get("versionId")
+            str(current.get("status", "")),
+            current.get("meta", {}).get("versionId"),
+            last_decision=last,
         )
     new_version = (body or {}).get("meta", {}).get("versionId") if isinstance(body, dict) else None
     await asyncio.to_thread(service.store.set_candidate_status, candidate_id, status)
+    await asyncio.to_thread(
+        history.record_decision,
+        row,
+        status,
+        previous,
+        decided_by,
+        reason,
+        note,
+        new_version,
+    )
     return DecisionOutcome(candidate_id, status, new_version)

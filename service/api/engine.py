@@ -4,7 +4,9 @@ notifications, keep the worklist and alert coordinators. The routes only transla
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from service.alerts import Alerter
+from service.api.writelocks import WriteBackLocks
+from service.errors import error_kind
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities, connect, read_capabilities
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
@@ -23,6 +27,7 @@ from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
 from service.screening.source import Collector, IssueLog
 from service.settings import Settings
+from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,11 @@ class ScreeningService:
         self._lock = asyncio.Lock()
         self.last_ping = datetime.now(UTC)
         self.tasks: set[asyncio.Task[Any]] = set()
+        # This process's name in run claims and write-back claims: a restarted process is a
+        # new replica, and takes a run over only once the old one's lease has expired.
+        self.replica = uuid.uuid4().hex
+        self.write_locks = WriteBackLocks(store, self.replica, settings.lease_seconds)
+        self._running_runs: set[str] = set()
 
     # --- FHIR -----------------------------------------------------------------------------------
 
@@ -109,17 +119,21 @@ class ScreeningService:
             self.evaluators[trial], resources, as_of, only=set(patient_ids), not_screened=skipped
         )
         if write_back and (verdicts or skipped):
-            writer = WriteBack(
-                client,
-                ruleset,
-                as_of,
-                self.settings.subject_identifier_system,
-                abilities=abilities,
-            )
-            await writer.prepare(load_subjects=False)
-            await writer.load_subjects_for([v.patient_id for v in verdicts] + sorted(skipped))
-            await writer.write(verdicts)
-            await writer.withdraw(sorted(skipped))
+            touched = [v.patient_id for v in verdicts] + sorted(skipped)
+            # One write-back per patient at a time; the subjects are read under the claim, so
+            # a screening that waited sees what the one before it wrote (and writes no more).
+            async with self.write_locks.hold(trial, touched):
+                writer = WriteBack(
+                    client,
+                    ruleset,
+                    as_of,
+                    self.settings.subject_identifier_system,
+                    abilities=abilities,
+                )
+                await writer.prepare(load_subjects=False)
+                await writer.load_subjects_for(touched)
+                await writer.write(verdicts)
+                await writer.withdraw(sorted(skipped))
         contracts = [v.as_contract(ruleset, as_of) for v in verdicts]
         for contract in contracts:
             self.metrics.screenings[(trial, contract["verdict"])] += 1
@@ -132,26 +146,54 @@ class ScreeningService:
     # --- population runs ------------------------------------------------------------------------
 
     async def execute_run(self, run_id: str) -> None:
+        """Execute (or resume) a run, unless another replica holds a live claim on it."""
+        if run_id in self._running_runs:
+            return  # already under way in this process
+        self._running_runs.add(run_id)
+        try:
+            lease_seconds = self.settings.lease_seconds
+            claimed = await asyncio.to_thread(
+                self.store.claim_run, run_id, self.replica, lease_seconds
+            )
+            if not claimed:
+                return  # finished, or another replica's live run
+            renew = functools.partial(self.store.renew_run, run_id, self.replica, lease_seconds)
+            async with kept(renew, lease_seconds) as lease:
+                await self._execute_claimed(run_id, lease)
+        except Exception as exc:
+            # The database failed around the run (claiming it, recording its failure): the run
+            # stays unfinished, and is taken up again once its lease has expired.
+            log.warning("run %s could not be executed: %s", run_id, error_kind(exc))
+        finally:
+            self._running_runs.discard(run_id)
+
+    async def _execute_claimed(self, run_id: str, lease: Lease) -> None:
         run = await asyncio.to_thread(self.store.get_run, run_id)
         if run is None:
             return
         try:
             as_of = date.fromisoformat(run.as_of)
             if run.source == "ndjson":
-                await self._run_ndjson(run_id, run.trial, Path(run.source_detail), as_of)
+                await self._run_ndjson(run_id, run.trial, Path(run.source_detail), as_of, lease)
             else:
                 await self._run_fhir(
-                    run_id, run.trial, run.source_detail, as_of, bool(run.write_back)
+                    run_id, run.trial, run.source_detail, as_of, bool(run.write_back), lease
                 )
+        except LeaseLostError:
+            log.warning("run %s: lease expired and taken over by another replica", run_id)
+            return
         except Exception as exc:
-            log.warning("run %s failed: %s", run_id, type(exc).__name__)
-            await asyncio.to_thread(self.store.finish_run, run_id, "failed", {}, str(exc)[:500])
+            # The kind only: messages from the FHIR server or the database can quote patient
+            # ids and names, and run.error is returned by GET /runs/{id}.
+            kind = error_kind(exc)
+            log.warning("run %s failed: %s", run_id, kind)
+            await asyncio.to_thread(self.store.finish_run, run_id, "failed", {}, kind, self.replica)
             return
         counts = await asyncio.to_thread(self.store.verdict_counts, run_id)
-        await asyncio.to_thread(self.store.finish_run, run_id, "done", counts)
+        await asyncio.to_thread(self.store.finish_run, run_id, "done", counts, "", self.replica)
 
     async def _run_fhir(
-        self, run_id: str, trial: str, detail: str, as_of: date, write_back: bool
+        self, run_id: str, trial: str, detail: str, as_of: date, write_back: bool, lease: Lease
     ) -> None:
         if not await asyncio.to_thread(self.store.has_patients, run_id):
             ids = [p for p in detail.split(",") if p]
@@ -167,10 +209,13 @@ class ScreeningService:
         for group in chunked(pending, self.settings.fhir_patients_per_request):
             if not group:
                 continue
+            lease.check()
             contracts = await self.screen(trial, group, as_of, write_back)
             await asyncio.to_thread(self.store.record_verdicts, run_id, contracts)
 
-    async def _run_ndjson(self, run_id: str, trial: str, folder: Path, as_of: date) -> None:
+    async def _run_ndjson(
+        self, run_id: str, trial: str, folder: Path, as_of: date, lease: Lease
+    ) -> None:
         ruleset = self.rulesets[trial]
 
         def read() -> Collector:
@@ -188,6 +233,7 @@ class ScreeningService:
         for pid, _patient, facts in collector.screened_patients():
             if pid not in pending:
                 continue
+            lease.check()
             contract = evaluator.evaluate(pid, facts, as_of).as_contract(ruleset, as_of)
             batch.append(contract)
             change = await asyncio.to_thread(
@@ -200,8 +246,11 @@ class ScreeningService:
         await asyncio.to_thread(self.store.record_verdicts, run_id, batch)
 
     async def resume_runs(self) -> None:
-        for run in await asyncio.to_thread(self.store.runs_to_resume):
-            self.spawn(self.execute_run(run.id))
+        """Take up unfinished runs: unclaimed ones, and those whose replica's lease expired
+        (it stopped, or stalled for longer than the lease); never another's live run."""
+        for run in await asyncio.to_thread(self.store.runs_to_resume, self.replica):
+            if run.id not in self._running_runs:
+                self.spawn(self.execute_run(run.id))
 
     # --- notifications --------------------------------------------------------------------------
 
@@ -269,12 +318,13 @@ class ScreeningService:
                     await self.screen(trial, patient_ids, today, self.settings.write_back)
                 )
             except Exception as exc:
-                log.warning("re-screen failed (%s); queued again", type(exc).__name__)
+                log.warning("re-screen failed (%s); queued again", error_kind(exc))
                 await asyncio.to_thread(self.store.queue, trial, set(patient_ids), 10.0)
         return screened
 
     async def background(self) -> None:
-        """The debounce loop, and retries of alerts that could not be delivered."""
+        """The debounce loop, retries of alerts that could not be delivered, and runs left by
+        a replica that stopped renewing its lease."""
         ticks = 0
         while True:
             try:
@@ -282,6 +332,8 @@ class ScreeningService:
                 ticks += 1
                 if ticks % 60 == 0:
                     await self.alerter.retry_unsent()
+                if ticks % 20 == 0:
+                    await self.resume_runs()
             except Exception as exc:
-                log.warning("background loop: %s", type(exc).__name__)
+                log.warning("background loop: %s", error_kind(exc))
             await asyncio.sleep(0.5)

@@ -8,8 +8,9 @@ from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
 
 from service.api.decisions import (
     DECISIONS,
@@ -18,7 +19,15 @@ from service.api.decisions import (
     record_decision,
 )
 from service.api.engine import ScreeningService
+from service.api.folders import allowed_ndjson_folder
+from service.api.notifications import (
+    BadNotificationError,
+    Notified,
+    path_reference,
+    read_notification,
+)
 from service.api.security import Authenticator
+from service.fhir.ids import FHIR_ID, is_fhir_id
 
 router = APIRouter()
 
@@ -42,14 +51,39 @@ def _as_of(value: date | None) -> date:
     return value or datetime.now(UTC).date()
 
 
+# Integers the database columns hold (32-bit in PostgreSQL): larger ones are a 422, not a 500.
+MAX_INT = 2**31 - 1
+# Reference dates a rule window can be computed from without leaving the calendar.
+EARLIEST_AS_OF, LATEST_AS_OF = date(1900, 1, 1), date(2999, 12, 31)
+
+
+def _not_only_dots(value: str) -> str:
+    if not is_fhir_id(value):
+        raise ValueError("'.' and '..' are not usable as ids")
+    return value
+
+
+FhirId = Annotated[
+    str, StringConstraints(pattern=f"^{FHIR_ID.pattern}$"), AfterValidator(_not_only_dots)
+]
+
+
+def _reasonable_as_of(value: date | None) -> date | None:
+    if value is not None and not EARLIEST_AS_OF <= value <= LATEST_AS_OF:
+        raise ValueError(f"as_of must lie between {EARLIEST_AS_OF} and {LATEST_AS_OF}")
+    return value
+
+
 # --- on-demand screening ---------------------------------------------------------------------
 
 
 class ScreeningRequest(BaseModel):
     trial: str = Field(examples=["relieve"])
-    patients: list[str] = Field(min_length=1, max_length=100, description="Patient ids")
+    patients: list[FhirId] = Field(min_length=1, max_length=100, description="Patient ids")
     as_of: date | None = Field(default=None, description="reference date (default today)")
     write_back: bool = Field(default=True, description="write ResearchSubjects back")
+
+    _as_of_range = field_validator("as_of")(_reasonable_as_of)
 
 
 @router.post("/screenings", summary="Screen one or a few patients now (live from FHIR)")
@@ -68,9 +102,13 @@ class RunRequest(BaseModel):
     trial: str
     source: Literal["fhir", "ndjson"] = "fhir"
     path: str | None = Field(default=None, description="NDJSON folder on the service host")
-    patients: list[str] = Field(default=[], description="FHIR runs: ids (default: the cohort)")
+    patients: list[FhirId] = Field(
+        default=[], max_length=100_000, description="FHIR runs: ids (default: the cohort)"
+    )
     as_of: date | None = None
     write_back: bool = True
+
+    _as_of_range = field_validator("as_of")(_reasonable_as_of)
 
 
 def _run_json(run: Any) -> dict[str, Any]:
@@ -88,19 +126,63 @@ def _run_json(run: Any) -> dict[str, Any]:
     }
 
 
-@router.post("/runs", status_code=202, summary="Start a population run")
+# OpenAPI links: how a client (or an API fuzzer) goes from one answer to the next call.
+_RUN_LINKS = {
+    "responses": {
+        "202": {
+            "links": {
+                "GetRun": {
+                    "operationId": "getRun",
+                    "parameters": {"run_id": "$response.body#/id"},
+                },
+                "GetRunResults": {
+                    "operationId": "getRunResults",
+                    "parameters": {"run_id": "$response.body#/id"},
+                },
+            }
+        }
+    }
+}
+_CANDIDATE_LINKS = {
+    "responses": {
+        "200": {
+            "links": {
+                "PostDecision": {
+                    "operationId": "postDecision",
+                    "parameters": {"candidate_id": "$response.body#/candidates/0/id"},
+                }
+            }
+        }
+    }
+}
+
+
+@router.post(
+    "/runs",
+    status_code=202,
+    summary="Start a population run",
+    operation_id="postRun",
+    openapi_extra=_RUN_LINKS,
+)
 async def post_runs(body: RunRequest, request: Request) -> dict[str, Any]:
     _auth(request).require(request, "runs")
     service = _service(request)
     _trial(service, body.trial)
-    if body.source == "ndjson" and not body.path:
-        raise HTTPException(422, "an NDJSON run needs 'path'")
-    detail = body.path if body.source == "ndjson" else ",".join(body.patients)
+    if body.source == "ndjson":
+        folder = allowed_ndjson_folder(body.path, service.settings.ndjson_roots)
+        if folder is None:
+            # One answer for missing and not allowed: the API must not reveal the host's files.
+            raise HTTPException(
+                422, "'path' is not an NDJSON folder under the service's allowed folders"
+            )
+        detail = str(folder)
+    else:
+        detail = ",".join(body.patients)
     run = await asyncio.to_thread(
         service.store.create_run,
         body.trial,
         body.source,
-        detail or "",
+        detail,
         _as_of(body.as_of).isoformat(),
         body.write_back,
     )
@@ -108,7 +190,7 @@ async def post_runs(body: RunRequest, request: Request) -> dict[str, Any]:
     return _run_json(run)
 
 
-@router.get("/runs/{run_id}", summary="A run's progress and counts")
+@router.get("/runs/{run_id}", summary="A run's progress and counts", operation_id="getRun")
 async def get_run(run_id: str, request: Request) -> dict[str, Any]:
     _auth(request).require(request, "runs")
     run = await asyncio.to_thread(_service(request).store.get_run, run_id)
@@ -117,15 +199,21 @@ async def get_run(run_id: str, request: Request) -> dict[str, Any]:
     return _run_json(run)
 
 
-@router.get("/runs/{run_id}/results", summary="A run's verdicts, a page at a time")
+@router.get(
+    "/runs/{run_id}/results",
+    summary="A run's verdicts, a page at a time",
+    operation_id="getRunResults",
+)
 async def get_run_results(
     run_id: str,
     request: Request,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     _auth(request).require(request, "runs")
     store = _service(request).store
+    if await asyncio.to_thread(store.get_run, run_id) is None:
+        raise HTTPException(404, "no such run")
     results = await asyncio.to_thread(store.run_results, run_id, offset, limit)
     return {"offset": offset, "limit": limit, "verdicts": results}
 
@@ -133,38 +221,33 @@ async def get_run_results(
 # --- Subscription notifications --------------------------------------------------------------
 
 
-async def _notification(request: Request, path_reference: str | None) -> Response:
+async def _notification(
+    request: Request, resource_type: str | None = None, resource_id: str | None = None
+) -> Response:
     _auth(request).require(request, "notify")
     body = await request.body()
-    resources: list[dict[str, Any]] = []
-    references: list[str] = [path_reference] if path_reference else []
-    if body.strip():
-        try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise HTTPException(400, "notification body is not JSON") from exc
-        if isinstance(payload, dict) and payload.get("resourceType") == "Bundle":
-            for entry in payload.get("entry", []):
-                resource = entry.get("resource")
-                if isinstance(resource, dict) and resource.get("resourceType") not in (
-                    "Parameters",
-                    "SubscriptionStatus",
-                ):
-                    resources.append(resource)
-                elif entry.get("fullUrl") and not resource:
-                    references.append("/".join(str(entry["fullUrl"]).split("/")[-2:]))
-        elif isinstance(payload, dict) and payload.get("resourceType"):
-            if len(payload) <= 3 and "id" in payload and path_reference is None:
-                references.append(f"{payload['resourceType']}/{payload['id']}")  # id-only
-            else:
-                resources.append(payload)
-    await _service(request).notified(resources, references)
+    try:
+        in_path = (
+            path_reference(resource_type, resource_id)
+            if resource_type is not None and resource_id is not None
+            else None
+        )
+        notified = Notified(references=[in_path] if in_path else [])
+        if body.strip():
+            try:
+                payload = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise BadNotificationError("the notification body is not JSON") from exc
+            notified = read_notification(payload, in_path)
+    except BadNotificationError as bad:
+        raise HTTPException(400, str(bad)) from bad
+    await _service(request).notified(notified.resources, notified.references)
     return Response(status_code=200)
 
 
 @router.post("/notifications", summary="R4 rest-hook Subscription notification (any payload)")
 async def post_notification(request: Request) -> Response:
-    return await _notification(request, None)
+    return await _notification(request)
 
 
 @router.put(
@@ -172,7 +255,7 @@ async def post_notification(request: Request) -> Response:
     summary="Rest-hook notification that PUTs the resource at [endpoint]/[type]/[id]",
 )
 async def put_notification(resource_type: str, resource_id: str, request: Request) -> Response:
-    return await _notification(request, f"{resource_type}/{resource_id}")
+    return await _notification(request, resource_type, resource_id)
 
 
 @router.post(
@@ -182,7 +265,7 @@ async def put_notification(resource_type: str, resource_id: str, request: Reques
 async def post_typed_notification(
     resource_type: str, resource_id: str, request: Request
 ) -> Response:
-    return await _notification(request, f"{resource_type}/{resource_id}")
+    return await _notification(request, resource_type, resource_id)
 
 
 # --- coordinator worklist --------------------------------------------------------------------
@@ -202,18 +285,28 @@ def _candidate_json(row: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/candidates", summary="The worklist: candidates by trial, status and date")
+@router.get(
+    "/candidates",
+    summary="The worklist: candidates by trial, status and date",
+    operation_id="getCandidates",
+    openapi_extra=_CANDIDATE_LINKS,
+)
 async def get_candidates(
     request: Request,
     trial: str | None = None,
     status: str | None = None,
     since: datetime | None = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_INT)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     _auth(request).require(request, "candidates")
     store = _service(request).store
-    since_naive = since.astimezone(UTC).replace(tzinfo=None) if since and since.tzinfo else since
+    try:
+        since_naive = (
+            since.astimezone(UTC).replace(tzinfo=None) if since and since.tzinfo else since
+        )
+    except OverflowError as exc:  # 0001-01-01T00:00+14:00 is before the first UTC instant
+        raise HTTPException(422, "'since' lies outside the dates this service handles") from exc
     rows = await asyncio.to_thread(store.candidates, trial, status, since_naive, offset, limit)
     return {"candidates": [_candidate_json(r) for r in rows]}
 
@@ -229,12 +322,23 @@ class Decision(BaseModel):
     )
 
 
-@router.post("/candidates/{candidate_id}/decision", summary="Record a coordinator's decision")
-async def post_decision(candidate_id: int, body: Decision, request: Request) -> Response:
+@router.post(
+    "/candidates/{candidate_id}/decision",
+    summary="Record a coordinator's decision",
+    operation_id="postDecision",
+)
+async def post_decision(
+    candidate_id: Annotated[int, FastApiPath(ge=1, le=MAX_INT)], body: Decision, request: Request
+) -> Response:
     principal = _auth(request).require(request, "decide")
     try:
         outcome = await record_decision(
-            _service(request), candidate_id, body.status, expected_version=body.expected_version
+            _service(request),
+            candidate_id,
+            body.status,
+            expected_version=body.expected_version,
+            decided_by=principal.name,
+            note=body.note or "",
         )
     except DecisionConflictError as conflict:
         return JSONResponse(

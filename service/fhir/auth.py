@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from typing import Literal
 
 import httpx
@@ -59,6 +60,7 @@ class SmartBackendAuth(httpx.Auth):
         self._token: str | None = None
         self._expires_at = 0.0
         self.tokens_fetched = 0
+        self.granted_scope = ""
 
     def assertion(self) -> str:
         now = self._clock()
@@ -92,6 +94,9 @@ class SmartBackendAuth(httpx.Auth):
             )
         body = orjson.loads(response.content)
         self._token = str(body["access_token"])
+        # What the server granted, which may be less than asked (logged by nobody: no PHI, but
+        # tests and diagnostics read it).
+        self.granted_scope = str(body.get("scope", self.scope))
         self._expires_at = self._clock() + float(body.get("expires_in", 300))
         self.tokens_fetched += 1
 
@@ -120,19 +125,47 @@ def _oauth_error(body: bytes) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class SmartConfiguration:
+    """What ``[base]/.well-known/smart-configuration`` says (SMART App Launch 2)."""
+
+    token_endpoint: str | None
+    capabilities: frozenset[str]
+
+    @property
+    def scopes_v2(self) -> bool:
+        """SMART v2 scope syntax (``system/Patient.rs``) is understood by the server."""
+        return "permission-v2" in self.capabilities
+
+
+async def discover_smart(base_url: str, timeout: float = 30.0) -> SmartConfiguration:
+    """The server's SMART configuration; an absent or unreadable one says nothing (v1, no
+    endpoint), which is what a server that predates SMART 2 amounts to."""
+    url = base_url.rstrip("/") + "/.well-known/smart-configuration"
+    try:
+        async with httpx.AsyncClient(timeout=timeout) as http:
+            response = await http.get(url, headers={"Accept": "application/json"})
+        body = orjson.loads(response.content) if response.status_code == 200 else {}
+    except (httpx.HTTPError, orjson.JSONDecodeError):
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    endpoint = body.get("token_endpoint")
+    capabilities = body.get("capabilities")
+    return SmartConfiguration(
+        endpoint if isinstance(endpoint, str) else None,
+        frozenset(c for c in capabilities if isinstance(c, str))
+        if isinstance(capabilities, list)
+        else frozenset(),
+    )
+
+
 async def discover_token_url(base_url: str, timeout: float = 30.0) -> str:
     """The token endpoint from ``[base]/.well-known/smart-configuration``."""
-    url = base_url.rstrip("/") + "/.well-known/smart-configuration"
-    async with httpx.AsyncClient(timeout=timeout) as http:
-        response = await http.get(url, headers={"Accept": "application/json"})
-    if response.status_code != 200:
-        raise FhirServerError(
-            f"SMART discovery failed with HTTP {response.status_code}", status=response.status_code
-        )
-    endpoint = orjson.loads(response.content).get("token_endpoint")
-    if not isinstance(endpoint, str):
-        raise FhirServerError("SMART configuration has no token_endpoint")
-    return endpoint
+    configuration = await discover_smart(base_url, timeout)
+    if configuration.token_endpoint is None:
+        raise FhirServerError("the server's SMART configuration names no token_endpoint")
+    return configuration.token_endpoint
 
 
 def basic_auth(username: str | None, password: str | None) -> httpx.Auth:

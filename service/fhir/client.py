@@ -25,6 +25,7 @@ import httpx
 import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError
+from service.fhir.ids import is_safe_relative_path
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class FhirClient:
         headers: dict[str, str] | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
+        self.auth = auth
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
         self.stats = RequestStats()
@@ -124,8 +126,16 @@ class FhirClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def url(self, path: str) -> str:
-        """Resolve a path (``Patient/1``) or a link against the base, refusing other origins."""
+    def url(self, path: str, *, link: bool = False) -> str:
+        """Resolve a path (``Patient/1``) or a link against the base, refusing other origins.
+
+        A path prescreen builds (not an absolute link the server returned) must be made of
+        FHIR ids and operation names: an id carrying ``../``, ``?`` or ``#`` would otherwise
+        reach another path of the server with our credentials.
+        """
+        absolute = path.startswith(("http://", "https://"))
+        if not (link or absolute or not path or is_safe_relative_path(path)):
+            raise FhirServerError("refusing a request path that is not made of FHIR ids")
         resolved = urljoin(self.base_url, path)
         base, target = urlsplit(self.base_url), urlsplit(resolved)
         if (base.scheme, base.netloc) != (target.scheme, target.netloc):
@@ -215,7 +225,7 @@ class FhirClient:
             link = next_link(bundle)
             if link is None:
                 return
-            url = self.url(link)
+            url = self.url(link, link=True)
             if url in seen:
                 raise FhirServerError("the server's paging links loop back to a page already read")
             seen.add(url)

@@ -7,24 +7,42 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ConfigError, FhirServerError
-from service.fhir.auth import SmartBackendAuth, basic_auth, bearer_auth, discover_token_url
+from service.fhir.auth import SmartBackendAuth, basic_auth, bearer_auth, discover_smart
 from service.fhir.client import FhirClient, RetryPolicy
 from service.settings import Settings
 
-# What write-back needs besides reading: the study and its subjects, criterion Observations and
-# one Provenance per transaction.
-WRITE_SCOPES = (
-    "system/ResearchStudy.*",
-    "system/ResearchSubject.*",
-    "system/Observation.write",
-    "system/Provenance.write",
-)
+# What write-back needs besides reading, as SMART v2 permissions (c create, r read, u update,
+# d delete, s search): the study (conditional create), its subjects (conditional create, read
+# back on a conflict, If-Match update), criterion Observations (conditional update), one
+# Provenance per transaction, and the CodeSystems prescreen publishes (conditional create).
+WRITE_PERMISSIONS = {
+    "ResearchStudy": "crs",
+    "ResearchSubject": "crus",
+    "Observation": "cus",
+    "Provenance": "c",
+    "CodeSystem": "crs",
+}
+# The same in SMART v1 syntax, for servers that do not declare permission-v2.
+WRITE_SCOPES_V1 = {
+    "ResearchStudy": "*",
+    "ResearchSubject": "*",
+    "Observation": "write",
+    "Provenance": "write",
+    "CodeSystem": "*",
+}
 
 
-def default_scope(read_types: Iterable[str]) -> str:
-    """SMART scopes for reading these resource types (and Patient) and for write-back."""
-    reads = [f"system/{rtype}.read" for rtype in sorted({"Patient", *read_types})]
-    return " ".join([*reads, *WRITE_SCOPES])
+def default_scope(read_types: Iterable[str], v2: bool = True) -> str:
+    """SMART scopes for reading these resource types (and Patient) and for write-back, in v2
+    syntax (``system/Patient.rs``) or, for a server without permission-v2, v1 (``.read``)."""
+    reads = sorted({"Patient", *read_types})
+    if v2:
+        scopes = [f"system/{rtype}.rs" for rtype in reads]
+        scopes += [f"system/{rtype}.{perm}" for rtype, perm in WRITE_PERMISSIONS.items()]
+    else:
+        scopes = [f"system/{rtype}.read" for rtype in reads]
+        scopes += [f"system/{rtype}.{perm}" for rtype, perm in WRITE_SCOPES_V1.items()]
+    return " ".join(scopes)
 
 
 async def connect(
@@ -51,13 +69,20 @@ async def connect(
             key = settings.smart_private_key.read_bytes()
         except OSError as exc:
             raise ConfigError(f"cannot read the SMART private key: {exc.strerror}") from exc
+        smart = await discover_smart(url)
+        token_url = settings.smart_token_url or smart.token_endpoint
+        if token_url is None:
+            raise ConfigError(
+                "SMART auth: the server's .well-known/smart-configuration names no token "
+                "endpoint; set PRESCREEN_SMART_TOKEN_URL"
+            )
         auth = SmartBackendAuth(
             client_id=settings.smart_client_id,
             private_key_pem=key,
             kid=settings.smart_kid,
-            token_url=settings.smart_token_url or await discover_token_url(url),
+            token_url=token_url,
             algorithm=settings.smart_algorithm,
-            scope=settings.smart_scope or default_scope(read_types),
+            scope=settings.smart_scope or default_scope(read_types, v2=smart.scopes_v2),
         )
     return FhirClient(
         url,

@@ -9,10 +9,14 @@ What is written, per patient who is (or was) a candidate:
   = met / not_met / unknown (system ``urn:prescreen:criterion-result``), ``note`` = the reason,
   the evidence as ``workflow-supportingInfo`` extensions (the core R4 extension that may reference
   any resource: ``derivedFrom`` only admits Observations and a few others, so it additionally
-  lists the Observation evidence), ``focus`` = the ResearchSubject, ``effectiveDateTime`` = as_of;
-  each has a deterministic identifier and is written with a conditional update;
+  lists the Observation evidence), ``focus`` = the ResearchSubject, ``effectiveDateTime`` = as_of,
+  and the criterion's kind and manual flag as ``component`` (system
+  ``urn:prescreen:criterion-attribute``); each has a deterministic identifier and is written with
+  a conditional update;
 - one ``Provenance`` per write, naming the rule set id and version (``policy``), as_of
-  (``occurredDateTime``), the written resources (``target``) and the evidence (``entity``).
+  (``occurredDateTime``), the written resources (``target``) and the evidence (``entity``);
+- once per server, the CodeSystems of every code prescreen writes (``codesystems``), each with a
+  conditional create on its url and version.
 
 Every written resource also carries two ``meta.tag`` codings: ``urn:prescreen:key`` = its
 deterministic key (the identifier value) and ``urn:prescreen:study`` = the NCT id. Conditional
@@ -22,6 +26,13 @@ servers, sekmet-fhir among them, have no ``identifier`` search on ResearchSubjec
 written before are found by the study tag.
 
 All of a patient's writes go in one transaction Bundle, so they land together or not at all.
+Every entry has an absolute ``fullUrl`` (the server base + type/id for an update) or a
+``urn:uuid`` one, and a Bundle refers to no entry outside itself: a dry run prints each Bundle
+exactly as a real run sends it (NDJSON), and each can be sent alone. While a run creates the
+ResearchStudy (its own transaction, before any patient's), each new subject's transaction carries
+the study's conditional create too, which then matches the study on the server: so the subject
+needs no server-assigned id that a dry run could not know.
+
 Nothing is written when neither the status nor the results changed since the last run (a
 fingerprint of the results is kept on the ResearchSubject), so running twice writes nothing twice.
 A status a person set is never overwritten: prescreen records the status it last wrote in an
@@ -32,6 +43,7 @@ still exactly what prescreen last wrote. A candidate who no longer qualifies bec
 from __future__ import annotations
 
 import hashlib
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,8 +54,14 @@ from fhir.resources.R4B.observation import Observation
 from fhir.resources.R4B.provenance import Provenance
 from fhir.resources.R4B.researchsubject import ResearchSubject
 
-from service.errors import FhirServerError
+from service.errors import FhirServerError, FhirUnavailableError
 from service.fhir.client import FhirClient, Json
+from service.fhir.codesystems import (
+    code_system_key,
+    code_systems_for,
+    criterion_display,
+    criterion_system,
+)
 from service.fhir.connect import ServerAbilities
 from service.research import (
     SUBJECT_STATUSES,
@@ -56,9 +74,19 @@ from service.research import (
 from service.ruleset.evaluate import PatientVerdict
 from service.ruleset.loader import RuleSet
 
+log = logging.getLogger(__name__)
+
 WRITTEN_STATUS_URL = "urn:prescreen:fhir:StructureDefinition:written-status"
 FINGERPRINT_URL = "urn:prescreen:fhir:StructureDefinition:results-fingerprint"
 RESULT_SYSTEM = "urn:prescreen:criterion-result"
+# Observation.component codes (and kind values) of the published CodeSystem
+# terminology/CodeSystem-criterion-attribute.json.
+ATTRIBUTE_SYSTEM = "urn:prescreen:criterion-attribute"
+KIND_COMPONENT = "criterion-kind"
+MANUAL_COMPONENT = "manual"
+# Part of the fingerprint: a change of what is written for the same results (2: the criterion
+# Observations gained their kind and manual components) rewrites every subject once.
+WRITE_FORMAT = 2
 OBSERVATION_IDENTIFIER_SYSTEM = "urn:prescreen:criterion-observation"
 PRESCREEN_OWNED = frozenset({"candidate", "potential-candidate"})
 KEY_TAG_SYSTEM = "urn:prescreen:key"
@@ -116,13 +144,21 @@ class WriteStats:
     withdrawn: int = 0
     conflicts_retried: int = 0
     transactions: int = 0
+    code_systems_created: int = 0
+    code_systems_refused: bool = False
     failed: list[str] = field(default_factory=list)
 
 
 def fingerprint(verdict: PatientVerdict, ruleset: RuleSet) -> str:
     """What the coordinator sees: status, per-criterion results, evidence and reasons."""
     payload = orjson.dumps(
-        [ruleset.id, ruleset.version, verdict.verdict, [c.as_contract() for c in verdict.criteria]]
+        [
+            WRITE_FORMAT,
+            ruleset.id,
+            ruleset.version,
+            verdict.verdict,
+            [c.as_contract() for c in verdict.criteria],
+        ]
     )
     return hashlib.sha256(payload).hexdigest()[:32]
 
@@ -147,8 +183,9 @@ class WriteBack:
         self.dry_run = dry_run
         self.echo = echo
         self.stats = WriteStats()
+        # "ResearchStudy/<id>" of the study found on the server; empty while this run creates it
+        # (then each new subject's transaction carries the study's conditional create).
         self.study_reference = ""
-        self._study_entry: Json | None = None
         self.subjects: dict[str, ExistingSubject] = {}
 
     # --- preparation ----------------------------------------------------------------------------
@@ -159,7 +196,7 @@ class WriteBack:
             return "identifier", f"{system}|{key}"
         return "_tag", f"{KEY_TAG_SYSTEM}|{key}"
 
-    def _tagged(self, resource: Json, key: str) -> Json:
+    def _tagged(self, resource: Json, key: str, *, study: bool = True) -> Json:
         """The resource with prescreen's key and study tags (other tags kept)."""
         meta = dict(resource.get("meta", {}))
         tags = [
@@ -167,18 +204,27 @@ class WriteBack:
             for t in meta.get("tag", [])
             if t.get("system") not in (KEY_TAG_SYSTEM, STUDY_TAG_SYSTEM)
         ]
-        tags += [
-            {"system": KEY_TAG_SYSTEM, "code": key},
-            {"system": STUDY_TAG_SYSTEM, "code": self.ruleset.trial.nct_id},
-        ]
+        tags.append({"system": KEY_TAG_SYSTEM, "code": key})
+        if study:
+            tags.append({"system": STUDY_TAG_SYSTEM, "code": self.ruleset.trial.nct_id})
         return {**resource, "meta": {"tag": tags}}
 
+    async def _send(self, entries: list[Json]) -> Json | None:
+        """Send one transaction, or in a dry run print it (exactly as it would be sent)."""
+        if self.dry_run:
+            if self.echo is not None:
+                self.echo({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+            return None
+        return await self.client.bundle("transaction", entries)
+
     async def prepare(self, load_subjects: bool = True) -> None:
-        """Find (or create) the ResearchStudy and read the subjects written for it before.
+        """Publish the CodeSystems, find (or create) the ResearchStudy and read the subjects
+        written for it before.
 
         A service that screens a few patients at a time passes ``load_subjects=False`` and reads
         just those patients' subjects with ``load_subjects_for``.
         """
+        await self.publish_code_systems()
         identifier = study_identifier(self.ruleset)
         param, token = self._match("ResearchStudy", identifier["system"], identifier["value"])
         found = [r async for r in self.client.search("ResearchStudy", [(param, token)])]
@@ -187,20 +233,79 @@ class WriteBack:
             raise FhirServerError(f"{len(studies)} ResearchStudy resources carry {token}")
         if studies:
             self.study_reference = f"ResearchStudy/{studies[0]['id']}"
-        elif self.dry_run:
-            full_url = f"urn:uuid:{uuid.uuid4()}"
-            self.study_reference = full_url
-            self._study_entry = self._study_create(full_url)
         else:
-            answer = await self.client.bundle("transaction", [self._study_create(None)])
-            self.study_reference = _reference_from(answer["entry"][0], "ResearchStudy")
-        if load_subjects and not self.study_reference.startswith("urn:uuid:"):
+            # Its own transaction first, so that parallel patient transactions never race to
+            # create it; theirs carry the same conditional create, which then matches.
+            self.study_reference = ""
+            await self._send([self._study_create()])
+        if load_subjects and self.study_reference:
             params = [
                 ("_tag", f"{STUDY_TAG_SYSTEM}|{self.ruleset.trial.nct_id}"),
                 ("_count", "500"),
             ]
             async for resource in self.client.search("ResearchSubject", params):
                 self._remember(resource)
+
+    async def publish_code_systems(self) -> None:
+        """Put the CodeSystems of every code written on the server, once: each with a
+        conditional create on its url and version, and only those the server lacks.
+
+        A server that refuses them (no CodeSystem support, no scope for it) costs a warning,
+        not the run: the results are worth writing without them. Either way a process tries
+        each server once (a service screens a few patients at a time, many times a day).
+        """
+        wanted = code_systems_for(self.ruleset)
+        base = self.client.base_url
+        missing = [cs for cs in wanted if (base, code_system_key(cs)) not in _SETTLED]
+        if not missing:
+            return
+        try:
+            on_server = await self._code_systems_on_server(missing)
+            to_create = [cs for cs in missing if code_system_key(cs) not in on_server]
+            if to_create:
+                await self._send([self._code_system_create(cs) for cs in to_create])
+        except FhirUnavailableError:
+            raise
+        except FhirServerError as exc:
+            if exc.status == 401:
+                raise  # credentials refused: nothing else will work either
+            log.warning("the server refused prescreen's CodeSystems (HTTP %s)", exc.status)
+            self.stats.code_systems_refused = True
+            to_create = []
+        if self.dry_run:
+            return  # a dry run changed nothing: a real run must still look
+        self.stats.code_systems_created += len(to_create)
+        _SETTLED.update((base, code_system_key(cs)) for cs in missing)
+
+    def _code_system_match(self, code_system: Json) -> list[tuple[str, str]]:
+        if self.abilities.searchable("CodeSystem", "url") and self.abilities.searchable(
+            "CodeSystem", "version"
+        ):
+            return [("url", str(code_system["url"])), ("version", str(code_system["version"]))]
+        return [("_tag", f"{KEY_TAG_SYSTEM}|{code_system_key(code_system)}")]
+
+    async def _code_systems_on_server(self, code_systems: list[Json]) -> set[str]:
+        """The keys of these CodeSystems the server already has (one OR-search)."""
+        if self.abilities.searchable("CodeSystem", "url"):
+            params = [("url", ",".join(sorted({str(cs["url"]) for cs in code_systems})))]
+        else:
+            keys = sorted(code_system_key(cs) for cs in code_systems)
+            params = [("_tag", ",".join(f"{KEY_TAG_SYSTEM}|{key}" for key in keys))]
+        # A server that ignores a parameter answers with more: compare url and version here.
+        found: set[str] = set()
+        async for resource in self.client.search("CodeSystem", params):
+            if resource.get("resourceType") == "CodeSystem" and resource.get("url"):
+                found.add(f"{resource['url']}:{resource.get('version', '')}")
+        return found
+
+    def _code_system_create(self, code_system: Json) -> Json:
+        resource = {k: v for k, v in code_system.items() if k != "id"}
+        query = "&".join(f"{param}={value}" for param, value in self._code_system_match(resource))
+        return {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
+            "resource": self._tagged(resource, code_system_key(resource), study=False),
+            "request": {"method": "POST", "url": "CodeSystem", "ifNoneExist": query},
+        }
 
     async def load_subjects_for(self, patient_ids: list[str]) -> None:
         """Read the existing subjects of these patients (one OR-search per 50 patients)."""
@@ -216,12 +321,13 @@ class WriteBack:
             async for resource in self.client.search("ResearchSubject", params):
                 self._remember(resource)
 
-    def _study_create(self, full_url: str | None) -> Json:
+    def _study_create(self) -> Json:
         study = research_study(self.ruleset)
         study.pop("id", None)
         identifier = study_identifier(self.ruleset)
         param, token = self._match("ResearchStudy", identifier["system"], identifier["value"])
-        entry: Json = {
+        return {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
             "resource": self._tagged(study, identifier["value"]),
             "request": {
                 "method": "POST",
@@ -229,9 +335,6 @@ class WriteBack:
                 "ifNoneExist": f"{param}={token}",
             },
         }
-        if full_url:
-            entry["fullUrl"] = full_url
-        return entry
 
     def _remember(self, resource: Json) -> None:
         if resource.get("resourceType") != "ResearchSubject":
@@ -248,11 +351,17 @@ class WriteBack:
         existing = self.subjects.get(key)
         status = verdict.verdict if verdict.verdict in SUBJECT_STATUSES else "ineligible"
         marks = fingerprint(verdict, self.ruleset)
+        entries: list[Json] = []
         if existing is None:
             if status == "ineligible":
                 return None
+            study_reference = self.study_reference
+            if not study_reference:
+                study_entry = self._study_create()
+                entries.append(study_entry)
+                study_reference = str(study_entry["fullUrl"])
             subject_url = f"urn:uuid:{uuid.uuid4()}"
-            subject = self._subject(verdict.patient_id, status, marks, None)
+            subject = self._subject(verdict.patient_id, status, marks, None, study_reference)
             param, token = self._match("ResearchSubject", self.identifier_system, key)
             subject_entry = {
                 "fullUrl": subject_url,
@@ -271,16 +380,22 @@ class WriteBack:
             if existing.status == status and existing.extension(FINGERPRINT_URL) == marks:
                 self.stats.unchanged += 1
                 return None
+            # The entries refer to it as the server does ("ResearchSubject/<id>"); its fullUrl
+            # is that same reference made absolute on the server's base, as R4 requires.
             subject_url = f"ResearchSubject/{existing.id}"
-            subject = self._subject(verdict.patient_id, status, marks, existing.resource)
+            subject = self._subject(verdict.patient_id, status, marks, existing.resource, "")
             request: Json = {"method": "PUT", "url": subject_url}
             if existing.version is not None:
                 request["ifMatch"] = f'W/"{existing.version}"'
-            subject_entry = {"fullUrl": subject_url, "resource": subject, "request": request}
+            subject_entry = {
+                "fullUrl": f"{self.client.base_url}{subject_url}",
+                "resource": subject,
+                "request": request,
+            }
             self.stats.updated += 1
             if status == "ineligible" and existing.status != "ineligible":
                 self.stats.withdrawn += 1
-        entries: list[Json] = [subject_entry]
+        entries.append(subject_entry)
         observation_urls = []
         for criterion in verdict.criteria:
             url = f"urn:uuid:{uuid.uuid4()}"
@@ -289,14 +404,20 @@ class WriteBack:
         entries.append(self._provenance(verdict, [subject_url, *observation_urls]))
         return entries
 
-    def _subject(self, patient_id: str, status: str, marks: str, previous: Json | None) -> Json:
-        fresh = research_subject(
-            self.ruleset, patient_id, status, self.as_of, self.identifier_system
-        )
-        fresh["study"]["reference"] = self.study_reference
+    def _subject(
+        self,
+        patient_id: str,
+        status: str,
+        marks: str,
+        previous: Json | None,
+        study_reference: str,
+    ) -> Json:
         if previous is None:
-            fresh.pop("id", None)
-            subject = fresh
+            subject = research_subject(
+                self.ruleset, patient_id, status, self.as_of, self.identifier_system
+            )
+            subject["study"]["reference"] = study_reference
+            subject.pop("id", None)
         else:
             # Keep what others added (notes, period, consent); change only what prescreen owns.
             subject = {k: v for k, v in previous.items() if k != "meta"}
@@ -327,9 +448,9 @@ class WriteBack:
             "code": {
                 "coding": [
                     {
-                        "system": f"urn:prescreen:criterion:{self.ruleset.id}",
+                        "system": criterion_system(self.ruleset),
                         "code": criterion_id,
-                        "display": " ".join(criterion.text.split())[:250],
+                        "display": criterion_display(criterion),
                     }
                 ],
                 "text": f"{self.ruleset.trial.acronym} {criterion.kind}: {criterion_id}",
@@ -342,6 +463,19 @@ class WriteBack:
                 "text": result.result,
             },
             "note": [{"text": result.reason}],
+            "component": [
+                {
+                    "code": {"coding": [{"system": ATTRIBUTE_SYSTEM, "code": KIND_COMPONENT}]},
+                    "valueCodeableConcept": {
+                        "coding": [{"system": ATTRIBUTE_SYSTEM, "code": criterion.kind}],
+                        "text": criterion.kind,
+                    },
+                },
+                {
+                    "code": {"coding": [{"system": ATTRIBUTE_SYSTEM, "code": MANUAL_COMPONENT}]},
+                    "valueBoolean": criterion.manual,
+                },
+            ],
         }
         if result.evidence:
             resource["extension"] = [
@@ -388,6 +522,7 @@ class WriteBack:
                 {"role": "source", "what": {"reference": ref}} for ref in evidence
             ]
         return {
+            "fullUrl": f"urn:uuid:{uuid.uuid4()}",
             "resource": validated(Provenance, resource),
             "request": {"method": "POST", "url": "Provenance"},
         }
@@ -400,12 +535,8 @@ class WriteBack:
             entries = self.plan(verdict)
             if entries is None:
                 continue
-            if self._study_entry is not None:
-                entries = [self._study_entry, *entries]
-                self._study_entry = None
             if self.dry_run:
-                if self.echo is not None:
-                    self.echo({"resourceType": "Bundle", "type": "transaction", "entry": entries})
+                await self._send(entries)
                 continue
             await self._commit(verdict, entries)
 
@@ -452,12 +583,5 @@ class WriteBack:
                 self._remember(written)
 
 
-def _reference_from(entry: Json, resource_type: str) -> str:
-    resource = entry.get("resource")
-    if isinstance(resource, dict) and resource.get("id"):
-        return f"{resource_type}/{resource['id']}"
-    location = str(entry.get("response", {}).get("location", ""))
-    parts = location.split("/")
-    if resource_type in parts:
-        return f"{resource_type}/{parts[parts.index(resource_type) + 1]}"
-    raise FhirServerError(f"the server did not say where it put the {resource_type}")
+# (server base, CodeSystem key) found, created or refused in this process: not tried again.
+_SETTLED: set[tuple[str, str]] = set()

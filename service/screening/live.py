@@ -18,7 +18,7 @@ from typing import IO, Any, Literal
 
 import orjson
 
-from service.errors import FhirServerError, FhirUnavailableError
+from service.errors import FhirServerError, FhirUnavailableError, error_kind
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import check_capabilities, connect, raise_for, read_capabilities
 from service.fhir.retrieval import (
@@ -329,14 +329,19 @@ async def _screen_groups(
                 if writer is not None:
                     await writer.write(verdicts)
                     await writer.withdraw(skipped)
+            # Reasons name the error's kind, never its message: a server's diagnostics can
+            # quote patient ids and names, and unscreened.ndjson is shared like any output.
             except FhirUnavailableError as exc:
-                lost.append(str(exc))
-                summary.unscreened.update({pid: f"server unavailable: {exc}" for pid in group})
+                lost.append(error_kind(exc))
+                reason = f"server unavailable: {error_kind(exc)}"
+                summary.unscreened.update({pid: reason for pid in group})
                 return
             except FhirServerError as exc:
                 if exc.status == 401:
                     raise  # credentials refused even after a fresh token: nothing will work
-                summary.unscreened.update({pid: f"server error: {exc}" for pid in group})
+                summary.unscreened.update(
+                    {pid: f"server error: {error_kind(exc)}" for pid in group}
+                )
                 return
             for verdict in verdicts:
                 checkpoint.record(verdict, verdict.as_contract(ruleset, options.as_of))

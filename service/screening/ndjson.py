@@ -61,6 +61,55 @@ def _blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
         filled = tail
 
 
+def _span_blocks(handle: IO[bytes], start: int, end: int) -> Iterator[tuple[bytearray, int]]:
+    """The blocks ``_blocks`` would give for the bytes ``start..end`` of a whole-file reading.
+
+    ``_blocks`` reads BLOCK_BYTES at a time and cuts each block after the last line end read so
+    far, so its blocks end at the last line end before each multiple of BLOCK_BYTES (or at the
+    end of the file). A span between two such cuts is read with the same cuts, so the lines of
+    each block, and the order in which their problems are reported, are those of a whole-file
+    reading (see ``split_points``).
+    """
+    handle.seek(start)
+    buffer = bytearray()
+    position = start
+    while position < end:
+        boundary = min((position // BLOCK_BYTES + 1) * BLOCK_BYTES, end)
+        chunk = handle.read(boundary - position)
+        if not chunk:
+            break  # the file is shorter than it was
+        if position == 0 and chunk.startswith(b"\xef\xbb\xbf"):
+            chunk = chunk[3:]  # a UTF-8 byte-order mark, as in _blocks
+        position = boundary
+        buffer += chunk
+        cut = buffer.rfind(b"\n") + 1
+        if cut:
+            yield buffer, cut
+            del buffer[:cut]
+    if buffer:
+        yield buffer, len(buffer)
+
+
+def split_points(path: Path, size: int, every: int) -> list[int]:
+    """Offsets about ``every`` bytes apart where a reading of the file may be split in spans.
+
+    Each is a cut ``_blocks`` makes: just after the last line end before a multiple of
+    BLOCK_BYTES. A multiple with no line end in the block before it gives no point.
+    """
+    points: list[int] = []
+    step = max(1, round(every / BLOCK_BYTES))
+    with path.open("rb") as handle:
+        for multiple in range(step * BLOCK_BYTES, size, step * BLOCK_BYTES):
+            handle.seek(multiple - BLOCK_BYTES)
+            before = handle.read(BLOCK_BYTES)
+            cut = before.rfind(b"\n")
+            if cut != -1:
+                point = multiple - BLOCK_BYTES + cut + 1
+                if point < size and (not points or point > points[-1]):
+                    points.append(point)
+    return points
+
+
 def _all_objects(block: bytearray, end: int, lines: int) -> bool:
     """True when every line plainly is one JSON object: ``{`` at the start, ``}`` at the end.
 
@@ -131,10 +180,27 @@ class NdjsonReader:
             collector.stats.__dict__.update(self.stats.__dict__)
             collector.stats.records = records
 
-    def _read_file(self, file: NdjsonFile, progress: Callable[[int], None]) -> None:
-        self.stats.files += 1
+    def read_span(
+        self, file: NdjsonFile, span: tuple[int, int] | None, progress: Callable[[int], None]
+    ) -> None:
+        """One file, or the bytes ``span`` of it (between two ``split_points``), with the
+        blocks, line numbers (counted from the span's start) and reports of a whole reading.
+
+        ``progress`` gets file offsets. Only the span at offset 0 counts the file and reports
+        a file name that is no resource type."""
+        self._read_file(file, progress, span)
+
+    def _read_file(
+        self,
+        file: NdjsonFile,
+        progress: Callable[[int], None],
+        span: tuple[int, int] | None = None,
+    ) -> None:
+        first = span is None or span[0] == 0
+        if first:
+            self.stats.files += 1
         wanted = file.resource_type in self.wanted
-        if not wanted and not is_fhir_resource_type(file.resource_type):
+        if first and not wanted and not is_fhir_resource_type(file.resource_type):
             self.report(
                 InputIssue(
                     file.path.name, 0, "unknown-resource-type", "file name is not a FHIR R4 type"
@@ -146,7 +212,8 @@ class NdjsonReader:
         try:
             with open_ndjson(file.path) as handle:
                 raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
-                for block, end in _blocks(handle):
+                blocks = _blocks(handle) if span is None else _span_blocks(handle, *span)
+                for block, end in blocks:
                     lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
                     self.stats.lines += lines
                     name = file.path.name
@@ -168,7 +235,7 @@ class NdjsonReader:
                     "the file could not be read past this line (corrupt or truncated)",
                 )
             )
-        progress(file.size)
+        progress(file.size if span is None else span[1])
 
     def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
         try:

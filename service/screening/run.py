@@ -8,17 +8,47 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 from service.ndjson_files import discover
 from service.research import SUBJECT_STATUSES, research_study, research_subject
 from service.ruleset.engines import EngineName
-from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict
+from service.ruleset.evaluate import VERDICTS, Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog, ReadStats
+
+if TYPE_CHECKING:
+    from service.screening.pool import WorkerPool
+
+# How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
+Workers = Union[int, "WorkerPool"]
+
+
+class CriterionOutcome(Protocol):
+    """What a summary counts of a criterion's result (a ``CriterionResult`` has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def result(self) -> str: ...
+    @property
+    def manual(self) -> bool: ...
+    @property
+    def error(self) -> bool: ...
+
+
+class Outcome(Protocol):
+    """What a summary counts of a patient's verdict (a ``PatientVerdict`` has it)."""
+
+    @property
+    def verdict(self) -> str: ...
+    @property
+    def criteria(self) -> Sequence[CriterionOutcome]: ...
 
 
 class ProgressSink(Protocol):
@@ -60,7 +90,7 @@ class ScreeningSummary:
         doubtful = self.issues.total - self.issues.counts.get(NOT_SCREENED, 0)
         return 1 if doubtful or sum(self.rule_errors.values()) else 0
 
-    def tally(self, verdict: PatientVerdict) -> None:
+    def tally(self, verdict: Outcome) -> None:
         self.verdicts[verdict.verdict] += 1
         for c in verdict.criteria:
             if c.error:
@@ -122,6 +152,7 @@ def screen_folder(
     engine: EngineName = "cel",
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
+    workers: Workers = 1,
 ) -> ScreeningSummary:
     """One trial: its files straight in ``out``."""
     portfolio = screen_portfolio(
@@ -132,6 +163,7 @@ def screen_folder(
         engine=engine,
         subject_identifier_system=subject_identifier_system,
         progress=progress,
+        workers=workers,
     )
     return portfolio.summaries[0]
 
@@ -158,6 +190,8 @@ def screen_portfolio(
     engine: EngineName = "cel",
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
+    source_issues: Sequence[InputIssue] = (),
+    workers: Workers = 1,
 ) -> PortfolioSummary:
     """Screen every trial on one reading of the source.
 
@@ -165,7 +199,29 @@ def screen_portfolio(
     one trial the files are written in ``out``; with several, each trial's in ``out/<trial>/``
     (the same contract), plus ``out/summary.json`` with the overlap between the trials and
     ``out/patients.ndjson`` with each patient's verdict per trial.
+
+    ``source_issues`` are problems of the source found before reading it (the error file of a
+    Bulk Data export), reported to every trial like the problems of its lines.
+
+    ``workers`` above 1 (or a started ``WorkerPool``) splits the work by patient over that many
+    processes (see parallel.py); the files written are the same, byte for byte.
     """
+    if not isinstance(workers, int) or workers > 1:
+        from service.screening.parallel import screen_in_parallel
+
+        parallel = screen_in_parallel(
+            rulesets,
+            source,
+            as_of,
+            out,
+            engine=engine,
+            subject_identifier_system=subject_identifier_system,
+            progress=progress,
+            source_issues=source_issues,
+            workers=workers,
+        )
+        if parallel is not None:
+            return parallel
     files = discover(source)
     several = len(rulesets) > 1
     with output.OutputSet(out) as outputs:
@@ -175,6 +231,9 @@ def screen_portfolio(
             trials.append(
                 _Trial(ruleset, Evaluator(ruleset, engine, memoize=True), outputs, folder, as_of)
             )
+        for trial in trials:
+            for issue in source_issues:
+                trial.issues.add(issue)
         reader = NdjsonReader([trial.collector for trial in trials])
         started = time.perf_counter()
         total_bytes = sum(f.size for f in files)
@@ -200,17 +259,25 @@ def screen_portfolio(
             summaries.append(summary)
         portfolio = PortfolioSummary(summaries, out)
         if several:
-            portfolio.overview = overlap([r.id for r in rulesets], as_of, verdicts_by_patient)
-            outputs.json(output.SUMMARY, portfolio.overview)
-            patients_file = outputs.ndjson(PATIENTS)
-            for patient_id in sorted(verdicts_by_patient):
-                patients_file.write(
-                    {
-                        "patient": f"Patient/{patient_id}",
-                        "verdicts": verdicts_by_patient[patient_id],
-                    }
-                )
+            portfolio.overview = write_overview(rulesets, as_of, verdicts_by_patient, outputs)
     return portfolio
+
+
+def write_overview(
+    rulesets: Sequence[RuleSet],
+    as_of: date,
+    verdicts_by_patient: dict[str, dict[str, str]],
+    outputs: output.OutputSet,
+) -> dict[str, Any]:
+    """A portfolio's own files: summary.json (the overlap) and patients.ndjson."""
+    overview = overlap([r.id for r in rulesets], as_of, verdicts_by_patient)
+    outputs.json(output.SUMMARY, overview)
+    patients_file = outputs.ndjson(PATIENTS)
+    for patient_id in sorted(verdicts_by_patient):
+        patients_file.write(
+            {"patient": f"Patient/{patient_id}", "verdicts": verdicts_by_patient[patient_id]}
+        )
+    return overview
 
 
 PATIENTS = "patients.ndjson"
@@ -281,16 +348,8 @@ class _Trial:
     ) -> None:
         collector, issues, as_of = self.collector, self.issues, self.as_of
         summary.orphans = collector.orphans()
-        for fact, count in summary.orphans.items():
-            issues.add(
-                InputIssue(
-                    "*",
-                    0,
-                    "no-patient",
-                    f"{count} {fact} record(s) name a Patient not in the source",
-                )
-            )
-        report_not_screened(collector, summary)
+        report_orphans(summary)
+        report_not_screened(collector.not_screened(), summary)
         started = time.perf_counter()
         screened = [pid for pid, data in collector.patients.items() if data.patient is not None]
         title = f"Screening patients ({self.ruleset.id})" if self.folder else "Screening patients"
@@ -311,9 +370,24 @@ class _Trial:
         summary.evaluate_seconds = time.perf_counter() - started
 
 
-def report_not_screened(collector: Collector, summary: ScreeningSummary) -> None:
-    """Patients the mapping says not to screen: in issues.ndjson and summary.json."""
-    for patient_id, reason, where in collector.not_screened():
+def report_orphans(summary: ScreeningSummary) -> None:
+    """Records of patients with no Patient resource (``summary.orphans``), one issue a fact."""
+    for fact, count in summary.orphans.items():
+        summary.issues.add(
+            InputIssue(
+                "*", 0, "no-patient", f"{count} {fact} record(s) name a Patient not in the source"
+            )
+        )
+
+
+def report_not_screened(
+    not_screened: Iterable[tuple[str, str, str]], summary: ScreeningSummary
+) -> None:
+    """Patients the mapping says not to screen: in issues.ndjson and summary.json.
+
+    ``not_screened``: (patient id, reason, file:line where its Patient was read), by id.
+    """
+    for patient_id, reason, where in not_screened:
         summary.not_screened[patient_id] = reason
         file, _, line = where.rpartition(":")
         summary.issues.add(
@@ -335,15 +409,35 @@ def write_results(
     folder: str = "",
 ) -> None:
     """verdicts.ndjson, ResearchSubject.ndjson and ResearchStudy.ndjson from verdict lines."""
-    verdict_file = outputs.ndjson(f"{folder}{output.VERDICTS}")
-    subject_file = outputs.ndjson(f"{folder}{output.SUBJECTS}")
+    files = ResultFiles(ruleset, as_of, outputs, subject_identifier_system, folder)
     for contract in contracts:
-        verdict_file.write(contract)
-        if contract["verdict"] in SUBJECT_STATUSES:
-            patient_id = contract["patient"].removeprefix("Patient/")
-            subject_file.write(
-                research_subject(
-                    ruleset, patient_id, contract["verdict"], as_of, subject_identifier_system
-                )
+        files.add(contract, contract["patient"].removeprefix("Patient/"), contract["verdict"])
+    files.close()
+
+
+class ResultFiles:
+    """One trial's verdicts.ndjson and ResearchSubject.ndjson, then its ResearchStudy.ndjson."""
+
+    def __init__(
+        self,
+        ruleset: RuleSet,
+        as_of: date,
+        outputs: output.OutputSet,
+        subject_identifier_system: str,
+        folder: str = "",
+    ) -> None:
+        self.ruleset, self.as_of, self.outputs, self.folder = ruleset, as_of, outputs, folder
+        self.system = subject_identifier_system
+        self.verdict_file = outputs.ndjson(f"{folder}{output.VERDICTS}")
+        self.subject_file = outputs.ndjson(f"{folder}{output.SUBJECTS}")
+
+    def add(self, line: Any, patient_id: str, verdict: str) -> None:
+        """One patient: its verdict line (a contract, or its JSON as an ``orjson.Fragment``)."""
+        self.verdict_file.write(line)
+        if verdict in SUBJECT_STATUSES:
+            self.subject_file.write(
+                research_subject(self.ruleset, patient_id, verdict, self.as_of, self.system)
             )
-    outputs.ndjson(f"{folder}{output.STUDIES}").write(research_study(ruleset))
+
+    def close(self) -> None:
+        self.outputs.ndjson(f"{self.folder}{output.STUDIES}").write(research_study(self.ruleset))

@@ -31,6 +31,10 @@ class Run(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime())
     updated_at: Mapped[datetime] = mapped_column(DateTime())
+    # The replica executing the run, until lease_until (renewed while it runs): another replica
+    # takes the run over only once the lease has expired.
+    owner: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class RunPatient(Base):
@@ -76,6 +80,8 @@ class Alert(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    # Set while a delivery is in flight (renewed until it ends): retries leave the alert alone.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class PendingPatient(Base):
@@ -86,3 +92,136 @@ class PendingPatient(Base):
     trial: Mapped[str] = mapped_column(String(64), primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     due_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class WriteBackClaim(Base):
+    """A replica writing a patient's results back for a trial, until lease_until (renewed while
+    it writes): one write-back per patient at a time, across replicas."""
+
+    __tablename__ = "writeback_claims"
+
+    trial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(40))
+    lease_until: Mapped[datetime] = mapped_column(DateTime())
+
+
+# --- the web worklist (migration 0004) ----------------------------------------------------------
+
+
+class WebUser(Base):
+    """A person who may sign in to the web worklist: a role, the trials they decide on, and a
+    password hash in the local-users mode (none when the hospital's identity provider signs in)."""
+
+    __tablename__ = "web_users"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # coordinator | viewer
+    trials: Mapped[str] = mapped_column(Text, default="")  # comma-separated; empty: every trial
+    password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+    updated_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class WebSession(Base):
+    """A signed-in browser. Only a hash of the session id is kept, so a copy of the database
+    cannot be replayed as a cookie; signing out deletes the row."""
+
+    __tablename__ = "web_sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_name: Mapped[str] = mapped_column(String(128), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    trials: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+    expires_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class DecisionRecord(Base):
+    """One coordinator decision as it was written to the ResearchSubject: who, when, what, why."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_id: Mapped[int] = mapped_column(Integer, index=True)
+    trial: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    decided_by: Mapped[str] = mapped_column(String(128))
+    subject_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    decided_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class VerdictEvent(Base):
+    """A verdict, or a criterion's result, that changed for a candidate (or its first one)."""
+
+    __tablename__ = "verdict_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_id: Mapped[int] = mapped_column(Integer, index=True)
+    trial: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    verdict: Mapped[str] = mapped_column(String(32))
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)  # {criterion id: met|not_met|unknown}
+    at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class SeenMark(Base):
+    """What a person last saw of a candidate, so the worklist can show what changed since."""
+
+    __tablename__ = "seen_marks"
+
+    user_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(32))
+    results: Mapped[dict[str, Any]] = mapped_column(JSON)
+    seen_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+# --- CDS Hooks (migration 0002) -----------------------------------------------------------------
+
+
+class CdsTokenUse(Base):
+    """A CDS Hooks JWT already presented, kept until it expires: a second use is a replay.
+    ``key`` is a hash of the issuer and the jti (fixed length, whatever the EHR sends)."""
+
+    __tablename__ = "cds_token_uses"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+
+
+class CdsCard(Base):
+    """A card prescreen returned to an EHR: feedback names it by uuid."""
+
+    __tablename__ = "cds_cards"
+
+    uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    trial: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(255))  # the EHR (JWT iss) the card went to
+    issued_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+
+
+class CdsFeedback(Base):
+    """What a clinician did with a card (CDS Hooks feedback): accepted or overridden, and why.
+    The same report sent twice is kept once."""
+
+    __tablename__ = "cds_feedback"
+    __table_args__ = (
+        UniqueConstraint("card_uuid", "outcome", "outcome_at", name="uq_cds_feedback"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    card_uuid: Mapped[str] = mapped_column(String(36), index=True)
+    trial: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))  # accepted | overridden
+    accepted_suggestions: Mapped[list[str]] = mapped_column(JSON)
+    override_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    outcome_at: Mapped[datetime] = mapped_column(DateTime())
+    received_at: Mapped[datetime] = mapped_column(DateTime())

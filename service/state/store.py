@@ -2,7 +2,10 @@
 
 Every write is its own short transaction, so a crash loses at most the patient being worked on;
 uniqueness constraints (one candidate per trial and patient, one alert per candidate, status and
-channel) make repeated work harmless across restarts and replicas.
+channel) make repeated work harmless across restarts and replicas. Writes that two requests,
+runs or replicas can make at once are upserts (``INSERT … ON CONFLICT``), so a race never ends
+in a unique-constraint error. Work that must not be done twice at once (a run, an alert being
+sent, a patient's write-back) is claimed with an owner and a lease that expires.
 """
 
 from __future__ import annotations
@@ -13,16 +16,28 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import create_engine, delete, func, select, text, update
+from sqlalchemy import CursorResult, create_engine, delete, func, or_, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.state.models import Alert, Candidate, PendingPatient, Run, RunPatient
+from service.state.models import (
+    Alert,
+    Base,
+    Candidate,
+    PendingPatient,
+    Run,
+    RunPatient,
+    WriteBackClaim,
+)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# Candidate statuses prescreen itself sets; any other status is a coordinator's decision and stays.
+PRESCREEN_STATUSES = ("candidate", "potential-candidate", "ineligible")
+RESUMABLE = ("queued", "running")
 
 
 def now() -> datetime:
@@ -57,7 +72,11 @@ class Store:
         connect_args = (
             {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
         )
-        self.engine: Engine = create_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # hide_parameters: a database error's message would otherwise quote the row's values
+        # (patient ids) into logs and tracebacks.
+        self.engine: Engine = create_engine(
+            url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -71,6 +90,12 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def _insert(self, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT that can say ON CONFLICT: each dialect has its own construct for it."""
+        if self.engine.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
     # --- runs -----------------------------------------------------------------------------------
 
@@ -99,10 +124,38 @@ class Store:
         with self.session() as session:
             return session.get(Run, run_id)
 
-    def runs_to_resume(self) -> list[Run]:
+    def runs_to_resume(self, owner: str) -> list[Run]:
+        """Unfinished runs ``owner`` may take: its own, unclaimed ones, and expired claims."""
         with self.session() as session:
-            rows = session.scalars(select(Run).where(Run.status.in_(("queued", "running"))))
+            rows = session.scalars(
+                select(Run).where(Run.status.in_(RESUMABLE), _run_free_for(owner, now()))
+            )
             return list(rows)
+
+    def claim_run(self, run_id: str, owner: str, lease_seconds: float) -> bool:
+        """Take the run for ``owner`` unless another replica holds a live lease on it.
+
+        One conditional UPDATE: two replicas claiming at once cannot both succeed (PostgreSQL
+        re-checks the condition on the row the other one wrote; SQLite runs one write at a time).
+        """
+        stamp = now()
+        with self.session() as session:
+            result = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status.in_(RESUMABLE), _run_free_for(owner, stamp))
+                .values(owner=owner, lease_until=stamp + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
+
+    def renew_run(self, run_id: str, owner: str, lease_seconds: float) -> bool:
+        """Extend ``owner``'s lease; False when the run is no longer its own (or finished)."""
+        with self.session() as session:
+            result = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.owner == owner, Run.status.in_(RESUMABLE))
+                .values(lease_until=now() + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
 
     def select_patients(self, run_id: str, patient_ids: list[str]) -> None:
         """Record the run's patients once; a resumed run keeps the list it had."""
@@ -110,13 +163,23 @@ class Store:
             known = session.scalar(
                 select(func.count()).select_from(RunPatient).where(RunPatient.run_id == run_id)
             )
-            if not known:
-                session.add_all(RunPatient(run_id=run_id, patient_id=p) for p in patient_ids)
-            total = known or len(patient_ids)
+            if not known and patient_ids:
+                # Another replica may be recording the same list at this moment: skip its rows
+                # (in one order for both, so that neither waits on the other in a circle).
+                rows = [{"run_id": run_id, "patient_id": p} for p in sorted(set(patient_ids))]
+                session.execute(
+                    self._insert(RunPatient).on_conflict_do_nothing(
+                        index_elements=["run_id", "patient_id"]
+                    ),
+                    rows,
+                )
+            total = session.scalar(
+                select(func.count()).select_from(RunPatient).where(RunPatient.run_id == run_id)
+            )
             session.execute(
                 update(Run)
                 .where(Run.id == run_id)
-                .values(status="running", total=total, updated_at=now())
+                .values(status="running", total=total or 0, updated_at=now())
             )
 
     def has_patients(self, run_id: str) -> bool:
@@ -151,13 +214,27 @@ class Store:
             )
             session.execute(update(Run).where(Run.id == run_id).values(done=done, updated_at=now()))
 
-    def finish_run(self, run_id: str, status: str, counts: dict[str, Any], error: str = "") -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        status: str,
+        counts: dict[str, Any],
+        error: str = "",
+        owner: str | None = None,
+    ) -> bool:
+        """Close the run (and its lease). With ``owner``, only while the run is still its own:
+        a replica that lost its lease does not overwrite the outcome of the one that took over.
+        ``error`` is an error kind (service.errors.error_kind), never a message."""
+        query = update(Run).where(Run.id == run_id)
+        if owner is not None:
+            query = query.where(Run.owner == owner)
         with self.session() as session:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(status=status, counts=counts, error=error, updated_at=now())
+            result = session.execute(
+                query.values(
+                    status=status, counts=counts, error=error, lease_until=None, updated_at=now()
+                )
             )
+            return _changed(result) == 1
 
     def verdict_counts(self, run_id: str) -> dict[str, int]:
         """Patients per verdict, streamed from the database a thousand rows at a time."""
@@ -187,31 +264,46 @@ class Store:
     # --- candidates -----------------------------------------------------------------------------
 
     def upsert_candidate(self, trial: str, verdict: dict[str, Any], as_of: str) -> CandidateChange:
+        """Insert or update the patient's row, and say what it was before (the alerts need it).
+
+        INSERT … ON CONFLICT DO NOTHING first: a run and a request screening the same patient at
+        once both get through, one inserting, the other updating. The update reads the previous
+        verdict under a row lock (PostgreSQL; SQLite holds the database's write lock since the
+        INSERT), so two updates at once each see the other's result, never the same one.
+        """
         patient_id = verdict["patient"].removeprefix("Patient/")
         outcome = verdict["verdict"]
+        stamp = now()
+        key = (Candidate.trial == trial, Candidate.patient_id == patient_id)
         with self.session() as session:
-            row = session.scalar(
-                select(Candidate).where(
-                    Candidate.trial == trial, Candidate.patient_id == patient_id
+            inserted = session.scalar(
+                self._insert(Candidate)
+                .values(
+                    trial=trial,
+                    patient_id=patient_id,
+                    verdict=outcome,
+                    status=outcome,
+                    result=verdict,
+                    as_of=as_of,
+                    updated_at=stamp,
+                )
+                .on_conflict_do_nothing(index_elements=["trial", "patient_id"])
+                .returning(Candidate.id)
+            )
+            if inserted is not None:
+                return CandidateChange(trial, patient_id, None, outcome)
+            previous, status = session.execute(
+                select(Candidate.verdict, Candidate.status).where(*key).with_for_update()
+            ).one()
+            if status in PRESCREEN_STATUSES:
+                status = outcome  # a coordinator's decision (eligible, contacted...) stays
+            session.execute(
+                update(Candidate)
+                .where(*key)
+                .values(
+                    verdict=outcome, status=status, result=verdict, as_of=as_of, updated_at=stamp
                 )
             )
-            if row is None:
-                session.add(
-                    Candidate(
-                        trial=trial,
-                        patient_id=patient_id,
-                        verdict=outcome,
-                        status=outcome,
-                        result=verdict,
-                        as_of=as_of,
-                        updated_at=now(),
-                    )
-                )
-                return CandidateChange(trial, patient_id, None, outcome)
-            previous = row.verdict
-            row.verdict, row.result, row.as_of, row.updated_at = outcome, verdict, as_of, now()
-            if row.status in ("candidate", "potential-candidate", "ineligible"):
-                row.status = outcome  # a coordinator's decision (eligible, contacted...) stays
             return CandidateChange(trial, patient_id, previous, outcome)
 
     def candidates(
@@ -241,35 +333,75 @@ class Store:
 
     # --- alerts ---------------------------------------------------------------------------------
 
-    def claim_alert(self, trial: str, patient_id: str, reached: str, channel: str) -> int | None:
-        """Create the alert row; None if it exists already (another run or replica has it)."""
-        try:
-            with self.session() as session:
-                alert = Alert(
+    def claim_alert(
+        self, trial: str, patient_id: str, reached: str, channel: str, lease_seconds: float
+    ) -> int | None:
+        """Create the alert row, leased to the caller while it sends; None if it exists already
+        (another run or replica has it)."""
+        stamp = now()
+        with self.session() as session:
+            alert_id = session.scalar(
+                self._insert(Alert)
+                .values(
                     trial=trial,
                     patient_id=patient_id,
                     reached=reached,
                     channel=channel,
                     state="pending",
                     attempts=0,
-                    created_at=now(),
+                    created_at=stamp,
+                    lease_until=stamp + timedelta(seconds=lease_seconds),
                 )
-                session.add(alert)
-                session.flush()
-                return int(alert.id)
-        except IntegrityError:
-            return None
+                .on_conflict_do_nothing(
+                    index_elements=["trial", "patient_id", "reached", "channel"]
+                )
+                .returning(Alert.id)
+            )
+            return int(alert_id) if alert_id is not None else None
+
+    def claim_retry(self, alert_id: int, lease_seconds: float) -> bool:
+        """Lease an unsent alert for one more attempt; False while another send is in flight
+        (its lease has not expired) or once it was sent."""
+        stamp = now()
+        with self.session() as session:
+            result = session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.state != "sent", _lease_free(Alert, stamp))
+                .values(lease_until=stamp + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
+
+    def renew_alert(self, alert_id: int, lease_seconds: float) -> bool:
+        with self.session() as session:
+            result = session.execute(
+                update(Alert)
+                .where(Alert.id == alert_id, Alert.lease_until.is_not(None))
+                .values(lease_until=now() + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
 
     def mark_alert(self, alert_id: int, state: str) -> None:
+        """Record an attempt's outcome and end its lease."""
         with self.session() as session:
-            values: dict[str, Any] = {"state": state, "attempts": Alert.attempts + 1}
+            values: dict[str, Any] = {
+                "state": state,
+                "attempts": Alert.attempts + 1,
+                "lease_until": None,
+            }
             if state == "sent":
                 values["sent_at"] = now()
             session.execute(update(Alert).where(Alert.id == alert_id).values(**values))
 
     def unsent_alerts(self) -> list[Alert]:
+        """Alerts not sent and not being sent (no live lease): those a retry may claim."""
         with self.session() as session:
-            return list(session.scalars(select(Alert).where(Alert.state != "sent")))
+            return list(
+                session.scalars(
+                    select(Alert)
+                    .where(Alert.state != "sent", _lease_free(Alert, now()))
+                    .order_by(Alert.id)
+                )
+            )
 
     def alerts(self) -> list[Alert]:
         with self.session() as session:
@@ -279,35 +411,104 @@ class Store:
 
     def queue(self, trial: str, patient_ids: set[str], window_seconds: float) -> None:
         """Ask for a re-screen; another notification within the window pushes it back."""
+        if not patient_ids:
+            return
         due = now() + timedelta(seconds=window_seconds)
-        for patient_id in patient_ids:
-            # Notifications arrive concurrently: insert, and if another got there first, update.
-            try:
-                with self.session() as session:
-                    session.add(PendingPatient(trial=trial, patient_id=patient_id, due_at=due))
-            except IntegrityError:
-                with self.session() as session:
-                    session.execute(
-                        update(PendingPatient)
-                        .where(
-                            PendingPatient.trial == trial, PendingPatient.patient_id == patient_id
-                        )
-                        .values(due_at=due)
-                    )
+        # Notifications arrive concurrently: one upsert, rows in a fixed order (no deadlock
+        # between two transactions upserting overlapping sets on PostgreSQL).
+        rows = [{"trial": trial, "patient_id": p, "due_at": due} for p in sorted(patient_ids)]
+        insert = self._insert(PendingPatient)
+        with self.session() as session:
+            session.execute(
+                insert.on_conflict_do_update(
+                    index_elements=["trial", "patient_id"],
+                    set_={"due_at": insert.excluded.due_at},
+                ),
+                rows,
+            )
 
     def take_due(self) -> dict[str, list[str]]:
+        """Remove and return the patients due: DELETE … RETURNING, so two replicas polling at
+        once each get a patient at most once between them."""
         with self.session() as session:
-            rows = list(
-                session.scalars(select(PendingPatient).where(PendingPatient.due_at <= now()))
-            )
-            for row in rows:
-                session.execute(
-                    delete(PendingPatient).where(
-                        PendingPatient.trial == row.trial,
-                        PendingPatient.patient_id == row.patient_id,
-                    )
-                )
+            rows = session.execute(
+                delete(PendingPatient)
+                .where(PendingPatient.due_at <= now())
+                .returning(PendingPatient.trial, PendingPatient.patient_id)
+            ).all()
         taken: dict[str, list[str]] = {}
-        for row in rows:
-            taken.setdefault(row.trial, []).append(row.patient_id)
+        for trial, patient_id in sorted(rows):
+            taken.setdefault(trial, []).append(patient_id)
         return taken
+
+    # --- write-back claims ----------------------------------------------------------------------
+
+    def claim_writeback(
+        self, trial: str, patient_id: str, owner: str, lease_seconds: float
+    ) -> bool:
+        """Claim the patient's write-back for ``owner``; False while another replica's claim
+        is live. One upsert that takes the row over only when its lease has expired."""
+        stamp = now()
+        insert = self._insert(WriteBackClaim).values(
+            trial=trial,
+            patient_id=patient_id,
+            owner=owner,
+            lease_until=stamp + timedelta(seconds=lease_seconds),
+        )
+        with self.session() as session:
+            got = session.scalar(
+                insert.on_conflict_do_update(
+                    index_elements=["trial", "patient_id"],
+                    set_={
+                        "owner": insert.excluded.owner,
+                        "lease_until": insert.excluded.lease_until,
+                    },
+                    where=or_(WriteBackClaim.lease_until < stamp, WriteBackClaim.owner == owner),
+                ).returning(WriteBackClaim.owner)
+            )
+            return got == owner
+
+    def renew_writeback(
+        self, trial: str, patient_ids: list[str], owner: str, lease_seconds: float
+    ) -> bool:
+        """Extend ``owner``'s claims; False if any of them was lost (expired and taken)."""
+        if not patient_ids:
+            return True
+        with self.session() as session:
+            result = session.execute(
+                update(WriteBackClaim)
+                .where(
+                    WriteBackClaim.trial == trial,
+                    WriteBackClaim.patient_id.in_(patient_ids),
+                    WriteBackClaim.owner == owner,
+                )
+                .values(lease_until=now() + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == len(set(patient_ids))
+
+    def release_writeback(self, trial: str, patient_ids: list[str], owner: str) -> None:
+        if not patient_ids:
+            return
+        with self.session() as session:
+            session.execute(
+                delete(WriteBackClaim).where(
+                    WriteBackClaim.trial == trial,
+                    WriteBackClaim.patient_id.in_(patient_ids),
+                    WriteBackClaim.owner == owner,
+                )
+            )
+
+
+def _changed(result: Any) -> int:
+    """Rows an UPDATE or DELETE matched."""
+    return int(cast(CursorResult[Any], result).rowcount)
+
+
+def _lease_free(table: type[Alert] | type[Run], stamp: datetime) -> Any:
+    """No live lease on the row: none was taken, or it has expired."""
+    return or_(table.lease_until.is_(None), table.lease_until < stamp)
+
+
+def _run_free_for(owner: str, stamp: datetime) -> Any:
+    """A run ``owner`` may take: unclaimed, already its own, or its claim has expired."""
+    return or_(Run.owner.is_(None), Run.owner == owner, _lease_free(Run, stamp))

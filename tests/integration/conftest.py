@@ -29,8 +29,10 @@ def fhir_server(
     harnesses = {"sekmet": SekmetServer, "hapi": HapiServer}
     server = harnesses[request.param](tmp_path_factory.mktemp(request.param)).start()
     print(f"\n{server.name} up on {server.base_url} after {server.startup_seconds:.1f}s")
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 JSON_HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}

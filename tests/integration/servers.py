@@ -6,6 +6,7 @@ the tests, which only use the base URL and what the FHIR specification requires 
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import socket
@@ -26,20 +27,42 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+# Every server process the suite starts, killed at exit whatever happened (a fixture whose
+# start failed never reaches its teardown; an interrupted run never reaches any).
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _stop_everything() -> None:
+    for process in _STARTED:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def started(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    _STARTED.append(process)
+    return process
+
+
 def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float, log: Path) -> float:
+    """Wait for a first answer within one overall limit. Each probe may itself take long: on a
+    loaded machine a JVM's first /metadata can take many seconds, and aborting it early only
+    starts the same slow request again."""
     started = time.monotonic()
     while time.monotonic() - started < seconds:
         if process.poll() is not None:
             raise RuntimeError(
                 f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
             )
+        left = seconds - (time.monotonic() - started)
         try:
             # 401: up, and asking for credentials (a server started with authentication on).
-            if httpx.get(url, timeout=2.0).status_code in (200, 401):
+            if httpx.get(url, timeout=max(1.0, min(60.0, left))).status_code in (200, 401):
                 return time.monotonic() - started
         except httpx.HTTPError:
             pass
-        time.sleep(0.2)
+        time.sleep(0.5)
     raise RuntimeError(f"server did not answer {url} within {seconds}s:\n{log.read_text()[-3000:]}")
 
 
@@ -76,14 +99,22 @@ class SekmetServer:
         config.write_text(yaml.safe_dump(settings))
         log = self.workdir / "server.log"
         executable = shutil.which("sekmet", path=str(Path(sys.executable).parent)) or "sekmet"
-        self.process = subprocess.Popen(
-            [executable, "serve", "--config", str(config)],
-            cwd=self.workdir,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "SEKMET_CONFIG": str(config)},
+        self.process = started(
+            subprocess.Popen(
+                [executable, "serve", "--config", str(config)],
+                cwd=self.workdir,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "SEKMET_CONFIG": str(config)},
+            )
         )
-        self.startup_seconds = wait_until_up(f"{self.base_url}/metadata", self.process, 60.0, log)
+        try:
+            self.startup_seconds = wait_until_up(
+                f"{self.base_url}/metadata", self.process, 180.0, log
+            )
+        except BaseException:
+            self.stop()
+            raise
         STARTUP_REPORT.append(
             f"sekmet-fhir answered after {self.startup_seconds:.1f}s; "
             f"RSS {rss_mb(self.process.pid):.0f} MB"
@@ -140,20 +171,29 @@ class HapiServer:
         self.build()
         log = self.workdir / "hapi.log"
         classpath = f"{HAPI_DIR / 'target' / 'classes'}:{HAPI_DIR / 'target' / 'lib'}/*"
-        self.process = subprocess.Popen(
-            [
-                "java",
-                "-Xmx1536m",
-                "-cp",
-                classpath,
-                "org.prescreen.hapi.HarnessMain",
-                str(self.port),
-            ],
-            cwd=self.workdir,
-            stdout=log.open("wb"),
-            stderr=subprocess.STDOUT,
+        self.process = started(
+            subprocess.Popen(
+                [
+                    "java",
+                    "-Xmx1536m",
+                    "-cp",
+                    classpath,
+                    "org.prescreen.hapi.HarnessMain",
+                    str(self.port),
+                ],
+                cwd=self.workdir,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+            )
         )
-        self.startup_seconds = wait_until_up(f"{self.base_url}/metadata", self.process, 240.0, log)
+        try:
+            # One overall limit, generous: HAPI took 135 s to boot on a loaded two-core machine.
+            self.startup_seconds = wait_until_up(
+                f"{self.base_url}/metadata", self.process, 600.0, log
+            )
+        except BaseException:
+            self.stop()
+            raise
         ready = [line for line in log.read_text().splitlines() if line.startswith("READY")]
         if ready:
             self.heap_mb = ready[0].split("heap_used_mb=")[-1]

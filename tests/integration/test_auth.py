@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from service.catalog import load_trial
 from service.cli import main
-from service.fhir.auth import BearerAuth
-from service.settings import get_settings
+from service.fhir.auth import BearerAuth, SmartBackendAuth
+from service.fhir.connect import connect, default_scope
+from service.settings import Settings, get_settings
 from tests.integration.conftest import LoadedPatients
 from tests.integration.servers import SekmetServer
 
@@ -67,8 +70,10 @@ def secured(
             ],
         },
     ).start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +87,7 @@ def run_with(
     secured: SekmetServer,
     loaded: LoadedPatients,
     out: Path,
+    *extra: str,
 ) -> int:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -102,6 +108,7 @@ def run_with(
                 "--no-progress",
                 "--patients",
                 candidate,
+                *extra,
             ]
         )
     finally:
@@ -132,6 +139,48 @@ def test_smart_backend_services(
     assert run_with(env, monkeypatch, secured, loaded, tmp_path) == 0
     (verdict,) = [json.loads(x) for x in (tmp_path / "verdicts.ndjson").read_text().splitlines()]
     assert verdict["verdict"] == "candidate"
+
+
+def test_smart_v2_scopes_are_derived_from_the_mapping_and_honoured(
+    keys: dict[str, tuple[Path, dict[str, Any]]],
+    secured: SekmetServer,
+    loaded: LoadedPatients,
+) -> None:
+    """The server declares permission-v2 and enforces scopes on every request: prescreen asks
+    for v2 scopes named after the mapping's resource types (no wildcard) and reads with them."""
+    smart = httpx.get(f"{secured.base_url}/.well-known/smart-configuration").json()
+    assert "permission-v2" in smart["capabilities"]
+    ruleset = load_trial("relieve", Settings())
+    path, _jwk = keys["RS384"]
+    settings = Settings(
+        fhir_auth="smart",
+        smart_client_id="prescreen-RS384",
+        smart_private_key=path,
+        smart_kid="kid-RS384",
+        smart_algorithm="RS384",
+    )
+    candidate = next(pid for pid, t in loaded.tests.items() if t.id == "candidate")
+
+    async def search_conditions() -> tuple[str, int]:
+        client = await connect(settings, secured.base_url, ruleset.mapper.resource_types)
+        async with client:
+            found = [r async for r in client.search("Condition", [("patient", candidate)])]
+            assert isinstance(client.auth, SmartBackendAuth)
+            return client.auth.scope, len(found)
+
+    requested, found = asyncio.run(search_conditions())
+    scopes = requested.split()
+    assert "system/Patient.rs" in scopes and "system/Condition.rs" in scopes
+    assert "system/ResearchSubject.crus" in scopes
+    assert not any("*" in scope for scope in scopes)
+    assert found > 0
+
+
+def test_smart_v1_scopes_when_the_server_lacks_permission_v2() -> None:
+    assert default_scope(["Condition"], v2=False).split()[:2] == [
+        "system/Condition.read",
+        "system/Patient.read",
+    ]
 
 
 def test_wrong_key_is_refused_by_the_token_endpoint(

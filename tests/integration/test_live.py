@@ -190,11 +190,18 @@ def test_dry_run_prints_transactions_and_writes_nothing(
     candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
     before = len(subjects_of(base, patients))
     assert live(base, tmp_path / "out", "--patients", candidate, "--dry-run") == 0
-    bundles = [
-        json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")
+    # stdout holds only the Bundles, one per line (the tables go to stderr): it can be piped.
+    printed = capsys.readouterr().out.splitlines()
+    bundles = [json.loads(line) for line in printed]
+    assert all(b["resourceType"] == "Bundle" and b["type"] == "transaction" for b in bundles)
+    # On a server seen for the first time, the study and prescreen's CodeSystems come first.
+    subject_bundles = [
+        b
+        for b in bundles
+        if any(e["resource"]["resourceType"] == "ResearchSubject" for e in b["entry"])
     ]
-    assert len(bundles) == 1 and bundles[0]["type"] == "transaction"
-    kinds = [e["resource"]["resourceType"] for e in bundles[0]["entry"]]
+    assert len(subject_bundles) == 1
+    kinds = [e["resource"]["resourceType"] for e in subject_bundles[0]["entry"]]
     assert kinds.count("ResearchSubject") == 1 and kinds.count("Provenance") == 1
     assert kinds.count("Observation") == 13
     assert len(subjects_of(base, patients)) == before

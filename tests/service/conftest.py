@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from service.api.app import create_app
 from service.settings import Settings
+from tests.conftest import SAMPLE_DIR
 from tests.integration.servers import SekmetServer, free_port
 
 API_KEY = "test-integration-key"
@@ -110,8 +112,10 @@ def helpers() -> Iterator[Helpers]:
 @pytest.fixture(scope="session")
 def sekmet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SekmetServer]:
     server = SekmetServer(tmp_path_factory.mktemp("svc-sekmet")).start()
-    yield server
-    server.stop()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _databases() -> list[str]:
@@ -162,6 +166,7 @@ def service_settings(
         smtp_to="coordinator@hospital.example",
         debounce_seconds=0.5,
         max_body_bytes=200_000,
+        ndjson_roots=str(SAMPLE_DIR.parent),
         **extra,
     )
 
@@ -176,10 +181,10 @@ class RunningService:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": key}, timeout=60)
 
 
-@pytest.fixture
-def service(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterator[RunningService]:
-    port = free_port()
-    settings = service_settings(sekmet, helpers, database_url, port)
+@contextmanager
+def running_service(settings: Settings, port: int) -> Iterator[RunningService]:
+    """The app under uvicorn in a thread, stopped on every way out (also when it fails to
+    start). A loaded machine can take a while to migrate the database: generous wait."""
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=port, log_level="warning", access_log=False
@@ -187,14 +192,24 @@ def service(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterat
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the service did not start")
-        time.sleep(0.05)
-    yield RunningService(f"http://127.0.0.1:{port}", settings, server)
-    server.should_exit = True
-    thread.join(timeout=10)
+    try:
+        deadline = time.monotonic() + 180
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("the service did not start")
+            time.sleep(0.05)
+        yield RunningService(f"http://127.0.0.1:{port}", settings, server)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def service(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterator[RunningService]:
+    port = free_port()
+    settings = service_settings(sekmet, helpers, database_url, port)
+    with running_service(settings, port) as running:
+        yield running
 
 
 def wait_for(check: Any, seconds: float = 120.0) -> Any:

@@ -110,7 +110,7 @@ def test_truncated_json_is_retried() -> None:
 
 
 @respx.mock
-def test_operation_outcome_diagnostics_are_surfaced_without_ids() -> None:
+def test_operation_outcome_diagnostics_are_kept_apart_from_the_message() -> None:
     outcome = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "invalid", "diagnostics": "bad code system"}],
@@ -123,7 +123,9 @@ def test_operation_outcome_diagnostics_are_surfaced_without_ids() -> None:
 
     with pytest.raises(FhirServerError) as caught:
         run(go())
-    assert caught.value.status == 400 and "bad code system" in str(caught.value)
+    # Diagnostics can quote patient data: readable on the error, never in its message.
+    assert caught.value.status == 400 and caught.value.diagnostics == "bad code system"
+    assert "bad code system" not in str(caught.value)
     assert "secret-id" not in str(caught.value)
 
 

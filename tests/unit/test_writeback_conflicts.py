@@ -11,6 +11,7 @@ import httpx
 import respx
 
 from service.fhir.client import FhirClient, RetryPolicy
+from service.fhir.codesystems import code_systems_for
 from service.fhir.connect import ServerAbilities
 from service.fhir.writeback import FINGERPRINT_URL, WRITTEN_STATUS_URL, WriteBack
 from service.ruleset.evaluate import CriterionResult, PatientVerdict
@@ -65,6 +66,10 @@ def writer(relieve: RuleSet, client: FhirClient) -> WriteBack:
 
 def run_conflict(relieve: RuleSet, after_conflict: dict[str, Any]) -> list[httpx.Request]:
     study = {"resourceType": "ResearchStudy", "id": "s1"}
+    # The server has prescreen's CodeSystems already: nothing to publish.
+    respx.get(f"{BASE}/CodeSystem").mock(
+        return_value=httpx.Response(200, json=searchset(*code_systems_for(relieve)))
+    )
     respx.get(f"{BASE}/ResearchStudy").mock(return_value=httpx.Response(200, json=searchset(study)))
     respx.get(f"{BASE}/ResearchSubject", params={"_tag": "urn:prescreen:study|NCT06746103"}).mock(
         return_value=httpx.Response(200, json=searchset(subject("candidate", "1")))

@@ -1,0 +1,136 @@
+"""Worker processes for a parallel offline screening (parallel.py), and how many to start.
+
+Kept light (no FHIR models, no output code) so the command line can start the workers first,
+and they load the rule sets while the command line itself starts up.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from datetime import date
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from service.ndjson_files import discover
+from service.ruleset.engines import EngineName
+from service.screening import workers
+
+if TYPE_CHECKING:
+    from service.ruleset.loader import RuleSet
+
+# Below this much input one process is quicker: starting a worker (imports, rule sets) costs
+# about what one process reads in that time. Only the default count follows it.
+AUTO_MIN_BYTES = 256 << 20
+
+T = TypeVar("T")
+
+
+def auto_workers(source: Path) -> int:
+    """The default: one process per core this process may use, one alone for a small source."""
+    total = sum(file.size for file in discover(source))
+    if total < AUTO_MIN_BYTES:
+        return 1
+    if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (a container's)
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def rule_files(rulesets: Sequence[RuleSet]) -> list[tuple[Path, Path]]:
+    """(rule file, mappings folder) of each rule set: what a worker loads them from."""
+    return [(rs.path, rs.mapper.source_file.parent) for rs in rulesets]
+
+
+class WorkerPool:
+    """``count`` processes screening together: this one and ``count - 1`` worker processes,
+    each with the rule sets loaded.
+
+    This process takes tasks too (its start-up is paid already; on a machine of two cores a
+    third busy process would only slow the two others). Start the pool early (before loading
+    the rule sets here, even) and the workers' start-up runs while this process starts up.
+    """
+
+    def __init__(
+        self, count: int, rules: list[tuple[Path, Path]], engine: EngineName, as_of: date
+    ) -> None:
+        if count < 2:
+            raise ValueError("a pool is for two processes or more; one screens alone")
+        context = multiprocessing.get_context("spawn")
+        self.count = count
+        self.rules = [(Path(path).resolve(), Path(maps).resolve()) for path, maps in rules]
+        self.engine = engine
+        self.as_of = as_of
+        self.messages: Any = context.Queue()
+        self._processes = count - 1
+        self._executor = ProcessPoolExecutor(
+            self._processes,
+            mp_context=context,
+            initializer=workers.start,
+            initargs=(self.rules, engine, as_of, self.messages),
+        )
+        for _ in range(self._processes):  # one process is spawned per task while none is idle
+            self._executor.submit(workers.ready)
+
+    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+        rules = [(Path(p).resolve(), Path(m).resolve()) for p, m in rule_files(rulesets)]
+        return rules == self.rules and engine == self.engine and as_of == self.as_of
+
+    def run_all(
+        self,
+        calls: Sequence[tuple[Callable[..., T], tuple[Any, ...]]],
+        on_message: Callable[[tuple[Any, ...]], None],
+    ) -> list[T]:
+        """Run the calls, their results in the order of ``calls``: the worker processes take
+        them from the front, this process (its worker adopted, see ``workers.adopt``) from the
+        back, so the largest go to the workers and everyone finishes about together.
+
+        Messages the workers send (progress) go to ``on_message`` meanwhile. The first
+        failure is raised (the workers' other tasks are cancelled when the pool closes).
+        """
+        tasks = deque(enumerate(calls))
+        results: dict[int, T] = {}
+        running: dict[Future[T], int] = {}
+        while tasks or running:
+            # One task waiting per worker besides the one it runs: none idles while this
+            # process is busy with a task of its own.
+            while tasks and len(running) < 2 * self._processes:
+                index, (fn, args) = tasks.popleft()
+                running[self._executor.submit(fn, *args)] = index
+            if tasks and workers.adopted():
+                index, (fn, args) = tasks.pop()
+                results[index] = fn(*args)
+                done = {future for future in running if future.done()}
+            else:
+                done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+            for future in done:
+                results[running.pop(future)] = future.result()  # a worker's error is raised
+            self._drain(on_message)
+        return [results[index] for index in range(len(calls))]
+
+    def _drain(self, on_message: Callable[[tuple[Any, ...]], None]) -> None:
+        while True:
+            try:
+                on_message(self.messages.get_nowait())
+            except queue.Empty:
+                return
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.messages.close()
+        self.messages.join_thread()
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

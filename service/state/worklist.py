@@ -1,0 +1,374 @@
+"""The web worklist's state: people and their sessions, the history of verdicts and decisions,
+and what each person last saw of each candidate.
+
+The candidates themselves stay in :mod:`service.state.store`; this module reads them and keeps
+what a person needs around them. The verdict history (``verdict_events``) is written by database
+triggers on ``candidates`` (migration 0004), whatever code path, process or replica screened the
+patient, so it cannot miss a screening.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, aliased, sessionmaker
+
+from service.state.models import (
+    Candidate,
+    DecisionRecord,
+    SeenMark,
+    VerdictEvent,
+    WebSession,
+    WebUser,
+)
+from service.state.store import now
+
+# prescreen's own verdicts that put a patient on a coordinator's list.
+FLAGGED = ("candidate", "potential-candidate")
+ROLES = ("coordinator", "viewer")
+
+
+def criterion_results(result: dict[str, Any] | None) -> dict[str, str]:
+    """{criterion id: met|not_met|unknown} of a verdict line."""
+    criteria = (result or {}).get("criteria") or {}
+    return {cid: str(c.get("result", "")) for cid, c in criteria.items() if isinstance(c, dict)}
+
+
+# --- reading and writing ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorklistRow:
+    candidate: Candidate
+    flagged_at: datetime
+    change: str  # "new" (never opened by this person), "changed" (since they did) or ""
+    seen: SeenMark | None
+
+
+@dataclass(frozen=True)
+class WorklistPage:
+    rows: list[WorklistRow]
+    total: int
+    new: int
+    changed: int
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    at: datetime
+    kind: str  # verdict | decision
+    what: str  # the verdict or status
+    who: str
+    reason: str = ""
+    note: str = ""
+    changes: tuple[tuple[str, str, str], ...] = ()  # (criterion, before, after)
+
+
+def session_id_hash(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def _trials_text(trials: list[str] | tuple[str, ...]) -> str:
+    return ",".join(t.strip() for t in trials if t.strip())
+
+
+class WorklistStore:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    # --- people ---------------------------------------------------------------------------------
+
+    def save_user(self, name: str, role: str, trials: list[str], password_hash: str | None) -> None:
+        """Create or replace a person; their open sessions end (their rights may have changed)."""
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        stamp = now()
+        with self.session() as session:
+            user = session.get(WebUser, name)
+            if user is None:
+                user = WebUser(name=name, created_at=stamp)
+                session.add(user)
+            user.role, user.trials, user.updated_at = role, _trials_text(trials), stamp
+            user.password_hash = password_hash
+            session.execute(delete(WebSession).where(WebSession.user_name == name))
+
+    def remove_user(self, name: str) -> bool:
+        with self.session() as session:
+            session.execute(delete(WebSession).where(WebSession.user_name == name))
+            user = session.get(WebUser, name)
+            if user is None:
+                return False
+            session.delete(user)
+            return True
+
+    def user(self, name: str) -> WebUser | None:
+        with self.session() as session:
+            return session.get(WebUser, name)
+
+    def users(self) -> list[WebUser]:
+        with self.session() as session:
+            return list(session.scalars(select(WebUser).order_by(WebUser.name)))
+
+    # --- sessions -------------------------------------------------------------------------------
+
+    def open_session(self, user_name: str, role: str, trials: str, hours: float) -> str:
+        """A new signed-in session; returns the random id the cookie carries (kept hashed)."""
+        raw = secrets.token_urlsafe(32)
+        stamp = now()
+        with self.session() as session:
+            session.execute(delete(WebSession).where(WebSession.expires_at <= stamp))
+            session.add(
+                WebSession(
+                    id_hash=session_id_hash(raw),
+                    user_name=user_name,
+                    role=role,
+                    trials=trials,
+                    created_at=stamp,
+                    expires_at=stamp + timedelta(hours=hours),
+                )
+            )
+        return raw
+
+    def find_session(self, raw: str) -> WebSession | None:
+        with self.session() as session:
+            found = session.get(WebSession, session_id_hash(raw))
+            if found is None or found.expires_at <= now():
+                return None
+            return found
+
+    def close_session(self, raw: str) -> None:
+        with self.session() as session:
+            session.execute(delete(WebSession).where(WebSession.id_hash == session_id_hash(raw)))
+
+    # --- decisions ------------------------------------------------------------------------------
+
+    def record_decision(
+        self,
+        candidate: Candidate,
+        status: str,
+        previous_status: str,
+        decided_by: str,
+        reason: str,
+        note: str,
+        subject_version: str | None,
+    ) -> None:
+        with self.session() as session:
+            session.add(
+                DecisionRecord(
+                    candidate_id=candidate.id,
+                    trial=candidate.trial,
+                    patient_id=candidate.patient_id,
+                    status=status,
+                    previous_status=previous_status,
+                    reason=reason,
+                    note=note,
+                    decided_by=decided_by,
+                    subject_version=subject_version,
+                    decided_at=now(),
+                )
+            )
+
+    def last_decision(self, candidate_id: int) -> DecisionRecord | None:
+        with self.session() as session:
+            return session.scalar(
+                select(DecisionRecord)
+                .where(DecisionRecord.candidate_id == candidate_id)
+                .order_by(DecisionRecord.decided_at.desc(), DecisionRecord.id.desc())
+                .limit(1)
+            )
+
+    def history(self, candidate_id: int) -> list[HistoryEntry]:
+        """Verdicts and decisions of one candidate, newest first."""
+        with self.session() as session:
+            events = list(
+                session.scalars(
+                    select(VerdictEvent)
+                    .where(VerdictEvent.candidate_id == candidate_id)
+                    .order_by(VerdictEvent.at, VerdictEvent.id)
+                )
+            )
+            decisions = list(
+                session.scalars(
+                    select(DecisionRecord).where(DecisionRecord.candidate_id == candidate_id)
+                )
+            )
+        entries: list[HistoryEntry] = []
+        before: dict[str, str] = {}
+        for item in events:
+            changes = tuple(
+                (cid, before.get(cid, ""), result)
+                for cid, result in item.results.items()
+                if before and before.get(cid) != result
+            )
+            entries.append(
+                HistoryEntry(item.at, "verdict", item.verdict, "prescreen", changes=changes)
+            )
+            before = item.results or before
+        entries += [
+            HistoryEntry(d.decided_at, "decision", d.status, d.decided_by, d.reason, d.note)
+            for d in decisions
+        ]
+        return sorted(entries, key=lambda e: e.at, reverse=True)
+
+    # --- what a person has seen -----------------------------------------------------------------
+
+    def mark_seen(self, user_name: str, candidates: list[Candidate]) -> None:
+        stamp = now()
+        with self.session() as session:
+            for candidate in candidates:
+                mark = session.get(SeenMark, (user_name, candidate.id))
+                if mark is None:
+                    mark = SeenMark(user_name=user_name, candidate_id=candidate.id)
+                    session.add(mark)
+                mark.verdict, mark.status = candidate.verdict, candidate.status
+                mark.results = criterion_results(candidate.result)
+                mark.seen_at = stamp
+
+    # --- the worklist ---------------------------------------------------------------------------
+
+    def worklist(
+        self,
+        user_name: str,
+        *,
+        trials: list[str],
+        statuses: list[str],
+        since: datetime | None,
+        changed_only: bool,
+        newest_first: bool,
+        offset: int,
+        limit: int,
+    ) -> WorklistPage:
+        flagged = (
+            select(VerdictEvent.candidate_id, func.min(VerdictEvent.at).label("flagged_at"))
+            .where(VerdictEvent.verdict.in_(FLAGGED))
+            .group_by(VerdictEvent.candidate_id)
+            .subquery()
+        )
+        last_event = (
+            select(VerdictEvent.candidate_id, func.max(VerdictEvent.at).label("at"))
+            .group_by(VerdictEvent.candidate_id)
+            .subquery()
+        )
+        others = (
+            select(DecisionRecord.candidate_id, func.max(DecisionRecord.decided_at).label("at"))
+            .where(DecisionRecord.decided_by != user_name)
+            .group_by(DecisionRecord.candidate_id)
+            .subquery()
+        )
+        mark = aliased(SeenMark)
+        flagged_at = func.coalesce(flagged.c.flagged_at, Candidate.updated_at)
+        is_new = mark.candidate_id.is_(None)
+        is_changed = and_(
+            mark.candidate_id.is_not(None),
+            or_(last_event.c.at > mark.seen_at, others.c.at > mark.seen_at),
+        )
+        conditions: list[Any] = []
+        if trials:
+            conditions.append(Candidate.trial.in_(trials))
+        if statuses:
+            conditions.append(Candidate.status.in_(statuses))
+        if since is not None:
+            conditions.append(flagged_at >= since)
+        if changed_only:
+            conditions.append(or_(is_new, is_changed))
+
+        def joined(query: Any) -> Any:
+            return (
+                query.select_from(Candidate)
+                .outerjoin(flagged, flagged.c.candidate_id == Candidate.id)
+                .outerjoin(last_event, last_event.c.candidate_id == Candidate.id)
+                .outerjoin(others, others.c.candidate_id == Candidate.id)
+                .outerjoin(
+                    mark, and_(mark.candidate_id == Candidate.id, mark.user_name == user_name)
+                )
+                .where(*conditions)
+            )
+
+        order = flagged_at.desc() if newest_first else flagged_at.asc()
+        page_query = joined(
+            select(
+                Candidate,
+                flagged_at.label("flagged_at"),
+                case((is_new, literal("new")), (is_changed, literal("changed")), else_="").label(
+                    "change"
+                ),
+                mark,
+            )
+        ).order_by(order, Candidate.id.desc() if newest_first else Candidate.id.asc())
+        count_query = joined(
+            select(
+                func.count(),
+                func.coalesce(func.sum(case((is_new, 1), else_=0)), 0),
+                func.coalesce(func.sum(case((is_changed, 1), else_=0)), 0),
+            )
+        )
+        with self.session() as session:
+            rows = [
+                WorklistRow(candidate, when, change, seen)
+                for candidate, when, change, seen in session.execute(
+                    page_query.offset(offset).limit(limit)
+                )
+            ]
+            total, new, changed = session.execute(count_query).one()
+        return WorklistPage(rows, int(total), int(new), int(changed))
+
+    def status_counts(self) -> dict[str, dict[str, int]]:
+        """{trial: {status: patients}} over the whole worklist."""
+        counts: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for trial, status, count in session.execute(
+                select(Candidate.trial, Candidate.status, func.count()).group_by(
+                    Candidate.trial, Candidate.status
+                )
+            ):
+                counts.setdefault(trial, {})[status] = int(count)
+        return counts
+
+    def trial_fingerprint(self, trial: str) -> tuple[int, datetime | None]:
+        """Rows and latest update of a trial: the funnel is recomputed only when these move."""
+        with self.session() as session:
+            count, latest = session.execute(
+                select(func.count(), func.max(Candidate.updated_at)).where(Candidate.trial == trial)
+            ).one()
+        return int(count), latest
+
+    def results_of(self, trial: str) -> Iterator[dict[str, Any]]:
+        """Every screened patient's verdict line for a trial, a thousand rows at a time."""
+        with self.session() as session:
+            yield from session.scalars(
+                select(Candidate.result)
+                .where(Candidate.trial == trial)
+                .execution_options(yield_per=1000)
+            )
+
+    def candidates_of_patient(self, patient_id: str) -> list[Candidate]:
+        with self.session() as session:
+            return list(
+                session.scalars(
+                    select(Candidate)
+                    .where(Candidate.patient_id == patient_id)
+                    .order_by(Candidate.trial)
+                )
+            )

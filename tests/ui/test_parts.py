@@ -1,0 +1,227 @@
+"""The web worklist's parts that need no server: the funnel, evidence summaries, links, roles,
+passwords and the ineligibility reasons."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.cli import main
+from service.links import patient_page_url
+from service.ruleset.loader import RuleSet
+from service.settings import Settings
+from service.ui.auth import Person, oidc_person, role_from_claims, safe_next
+from service.ui.evidence import Displays, summarise
+from service.ui.funnel import attrition, funnel_svg
+from service.ui.passwords import hash_password, verify_password
+from service.ui.vocabulary import GENERAL_REASONS, ineligible_reasons
+from tests.conftest import MAPPINGS_DIR
+
+CRITERIA = [
+    ("alive", "inclusion", "Alive"),
+    ("age", "inclusion", "Adult"),
+    ("other-pain", "exclusion", "No other pain"),
+]
+
+
+def line(verdict: str, **results: str) -> dict[str, Any]:
+    return {
+        "verdict": verdict,
+        "criteria": {cid.replace("_", "-"): {"result": r} for cid, r in results.items()},
+    }
+
+
+def test_funnel_keeps_unknowns_in_and_drops_each_patient_at_the_first_criterion_ruling_out() -> (
+    None
+):
+    results = [
+        line("candidate", alive="met", age="met", other_pain="not_met"),
+        line("potential-candidate", alive="met", age="unknown", other_pain="not_met"),
+        line("ineligible", alive="not_met", age="not_met", other_pain="met"),  # out at alive
+        line("ineligible", alive="met", age="not_met", other_pain="not_met"),  # out at age
+        line("ineligible", alive="met", age="met", other_pain="met"),  # out at the exclusion
+    ]
+    steps = attrition(CRITERIA, results)
+    assert [(s.label, s.count) for s in steps] == [
+        ("screened", 5),
+        ("alive", 4),
+        ("age", 3),
+        ("other-pain", 2),
+        ("candidates", 1),
+    ]
+    assert steps[3].text == "not excluded: No other pain"
+
+
+def test_funnel_svg_is_labelled_and_shows_every_number() -> None:
+    steps = attrition(
+        CRITERIA, [line("candidate", alive="met", age="met", other_pain="not_met")] * 4
+    )
+    svg = funnel_svg(steps, "RELIEVE <attrition>", "f1")
+    root = ET.fromstring(str(svg))
+    assert root.get("role") == "img" and root.get("aria-labelledby") == "f1-title f1-desc"
+    namespace = "{http://www.w3.org/2000/svg}"
+    assert root.find(f"{namespace}title").text == "RELIEVE <attrition>"  # type: ignore[union-attr]
+    texts = [t.text for t in root.iter(f"{namespace}text")]
+    assert texts[:2] == ["screened", "4"] and "4 (100%)" in texts
+    assert len(list(root.iter(f"{namespace}rect"))) == len(steps)
+
+
+def test_funnel_of_a_trial_nobody_was_screened_for() -> None:
+    steps = attrition(CRITERIA, [])
+    assert all(s.count == 0 for s in steps)
+    ET.fromstring(str(funnel_svg(steps, "empty", "f2")))
+
+
+@pytest.fixture(scope="module")
+def displays() -> Displays:
+    return Displays.load(MAPPINGS_DIR)
+
+
+def test_evidence_shows_the_score_its_date_and_the_pain_type(displays: Displays) -> None:
+    nrs = {
+        "resourceType": "Observation",
+        "id": "nrs-1",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "72514-3"}]},
+        "effectiveDateTime": "2026-06-10T09:00:00+02:00",
+        "valueInteger": 7,
+        "component": [
+            {
+                "code": {"coding": [{"system": "urn:prescreen:relieve", "code": "pain-type"}]},
+                "valueCodeableConcept": {
+                    "coding": [{"system": "urn:prescreen:relieve", "code": "axial-triggered"}]
+                },
+            }
+        ],
+    }
+    shown = summarise("Observation/nrs-1", nrs, displays)
+    facts = dict(shown.facts)
+    assert shown.reference == "Observation/nrs-1"
+    assert facts["value"] == "7" and facts["date"] == "2026-06-10T09:00:00+02:00"
+    assert facts["Pain type (pain-type)"].startswith("Axial triggered")  # the CodeSystem's words
+
+
+def test_evidence_shows_the_condition_code_and_body_site(displays: Displays) -> None:
+    condition = {
+        "resourceType": "Condition",
+        "code": {
+            "coding": [
+                {
+                    "system": "http://hl7.org/fhir/sid/icd-10-cm",
+                    "code": "C79.51",
+                    "display": "Bone metastasis",
+                }
+            ]
+        },
+        "bodySite": [
+            {"coding": [{"system": "http://snomed.info/sct", "code": "122496007"}]},
+            {"coding": [{"system": "urn:unknown", "code": "x1"}]},
+        ],
+        "clinicalStatus": {"coding": [{"code": "active"}]},
+        "onsetDateTime": "2026-04-16",
+    }
+    shown = summarise("Condition/c1", condition, displays)
+    facts = dict(shown.facts)
+    assert shown.title == "Bone metastasis (C79.51)"
+    assert facts["body site"] == "Lumbar spine structure (122496007); urn:unknown|x1"
+    assert facts["date"] == "2026-04-16" and facts["status"] == "active"
+
+
+def test_evidence_shows_a_procedure_or_order_and_its_date(displays: Displays) -> None:
+    procedure = {
+        "resourceType": "Procedure",
+        "status": "completed",
+        "code": {"text": "Spinal fixation"},
+        "performedPeriod": {"start": "2026-06-01", "end": "2026-06-02"},
+    }
+    facts = dict(summarise("Procedure/p1", procedure, displays).facts)
+    assert facts == {"status": "completed", "date": "2026-06-01 to 2026-06-02"}
+    order = {
+        "resourceType": "ServiceRequest",
+        "status": "active",
+        "intent": "order",
+        "code": {"text": "Radiotherapy"},
+        "authoredOn": "2026-06-08",
+    }
+    assert dict(summarise("ServiceRequest/s1", order, displays).facts) == {
+        "status": "active",
+        "intent": "order",
+        "date": "2026-06-08",
+    }
+    patient = {
+        "resourceType": "Patient",
+        "name": [{"given": ["Ada"], "family": "Quinn"}],
+        "birthDate": "1960-03-10",
+        "gender": "female",
+    }
+    assert dict(summarise("Patient/p", patient, displays).facts) == {
+        "name": "Ada Quinn",
+        "born": "1960-03-10",
+        "gender": "female",
+    }
+
+
+def test_patient_page_link_carries_only_the_fhir_id_and_the_trial() -> None:
+    assert (
+        patient_page_url("https://prescreen.example/", "relieve", "p 1/x")
+        == "https://prescreen.example/ui/patients/p%201%2Fx?trial=relieve"
+    )
+    assert patient_page_url(None, "relieve", "p1") is None
+    assert patient_page_url("", "relieve", "p1") is None
+
+
+def test_roles_from_the_identity_provider() -> None:
+    settings = Settings(oidc_roles_claim="roles")
+    assert role_from_claims({"roles": ["viewer"]}, settings) == ("viewer", "")
+    assert role_from_claims({"roles": "coordinator"}, settings) == ("coordinator", "")
+    assert role_from_claims(
+        {"roles": ["viewer", "coordinator:relieve", "coordinator:ssrs"]}, settings
+    ) == ("coordinator", "relieve,ssrs")
+    assert role_from_claims({"roles": ["admin"]}, settings) is None
+    assert role_from_claims({"roles": ["viewer"]}, Settings()) is None  # no claim configured
+    claims = {"preferred_username": "ann", "roles": ["viewer"]}
+    assert oidc_person(claims, None, settings) == ("ann", "viewer", "")
+    assert oidc_person({"sub": "s1"}, None, settings) is None
+
+
+def test_a_coordinator_decides_only_for_their_trials() -> None:
+    assert Person("a", "coordinator", frozenset()).may_decide("ssrs")
+    assert Person("a", "coordinator", frozenset({"relieve"})).may_decide("relieve")
+    assert not Person("a", "coordinator", frozenset({"relieve"})).may_decide("ssrs")
+    assert not Person("v", "viewer", frozenset()).may_decide("relieve")
+
+
+def test_after_signing_in_only_paths_of_the_worklist() -> None:
+    assert safe_next("/ui/patients/p1?trial=relieve", "/ui") == "/ui/patients/p1?trial=relieve"
+    for target in ("https://evil.example/ui/", "//evil.example/ui/", "/candidates", None, 3):
+        assert safe_next(target, "/ui") == "/ui/"
+
+
+def test_passwords_are_argon2_hashes() -> None:
+    stored = hash_password("correct horse")
+    assert stored.startswith("$argon2id$") and "correct horse" not in stored
+    assert verify_password(stored, "correct horse")
+    assert not verify_password(stored, "correct hors")
+    assert not verify_password(None, "correct horse")
+    assert not verify_password("not a hash", "correct horse")
+    with pytest.raises(ValueError, match="at least"):
+        hash_password("short")
+
+
+def test_ineligible_reasons_come_from_the_criteria(relieve: RuleSet) -> None:
+    reasons = ineligible_reasons(relieve)
+    assert reasons[0] == f"Does not meet: {relieve.criteria[0].text}"
+    survival = next(c for c in relieve.criteria if c.id == "survival")
+    assert f"Meets exclusion: {survival.text}" in reasons
+    assert reasons[-len(GENERAL_REASONS) :] == list(GENERAL_REASONS)
+
+
+def test_the_demo_says_how_to_open_the_web_worklist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 0
+    told = " ".join(capsys.readouterr().err.split())
+    assert "make demo-ui" in told and "http://127.0.0.1:8000/ui/" in told
+    assert "demo-password" in told

@@ -1,0 +1,179 @@
+"""The worklist's state on a real database (SQLite, and PostgreSQL when the suite has one): the
+verdict history kept by triggers, what changed since a person looked, filters and paging."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from service.state.models import Candidate
+from service.state.store import Store, migrate
+from service.state.worklist import WorklistStore
+
+
+def _databases() -> list[str]:
+    return ["sqlite"] + (["postgresql"] if os.environ.get("PRESCREEN_TEST_POSTGRES_URL") else [])
+
+
+@pytest.fixture(params=_databases())
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, WorklistStore]]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    else:
+        server = os.environ["PRESCREEN_TEST_POSTGRES_URL"]
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        url = server.rsplit("/", 1)[0] + f"/{name}"
+    migrate(url)
+    store = Store(url)
+    yield store, WorklistStore(store.engine)
+    store.close()
+
+
+def verdict(patient: str, outcome: str, **results: str) -> dict[str, Any]:
+    return {
+        "patient": f"Patient/{patient}",
+        "trial": "relieve",
+        "as_of": "2026-06-15",
+        "verdict": outcome,
+        "criteria": {
+            cid.replace("_", "-"): {"kind": "inclusion", "result": r, "evidence": [], "reason": cid}
+            for cid, r in results.items()
+        },
+    }
+
+
+def row(store: Store, patient: str) -> Candidate:
+    (found,) = [
+        c for c in store.candidates("relieve", None, None, 0, 100) if c.patient_id == patient
+    ]
+    return found
+
+
+def test_history_records_each_change_of_verdict_or_result_and_nothing_else(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    store, worklist = stores
+    store.upsert_candidate(
+        "relieve", verdict("p1", "potential-candidate", age="met", pain="unknown"), "2026-06-15"
+    )
+    # Re-screened the next day: other reason texts and date, same results: not history.
+    again = verdict("p1", "potential-candidate", age="met", pain="unknown")
+    again["as_of"], again["criteria"]["age"]["reason"] = "2026-06-16", "other words"
+    store.upsert_candidate("relieve", again, "2026-06-16")
+    store.upsert_candidate(
+        "relieve", verdict("p1", "candidate", age="met", pain="met"), "2026-06-16"
+    )
+    store.upsert_candidate(
+        "relieve", verdict("p1", "candidate", age="unknown", pain="met"), "2026-06-16"
+    )
+    history = worklist.history(row(store, "p1").id)
+    assert [(h.kind, h.what) for h in history] == [
+        ("verdict", "candidate"),
+        ("verdict", "candidate"),
+        ("verdict", "potential-candidate"),
+    ]
+    assert history[0].changes == (("age", "met", "unknown"),)
+    assert history[1].changes == (("pain", "unknown", "met"),)
+
+
+def test_new_and_changed_since_a_person_looked(stores: tuple[Store, WorklistStore]) -> None:
+    store, worklist = stores
+    for patient, outcome in (("a", "potential-candidate"), ("b", "candidate"), ("c", "ineligible")):
+        store.upsert_candidate("relieve", verdict(patient, outcome, age="met"), "2026-06-15")
+
+    def page(**options: Any) -> Any:
+        settings: dict[str, Any] = {
+            "trials": ["relieve"],
+            "statuses": ["candidate", "potential-candidate"],
+            "since": None,
+            "changed_only": False,
+            "newest_first": True,
+            "offset": 0,
+            "limit": 25,
+        } | options
+        return worklist.worklist("ann", **settings)
+
+    first = page()
+    assert (first.total, first.new, first.changed) == (2, 2, 0)
+    assert [r.candidate.patient_id for r in first.rows] == ["b", "a"]  # newest flagged first
+    assert [r.candidate.patient_id for r in page(newest_first=False).rows] == ["a", "b"]
+    worklist.mark_seen("ann", [row(store, "a"), row(store, "b")])
+    assert (page().new, page().changed) == (0, 0)
+    # a's result changes; b is decided by someone else; ann's own decisions do not count.
+    store.upsert_candidate("relieve", verdict("a", "candidate", age="unknown"), "2026-06-16")
+    worklist.record_decision(row(store, "b"), "candidate", "candidate", "bob", "", "", "2")
+    changed = page()
+    assert (changed.new, changed.changed) == (0, 2)
+    assert {r.candidate.patient_id: r.change for r in changed.rows} == {
+        "a": "changed",
+        "b": "changed",
+    }
+    assert changed.rows[0].seen is not None
+    worklist.mark_seen("ann", [row(store, "a"), row(store, "b")])
+    worklist.record_decision(row(store, "b"), "candidate", "candidate", "ann", "", "", "3")
+    assert page(changed_only=True).total == 0
+    # Another person sees everything as new; filters and paging count the whole selection.
+    other = worklist.worklist(
+        "bob",
+        trials=[],
+        statuses=[],
+        since=None,
+        changed_only=True,
+        newest_first=True,
+        offset=0,
+        limit=1,
+    )
+    assert (other.total, other.new, len(other.rows)) == (3, 3, 1)
+    tomorrow = datetime.now() + timedelta(days=1)
+    assert page(since=tomorrow).total == 0
+    assert page(trials=["ssrs"]).total == 0
+
+
+def test_flagged_is_when_the_patient_first_became_a_candidate(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    store, worklist = stores
+    store.upsert_candidate("relieve", verdict("late", "ineligible", age="not_met"), "2026-06-15")
+    store.upsert_candidate("relieve", verdict("early", "candidate", age="met"), "2026-06-15")
+    store.upsert_candidate("relieve", verdict("late", "candidate", age="met"), "2026-06-16")
+    rows = worklist.worklist(
+        "ann",
+        trials=[],
+        statuses=[],
+        since=None,
+        changed_only=False,
+        newest_first=True,
+        offset=0,
+        limit=10,
+    ).rows
+    assert [r.candidate.patient_id for r in rows] == ["late", "early"]
+    assert rows[0].flagged_at > rows[1].flagged_at
+
+
+def test_sessions_end_at_sign_out_expiry_and_when_the_person_changes(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    _store, worklist = stores
+    worklist.save_user("ann", "coordinator", ["relieve"], None)
+    first = worklist.open_session("ann", "coordinator", "relieve", hours=1)
+    second = worklist.open_session("ann", "coordinator", "relieve", hours=1)
+    expired = worklist.open_session("ann", "coordinator", "relieve", hours=-1)
+    assert worklist.find_session(first) is not None and worklist.find_session(expired) is None
+    worklist.close_session(first)
+    assert worklist.find_session(first) is None and worklist.find_session(second) is not None
+    worklist.save_user("ann", "viewer", [], None)  # a new role: sign in again
+    assert worklist.find_session(second) is None
+    with pytest.raises(ValueError):
+        worklist.save_user("ann", "admin", [], None)
+    assert worklist.remove_user("ann") and not worklist.remove_user("ann")
