@@ -25,6 +25,7 @@ import httpx
 import orjson
 
 from service.errors import error_kind
+from service.links import patient_page_url
 from service.state.leases import kept
 from service.state.store import CandidateChange, Store
 
@@ -48,6 +49,8 @@ class AlertSettings:
     smtp_from: str
     smtp_to: tuple[str, ...]
     worklist_url: str
+    # The service's public URL: alerts link to the web worklist's page for the patient.
+    public_url: str | None = None
     # How long a delivery's claim holds unless renewed (PRESCREEN_LEASE_SECONDS in the service).
     lease_seconds: float = 30.0
 
@@ -114,6 +117,9 @@ class Alerter:
             "status": status,
             "worklist": self.settings.worklist_url,
         }
+        page = patient_page_url(self.settings.public_url, trial, patient_id)
+        if page is not None:
+            payload["page"] = page
         renew = functools.partial(self.store.renew_alert, alert_id, self.settings.lease_seconds)
         try:
             async with kept(renew, self.settings.lease_seconds):
@@ -148,6 +154,7 @@ class Alerter:
         message.set_content(
             f"A patient is now a {payload['status']} for {payload['trial']}.\n"
             f"Patient: {payload['patient']}\nWorklist: {payload['worklist']}\n"
+            + (f"Open: {payload['page']}\n" if "page" in payload else "")
         )
         assert self.settings.smtp_host is not None
         with smtplib.SMTP(self.settings.smtp_host, self.settings.smtp_port, timeout=10) as smtp:

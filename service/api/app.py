@@ -86,6 +86,7 @@ def create_app(settings: Settings) -> FastAPI:
                 smtp_from=settings.smtp_from,
                 smtp_to=tuple(a.strip() for a in settings.smtp_to.split(",") if a.strip()),
                 worklist_url=f"{(settings.public_url or '').rstrip('/')}/candidates",
+                public_url=settings.public_url,
             ),
         )
         service = ScreeningService(settings, store, alerter, load_rulesets(settings))

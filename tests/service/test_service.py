@@ -135,10 +135,14 @@ def test_on_demand_screening_writes_back_and_alerts_once(
     expected = "sha256=" + hmac.new(WEBHOOK_SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert headers["x-prescreen-signature"] == expected
     assert json.loads(body)["status"] == "candidate"
+    # The alert links to the web worklist's page for this patient and trial.
+    page = f"{service.url}/ui/patients/{patient}?trial=relieve"
+    assert json.loads(body)["page"] == page
     message = email.message_from_bytes(mails[0])
     assert message["To"] == "coordinator@hospital.example"
     assert message["Subject"] == "[prescreen] relieve: new candidate"
     assert f"Patient/{patient}" in message.get_payload()
+    assert page in message.get_payload()
 
 
 def test_subscription_notification_rescreens_and_alerts_exactly_once(
