@@ -124,7 +124,7 @@ def measure(patients: int, trials: str, repeat: int) -> list[dict[str, Any]]:
                         "trials": trials,
                         "wall_s": wall,
                         "patients_per_hour": round(patients / wall * 3600),
-                        "same_files_as_local": same_files(first_out, out),
+                        "same_files_as_local": "yes" if same_files(first_out, out) else "NO",
                         "load_before": round(max(r["load_before"] for r in runs), 1),
                         "load_after": round(max(r["load_after"] for r in runs), 1),
                         "runs": repeat,

@@ -362,6 +362,8 @@ def _screen_bulk(
             )
     if not (args.fhir_url or settings.fhir_url):
         raise PrescreenError("--bulk needs --fhir-url URL (or PRESCREEN_FHIR_URL)")
+    if args.workers is not None and args.workers < 1:
+        raise PrescreenError("--workers must be 1 or more")
     scope = _bulk_scope(args)
     with RichProgress(enabled=not args.no_progress) as progress:
         run = _show_server_diagnostics(
@@ -375,6 +377,7 @@ def _screen_bulk(
                     scope,
                     keep_export=args.keep_export,
                     progress=progress,
+                    workers=args.workers,
                 )
             )
         )

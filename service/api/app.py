@@ -87,6 +87,7 @@ def create_app(settings: Settings) -> FastAPI:
                 smtp_to=tuple(a.strip() for a in settings.smtp_to.split(",") if a.strip()),
                 worklist_url=f"{(settings.public_url or '').rstrip('/')}/candidates",
                 public_url=settings.public_url,
+                lease_seconds=settings.lease_seconds,
             ),
         )
         service = ScreeningService(settings, store, alerter, load_rulesets(settings))

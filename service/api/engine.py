@@ -18,6 +18,7 @@ from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities, connect, read_capabilities
+from service.fhir.ids import is_fhir_id, is_resource_type
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
 from service.fhir.writeback import WriteBack
 from service.mapping.resources import patient_of
@@ -263,6 +264,8 @@ class ScreeningService:
             if rtype == "Patient":
                 found.add(rid)
                 continue
+            if not (is_resource_type(rtype) and is_fhir_id(rid)):
+                continue
             client = client or await self.client()
             try:
                 resources.append(await client.get(f"{rtype}/{rid}"))
@@ -272,7 +275,9 @@ class ScreeningService:
             patient = patient_of(resource)
             if patient is not None:
                 found.add(patient)
-        return found
+        # A notified resource names its patient in a reference the caller wrote: only FHIR ids
+        # may go on to become URLs.
+        return {patient for patient in found if is_fhir_id(patient)}
 
     async def notified(self, resources: list[Json], references: list[str]) -> None:
         self.metrics.notifications += 1

@@ -27,6 +27,7 @@ from service.api.notifications import (
     read_notification,
 )
 from service.api.security import Authenticator
+from service.errors import FhirServerError, error_kind
 from service.fhir.ids import FHIR_ID, is_fhir_id
 
 router = APIRouter()
@@ -91,7 +92,15 @@ async def post_screenings(body: ScreeningRequest, request: Request) -> dict[str,
     _auth(request).require(request, "screen")
     service = _service(request)
     _trial(service, body.trial)
-    verdicts = await service.screen(body.trial, body.patients, _as_of(body.as_of), body.write_back)
+    try:
+        verdicts = await service.screen(
+            body.trial, body.patients, _as_of(body.as_of), body.write_back
+        )
+    except FhirServerError as exc:
+        # The FHIR server failed or refused: say so by kind (its words could quote patient data).
+        raise HTTPException(
+            502, f"the FHIR server could not serve the screening: {error_kind(exc)}"
+        ) from exc
     return {"verdicts": verdicts}
 
 

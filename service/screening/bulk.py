@@ -36,6 +36,7 @@ from service.fhir.retrieval import MAX_CODE_CHUNKS
 from service.mapping.mapper import Mapper
 from service.ndjson_files import discover
 from service.ruleset.loader import RuleSet
+from service.screening.pool import auto_workers
 from service.screening.run import PortfolioSummary, screen_portfolio
 from service.screening.source import InputIssue
 from service.settings import Settings
@@ -175,8 +176,10 @@ async def screen_bulk(
     *,
     keep_export: bool,
     progress: ExportProgress | None = None,
+    workers: int | None = 1,
 ) -> BulkScreening:
-    """``prescreen screen --bulk``: export into ``OUT/bulk``, screen it, delete the job."""
+    """``prescreen screen --bulk``: export into ``OUT/bulk``, screen it, delete the job.
+    ``workers``: processes screening the folder (None: as for ``--source``, by its size)."""
     mappers = [ruleset.mapper for ruleset in rulesets]
     read_types = {t for m in mappers for t in m.resource_types}
     folder = out / BULK_FOLDER
@@ -207,6 +210,7 @@ async def screen_bulk(
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
             source_issues=export_issues(report.errors),
+            workers=auto_workers(folder) if workers is None else workers,
         )
         deleted = await finish_export(bulk, folder, keep=keep_export)
     return BulkScreening(report, deleted, portfolio)

@@ -68,26 +68,36 @@ def _span_blocks(handle: IO[bytes], start: int, end: int) -> Iterator[tuple[byte
     far, so its blocks end at the last line end before each multiple of BLOCK_BYTES (or at the
     end of the file). A span between two such cuts is read with the same cuts, so the lines of
     each block, and the order in which their problems are reported, are those of a whole-file
-    reading (see ``split_points``).
+    reading (see ``split_points``). One buffer is filled in place, as in ``_blocks``.
     """
     handle.seek(start)
-    buffer = bytearray()
+    buffer = bytearray(BLOCK_BYTES * 2)
+    view = memoryview(buffer)
+    filled = 0
     position = start
     while position < end:
-        boundary = min((position // BLOCK_BYTES + 1) * BLOCK_BYTES, end)
-        chunk = handle.read(boundary - position)
-        if not chunk:
+        wanted = min((position // BLOCK_BYTES + 1) * BLOCK_BYTES, end) - position
+        if len(buffer) - filled < wanted:  # one line longer than a block: grow
+            view.release()
+            buffer.extend(bytes(len(buffer)))
+            view = memoryview(buffer)
+        read = handle.readinto(view[filled : filled + wanted])  # type: ignore[attr-defined]
+        if not read:
             break  # the file is shorter than it was
-        if position == 0 and chunk.startswith(b"\xef\xbb\xbf"):
-            chunk = chunk[3:]  # a UTF-8 byte-order mark, as in _blocks
-        position = boundary
-        buffer += chunk
-        cut = buffer.rfind(b"\n") + 1
+        if position == 0 and buffer.startswith(b"\xef\xbb\xbf"):
+            # A UTF-8 byte-order mark, as in _blocks.
+            buffer[: read - 3] = buffer[3:read]
+            filled -= 3
+        position += read
+        filled += read
+        cut = buffer.rfind(b"\n", 0, filled) + 1
         if cut:
             yield buffer, cut
-            del buffer[:cut]
-    if buffer:
-        yield buffer, len(buffer)
+            tail = filled - cut
+            buffer[:tail] = buffer[cut:filled]
+            filled = tail
+    if filled:
+        yield buffer, filled
 
 
 def split_points(path: Path, size: int, every: int) -> list[int]:

@@ -1,17 +1,18 @@
 """Offline screening on several processes, writing byte for byte the files of one process.
 
-Phase 1: this process reads the files of resolve() targets (Medications) itself, while the
-worker processes start; then the workers read the other files, cut in spans (partition.py),
-each span into per-bucket spill files and an issues file (workers.py). Phase 2: each worker
-merges one bucket of patients and evaluates them. Last, this process writes the outputs in the
-order one process writes them: each trial's input problems span by span (lines counted from
-each file's start), then the records without a Patient in the order one reading meets them,
-the patients not screened and the verdicts by patient id (a merge of the buckets' sorted
-results), then the summaries and the portfolio files.
+Phase 1: this process reads the files of resolve() targets (Medications) first, while the
+worker processes start; then the spans of the other files (partition.py) are read, each into
+per-bucket spill files and an issues file (workers.py). Phase 2: each bucket of patients is
+merged and evaluated. The worker processes take the tasks of each phase from the front, this
+process takes its share from the back. Last, this process writes the outputs in the order one
+process writes them: each trial's input problems span by span (lines counted from each file's
+start), then the records without a Patient in the order one reading meets them, the patients
+not screened and the verdicts by patient id (a merge of the buckets' sorted results), then the
+summaries and the portfolio files.
 
 Workers are started with "spawn" (the pure-Python CEL runner is not fork-safe), so each loads
 the rule sets itself, from the same files. A resolve() target found in another type's file
-(a Medication line in MedicationRequest.ndjson) would be seen by the one worker reading it
+(a Medication line in MedicationRequest.ndjson) would be seen by the one process reading it
 only; such a source is screened again in one process.
 """
 
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 
@@ -49,7 +50,7 @@ from service.screening.source import InputIssue, IssueLog, ReadStats
 from service.screening.workers import BucketScreened, SpanRead
 
 log = logging.getLogger(__name__)
-BUCKETS_PER_WORKER = 2  # several buckets each: a worker slowed by the machine holds up less
+BUCKETS_PER_WORKER = 3  # several buckets each: a process slowed by the machine holds up less
 
 
 def screen_in_parallel(
@@ -116,7 +117,7 @@ class _ParallelRun:
     ) -> PortfolioSummary | None:
         with (
             tempfile.TemporaryDirectory(prefix="prescreen-spill-") as folder,
-            workers.adopt(self.here, self._on_message),
+            workers.adopt(self.here, self.pool.messages_here),
         ):
             spill = Path(folder)
             started = time.perf_counter()
@@ -309,23 +310,10 @@ class _ParallelRun:
         for patient_id, verdict, counted, line, issues in merged:
             for issue in issues:
                 summary.issues.add(issue)
-            summary.tally(_Counted(verdict, [_CountedCriterion._make(c) for c in counted]))
+            summary.count(verdict, counted)
             verdicts_by_patient.setdefault(patient_id, {})[ruleset.id] = verdict
             files.add(orjson.Fragment(line), patient_id, verdict)
         files.close()
-
-
-class _CountedCriterion(NamedTuple):
-    id: str
-    kind: str
-    result: str
-    manual: bool
-    error: bool
-
-
-class _Counted(NamedTuple):
-    verdict: str
-    criteria: list[_CountedCriterion]
 
 
 def _writer(file: output.AtomicNdjson) -> Callable[[InputIssue], None]:

@@ -11,7 +11,13 @@ import os
 import queue
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import (
+    FIRST_COMPLETED,
+    Future,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
 from datetime import date
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +72,8 @@ class WorkerPool:
         self.engine = engine
         self.as_of = as_of
         self.messages: Any = context.Queue()
+        # Progress of the tasks this process runs itself (see ``run_all``).
+        self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._processes = count - 1
         self._executor = ProcessPoolExecutor(
             self._processes,
@@ -86,38 +94,40 @@ class WorkerPool:
         on_message: Callable[[tuple[Any, ...]], None],
     ) -> list[T]:
         """Run the calls, their results in the order of ``calls``: the worker processes take
-        them from the front, this process (its worker adopted, see ``workers.adopt``) from the
-        back, so the largest go to the workers and everyone finishes about together.
+        them from the front; this process, when it has adopted a worker (``workers.adopt``),
+        takes its share from the back, in a thread, so that handing out tasks never waits for
+        it. The largest calls should come first: everyone then finishes about together.
 
-        Messages the workers send (progress) go to ``on_message`` meanwhile. The first
+        Messages the tasks send (progress) go to ``on_message`` meanwhile, here. The first
         failure is raised (the workers' other tasks are cancelled when the pool closes).
         """
         tasks = deque(enumerate(calls))
         results: dict[int, T] = {}
         running: dict[Future[T], int] = {}
-        while tasks or running:
-            # One task waiting per worker besides the one it runs: none idles while this
-            # process is busy with a task of its own.
-            while tasks and len(running) < 2 * self._processes:
-                index, (fn, args) = tasks.popleft()
-                running[self._executor.submit(fn, *args)] = index
-            if tasks and workers.adopted():
-                index, (fn, args) = tasks.pop()
-                results[index] = fn(*args)
-                done = {future for future in running if future.done()}
-            else:
+        mine: Future[T] | None = None  # the task this process runs
+        with ThreadPoolExecutor(1) as here:
+            while tasks or running:
+                while tasks and len(running) - (mine is not None) < self._processes:
+                    index, (fn, args) = tasks.popleft()
+                    running[self._executor.submit(fn, *args)] = index
+                if tasks and mine is None and workers.adopted():
+                    index, (fn, args) = tasks.pop()
+                    mine = here.submit(fn, *args)
+                    running[mine] = index
                 done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
-            for future in done:
-                results[running.pop(future)] = future.result()  # a worker's error is raised
-            self._drain(on_message)
+                for future in done:
+                    mine = None if future is mine else mine
+                    results[running.pop(future)] = future.result()  # a task's error is raised
+                self._drain(on_message)
         return [results[index] for index in range(len(calls))]
 
     def _drain(self, on_message: Callable[[tuple[Any, ...]], None]) -> None:
-        while True:
-            try:
-                on_message(self.messages.get_nowait())
-            except queue.Empty:
-                return
+        for messages in (self.messages, self.messages_here):
+            while True:
+                try:
+                    on_message(messages.get_nowait())
+                except queue.Empty:
+                    break
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

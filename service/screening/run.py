@@ -13,42 +13,19 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 from service.ndjson_files import discover
 from service.research import SUBJECT_STATUSES, research_study, research_subject
 from service.ruleset.engines import EngineName
-from service.ruleset.evaluate import VERDICTS, Evaluator
+from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog, ReadStats
+from service.screening.tally import Counted, counted
 
 if TYPE_CHECKING:
     from service.screening.pool import WorkerPool
 
 # How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
 Workers = Union[int, "WorkerPool"]
-
-
-class CriterionOutcome(Protocol):
-    """What a summary counts of a criterion's result (a ``CriterionResult`` has it)."""
-
-    @property
-    def id(self) -> str: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def result(self) -> str: ...
-    @property
-    def manual(self) -> bool: ...
-    @property
-    def error(self) -> bool: ...
-
-
-class Outcome(Protocol):
-    """What a summary counts of a patient's verdict (a ``PatientVerdict`` has it)."""
-
-    @property
-    def verdict(self) -> str: ...
-    @property
-    def criteria(self) -> Sequence[CriterionOutcome]: ...
 
 
 class ProgressSink(Protocol):
@@ -90,20 +67,19 @@ class ScreeningSummary:
         doubtful = self.issues.total - self.issues.counts.get(NOT_SCREENED, 0)
         return 1 if doubtful or sum(self.rule_errors.values()) else 0
 
-    def tally(self, verdict: Outcome) -> None:
-        self.verdicts[verdict.verdict] += 1
-        for c in verdict.criteria:
-            if c.error:
-                self.rule_errors[c.id] += 1
-            elif (
-                c.result == "unknown" and not c.manual and verdict.verdict == "potential-candidate"
-            ):
-                # What keeps potential candidates from being candidates: data to go and find.
-                self.unknown[c.id] += 1
-            if (c.kind == "inclusion" and c.result == "not_met") or (
-                c.kind == "exclusion" and c.result == "met"
-            ):
-                self.blocking[c.id] += 1
+    def tally(self, verdict: PatientVerdict) -> None:
+        self.count(verdict.verdict, counted(verdict))
+
+    def count(self, verdict: str, ids: Counted) -> None:
+        """A verdict counted by ``tally.counted`` (in a worker process, say)."""
+        errors, unknown, blocking = ids
+        self.verdicts[verdict] += 1
+        for criterion in errors:
+            self.rule_errors[criterion] += 1
+        for criterion in unknown:
+            self.unknown[criterion] += 1
+        for criterion in blocking:
+            self.blocking[criterion] += 1
 
     def extra_json(self) -> dict[str, Any]:
         """Sections a specialised run adds to summary.json."""

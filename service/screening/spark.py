@@ -93,8 +93,9 @@ PATIENTS_PER_PARTITION = 25_000
 ISSUES_IN_MEMORY = 500_000  # problems sorted on the driver; beyond, sorted by Spark
 
 
-def start_session(master: str | None) -> SparkSession:
-    """A Spark session: on ``master`` when given, else as spark-submit configured it, else
+def start_session(master: str | None) -> tuple[SparkSession, bool]:
+    """A Spark session, and whether it was started here (else it was already running, and is
+    left running): on ``master`` when given, else as spark-submit configured it, else
     ``local[*]``. Without PySpark (an optional extra) or Java: a clear error, exit code 2."""
     try:
         import pandas  # noqa: F401  (mapInArrow checks for it on the driver)
@@ -111,6 +112,7 @@ def start_session(master: str | None) -> SparkSession:
     )
     if master:
         builder = builder.master(master)
+    running = SparkSession.getActiveSession()
     try:
         session = builder.getOrCreate()
     except Exception as exc:  # the JVM did not start: no Java, or one Spark does not run on
@@ -118,9 +120,9 @@ def start_session(master: str | None) -> SparkSession:
             f"Spark did not start ({type(exc).__name__}); it needs Java 17 or 21 "
             "(check `java -version` and JAVA_HOME)"
         ) from exc
-    if not os.environ.get("PRESCREEN_DEBUG"):
+    if running is None and not os.environ.get("PRESCREEN_DEBUG"):
         session.sparkContext.setLogLevel("ERROR")
-    return session
+    return session, running is None
 
 
 # --- the source -------------------------------------------------------------------------------
@@ -186,35 +188,38 @@ def rule_files(rulesets: Sequence[RuleSet]) -> dict[str, bytes]:
 def _read_frame(
     session: SparkSession, files: list[SourceFile], wanted: frozenset[str], tasks: Any
 ) -> DataFrame | None:
-    """The reading tasks' rows (READ_SCHEMA) for these files; None when all are empty."""
+    """The reading tasks' rows (READ_SCHEMA) for these files; None when all are empty.
+
+    One read for all plain files and one for all gzipped ones, so Spark packs small files
+    into few tasks. Each line is tagged with its file's place in the reading order, found by
+    its file name (names are unique in a folder and need no URL escaping).
+    """
     from pyspark.sql import functions as F  # noqa: N812
 
+    def place(chosen: list[SourceFile]) -> Any:
+        names = F.create_map(*(F.lit(x) for f in chosen for x in (f.name, f.index)))
+        return F.element_at(names, F.col("_metadata.file_name")).cast("int").alias("file")
+
+    # The driver has listed the files already: Spark need not list them again in a job.
+    threshold = "spark.sql.sources.parallelPartitionDiscovery.threshold"
+    session.conf.set(threshold, str(max(32, len(files) + 1)))
     frames = []
     plain = [f for f in files if not f.gzipped and f.size > 0]
     if plain:
-        texts = []
-        for file in plain:
-            lines = session.read.option("lineSep", "\n").text(file.uri)
-            value = F.col("value").cast("binary")
-            if file.resource_type not in wanted:
-                value = F.lit(None).cast("binary")  # counted, never looked at: not shipped
-            texts.append(
-                lines.select(
-                    F.lit(file.index).alias("file"),
-                    F.col("_metadata.file_block_start").alias("block"),
-                    value.alias("value"),
-                )
-            )
-        frames.append(reduce(lambda a, b: a.union(b), texts).mapInArrow(tasks[0], READ_SCHEMA))
+        lines = session.read.option("lineSep", "\n").text([f.uri for f in plain])
+        # Lines of types no trial reads are counted, never looked at: not shipped.
+        read = [f.index for f in plain if f.resource_type in wanted]
+        value = F.when(place(plain).isin(read), F.col("value").cast("binary"))
+        rows = lines.select(
+            place(plain), F.col("_metadata.file_block_start").alias("block"), value.alias("value")
+        )
+        frames.append(rows.mapInArrow(tasks[0], READ_SCHEMA))
     gzipped = [f for f in files if f.gzipped and f.size > 0]
     if gzipped:
-        wholes = [
-            session.read.format("binaryFile")
-            .load(file.uri)
-            .select(F.lit(file.index).alias("file"), F.col("content"))
-            for file in gzipped
-        ]
-        frames.append(reduce(lambda a, b: a.union(b), wholes).mapInArrow(tasks[1], READ_SCHEMA))
+        wholes = session.read.format("binaryFile").load([f.uri for f in gzipped])
+        frames.append(
+            wholes.select(place(gzipped), F.col("content")).mapInArrow(tasks[1], READ_SCHEMA)
+        )
     return reduce(lambda a, b: a.union(b), frames) if frames else None
 
 
@@ -258,6 +263,16 @@ class SplitTable:
             if missing in (-1, 2):
                 open_last[file] = lines
         self.places = LinePlaces(bases, open_last, frozenset(f.index for f in files if f.gzipped))
+        self._by_name = {f.name: f for f in files}
+
+    def where(self, where: str) -> str:
+        """``file:line`` of a Patient not to screen: a place in a split becomes its line."""
+        name, _, place = where.rpartition(":")
+        file = self._by_name.get(name)
+        if file is None or file.gzipped or not place.isdigit():
+            return where  # a gzipped file is read whole: its line numbers are already right
+        index, block, row = split_of(int(place))
+        return f"{name}:{self.places.line(index, block, row)}"
 
     def trial_stats(self, trial: int) -> ReadStats:
         stats = ReadStats(**self.stats.__dict__)
@@ -363,7 +378,7 @@ class SparkScreening:
                 )
                 summary.read_seconds = read_seconds
                 self._write_trial(
-                    trial, summary, others, evaluated, table, files, outputs, verdicts_by_patient
+                    trial, summary, others, evaluated, table, outputs, verdicts_by_patient
                 )
                 summaries.append(summary)
             portfolio = PortfolioSummary(summaries, self.out)
@@ -409,14 +424,13 @@ class SparkScreening:
         others: list[Any],
         evaluated: DataFrame | None,
         table: SplitTable,
-        files: list[SourceFile],
         outputs: output.OutputSet,
         verdicts_by_patient: dict[str, dict[str, str]],
     ) -> None:
         """One trial's files, as the local run writes them."""
         begun = time.perf_counter()
         ruleset = self.rulesets[trial]
-        self._report_unscreened(trial, summary, others, table, files)
+        self._report_unscreened(trial, summary, others, table)
         screened = sum(
             pickle.loads(row.payload)
             for row in others
@@ -501,19 +515,13 @@ class SparkScreening:
         )
 
     def _report_unscreened(
-        self,
-        trial: int,
-        summary: ScreeningSummary,
-        others: list[Any],
-        table: SplitTable,
-        files: list[SourceFile],
+        self, trial: int, summary: ScreeningSummary, others: list[Any], table: SplitTable
     ) -> None:
         """Records without a Patient, then patients not to screen: as the local run, before
         any evaluation problem."""
         counts: dict[str, int] = {}
         firsts: dict[str, tuple[int, int]] = {}
         not_screened: list[tuple[str, str, str]] = []
-        by_name = {f.name: f for f in files}
         for row in others:
             if row.trial != trial:
                 continue
@@ -523,12 +531,12 @@ class SparkScreening:
                 firsts[fact] = min(firsts.get(fact, first), first)
             elif row.kind == NOT_SCREENED:
                 reason, where = pickle.loads(row.payload)
-                not_screened.append((row.pid, reason, _where(where, by_name, table)))
+                not_screened.append((row.pid, reason, table.where(where)))
         # Counted in the order one reading meets them: by the patient first met, then fact.
         orphans = sorted((firsts[fact], fact, count) for fact, count in counts.items())
         summary.orphans = Counter({fact: count for _, fact, count in orphans})
         report_orphans(summary)
-        report_not_screened(not_screened, summary)
+        report_not_screened(sorted(not_screened), summary)
 
     def _verdict_rows(self, evaluated: DataFrame | None, trial: int) -> Iterator[Any]:
         from pyspark.sql import functions as F  # noqa: N812
@@ -573,16 +581,6 @@ def _write_issue(file: output.AtomicNdjson, issue: InputIssue) -> None:
     file.write(issue.as_json())
 
 
-def _where(where: str, by_name: dict[str, SourceFile], table: SplitTable) -> str:
-    """``file:line`` of a Patient not to screen: a place in a split becomes its line number."""
-    name, _, place = where.rpartition(":")
-    file = by_name.get(name)
-    if file is None or file.gzipped or not place.isdigit():
-        return where  # a gzipped file is read whole: its line numbers are already right
-    index, block, row = split_of(int(place))
-    return f"{name}:{table.places.line(index, block, row)}"
-
-
 def screen_portfolio_spark(
     rulesets: Sequence[RuleSet],
     source: str,
@@ -595,11 +593,12 @@ def screen_portfolio_spark(
     progress: ProgressSink | None = None,
 ) -> PortfolioSummary:
     """screen_portfolio on Spark: the same files, read from a folder or any Hadoop URI."""
-    session = start_session(master)
+    session, started = start_session(master)
     try:
         run = SparkScreening(
             session, rulesets, source, as_of, out, engine, subject_identifier_system, progress
         )
         return run.run()
     finally:
-        session.stop()
+        if started:
+            session.stop()

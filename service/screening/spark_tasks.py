@@ -22,6 +22,7 @@ import atexit
 import bisect
 import hashlib
 import itertools
+import os
 import pickle
 import shutil
 import tempfile
@@ -119,13 +120,9 @@ class Runtime:
     """The rule sets of a plan, loaded in this worker process, and what follows from them."""
 
     def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self._root = Path(tempfile.mkdtemp(prefix="prescreen-rules-"))
-        atexit.register(shutil.rmtree, self._root, True)
-        for name, content in plan.rule_files.items():
-            target = self._here(name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(content)
+        self.as_of = plan.as_of
+        self.engine = plan.engine
+        self._root = _rules_folder(plan.rule_files)
         self.rulesets: list[RuleSet] = [
             load_ruleset(self._here(rules), self._here(mappings)) for rules, mappings in plan.trials
         ]
@@ -136,24 +133,60 @@ class Runtime:
         self._evaluators: list[Evaluator] = []
 
     def _here(self, driver_path: str) -> Path:
-        path = PurePath(driver_path)
-        return self._root / path.relative_to(path.anchor)
+        return self._root / _relative(driver_path)
 
     def evaluators(self) -> list[Evaluator]:
         if not self._evaluators:
-            self._evaluators = [
-                Evaluator(rs, self.plan.engine, memoize=True) for rs in self.rulesets
-            ]
+            self._evaluators = [Evaluator(rs, self.engine, memoize=True) for rs in self.rulesets]
         return self._evaluators
 
     def collectors(self, targets: list[dict[str, Copies]] | None) -> list[PlacedCollector]:
         found = []
         for trial, ruleset in enumerate(self.rulesets):
-            collector = PlacedCollector(ruleset.mapper, self.plan.as_of, IssueLog())
+            collector = PlacedCollector(ruleset.mapper, self.as_of, IssueLog())
             if targets is not None:
                 collector.targets = dict(targets[trial])  # this task's own: reading adds to it
             found.append(collector)
         return found
+
+
+def _rules_folder(files: dict[str, bytes]) -> Path:
+    """The rule files under the temporary folder, at their driver paths: one folder per set of
+    contents, written once and shared by the worker processes (and runs) that need it."""
+    digest = hashlib.sha256(pickle.dumps(sorted(files.items()))).hexdigest()[:32]
+    folder = Path(tempfile.gettempdir()) / f"prescreen-rules-{digest}"
+    if folder.is_dir() and _holds(folder, files):
+        return folder
+    staging = Path(tempfile.mkdtemp(prefix="prescreen-rules-new-"))
+    for name, content in files.items():
+        target = staging / _relative(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    try:
+        staging.rename(folder)  # atomic: another process may have put it there first
+    except OSError:
+        if folder.is_dir() and _holds(folder, files):
+            shutil.rmtree(staging, ignore_errors=True)
+            return folder
+        atexit.register(shutil.rmtree, staging, True)
+        return staging  # a folder of that name holds something else: use this one
+    return folder
+
+
+def _relative(driver_path: str) -> PurePath:
+    path = PurePath(driver_path)
+    return path.relative_to(path.anchor)
+
+
+def _holds(folder: Path, files: dict[str, bytes]) -> bool:
+    """Whether the folder is this user's and holds exactly these contents."""
+    if folder.stat().st_uid != os.getuid():
+        return False
+    for name, content in files.items():
+        path = folder / _relative(name)
+        if not path.is_file() or path.read_bytes() != content:
+            return False
+    return True
 
 
 _runtimes: dict[str, Runtime] = {}
@@ -285,6 +318,13 @@ class PartitionReader:
             tally.lines += count
             tally.skipped_type += count
             return
+        self._plain_lines(file, block, values, tally)
+
+    def _plain_lines(
+        self, file: SourceFile, block: int, values: pa.Array, tally: SplitTally
+    ) -> None:
+        file_index = file.index
+        count = len(values)
         offsets, data = _binary_parts(values)
         base = offsets[0]
         if file.size == 3 and block == 0 and count == 1 and offsets[1] == base:
@@ -323,6 +363,8 @@ class PartitionReader:
             self._report(InputIssue(file.name, 0, "malformed-json", "line is not valid JSON"))
             return
         tally.parsed += 1
+        if isinstance(resource, dict) and _stray_target(resource, file, self.runtime.targets):
+            self._stray = True
         for collector, own_codes in self._takers_of(file.resource_type):
             if own_codes is None or own_codes.search(line):
                 collector.place(order)
@@ -353,8 +395,8 @@ class PartitionReader:
     # --- what goes back ---
 
     def note_strays(self, file: SourceFile, targets_before: list[int]) -> None:
-        """A resolve() target (a Medication) read from another type's file: one reading would
-        resolve the references read after it, which a split-up reading cannot do."""
+        """A gzipped file read whole gave resolve() targets of another type: see
+        ``_stray_target``."""
         if file.resource_type in self.runtime.targets:
             return
         after = [c.target_count() for c in self.collectors]
@@ -388,6 +430,13 @@ class PartitionReader:
             payload = pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
             rows.append((PATIENT, patient_id, 0, 0, 0, 0, 0, 0, 0, payload))
         yield from _batches(rows, READ_SCHEMA)
+
+
+def _stray_target(resource: dict[str, Any], file: SourceFile, targets: frozenset[str]) -> bool:
+    """A resolve() target (a Medication) in another type's file: one reading would resolve
+    the references read after it, which a split-up reading cannot do."""
+    rtype = resource.get("resourceType")
+    return rtype in targets and rtype != file.resource_type and bool(resource.get("id"))
 
 
 def _constant(number: int) -> Callable[[], int]:
@@ -461,15 +510,8 @@ def read_plain(
 ) -> Iterator[pa.RecordBatch]:
     """mapInArrow over the lines of plain files: columns file, block, value."""
     reader = PartitionReader(plan.value, targets.value if targets else None, mode)
-    before: list[int] | None = None
-    file: SourceFile | None = None
     for batch in batches:
-        if file is None and batch.num_rows:
-            file = reader.plan.files[batch.column("file")[0].as_py()]
-            before = [c.target_count() for c in reader.collectors]
         reader.plain_batch(batch)
-    if file is not None and before is not None:
-        reader.note_strays(file, before)
     yield from reader.output()
 
 

@@ -39,18 +39,17 @@ from service.screening.source import (
     ReadStats,
     add_copy,
 )
+from service.screening.tally import Counted, counted
 
 # A patient's place in one whole reading: (span, position among the span's patients).
 FirstSeen = tuple[int, int]
 # What a span's reading kept of one patient for one trial: (trial, patient id, position among
 # the span's patients, copies of its Patient, copies of its other resources by reference).
 SpillEntry = tuple[int, str, int, Copies | None, dict[str, Copies] | None]
-# A criterion's result as the summary counts it: (id, kind, result, manual, error).
-Counted = tuple[str, str, str, bool, bool]
-# One patient evaluated, as the parent needs it: (patient id, verdict, its criteria as counted,
-# its verdicts.ndjson line as JSON, the problems evaluating it reported). Plain tuples and bytes
-# cross processes several times faster than the verdict's dataclasses.
-Evaluated = tuple[str, str, tuple[Counted, ...], bytes, list[InputIssue]]
+# One patient evaluated, as the parent needs it: (patient id, verdict, what the summary counts
+# of it, its verdicts.ndjson line as JSON, the problems evaluating it reported). Ids and bytes
+# cross processes many times faster than the verdict's dataclasses.
+Evaluated = tuple[str, str, Counted, bytes, list[InputIssue]]
 RESULTS_PER_CHUNK = 512
 Progress = Callable[[tuple[Any, ...]], None]
 
@@ -193,9 +192,8 @@ class Worker:
             issues: list[InputIssue] = []
             log = IssueLog(sink=issues.append, keep=0)
             verdict = evaluate_reporting(evaluator, patient_id, facts, self.as_of, log)
-            counted = tuple((c.id, c.kind, c.result, c.manual, c.error) for c in verdict.criteria)
             line = orjson.dumps(verdict.as_contract(ruleset, self.as_of))
-            chunk.append((patient_id, verdict.verdict, counted, line, issues))
+            chunk.append((patient_id, verdict.verdict, counted(verdict), line, issues))
             done += 1
             if len(chunk) == RESULTS_PER_CHUNK:
                 write_spill(path, chunk)
@@ -330,18 +328,12 @@ def ready() -> bool:
     return _worker is not None
 
 
-class _Forward:
-    """Progress of this process's own tasks, handed on as a worker's queue would."""
-
-    def __init__(self, send: Callable[[tuple[Any, ...]], None]) -> None:
-        self.put = send
-
-
 @contextmanager
-def adopt(worker: Worker, send: Callable[[tuple[Any, ...]], None]) -> Iterator[None]:
-    """This process runs tasks too, with ``worker``, while the block lasts."""
+def adopt(worker: Worker, messages: Any) -> Iterator[None]:
+    """This process runs tasks too, with ``worker``, while the block lasts; their progress
+    goes to ``messages`` (a queue: ``put``), as a worker process's goes to the parent."""
     global _worker, _progress
-    _worker, _progress = worker, _Forward(send)
+    _worker, _progress = worker, messages
     try:
         yield
     finally:

@@ -40,11 +40,11 @@ JSON_HEADERS = {"Accept": "application/fhir+json", "Content-Type": "application/
 
 def fhir_get(url: str, **kwargs: Any) -> httpx.Response:
     """A plain GET asking for JSON (HAPI answers XML to a request that does not say)."""
-    return httpx.get(url, headers=JSON_HEADERS, **kwargs)
+    return httpx.get(url, headers=JSON_HEADERS, **{"timeout": 120.0, **kwargs})
 
 
 def fhir_put(url: str, json: Any, **_ignored: Any) -> httpx.Response:
-    return httpx.put(url, json=json, headers=JSON_HEADERS)
+    return httpx.put(url, json=json, headers=JSON_HEADERS, timeout=120.0)
 
 
 def search_all(base_url: str, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
@@ -79,7 +79,8 @@ class LoadedPatients:
         asyncio.run(self._load())
 
     async def _load(self) -> None:
-        async with FhirClient(self.base_url, auth=self.auth) as client:
+        # A loaded machine can make a server take long over a transaction: generous timeout.
+        async with FhirClient(self.base_url, auth=self.auth, timeout=180.0) as client:
             await load_resources(client, self.resources)
 
     @property

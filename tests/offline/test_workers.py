@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import queue
 import random
 import re
 import shutil
@@ -233,6 +234,7 @@ class EveryTaskInAFreshProcess(WorkerPool):
 
     def __init__(self, rulesets: list[RuleSet], count: int) -> None:  # no processes
         self.rulesets, self.count = rulesets, count
+        self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
     def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
         return True

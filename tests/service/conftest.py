@@ -212,7 +212,7 @@ def service(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterat
         yield running
 
 
-def wait_for(check: Any, seconds: float = 120.0) -> Any:
+def wait_for(check: Any, seconds: float = 300.0) -> Any:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         value = check()

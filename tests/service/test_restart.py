@@ -52,6 +52,8 @@ def test_killed_run_resumes_without_duplicates(
         "PRESCREEN_PORT": str(port),
         "PRESCREEN_API_KEYS": json.dumps({"engine": {"key": API_KEY, "scopes": ["runs"]}}),
         "PRESCREEN_FHIR_PATIENTS_PER_REQUEST": "1",  # many small steps: room to be killed in
+        # The killed process's claim on the run must expire before the restart takes it over.
+        "PRESCREEN_LEASE_SECONDS": "6",
     }
     log = tmp_path / "service.log"
     process = start_service(env, port, log)
@@ -70,7 +72,7 @@ def test_killed_run_resumes_without_duplicates(
         state = client.get(f"/runs/{run['id']}").json()
         return 3 <= state["progress"]["done"] < state["progress"]["total"]
 
-    wait_for(progressed, 30)
+    wait_for(progressed, 180)
     process.send_signal(signal.SIGKILL)
     process.wait()
     interrupted = None

@@ -572,6 +572,31 @@ def test_error_file_entries_become_input_issues_of_the_screening(
 
 
 @respx.mock
+def test_the_export_is_screened_the_same_by_several_workers(
+    tmp_path: Path, no_type_filter: None
+) -> None:
+    kick_off()
+    respx.get(STATUS).mock(
+        return_value=httpx.Response(
+            200, json=manifest(("Patient", f"{BASE}/files/p"), ("Condition", f"{BASE}/files/c"))
+        )
+    )
+    respx.get(f"{BASE}/files/p").mock(return_value=httpx.Response(200, content=PATIENT))
+    respx.get(f"{BASE}/files/c").mock(return_value=httpx.Response(200, content=CONDITION))
+    respx.delete(STATUS).mock(return_value=httpx.Response(202))
+    command = ["screen", "--trial", "relieve", "--fhir-url", BASE, "--bulk", "--as-of"]
+    command += ["2026-06-15", "--no-progress", "--out"]
+    assert main([*command, str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main([*command, str(tmp_path / "two"), "--workers", "2"]) == 0
+    for name in ("verdicts.ndjson", "ResearchSubject.ndjson", "summary.json"):
+        one = (tmp_path / "one" / name).read_text().replace(str(tmp_path / "one"), "OUT")
+        two = (tmp_path / "two" / name).read_text().replace(str(tmp_path / "two"), "OUT")
+        if name == "summary.json":
+            one, two = json.loads(one)["verdicts"], json.loads(two)["verdicts"]
+        assert one == two
+
+
+@respx.mock
 def test_an_empty_export_is_reported_and_its_job_deleted(
     tmp_path: Path, no_type_filter: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

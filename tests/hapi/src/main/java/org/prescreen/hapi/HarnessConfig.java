@@ -101,6 +101,11 @@ public class HarnessConfig {
     settings.setAllowExternalReferences(true);
     settings.setAutoCreatePlaceholderReferenceTargets(false);
     settings.setEnforceReferentialIntegrityOnWrite(false);
+    // Bulk $export jobs run their steps as soon as the previous one ends instead of waiting for
+    // the next scheduler pass (minutes per export otherwise), and a new kick-off never reuses
+    // an earlier job's files: tests export what they just loaded.
+    settings.setJobFastTrackingEnabled(true);
+    settings.setEnableBulkExportJobReuse(false);
     return settings;
   }
 
