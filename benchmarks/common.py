@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -73,6 +75,43 @@ def run_child(code: str, *args: str) -> ChildResult:
         raise RuntimeError(f"benchmark child failed ({done.returncode}):\n{done.stderr[-3000:]}")
     payload = json.loads(done.stdout.strip().splitlines()[-1])
     return ChildResult(payload["seconds"], wall, payload["peak_rss_mb"], payload)
+
+
+PRESCREEN = str(Path(sys.executable).parent / "prescreen")
+
+
+def timed_screen(
+    source: Path, trials: str, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """``prescreen screen`` on a folder as a whole process, as ``/usr/bin/time`` sees it: wall
+    time, CPU time of all its processes, the peak RSS of the largest, and the load average
+    before and after (the machine is shared)."""
+    command = [PRESCREEN, "screen", "--trial", trials, "--source", str(source)]
+    command += ["--as-of", AS_OF.isoformat(), "--out", str(out), "--no-progress", *extra]
+    return timed_process(command, env=env)
+
+
+def timed_process(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run a command to its end (exit 0 or 1: a run with reported issues) and time it."""
+    load_before = os.getloadavg()[0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(
+        command, capture_output=True, check=False, env={**os.environ, **(env or {})}
+    )
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"{command[0]} exited {done.returncode}:\n{done.stderr[-3000:]!r}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu,
+        # ru_maxrss of the children is the high-water mark of the largest one so far.
+        "peak_rss_MB": after.ru_maxrss / 1024,
+        "load_before": load_before,
+        "load_after": os.getloadavg()[0],
+    }
 
 
 def write_outputs(

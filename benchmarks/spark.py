@@ -15,53 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import AS_OF, DATA, folder_stats, population, write_outputs
+from benchmarks.common import DATA, folder_stats, population, timed_screen, write_outputs
 
-PRESCREEN = str(Path(sys.executable).parent / "prescreen")
 # The driver's JVM holds local[2]'s executors too: more than the 1 GB default.
 SUBMIT_ARGS = "--driver-memory 2g pyspark-shell"
 
 
 def run_once(source: Path, trials: str, extra: list[str], out: Path) -> dict[str, float]:
-    load_before = os.getloadavg()[0]
-    started = time.perf_counter()
-    done = subprocess.run(
-        [
-            PRESCREEN,
-            "screen",
-            "--trial",
-            trials,
-            "--source",
-            str(source),
-            "--as-of",
-            AS_OF.isoformat(),
-            "--out",
-            str(out),
-            "--no-progress",
-            *extra,
-        ],
-        capture_output=True,
-        check=False,
-        env={
-            **os.environ,
-            "PYSPARK_PYTHON": sys.executable,
-            "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_SUBMIT_ARGS": SUBMIT_ARGS,
-        },
-    )
-    wall = time.perf_counter() - started
-    if done.returncode not in (0, 1):
-        raise RuntimeError(f"prescreen exited {done.returncode}:\n{done.stderr[-3000:]!r}")
-    return {"wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()[0]}
+    env = {
+        "PYSPARK_PYTHON": sys.executable,
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_SUBMIT_ARGS": SUBMIT_ARGS,
+    }
+    timed = timed_screen(source, trials, out, *extra, env=env)
+    return {k: timed[k] for k in ("wall_s", "load_before", "load_after")}
 
 
 def same_files(first: Path, other: Path) -> bool:

@@ -11,7 +11,6 @@ how many cores the machine actually gave (it is shared). Writes
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import subprocess
 import sys
@@ -19,9 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import AS_OF, DATA, folder_stats, population, write_outputs
+from benchmarks.common import DATA, folder_stats, population, timed_screen, write_outputs
 
-PRESCREEN = str(Path(sys.executable).parent / "prescreen")
 TARGET = 1.7
 BUSY = "x = 0\nfor i in range(20_000_000):\n    x += i\n"
 
@@ -41,32 +39,8 @@ def free_cores() -> float:
 
 
 def run_once(source: Path, trials: str, workers: int, out: Path) -> dict[str, float]:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            PRESCREEN,
-            "screen",
-            "--trial",
-            trials,
-            "--source",
-            str(source),
-            "--as-of",
-            AS_OF.isoformat(),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--workers",
-            str(workers),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    # ru_maxrss of the children is the high-water mark of the largest one so far.
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_MB": after.ru_maxrss / 1024}
+    timed = timed_screen(source, trials, out, "--workers", str(workers))
+    return {k: timed[k] for k in ("wall_s", "cpu_s", "peak_rss_MB")}
 
 
 def measure(patients: int, repeat: int, trial_sets: list[str]) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.errors import ConfigError
+from service.ruleset.engines import ENGINE_NAMES
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.settings import Settings
 
@@ -36,5 +37,8 @@ def test_file(trial: str, settings: Settings) -> Path:
     return settings.rules_dir / f"{trial}{TEST_SUFFIX}"
 
 
-def load_trial(trial: str, settings: Settings) -> RuleSet:
-    return load_ruleset(rule_file(trial, settings), settings.mappings_dir)
+def load_trial(trial: str, settings: Settings, every_engine: bool = False) -> RuleSet:
+    """A trial's rule set, compiled for the configured engine (``every_engine``: for all of
+    them, as rule checks and rule tests need)."""
+    engines = ENGINE_NAMES if every_engine else (settings.cel_engine,)
+    return load_ruleset(rule_file(trial, settings), settings.mappings_dir, engines)

@@ -163,7 +163,7 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
     """Worker processes for an offline run (``--source``) on more than one, started now."""
     from contextlib import nullcontext
 
-    from service.screening.pool import WorkerPool, auto_workers
+    from service.screening.pool import WorkerPool, auto_workers, needs_pool
 
     if args.source is None or getattr(args, "bulk", False) or getattr(args, "fhir_url", None):
         return nullcontext()
@@ -172,7 +172,7 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
     if args.workers is not None and args.workers < 1:
         raise PrescreenError("--workers must be 1 or more")
     count = auto_workers(Path(args.source)) if args.workers is None else args.workers
-    if count == 1:
+    if not needs_pool(Path(args.source), count):
         return nullcontext()
     settings = _settings(args)
     rules = [
@@ -556,7 +556,7 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     failed = False
     for trial in _trials(args, settings):
         try:
-            ruleset = catalog.load_trial(trial, settings)
+            ruleset = catalog.load_trial(trial, settings, every_engine=True)
         except RuleSetError as exc:
             failed = True
             for problem in exc.problems:
@@ -578,7 +578,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     engines: tuple[EngineName, ...] = tuple(args.engines) if args.engines else ENGINE_NAMES
     ok = True
     for trial in _trials(args, settings):
-        ruleset = catalog.load_trial(trial, settings)
+        ruleset = catalog.load_trial(trial, settings, every_engine=True)
         report = run_rule_tests(ruleset, catalog.test_file(trial, settings), engines)
         for failure in report.failures:
             stdout.print(f"[red]FAIL[/] {trial}/{failure.test_id}: {escape(failure.message)}")

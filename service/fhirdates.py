@@ -40,7 +40,7 @@ class FhirDateTime:
     lenient: bool  # a time without offset (or seconds): read, but the caller reports it
 
 
-@functools.lru_cache(maxsize=65_536)  # the same dates recur across a population
+@functools.lru_cache(maxsize=8_192)  # the same dates recur across a population
 def parse_datetime(value: str) -> FhirDateTime:
     """Any FHIR R4 date, dateTime or instant; raises FhirDateError for anything else."""
     match = _DATETIME.match(value)
@@ -105,7 +105,7 @@ def completed_years(born: date, on: date) -> int:
     return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
 
 
-@functools.lru_cache(maxsize=65_536)
+@functools.lru_cache(maxsize=8_192)
 def age_range_years(birth_date: str, as_of: date) -> tuple[float, float]:
     """Lowest and highest age a birth date allows on ``as_of`` (equal for a full date)."""
     earliest, latest = date_bounds(birth_date)

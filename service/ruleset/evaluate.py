@@ -118,7 +118,7 @@ FAILED_REASON = "could not be evaluated (an error in the data or the rule); need
 # Fact patterns with this many records or fewer are memoised: in a hospital most patients
 # carry no record the rules read, and share a handful of patterns (age, deceased).
 MEMO_MAX_RECORDS = 4
-MEMO_MAX_ENTRIES = 4_096  # the common patterns arrive early; rare ones are not worth keeping
+MEMO_MAX_ENTRIES = 1_024  # the common patterns arrive early; rare ones are not worth keeping
 _MARK = "\x00ref:"
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -35,6 +36,8 @@ BUILTIN_NAMES = frozenset({"params", "windows", "as_of"})
 _PARAM_REF = re.compile(r"\bparams\s*\.\s*([A-Za-z_]\w*)")
 _WINDOW_REF = re.compile(r"\bwindows\s*\.\s*([A-Za-z_]\w*)")
 PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+# Compiling for another engine on first use happens once even when threads ask together.
+_COMPILING = threading.Lock()
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,10 +94,16 @@ class RuleSet:
     windows: dict[str, float]
     derived: tuple[tuple[str, str], ...]
     criteria: tuple[Criterion, ...]
-    _compiled: dict[str, CompiledRules] = field(default_factory=dict, repr=False)
+    _compiled: dict[EngineName, CompiledRules] = field(default_factory=dict, repr=False)
 
     def compiled(self, engine: EngineName) -> CompiledRules:
-        return self._compiled[engine]
+        """The rules compiled for ``engine``; compiled (and checked) on first use when the
+        rule set was loaded for other engines."""
+        found = self._compiled.get(engine)
+        if found is None:
+            with _COMPILING:
+                found = self._compiled.get(engine) or _compile_checked(self, (engine,))[engine]
+        return found
 
     def template_names(self) -> set[str]:
         return {"as_of", *self.parameters, *(f"{name}_start" for name in self.windows)}
@@ -212,7 +221,17 @@ def read_ruleset_doc(path: Path) -> RuleSetDoc:
         raise RuleSetError(problems) from exc
 
 
-def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
+def load_ruleset(
+    path: Path, mappings_dir: Path, engines: Sequence[EngineName] = ENGINE_NAMES
+) -> RuleSet:
+    """Read, check and compile a rule file (and its mapping) for ``engines``.
+
+    Every engine by default: ``prescreen rules check``/``rules test`` and the test suite prove
+    a rule set on all of them. A screening or the service compiles only for the engine it runs,
+    which halves start-up (the reference engine builds its parser from its grammar first).
+    """
+    if not engines:
+        raise ValueError("load_ruleset needs at least one engine")
     doc = read_ruleset_doc(path)
     mapper = load_mapping(mappings_dir / f"{doc.mapping}.yaml")
     check = _Checker(path)
@@ -285,14 +304,25 @@ def load_ruleset(path: Path, mappings_dir: Path) -> RuleSet:
         derived=tuple(doc.derived.items()),
         criteria=tuple(criteria),
     )
-    for engine_name in ENGINE_NAMES:
-        ruleset._compiled[engine_name] = _compile(ruleset, make_engine(engine_name), check)
-    if check.problems:
-        raise RuleSetError(check.problems)
-    _dry_run(ruleset, check)
-    if check.problems:
-        raise RuleSetError(check.problems)
+    ruleset._compiled.update(_compile_checked(ruleset, engines))
     return ruleset
+
+
+def _compile_checked(
+    ruleset: RuleSet, engines: Sequence[EngineName]
+) -> dict[EngineName, CompiledRules]:
+    """Compile for each engine, then run everything on a sample patient: the problems of all
+    the engines together, or the compiled rules."""
+    check = _Checker(ruleset.path)
+    compiled = {
+        name: _compile(ruleset, make_engine(name), check) for name in dict.fromkeys(engines)
+    }
+    if check.problems:
+        raise RuleSetError(check.problems)
+    _dry_run(ruleset, compiled, check)
+    if check.problems:
+        raise RuleSetError(check.problems)
+    return compiled
 
 
 def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules:
@@ -331,8 +361,10 @@ def _compile(ruleset: RuleSet, engine: Engine, check: _Checker) -> CompiledRules
     )
 
 
-def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
-    """Run every expression on a patient with one default record per fact, on both engines.
+def _dry_run(
+    ruleset: RuleSet, compiled_rules: dict[EngineName, CompiledRules], check: _Checker
+) -> None:
+    """Run every expression on a patient with one default record per fact, on each engine.
 
     This catches what static checks cannot: a misspelt record field, a type mismatch such as
     an int compared with a double (celpy refuses it), a derived value used the wrong way.
@@ -340,8 +372,7 @@ def _dry_run(ruleset: RuleSet, check: _Checker) -> None:
     """
     sample = ruleset.mapper.schema_sample()
     variables = ruleset.variables(sample, date(2000, 1, 1))
-    for engine_name in ENGINE_NAMES:
-        compiled = ruleset.compiled(engine_name)
+    for engine_name, compiled in compiled_rules.items():
         engine = compiled.engine
         activation = engine.activation(variables)
         for layer in (compiled.constants, *compiled.derived):

@@ -9,7 +9,8 @@ anywhere before that is resumed by the same command (see service/fhir/bulk_job.p
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -138,6 +139,36 @@ def _options(settings: Settings, note: str, require_base: bool) -> ExportOptions
     )
 
 
+@asynccontextmanager
+async def _exported(
+    settings: Settings,
+    fhir_url: str | None,
+    rulesets: Sequence[RuleSet],
+    folder: Path,
+    scope: BulkScope,
+    *,
+    require_base: bool,
+    progress: ExportProgress | None,
+) -> AsyncIterator[tuple[BulkClient, ExportReport]]:
+    """Connect, plan the kick-off for the trials' mappings and export into ``folder``; the
+    connection stays open in the body, which finishes the job (``finish_export``) when its
+    own work is done."""
+    mappers = [ruleset.mapper for ruleset in rulesets]
+    read_types = {t for m in mappers for t in m.resource_types}
+    client = await connect(settings, fhir_url, read_types)
+    async with client, bulk_client(client, settings) as bulk:
+        request, note = await plan_request(client, mappers, settings, scope)
+        report = await export_to_folder(
+            bulk,
+            folder,
+            request,
+            mappers=mappers,
+            options=_options(settings, note, require_base=require_base),
+            progress=progress,
+        )
+        yield bulk, report
+
+
 async def export_only(
     settings: Settings,
     fhir_url: str | None,
@@ -149,19 +180,9 @@ async def export_only(
     progress: ExportProgress | None = None,
 ) -> BulkExportRun:
     """``prescreen export``: the download alone, into ``out``."""
-    mappers = [ruleset.mapper for ruleset in rulesets]
-    read_types = {t for m in mappers for t in m.resource_types}
-    client = await connect(settings, fhir_url, read_types)
-    async with client, bulk_client(client, settings) as bulk:
-        request, note = await plan_request(client, mappers, settings, scope)
-        report = await export_to_folder(
-            bulk,
-            out,
-            request,
-            mappers=mappers,
-            options=_options(settings, note, require_base=False),
-            progress=progress,
-        )
+    async with _exported(
+        settings, fhir_url, rulesets, out, scope, require_base=False, progress=progress
+    ) as (bulk, report):
         deleted = await finish_export(bulk, out, keep=keep_export)
     return BulkExportRun(report, deleted)
 
@@ -180,20 +201,10 @@ async def screen_bulk(
 ) -> BulkScreening:
     """``prescreen screen --bulk``: export into ``OUT/bulk``, screen it, delete the job.
     ``workers``: processes screening the folder (None: as for ``--source``, by its size)."""
-    mappers = [ruleset.mapper for ruleset in rulesets]
-    read_types = {t for m in mappers for t in m.resource_types}
     folder = out / BULK_FOLDER
-    client = await connect(settings, fhir_url, read_types)
-    async with client, bulk_client(client, settings) as bulk:
-        request, note = await plan_request(client, mappers, settings, scope)
-        report = await export_to_folder(
-            bulk,
-            folder,
-            request,
-            mappers=mappers,
-            options=_options(settings, note, require_base=True),
-            progress=progress,
-        )
+    async with _exported(
+        settings, fhir_url, rulesets, folder, scope, require_base=True, progress=progress
+    ) as (bulk, report):
         if not holds_files(folder):
             await finish_export(bulk, folder, keep=keep_export)
             raise SourceError(

@@ -21,6 +21,7 @@ import orjson
 
 from service.mapping.mapper import code_prefilter
 from service.ndjson_files import NdjsonFile, discover, open_ndjson
+from service.screening.blockscan import BlockScanner, block_scanner
 from service.screening.source import Collector, InputIssue, ReadStats, is_fhir_resource_type
 
 BLOCK_BYTES = 4 << 20
@@ -120,16 +121,6 @@ def split_points(path: Path, size: int, every: int) -> list[int]:
     return points
 
 
-def _all_objects(block: bytearray, end: int, lines: int) -> bool:
-    """True when every line plainly is one JSON object: ``{`` at the start, ``}`` at the end.
-
-    Counted on the whole block in C: n lines that each look like ``{...}`` are joined by n-1
-    ``}\\n{`` seams. Anything else (blank lines, CRLF, a cut line) takes the careful path.
-    """
-    last = block[end - 2 : end - 1] if block[end - 1 : end] == b"\n" else block[end - 1 : end]
-    return block[:1] == b"{" and last == b"}" and block.count(b"}\n{", 0, end) == lines - 1
-
-
 def reading_order(files: list[NdjsonFile], targets: frozenset[str]) -> list[NdjsonFile]:
     """Files of resolve() targets (Medication) first, so references find them when read."""
     return sorted(files, key=lambda f: f.resource_type not in targets)
@@ -153,6 +144,7 @@ class NdjsonReader:
         )
         self._takers: list[tuple[Collector, re.Pattern[bytes] | None]] = []
         self.prefilters: dict[str, re.Pattern[bytes] | None] = {}
+        self._scanners: dict[str, BlockScanner] = {}
         for rtype in self.wanted:
             code_sets = [
                 c.mapper.prefilter_codes.get(rtype)
@@ -162,7 +154,8 @@ class NdjsonReader:
             if any(codes is None for codes in code_sets):
                 self.prefilters[rtype] = None
             else:
-                self.prefilters[rtype] = code_prefilter(set().union(*code_sets))  # type: ignore[arg-type]
+                codes: set[str] = set().union(*code_sets)  # type: ignore[arg-type]
+                self.prefilters[rtype] = code_prefilter(codes)
 
     def report(self, issue: InputIssue) -> None:
         for collector in self.collectors:
@@ -216,7 +209,7 @@ class NdjsonReader:
                     file.path.name, 0, "unknown-resource-type", "file name is not a FHIR R4 type"
                 )
             )
-        prefilter = self.prefilters.get(file.resource_type) if wanted else None
+        prefilter = self._scanner(file.resource_type) if wanted else None
         self._takers = self._takers_of(file.resource_type)
         lines_before = 0
         try:
@@ -246,6 +239,14 @@ class NdjsonReader:
                 )
             )
         progress(file.size if span is None else span[1])
+
+    def _scanner(self, resource_type: str) -> BlockScanner | None:
+        pattern = self.prefilters.get(resource_type)
+        if pattern is None:
+            return None
+        if resource_type not in self._scanners:
+            self._scanners[resource_type] = block_scanner(pattern)
+        return self._scanners[resource_type]
 
     def _parse_line(self, line: bytes, name: str, locate: Callable[[], int]) -> None:
         try:
@@ -278,17 +279,13 @@ class NdjsonReader:
         block: bytearray,
         end: int,
         lines: int,
-        prefilter: re.Pattern[bytes],
+        prefilter: BlockScanner,
         name: str,
         lines_before: int,
     ) -> None:
-        matched: set[int] = set()
-        for match in prefilter.finditer(block, 0, end):
-            start = block.rfind(b"\n", 0, match.start()) + 1
-            if start in matched:
-                continue  # a second relevant code on a line already taken
-            matched.add(start)
-            stop = block.find(b"\n", match.end(), end)
+        starts, all_objects = prefilter.scan(block, end, lines)
+        for start in starts:
+            stop = block.find(b"\n", start, end)
             line = bytes(block[start : stop if stop != -1 else end]).strip()
 
             def locate(start: int = start) -> int:
@@ -296,9 +293,9 @@ class NdjsonReader:
                 return lines_before + block.count(b"\n", 0, start) + 1
 
             self._parse_line(line, name, locate)
-        self.stats.skipped_prefilter += lines - len(matched)
-        if not _all_objects(block, end, lines):
-            self._report_shapes(bytes(block[:end]), matched, name, lines_before)
+        self.stats.skipped_prefilter += lines - len(starts)
+        if not all_objects:
+            self._report_shapes(bytes(block[:end]), set(starts), name, lines_before)
 
     def _report_shapes(self, block: bytes, matched: set[int], name: str, lines_before: int) -> None:
         """The slow path, for a block where some line does not look like a JSON object."""

@@ -37,20 +37,22 @@ from service.screening import output, workers
 from service.screening.ndjson import reading_order
 from service.screening.partition import plan_spans, read_spill, span_size
 from service.screening.pool import WorkerPool, rule_files
-from service.screening.run import (
+from service.screening.results import ResultFiles, write_overview
+from service.screening.source import InputIssue, IssueLog, ReadStats
+from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
-    ResultFiles,
     ScreeningSummary,
     report_not_screened,
     report_orphans,
-    write_overview,
 )
-from service.screening.source import InputIssue, IssueLog, ReadStats
 from service.screening.workers import BucketScreened, SpanRead
 
 log = logging.getLogger(__name__)
 BUCKETS_PER_WORKER = 3  # several buckets each: a process slowed by the machine holds up less
+# At most about this much input per bucket: a bucket's patients are held in memory while it is
+# evaluated, so more buckets for a larger population keep each process's memory flat.
+BUCKET_INPUT_BYTES = 256 << 20
 
 
 def screen_in_parallel(
@@ -98,7 +100,9 @@ class _ParallelRun:
         ordered = reading_order(files, self.targets)
         self.total_bytes = sum(f.size for f in ordered)
         self.spans = plan_spans(ordered, span_size(self.total_bytes, pool.count))
-        self.buckets = pool.count * BUCKETS_PER_WORKER
+        self.buckets = max(
+            pool.count * BUCKETS_PER_WORKER, -(-self.total_bytes // BUCKET_INPUT_BYTES)
+        )
         self.several = len(self.rulesets) > 1
         self.here = workers.Worker(self.rulesets, engine, as_of)  # this process's share
         self._read_done = [0] * len(self.spans)
@@ -311,7 +315,8 @@ class _ParallelRun:
             for issue in issues:
                 summary.issues.add(issue)
             summary.count(verdict, counted)
-            verdicts_by_patient.setdefault(patient_id, {})[ruleset.id] = verdict
+            if self.several:  # only a portfolio's overview needs every patient's verdicts
+                verdicts_by_patient.setdefault(patient_id, {})[ruleset.id] = verdict
             files.add(orjson.Fragment(line), patient_id, verdict)
         files.close()
 

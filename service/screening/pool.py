@@ -33,14 +33,26 @@ if TYPE_CHECKING:
 # Below this much input one process is quicker: starting a worker (imports, rule sets) costs
 # about what one process reads in that time. Only the default count follows it.
 AUTO_MIN_BYTES = 256 << 20
+# Past this much input one process no longer holds every patient in memory: it screens them
+# bucket by bucket from spill files, as the workers do, so memory stays flat in population.
+IN_MEMORY_MAX_BYTES = 1 << 30
 
 T = TypeVar("T")
 
 
+def source_bytes(source: Path) -> int:
+    return sum(file.size for file in discover(source))
+
+
+def needs_pool(source: Path, count: int) -> bool:
+    """Whether a run of ``count`` processes goes through a pool: always for several, and for
+    one when the source is too large to hold in memory."""
+    return count > 1 or source_bytes(source) > IN_MEMORY_MAX_BYTES
+
+
 def auto_workers(source: Path) -> int:
     """The default: one process per core this process may use, one alone for a small source."""
-    total = sum(file.size for file in discover(source))
-    if total < AUTO_MIN_BYTES:
+    if source_bytes(source) < AUTO_MIN_BYTES:
         return 1
     if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (a container's)
         return max(1, len(os.sched_getaffinity(0)))
@@ -54,7 +66,8 @@ def rule_files(rulesets: Sequence[RuleSet]) -> list[tuple[Path, Path]]:
 
 class WorkerPool:
     """``count`` processes screening together: this one and ``count - 1`` worker processes,
-    each with the rule sets loaded.
+    each with the rule sets loaded. A pool of one is this process alone, running the tasks in
+    turn: a run too large to hold in memory is screened bucket by bucket that way.
 
     This process takes tasks too (its start-up is paid already; on a machine of two cores a
     third busy process would only slow the two others). Start the pool early (before loading
@@ -64,8 +77,8 @@ class WorkerPool:
     def __init__(
         self, count: int, rules: list[tuple[Path, Path]], engine: EngineName, as_of: date
     ) -> None:
-        if count < 2:
-            raise ValueError("a pool is for two processes or more; one screens alone")
+        if count < 1:
+            raise ValueError("a pool has one process or more")
         context = multiprocessing.get_context("spawn")
         self.count = count
         self.rules = [(Path(path).resolve(), Path(maps).resolve()) for path, maps in rules]
@@ -75,14 +88,16 @@ class WorkerPool:
         # Progress of the tasks this process runs itself (see ``run_all``).
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._processes = count - 1
-        self._executor = ProcessPoolExecutor(
-            self._processes,
-            mp_context=context,
-            initializer=workers.start,
-            initargs=(self.rules, engine, as_of, self.messages),
-        )
-        for _ in range(self._processes):  # one process is spawned per task while none is idle
-            self._executor.submit(workers.ready)
+        self._executor: ProcessPoolExecutor | None = None
+        if self._processes:
+            self._executor = ProcessPoolExecutor(
+                self._processes,
+                mp_context=context,
+                initializer=workers.start,
+                initargs=(self.rules, engine, as_of, self.messages),
+            )
+            for _ in range(self._processes):  # one is spawned per task while none is idle
+                self._executor.submit(workers.ready)
 
     def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
         rules = [(Path(p).resolve(), Path(m).resolve()) for p, m in rule_files(rulesets)]
@@ -101,6 +116,9 @@ class WorkerPool:
         Messages the tasks send (progress) go to ``on_message`` meanwhile, here. The first
         failure is raised (the workers' other tasks are cancelled when the pool closes).
         """
+        executor = self._executor
+        if executor is None:
+            return self._run_here(calls, on_message)
         tasks = deque(enumerate(calls))
         results: dict[int, T] = {}
         running: dict[Future[T], int] = {}
@@ -109,7 +127,7 @@ class WorkerPool:
             while tasks or running:
                 while tasks and len(running) - (mine is not None) < self._processes:
                     index, (fn, args) = tasks.popleft()
-                    running[self._executor.submit(fn, *args)] = index
+                    running[executor.submit(fn, *args)] = index
                 if tasks and mine is None and workers.adopted():
                     index, (fn, args) = tasks.pop()
                     mine = here.submit(fn, *args)
@@ -121,6 +139,20 @@ class WorkerPool:
                 self._drain(on_message)
         return [results[index] for index in range(len(calls))]
 
+    def _run_here(
+        self,
+        calls: Sequence[tuple[Callable[..., T], tuple[Any, ...]]],
+        on_message: Callable[[tuple[Any, ...]], None],
+    ) -> list[T]:
+        """A pool of one: this process (which has adopted a worker) runs the calls in order."""
+        if not workers.adopted():
+            raise RuntimeError("a pool of one runs its tasks in the process that adopted a worker")
+        results = []
+        for fn, args in calls:
+            results.append(fn(*args))
+            self._drain(on_message)
+        return results
+
     def _drain(self, on_message: Callable[[tuple[Any, ...]], None]) -> None:
         for messages in (self.messages, self.messages_here):
             while True:
@@ -130,7 +162,8 @@ class WorkerPool:
                     break
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
         self.messages.close()
         self.messages.join_thread()
 

@@ -166,6 +166,10 @@ class Collector:
         self._patient_keys = ("ref", *one_fact.defaults)
         self.stats = ReadStats()
         self._order = 0
+        # Set by a parallel reading: called before a new patient is added once ``spill_at``
+        # patients are held, to move them out of memory (workers.py).
+        self.spill: Callable[[], None] | None = None
+        self.spill_at = 0
 
     def resolve(self, reference: str) -> dict[str, Any] | None:
         copies = self.targets.get(reference)
@@ -211,6 +215,8 @@ class Collector:
             )
         data = self.patients.get(mapped.patient_id)
         if data is None:
+            if self.spill is not None and len(self.patients) >= self.spill_at:
+                self.spill()
             data = self.patients[mapped.patient_id] = PatientData()
         stamp = (mapped.version_id, mapped.last_updated, self._order)
         self.stats.records += len(mapped.contributions)

@@ -124,7 +124,8 @@ class Runtime:
         self.engine = plan.engine
         self._root = _rules_folder(plan.rule_files)
         self.rulesets: list[RuleSet] = [
-            load_ruleset(self._here(rules), self._here(mappings)) for rules, mappings in plan.trials
+            load_ruleset(self._here(rules), self._here(mappings), (plan.engine,))
+            for rules, mappings in plan.trials
         ]
         probe = NdjsonReader([Collector(rs.mapper, plan.as_of, IssueLog()) for rs in self.rulesets])
         self.wanted = probe.wanted

@@ -13,7 +13,8 @@ the engines' objects cannot cross processes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
@@ -50,7 +51,12 @@ SpillEntry = tuple[int, str, int, Copies | None, dict[str, Copies] | None]
 # of it, its verdicts.ndjson line as JSON, the problems evaluating it reported). Ids and bytes
 # cross processes many times faster than the verdict's dataclasses.
 Evaluated = tuple[str, str, Counted, bytes, list[InputIssue]]
-RESULTS_PER_CHUNK = 512
+# Small: the parent merges every bucket at once and holds one chunk of each in memory.
+RESULTS_PER_CHUNK = 64
+# A span's reading spills its patients to the bucket files whenever a trial holds this many,
+# not only at the span's end: a Patient file packs tens of thousands of patients into one
+# block, and memory must not grow with the population.
+SPILL_EVERY_PATIENTS = 4_096
 Progress = Callable[[tuple[Any, ...]], None]
 
 
@@ -125,10 +131,22 @@ class Worker:
         targets = [_copy_count(c.targets) for c in self.collectors]
         self.reader.stats = ReadStats()
         start = span.start
-        self.reader.read_span(
-            span.file, span.bounds, lambda offset: progress(("read", span.index, offset - start))
-        )
-        self._spill_patients(span.index, spill, buckets)
+        ranks = [0] * len(self.collectors)  # patients of the span spilled so far, per trial
+        for trial, collector in enumerate(self.collectors):
+            collector.spill_at = SPILL_EVERY_PATIENTS
+            collector.spill = functools.partial(
+                self._spill_patients, span.index, spill, buckets, ranks, (trial,)
+            )
+        try:
+            self.reader.read_span(
+                span.file,
+                span.bounds,
+                lambda offset: progress(("read", span.index, offset - start)),
+            )
+        finally:
+            for collector in self.collectors:
+                collector.spill = None
+        self._spill_patients(span.index, spill, buckets, ranks, range(len(self.collectors)))
         has_issues = any(found)
         if has_issues:
             write_spill(issues_file(spill, span.index), found)
@@ -143,13 +161,19 @@ class Worker:
             ),
         )
 
-    def _spill_patients(self, span: int, spill: Path, buckets: int) -> None:
-        """What the collectors kept, by bucket, in the order they first met each patient."""
+    def _spill_patients(
+        self, span: int, spill: Path, buckets: int, ranks: list[int], trials: Iterable[int]
+    ) -> None:
+        """What these trials' collectors kept, by bucket, in the order they first met each
+        patient (``ranks``: how many of the span's patients each trial spilled before). A
+        patient met again after a spill is spilled again; merging a bucket joins the parts."""
         by_bucket: dict[int, list[SpillEntry]] = {}
-        for trial, collector in enumerate(self.collectors):
-            for rank, (patient_id, data) in enumerate(collector.patients.items()):
+        for trial in trials:
+            collector = self.collectors[trial]
+            for rank, (patient_id, data) in enumerate(collector.patients.items(), ranks[trial]):
                 entry = (trial, patient_id, rank, data.patient_copies, data.resources)
                 by_bucket.setdefault(bucket_of(patient_id, buckets), []).append(entry)
+            ranks[trial] += len(collector.patients)
             collector.patients = {}
         for bucket, entries in by_bucket.items():
             write_spill(bucket_file(spill, bucket, span), entries)
@@ -307,20 +331,8 @@ def start(rules: list[tuple[Path, Path]], engine: EngineName, as_of: date, queue
 
 
 def _load_for(engine: EngineName, rules: list[tuple[Path, Path]]) -> list[RuleSet]:
-    """The rule sets, compiled for the one engine this run uses.
-
-    The parent loaded the same files, validated them and compiled them on every engine before
-    it started screening; doing it all again costs each worker more than half its start-up
-    (the reference engine's parser). The loader compiles for the engines it names, so this
-    private process names only its own while it loads.
-    """
-    names = vars(loader)  # the loader's globals, where it looks the engines up when it runs
-    every = names["ENGINE_NAMES"]
-    names["ENGINE_NAMES"] = (engine,)
-    try:
-        return [loader.load_ruleset(path, mappings) for path, mappings in rules]
-    finally:
-        names["ENGINE_NAMES"] = every
+    """The rule sets, compiled for the one engine this run uses."""
+    return [loader.load_ruleset(path, mappings, (engine,)) for path, mappings in rules]
 
 
 def ready() -> bool:

@@ -3,7 +3,8 @@
 One JVM validates every file of a test session: it loads the core R4 definitions once, then
 answers one JSON line per file path written to its stdin (see ValidatorMain.java). The Maven
 build is offline when ~/.m2 already holds everything (tests/hapi needs the same artifacts), and
-falls back to Maven Central otherwise.
+falls back to Maven Central otherwise. Starting, waiting and stopping use the harness of the
+integration servers (tests/integration/servers.py), so the JVM is killed at exit whatever happened.
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from tests.integration.servers import (
+    log_tail,
+    maven_package,
+    started,
+    stop_process,
+    wait_until,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 VALIDATOR_DIR = REPO / "tests" / "validator"
@@ -78,6 +87,7 @@ class InstanceValidator:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.process: subprocess.Popen[bytes] | None = None
+        self.log = workdir / "validator.log"
         self._buffer = b""
         self._names = itertools.count()
         self.startup_seconds = 0.0
@@ -85,68 +95,82 @@ class InstanceValidator:
     def build(self) -> None:
         if _built_after_sources():
             return  # Maven would only copy the same jars again (seconds on two busy cores)
-        command = ["mvn", "-q", "-B", "package", "-DskipTests"]
-        done = subprocess.run([*command, "-o"], cwd=VALIDATOR_DIR, capture_output=True, check=False)
-        if done.returncode != 0:
-            done = subprocess.run(command, cwd=VALIDATOR_DIR, capture_output=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"building the validator failed:\n{done.stdout[-3000:]!r}")
+        maven_package(VALIDATOR_DIR, "the validator")
 
     def start(self) -> InstanceValidator:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.build()
         classpath = f"{VALIDATOR_DIR / 'target' / 'classes'}:{VALIDATOR_DIR / 'target' / 'lib'}/*"
-        self.log = self.workdir / "validator.log"
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            [
-                "java",
-                HEAP,
-                "-cp",
-                classpath,
-                "org.prescreen.validator.ValidatorMain",
-                *(str(folder) for folder in TERMINOLOGY_DIRS),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.log.open("wb"),
-            bufsize=0,
+        self.process = started(
+            subprocess.Popen(
+                [
+                    "java",
+                    HEAP,
+                    "-cp",
+                    classpath,
+                    "org.prescreen.validator.ValidatorMain",
+                    *(str(folder) for folder in TERMINOLOGY_DIRS),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=self.log.open("wb"),
+                bufsize=0,
+            )
         )
-        ready = json.loads(self._read_line(READY_SECONDS))
-        if not ready.get("ready"):
-            raise RuntimeError(f"the validator did not start: {ready}")
-        self.startup_seconds = time.monotonic() - started
+        try:
+            # The probe itself waits on the pipe, so no pause between probes.
+            self.startup_seconds = wait_until(
+                self._says_ready,
+                self.process,
+                READY_SECONDS,
+                self.log,
+                waiting_for="ready line from the validator",
+                pause=0.0,
+            )
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        assert self.process.stdin is not None
-        self.process.stdin.close()  # end of input: the validator exits by itself
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=30)
+        def end_of_input() -> None:
+            assert self.process is not None and self.process.stdin is not None
+            self.process.stdin.close()  # the validator exits by itself at the end of its input
+
+        stop_process(self.process, grace=30, ask=end_of_input)
+
+    def _says_ready(self, left: float) -> bool:
+        line = self._next_line(min(left, 1.0))
+        if line is None:
+            return False
+        ready = json.loads(line)
+        if not ready.get("ready"):
+            raise RuntimeError(f"the validator did not start: {ready}")
+        return True
 
     def _read_line(self, seconds: float) -> str:
-        assert self.process is not None and self.process.stdout is not None
         deadline = time.monotonic() + seconds
-        fd = self.process.stdout.fileno()
-        while b"\n" not in self._buffer:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while (line := self._next_line(min(max(deadline - time.monotonic(), 0.0), 1.0))) is None:
+            if time.monotonic() >= deadline:
                 raise RuntimeError(f"no answer from the validator within {seconds}s")
-            readable, _, _ = select.select([fd], [], [], min(left, 1.0))
-            if not readable:
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                raise RuntimeError(
-                    f"the validator exited ({self.process.poll()}):\n"
-                    f"{self.log.read_text(errors='replace')[-3000:]}"
-                )
-            self._buffer += chunk
+        return line
+
+    def _next_line(self, wait: float) -> str | None:
+        """The next line of the validator's output, waiting at most ``wait`` seconds for more of
+        it (None: no whole line yet)."""
+        assert self.process is not None and self.process.stdout is not None
+        if b"\n" not in self._buffer:
+            fd = self.process.stdout.fileno()
+            readable, _, _ = select.select([fd], [], [], wait)
+            if readable:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    raise RuntimeError(
+                        f"the validator exited ({self.process.poll()}):\n{log_tail(self.log)}"
+                    )
+                self._buffer += chunk
+        if b"\n" not in self._buffer:
+            return None
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode("utf-8")
 

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,25 +46,76 @@ def started(process: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
     return process
 
 
-def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float, log: Path) -> float:
-    """Wait for a first answer within one overall limit. Each probe may itself take long: on a
-    loaded machine a JVM's first /metadata can take many seconds, and aborting it early only
-    starts the same slow request again."""
+def log_tail(log: Path) -> str:
+    """The end of a process's log, for the message of a failed start."""
+    return log.read_text(errors="replace")[-3000:] if log.is_file() else "(no log)"
+
+
+def wait_until(
+    ready: Callable[[float], bool],
+    process: subprocess.Popen[bytes],
+    seconds: float,
+    log: Path,
+    *,
+    waiting_for: str,
+    pause: float = 0.5,
+) -> float:
+    """Probe until ``ready(seconds left)`` says so, within one overall limit; the seconds it took.
+
+    Fails at once when the process exits. Limits are generous: a JVM on two busy cores can take
+    minutes to start, and giving up early only starts the same slow work again.
+    """
     started = time.monotonic()
-    while time.monotonic() - started < seconds:
+    while (elapsed := time.monotonic() - started) < seconds:
         if process.poll() is not None:
-            raise RuntimeError(
-                f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        left = seconds - (time.monotonic() - started)
+            raise RuntimeError(f"process exited with {process.returncode}:\n{log_tail(log)}")
+        if ready(seconds - elapsed):
+            return time.monotonic() - started
+        time.sleep(pause)
+    raise RuntimeError(f"no {waiting_for} within {seconds}s:\n{log_tail(log)}")
+
+
+def wait_until_up(url: str, process: subprocess.Popen[bytes], seconds: float, log: Path) -> float:
+    """Wait for a first answer from ``url``. Each probe may itself take long: on a loaded
+    machine a JVM's first /metadata can take many seconds, and aborting it early only starts
+    the same slow request again."""
+
+    def answers(left: float) -> bool:
         try:
             # 401: up, and asking for credentials (a server started with authentication on).
-            if httpx.get(url, timeout=max(1.0, min(60.0, left))).status_code in (200, 401):
-                return time.monotonic() - started
+            return httpx.get(url, timeout=max(1.0, min(60.0, left))).status_code in (200, 401)
         except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"server did not answer {url} within {seconds}s:\n{log.read_text()[-3000:]}")
+            return False
+
+    return wait_until(answers, process, seconds, log, waiting_for=f"answer from {url}")
+
+
+def stop_process(
+    process: subprocess.Popen[bytes] | None,
+    grace: float,
+    ask: Callable[[], None] | None = None,
+) -> None:
+    """Ask a running process to end (SIGTERM, unless ``ask`` asks otherwise), and kill it if it
+    has not ended within ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    (ask or process.terminate)()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def maven_package(directory: Path, what: str) -> None:
+    """Build a Maven project: offline when the local repository already has everything (the
+    JVM harnesses share their artifacts), otherwise from Maven Central."""
+    command = ["mvn", "-q", "-B", "package", "-DskipTests"]
+    done = subprocess.run([*command, "-o"], cwd=directory, capture_output=True, check=False)
+    if done.returncode != 0:
+        done = subprocess.run(command, cwd=directory, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"building {what} failed:\n{done.stdout[-3000:]!r}")
 
 
 @dataclass
@@ -122,12 +174,7 @@ class SekmetServer:
         return self
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, grace=10)
 
 
 HAPI_DIR = Path(__file__).resolve().parent.parent / "hapi"
@@ -158,13 +205,7 @@ class HapiServer:
         return f"http://127.0.0.1:{self.port}/fhir"
 
     def build(self) -> None:
-        # Offline when the local repository already has everything; otherwise Maven Central.
-        command = ["mvn", "-q", "-B", "package", "-DskipTests"]
-        done = subprocess.run([*command, "-o"], cwd=HAPI_DIR, capture_output=True, check=False)
-        if done.returncode != 0:
-            done = subprocess.run(command, cwd=HAPI_DIR, capture_output=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"building the HAPI harness failed:\n{done.stdout[-3000:]!r}")
+        maven_package(HAPI_DIR, "the HAPI harness")
 
     def start(self) -> HapiServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -206,8 +247,4 @@ class HapiServer:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             STARTUP_REPORT.append(f"HAPI FHIR RSS before stop {rss_mb(self.process.pid):.0f} MB")
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        stop_process(self.process, grace=30)

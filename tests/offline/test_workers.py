@@ -27,7 +27,7 @@ import pytest
 from service.cli import main
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet, load_ruleset
-from service.screening import workers
+from service.screening import pool, workers
 from service.screening.pool import WorkerPool
 from service.screening.run import screen_portfolio
 from tests.conftest import MAPPINGS_DIR, RULES_DIR, SAMPLE_DIR
@@ -188,6 +188,38 @@ def test_a_portfolio_on_several_processes_writes_the_same_files(
     hospital: Path, one_process: Path, tmp_path: Path, workers: int
 ) -> None:
     assert screen(hospital, tmp_path, "relieve,ssrs", workers) == 1
+    assert_same_files(one_process, tmp_path)
+
+
+def test_a_source_too_large_for_memory_is_screened_in_buckets_by_one_process(
+    hospital: Path, one_process: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the in-memory limit one process screens through spill files, bucket by bucket,
+    and writes the same files; no worker process is started. Patients are spilled every few
+    while a span is read, so one patient's resources and copies arrive in several parts."""
+    monkeypatch.setattr(pool, "IN_MEMORY_MAX_BYTES", 1 << 20)
+    monkeypatch.setattr(workers, "SPILL_EVERY_PATIENTS", 7)
+    pools: list[int] = []
+    real_pool = pool.WorkerPool
+
+    def recording_pool(count: int, *args: Any) -> WorkerPool:
+        pools.append(count)
+        started = real_pool(count, *args)
+        assert started._executor is None  # no process spawned
+        return started
+
+    monkeypatch.setattr(pool, "WorkerPool", recording_pool)
+    buckets: list[int] = []
+    screen_bucket = workers.screen_bucket
+
+    def recording_screen_bucket(bucket: int, *args: Any) -> Any:
+        buckets.append(bucket)
+        return screen_bucket(bucket, *args)
+
+    monkeypatch.setattr(workers, "screen_bucket", recording_screen_bucket)
+    assert screen(hospital, tmp_path, "relieve,ssrs", 1) == 1
+    assert pools == [1]
+    assert len(buckets) > 1  # screened bucket by bucket
     assert_same_files(one_process, tmp_path)
 
 
