@@ -150,6 +150,27 @@ def write_outputs(
         plt.close(figure)
 
 
+def grouped_bars(
+    labels: list[str], rows: list[dict[str, Any]], series: list[tuple[str, str]], title: str
+) -> Any:
+    """A ``plot`` for ``write_outputs``: for each row (one group, labelled), a bar per
+    (column, legend label) of ``series``, in seconds."""
+
+    def plot(axes: Any) -> None:
+        width = 0.8 / len(series)
+        for index, (key, label) in enumerate(series):
+            offset = (index - (len(series) - 1) / 2) * width
+            axes.bar(
+                [p + offset for p in range(len(rows))], [r[key] for r in rows], width, label=label
+            )
+        axes.set_xticks(list(range(len(rows))), labels)
+        axes.set_ylabel("seconds (median, whole process)")
+        axes.set_title(title)
+        axes.legend()
+
+    return plot
+
+
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.3g}" if abs(value) < 1000 else f"{value:,.0f}"

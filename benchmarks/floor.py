@@ -17,6 +17,7 @@ from typing import Any
 from benchmarks.common import (
     DATA,
     folder_stats,
+    grouped_bars,
     population,
     timed_process,
     timed_screen,
@@ -103,20 +104,16 @@ def report(rows: list[dict[str, Any]]) -> None:
         "machine is shared.",
     ]
 
-    def plot(axes: Any) -> None:
-        labels = [f"{row['patients']:,} patients" for row in rows]
-        positions = range(len(rows))
-        for offset, key, label in (
-            (-0.27, "cat_wc_s", "cat | wc -l"),
-            (0.0, "orjson_floor_s", "orjson every line"),
-            (0.27, "screen_s", "prescreen screen"),
-        ):
-            axes.bar([p + offset for p in positions], [r[key] for r in rows], 0.27, label=label)
-        axes.set_xticks(list(positions), labels)
-        axes.set_ylabel("seconds (median, whole process)")
-        axes.set_title("One process against the parsing floor")
-        axes.legend()
-
+    plot = grouped_bars(
+        [f"{row['patients']:,} patients" for row in rows],
+        rows,
+        [
+            ("cat_wc_s", "cat | wc -l"),
+            ("orjson_floor_s", "orjson every line"),
+            ("screen_s", "prescreen screen"),
+        ],
+        "One process against the parsing floor",
+    )
     write_outputs("floor", rows, columns, notes, plot)
 
 

@@ -18,7 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DATA, folder_stats, population, timed_screen, write_outputs
+from benchmarks.common import (
+    DATA,
+    folder_stats,
+    grouped_bars,
+    population,
+    timed_screen,
+    write_outputs,
+)
 
 TARGET = 1.7
 BUSY = "x = 0\nfor i in range(20_000_000):\n    x += i\n"
@@ -104,16 +111,12 @@ def report(rows: list[dict[str, Any]]) -> None:
         "and after each pair (median); 2.0 when nothing else runs.",
     ]
 
-    def plot(axes: Any) -> None:
-        labels = [f"{row['trials']}\n{row['patients']:,} patients" for row in rows]
-        positions = range(len(rows))
-        axes.bar([p - 0.2 for p in positions], [r["workers_1_s"] for r in rows], 0.4, label="1")
-        axes.bar([p + 0.2 for p in positions], [r["workers_2_s"] for r in rows], 0.4, label="2")
-        axes.set_xticks(list(positions), labels)
-        axes.set_ylabel("seconds (median, whole process)")
-        axes.set_title("--workers 1 vs 2, whole process")
-        axes.legend(title="workers")
-
+    plot = grouped_bars(
+        [f"{row['trials']}\n{row['patients']:,} patients" for row in rows],
+        rows,
+        [("workers_1_s", "--workers 1"), ("workers_2_s", "--workers 2")],
+        "--workers 1 vs 2, whole process",
+    )
     write_outputs("workers", rows, columns, notes, plot)
 
 
