@@ -88,11 +88,13 @@ def timed_screen(
     before and after (the machine is shared)."""
     command = [PRESCREEN, "screen", "--trial", trials, "--source", str(source)]
     command += ["--as-of", AS_OF.isoformat(), "--out", str(out), "--no-progress", *extra]
-    return timed_process(command, env=env)
+    return timed_process(command, env=env, exit_codes=(0, 1))  # 1: a run with reported issues
 
 
-def timed_process(command: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
-    """Run a command to its end (exit 0 or 1: a run with reported issues) and time it."""
+def timed_process(
+    command: list[str], env: dict[str, str] | None = None, exit_codes: tuple[int, ...] = (0,)
+) -> dict[str, float]:
+    """Run a command to its end and time it; any exit code but ``exit_codes`` is an error."""
     load_before = os.getloadavg()[0]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -101,7 +103,7 @@ def timed_process(command: list[str], env: dict[str, str] | None = None) -> dict
     )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode not in (0, 1):
+    if done.returncode not in exit_codes:
         raise RuntimeError(f"{command[0]} exited {done.returncode}:\n{done.stderr[-3000:]!r}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {

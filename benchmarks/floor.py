@@ -29,6 +29,7 @@ TARGET = 1.5
 # Every line of every NDJSON file, parsed: the least a reader that looks at each resource does.
 PARSE_EVERY_LINE = """
 import sys
+from pathlib import Path
 import orjson
 for path in sorted(Path(sys.argv[1]).glob("*.ndjson")):
     with path.open("rb") as handle:

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import engines, live, offline
+from benchmarks import bulk_rest, engines, live, offline
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1000,10000,100000", help="offline population sizes")
-    parser.add_argument("--only", default="offline,engines,live", help="which benchmarks")
+    parser.add_argument(
+        "--only",
+        default="offline,engines,live",
+        help="which benchmarks (bulk_rest too on request: it starts HAPI FHIR)",
+    )
     args = parser.parse_args()
     chosen = set(args.only.split(","))
     if "offline" in chosen:
@@ -27,6 +31,9 @@ def main() -> None:
     if "live" in chosen:
         print("live screening vs download floor")
         live.report(live.measure())
+    if "bulk_rest" in chosen:
+        print("bulk export + screen vs REST screen on HAPI FHIR")
+        bulk_rest.report(*bulk_rest.measure())
 
 
 if __name__ == "__main__":
