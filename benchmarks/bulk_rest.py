@@ -38,7 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import AS_OF, DATA, SEED, folder_stats, write_outputs
+from benchmarks import common
+from benchmarks.common import AS_OF, folder_stats, write_outputs
 
 PRESCREEN = str(Path(sys.executable).parent / "prescreen")
 PATIENTS = 5_000
@@ -54,21 +55,7 @@ QUICK_POLLS = {
 
 
 def population(patients: int, spinal_fraction: float, median_background: int) -> Path:
-    from service.synth import write_population
-
-    folder = DATA / f"bulk-{patients}-sf{spinal_fraction:g}-mb{median_background}"
-    if not (folder / ".complete").exists():
-        print(f"  generating {patients} patients in {folder} ...", flush=True)
-        write_population(
-            folder,
-            patients,
-            SEED,
-            AS_OF,
-            spinal_fraction=spinal_fraction,
-            median_background=median_background,
-        )
-        (folder / ".complete").write_text("ok\n")
-    return folder
+    return common.population(patients, "bulk", spinal_fraction, median_background)
 
 
 # --- the counting proxy -----------------------------------------------------------------------

@@ -20,16 +20,30 @@ AS_OF = date(2026, 6, 15)
 SEED = 20260615
 
 
-def population(patients: int) -> Path:
-    """A synthetic hospital of this size, generated once and reused (deterministic by seed)."""
-    folder = DATA / f"hospital-{patients}"
+def population(
+    patients: int,
+    prefix: str = "hospital",
+    spinal_fraction: float | None = None,
+    median_background: int | None = None,
+) -> Path:
+    """A synthetic hospital of this size (and shape, when given), generated once and reused
+    (deterministic by seed)."""
+    shape: dict[str, Any] = {}
+    name = f"{prefix}-{patients}"
+    if spinal_fraction is not None:
+        shape["spinal_fraction"] = spinal_fraction
+        name += f"-sf{spinal_fraction:g}"
+    if median_background is not None:
+        shape["median_background"] = median_background
+        name += f"-mb{median_background}"
+    folder = DATA / name
     done = folder / ".complete"
     if not done.exists():
         from service.synth import write_population
 
         print(f"  generating {patients} patients in {folder} ...", flush=True)
         started = time.perf_counter()
-        write_population(folder, patients, SEED, AS_OF)
+        write_population(folder, patients, SEED, AS_OF, **shape)
         done.write_text(f"{time.perf_counter() - started:.1f}\n")
     return folder
 

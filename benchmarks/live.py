@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import AS_OF, DATA, ROOT, SEED, folder_stats, write_outputs
+from benchmarks import common
+from benchmarks.common import AS_OF, ROOT, folder_stats, write_outputs
 
 PATIENTS = 10_000
 SPINAL_FRACTION = 0.1
@@ -33,21 +34,7 @@ GROUP_SIZES = (25, 100)
 
 
 def population(patients: int, spinal_fraction: float, median_background: int) -> Path:
-    from service.synth import write_population
-
-    folder = DATA / f"live-{patients}-sf{spinal_fraction:g}-mb{median_background}"
-    if not (folder / ".complete").exists():
-        print(f"  generating {patients} patients in {folder} ...", flush=True)
-        write_population(
-            folder,
-            patients,
-            SEED,
-            AS_OF,
-            spinal_fraction=spinal_fraction,
-            median_background=median_background,
-        )
-        (folder / ".complete").write_text("ok\n")
-    return folder
+    return common.population(patients, "live", spinal_fraction, median_background)
 
 
 async def _floor(

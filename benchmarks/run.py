@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bulk_rest, engines, live, offline
+from benchmarks import bulk_rest, engines, floor, live, offline, spark, workers
 
 
 def main() -> None:
@@ -15,8 +15,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="offline population sizes")
     parser.add_argument(
         "--only",
-        default="offline,engines,live",
-        help="which benchmarks (bulk_rest too on request: it starts HAPI FHIR)",
+        default="offline,floor,workers,engines,live",
+        help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster)",
     )
     args = parser.parse_args()
     chosen = set(args.only.split(","))
@@ -25,6 +25,15 @@ def main() -> None:
         rows = offline.measure([int(s) for s in args.sizes.split(",")])
         offline.report(rows)
         offline.report_growth(rows)
+    if "floor" in chosen:
+        print("one process vs the orjson floor, whole processes (and memory growth)")
+        floor.report(floor.with_growth([floor.measure(n, 3) for n in (10_000, 100_000)]))
+    if "workers" in chosen:
+        print("--workers 1 vs 2, whole processes")
+        workers.report(
+            workers.measure(10_000, 5, ["relieve", "relieve,ssrs"])
+            + workers.measure(100_000, 3, ["relieve"])
+        )
     if "engines" in chosen:
         print("rule engines")
         engines.report(engines.measure())
@@ -34,6 +43,9 @@ def main() -> None:
     if "bulk_rest" in chosen:
         print("bulk export + screen vs REST screen on HAPI FHIR")
         bulk_rest.report(*bulk_rest.measure())
+    if "spark" in chosen:
+        print("local executor vs Spark local[2] vs a standalone cluster")
+        spark.report(spark.measure(100_000, "relieve", 1))
 
 
 if __name__ == "__main__":
