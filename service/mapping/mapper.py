@@ -303,12 +303,13 @@ class Mapper:
             for rtype, codes in self.prefilter_codes.items()
         }
 
-    @property
+    # Cached: asked for every resource read, and a loaded mapping never changes.
+    @functools.cached_property
     def resource_types(self) -> frozenset[str]:
         """Types read from a source: mapped ones and the targets of resolve()."""
         return frozenset(self.sources) | self.join_targets
 
-    @property
+    @functools.cached_property
     def join_targets(self) -> frozenset[str]:
         """Resource types that paths reach with resolve() (Medication, for instance)."""
         return frozenset(
