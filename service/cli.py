@@ -627,7 +627,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings(args)
-    from service.api.app import create_app
+    from service.web import create_app
 
     uvicorn.run(
         create_app(settings),

@@ -69,7 +69,9 @@ class _Collector:
         yield from (requests, errors, seconds)
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_api(settings: Settings) -> FastAPI:
+    """The API alone; ``service.web.create_app`` adds the web worklist."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(migrate, settings.database_url)
@@ -178,16 +180,4 @@ def create_app(settings: Settings) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(cds.router)
-    if settings.ui_mode != "off":
-        # The coordinators' web worklist: its own cookie session and error pages, under /ui.
-        from service.ui.app import create_ui
-
-        app.mount("/ui", create_ui(app, settings))
     return app
-
-
-def app_factory() -> FastAPI:
-    """For ``uvicorn --factory service.api.app:app_factory``."""
-    from service.settings import get_settings
-
-    return create_app(get_settings())

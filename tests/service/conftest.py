@@ -23,8 +23,8 @@ import uvicorn
 from aiosmtpd.controller import Controller
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from service.api.app import create_app
 from service.settings import Settings
+from service.web import create_app
 from tests.conftest import SAMPLE_DIR
 from tests.integration.servers import SekmetServer, free_port
 

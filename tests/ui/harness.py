@@ -23,13 +23,13 @@ from oidc_provider_mock import User
 from oidc_provider_mock import app as oidc_app
 from sqlalchemy import create_engine
 
-from service.api.app import create_app
 from service.fhir.client import FhirClient
 from service.fhir.loader import load_resources, read_folder
 from service.settings import Settings
 from service.state.store import migrate
 from service.state.worklist import WorklistStore
 from service.ui.passwords import hash_password
+from service.web import create_app
 from tests.conftest import SAMPLE_DIR
 from tests.integration.servers import SekmetServer, free_port
 
