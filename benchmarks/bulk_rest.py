@@ -426,19 +426,7 @@ def report(rows: list[dict[str, Any]], context: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=PATIENTS, help="patients on the server")
-    parser.add_argument(
-        "--spinal-fraction",
-        type=float,
-        default=SPINAL_FRACTION,
-        help="share of patients with a spinal metastasis (the cohort)",
-    )
-    parser.add_argument(
-        "--median-background",
-        type=int,
-        default=MEDIAN_BACKGROUND,
-        help="median routine resources per patient",
-    )
+    common.population_arguments(parser, PATIENTS, SPINAL_FRACTION, MEDIAN_BACKGROUND)
     parser.add_argument(
         "--no-rest-all", action="store_true", help="skip REST screening of every patient"
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -46,6 +47,26 @@ def population(
         write_population(folder, patients, SEED, AS_OF, **shape)
         done.write_text(f"{time.perf_counter() - started:.1f}\n")
     return folder
+
+
+def population_arguments(
+    parser: argparse.ArgumentParser, patients: int, spinal_fraction: float, median_background: int
+) -> None:
+    """``--patients``, ``--spinal-fraction`` and ``--median-background`` of a population put
+    on a server."""
+    parser.add_argument("--patients", type=int, default=patients, help="patients on the server")
+    parser.add_argument(
+        "--spinal-fraction",
+        type=float,
+        default=spinal_fraction,
+        help="share of patients with a spinal metastasis (the cohort)",
+    )
+    parser.add_argument(
+        "--median-background",
+        type=int,
+        default=median_background,
+        help="median routine resources per patient",
+    )
 
 
 def folder_stats(folder: Path) -> dict[str, int]:
