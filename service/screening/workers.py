@@ -14,6 +14,7 @@ the engines' objects cannot cross processes.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,8 +65,15 @@ def issues_file(spill: Path, span: int) -> Path:
     return spill / "issues" / f"{span:08d}.pkl"
 
 
-def bucket_file(spill: Path, bucket: int, span: int) -> Path:
-    return spill / f"bucket-{bucket}" / f"{span:08d}.pkl"
+def bucket_folder(spill: Path, bucket: int) -> Path:
+    return spill / f"bucket-{bucket}"
+
+
+def bucket_file(spill: Path, bucket: int) -> Path:
+    """This process's file of a bucket: one per process, not per span, because creating a
+    few thousand small files cost a second of a 7 GB run. Each pickle in it is tagged with its
+    span; one span is read by one process, so a span's pickles are in one file, in order."""
+    return bucket_folder(spill, bucket) / f"{os.getpid()}.pkl"
 
 
 def results_file(spill: Path, trial: int, bucket: int) -> Path:
@@ -176,7 +184,7 @@ class Worker:
             ranks[trial] += len(collector.patients)
             collector.patients = {}
         for bucket, entries in by_bucket.items():
-            write_spill(bucket_file(spill, bucket, span), entries)
+            write_spill(bucket_file(spill, bucket), (span, entries))
 
     def save_targets(self, spill: Path) -> Path | None:
         """The targets read so far, for the other processes; None when there are none."""
@@ -266,29 +274,29 @@ def _merge_bucket(
     """
     patients: list[dict[str, PatientData]] = [{} for _ in range(trials)]
     first_seen: list[dict[str, FirstSeen]] = [{} for _ in range(trials)]
-    folder = spill / f"bucket-{bucket}"
+    folder = bucket_folder(spill, bucket)
     paths = sorted(folder.glob("*.pkl")) if folder.is_dir() else []
-    for path in paths:
-        span = int(path.stem)
+    tagged = [part for path in paths for part in read_spill(path)]
+    tagged.sort(key=lambda part: part[0])  # by span; stable, so a span's parts stay in order
+    for span, entries in tagged:
         offset = lines_before[span]
-        for entries in read_spill(path):
-            for trial, patient_id, rank, patient_copies, resources in entries:
-                data = patients[trial].get(patient_id)
-                if data is None:
-                    data = patients[trial][patient_id] = PatientData()
-                    first_seen[trial][patient_id] = (span, rank)
-                for copy in _copies(patient_copies):
-                    data.patient_copies = add_copy(
-                        data.patient_copies, _restamp_patient(copy, span, offset)
-                    )
-                if resources:
-                    if data.resources is None:
-                        data.resources = {}
-                    for ref, copies in resources.items():
-                        for copy in _copies(copies):
-                            data.resources[ref] = add_copy(
-                                data.resources.get(ref), _restamp(copy, span)
-                            )
+        for trial, patient_id, rank, patient_copies, resources in entries:
+            data = patients[trial].get(patient_id)
+            if data is None:
+                data = patients[trial][patient_id] = PatientData()
+                first_seen[trial][patient_id] = (span, rank)
+            for copy in _copies(patient_copies):
+                data.patient_copies = add_copy(
+                    data.patient_copies, _restamp_patient(copy, span, offset)
+                )
+            if resources:
+                if data.resources is None:
+                    data.resources = {}
+                for ref, copies in resources.items():
+                    for copy in _copies(copies):
+                        data.resources[ref] = add_copy(
+                            data.resources.get(ref), _restamp(copy, span)
+                        )
     return patients, first_seen
 
 
