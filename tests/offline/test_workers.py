@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 import pytest
 
 from service.cli import main
+from service.ndjson_files import discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening import pool, workers
+from service.screening.partition import plan_spans
 from service.screening.pool import WorkerPool
 from service.screening.run import screen_portfolio
 from tests.conftest import MAPPINGS_DIR, RULES_DIR, SAMPLE_DIR
@@ -333,3 +335,22 @@ def test_a_parallel_run_stopped_midway_leaves_the_previous_outputs_and_no_spill(
         )
     assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
     assert list(scratch.iterdir()) == []  # the spill files went with the run
+
+
+def test_patients_spilled_in_parts_keep_the_order_one_reading_meets_them(
+    relieve: RuleSet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A span spilled every 3 patients: merged, each patient's place is where the reading first
+    met it, counted over the whole span (not from each part's start)."""
+    monkeypatch.setattr(workers, "SPILL_EVERY_PATIENTS", 3)
+    lines = (SAMPLE_DIR / "Patient.ndjson").read_bytes().splitlines()[:10]
+    lines.append(lines[1])  # met again after a spill: its place stays the first
+    (tmp_path / "Patient.ndjson").write_bytes(b"\n".join(lines) + b"\n")
+    span = plan_spans(discover(tmp_path), 1 << 30)[0]
+    worker = workers.Worker([relieve], "cel", date.fromisoformat(AS_OF))
+    spill = tmp_path / "spill"
+    worker.read(span, spill, 1, lambda message: None)
+    _, first_seen = workers._merge_bucket(spill, 0, [0], 1)
+    in_file_order = [f"{json.loads(line)['id']}" for line in lines[:10]]
+    assert sorted(first_seen[0], key=lambda pid: first_seen[0][pid]) == in_file_order
+    assert [rank for _, rank in first_seen[0].values()] == list(range(10))
