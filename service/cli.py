@@ -211,7 +211,7 @@ def _workers_argument(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         help="processes screening an NDJSON folder (default: one per core; one for a folder "
-        "under 1 GB); the output files are the same for any number",
+        "under 256 MB); the output files are the same for any number",
     )
 
 
