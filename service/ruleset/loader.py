@@ -102,7 +102,9 @@ class RuleSet:
         found = self._compiled.get(engine)
         if found is None:
             with _COMPILING:
-                found = self._compiled.get(engine) or _compile_checked(self, (engine,))[engine]
+                found = self._compiled.get(engine)
+                if found is None:
+                    found = self._compiled[engine] = _compile_checked(self, (engine,))[engine]
         return found
 
     def template_names(self) -> set[str]:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from service.errors import RuleSetError
+from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import load_ruleset
 from tests.conftest import MAPPINGS_DIR, RULES_DIR
 
 
-def broken(tmp_path: Path, change: callable) -> Path:  # type: ignore[valid-type]
+def broken(tmp_path: Path, change: Callable[[Any], object]) -> Path:
     doc = yaml.safe_load((RULES_DIR / "relieve.yaml").read_text())
     change(doc)
     path = tmp_path / "broken.yaml"
@@ -102,3 +106,27 @@ def test_all_problems_are_reported_together(tmp_path: Path) -> None:
 
     text = problems_of(broken(tmp_path, change))
     assert "unknown name 'nope'" in text and "unknown parameter 'params.nothing'" in text
+
+
+def test_a_run_compiles_for_its_engine_and_another_engine_on_first_use() -> None:
+    ruleset = load_ruleset(RULES_DIR / "relieve.yaml", MAPPINGS_DIR, ("cel",))
+    assert set(ruleset._compiled) == {"cel"}
+    facts = ruleset.mapper.schema_sample()
+    as_of = date(2026, 6, 15)
+    on_cel = Evaluator(ruleset, "cel").evaluate("p", facts, as_of)
+    on_celpy = Evaluator(ruleset, "celpy").evaluate("p", facts, as_of)  # compiled now
+    assert set(ruleset._compiled) == {"cel", "celpy"}
+    assert on_celpy == on_cel
+
+
+def test_a_rule_only_the_other_engine_refuses_fails_when_that_engine_is_first_used(
+    tmp_path: Path,
+) -> None:
+    path = broken(
+        tmp_path, lambda d: criterion(d, "age")["cases"][0].update({"if": "patient.age_min == 18"})
+    )
+    ruleset = load_ruleset(path, MAPPINGS_DIR, ("cel",))  # cel takes int == double
+    with pytest.raises(RuleSetError) as caught:
+        ruleset.compiled("celpy")
+    assert any("fails on a sample patient (celpy)" in p for p in caught.value.problems)
+    assert "celpy" not in ruleset._compiled
