@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every 
     from service.screening.bulk import BulkExportRun, BulkScope
     from service.screening.live import Selection
     from service.screening.pool import WorkerPool
-    from service.screening.run import ScreeningSummary
+    from service.screening.summary import ScreeningSummary
 
 # 0 done; 1 done, but some input was unusable or doubtful; 2 could not start; 3 stopped by an
 # internal error (outputs of an earlier run are left as they were).
@@ -163,7 +163,7 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
     """Worker processes for an offline run (``--source``) on more than one, started now."""
     from contextlib import nullcontext
 
-    from service.screening.pool import WorkerPool, auto_workers, needs_pool
+    from service.screening.pool import WorkerPool, auto_workers, source_bytes
 
     if args.source is None or getattr(args, "bulk", False) or getattr(args, "fhir_url", None):
         return nullcontext()
@@ -171,9 +171,9 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
         return nullcontext()  # Spark's executors do the work
     if args.workers is not None and args.workers < 1:
         raise PrescreenError("--workers must be 1 or more")
-    count = auto_workers(Path(args.source)) if args.workers is None else args.workers
-    if not needs_pool(Path(args.source), count):
-        return nullcontext()
+    count = auto_workers(source_bytes(Path(args.source))) if args.workers is None else args.workers
+    if count == 1:
+        return nullcontext()  # the run itself decides whether one process spills (run.py)
     settings = _settings(args)
     rules = [
         (catalog.rule_file(trial, settings), settings.mappings_dir)

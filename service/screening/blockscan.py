@@ -63,7 +63,6 @@ class HyperscanBlockScanner:
     def __init__(self, pattern: re.Pattern[bytes]) -> None:
         import hyperscan
 
-        self._hyperscan = hyperscan
         self.database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         self.database.compile(
             expressions=[pattern.pattern, _SEAM],
@@ -75,13 +74,13 @@ class HyperscanBlockScanner:
 
     def scan(self, block: bytearray, end: int, lines: int) -> tuple[list[int], bool]:
         starts: list[int] = []
-        seams: list[int] = []
         last = -1
+        seam = False
 
         def on_match(pattern: int, _from: int, to: int, _flags: int, _context: object) -> None:
-            nonlocal last
+            nonlocal last, seam
             if pattern == _NOT_AN_OBJECT:
-                seams.append(to)
+                seam = True
                 return
             start = block.rfind(b"\n", 0, to) + 1
             if start != last:
@@ -92,7 +91,7 @@ class HyperscanBlockScanner:
             # The C extension takes any buffer; its stubs say bytes or str only.
             self.database.scan(view[:end], match_event_handler=on_match)  # type: ignore[type-var]
         # Matches come in order of their end; a line's matches are therefore consecutive.
-        return starts, not seams and _ends_look_right(block, end)
+        return starts, not seam and _ends_look_right(block, end)
 
 
 def block_scanner(pattern: re.Pattern[bytes]) -> BlockScanner:

@@ -37,9 +37,10 @@ from service.fhir.retrieval import MAX_CODE_CHUNKS
 from service.mapping.mapper import Mapper
 from service.ndjson_files import discover
 from service.ruleset.loader import RuleSet
-from service.screening.pool import auto_workers
-from service.screening.run import PortfolioSummary, screen_portfolio
+from service.screening.pool import auto_workers, source_bytes
+from service.screening.run import screen_portfolio
 from service.screening.source import InputIssue
+from service.screening.summary import PortfolioSummary
 from service.settings import Settings
 
 BULK_FOLDER = "bulk"
@@ -221,7 +222,7 @@ async def screen_bulk(
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
             source_issues=export_issues(report.errors),
-            workers=auto_workers(folder) if workers is None else workers,
+            workers=auto_workers(source_bytes(folder)) if workers is None else workers,
         )
         deleted = await finish_export(bulk, folder, keep=keep_export)
     return BulkScreening(report, deleted, portfolio)

@@ -34,8 +34,9 @@ from service.ruleset.evaluate import Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.inmemory import evaluate_resources
-from service.screening.run import ProgressSink, ScreeningSummary, write_results
+from service.screening.results import write_results
 from service.screening.source import InputIssue, IssueLog, ReadStats
+from service.screening.summary import ProgressSink, ScreeningSummary
 from service.settings import Settings
 
 CHECKPOINT = "checkpoint.ndjson"

@@ -45,15 +45,15 @@ def source_bytes(source: Path) -> int:
     return sum(file.size for file in discover(source))
 
 
-def needs_pool(source: Path, count: int) -> bool:
+def needs_pool(total_bytes: int, count: int) -> bool:
     """Whether a run of ``count`` processes goes through a pool: always for several, and for
     one when the source is too large to hold in memory."""
-    return count > 1 or source_bytes(source) > IN_MEMORY_MAX_BYTES
+    return count > 1 or total_bytes > IN_MEMORY_MAX_BYTES
 
 
-def auto_workers(source: Path) -> int:
+def auto_workers(total_bytes: int) -> int:
     """The default: one process per core this process may use, one alone for a small source."""
-    if source_bytes(source) < AUTO_MIN_BYTES:
+    if total_bytes < AUTO_MIN_BYTES:
         return 1
     if hasattr(os, "sched_getaffinity"):  # the cores this process may run on (a container's)
         return max(1, len(os.sched_getaffinity(0)))

@@ -20,15 +20,8 @@ from service.screening import output
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.parallel import screen_in_parallel
-from service.screening.pool import WorkerPool
-from service.screening.results import (
-    FLAGGED,
-    PATIENTS,
-    ResultFiles,
-    overlap,
-    write_overview,
-    write_results,
-)
+from service.screening.pool import WorkerPool, needs_pool
+from service.screening.results import write_overview, write_results
 from service.screening.source import Collector, InputIssue, IssueLog
 from service.screening.summary import (
     PortfolioSummary,
@@ -37,25 +30,6 @@ from service.screening.summary import (
     report_not_screened,
     report_orphans,
 )
-
-# The names other modules import from here, including those now defined in summary.py and
-# results.py (spark.py, live.py, bulk.py and the CLI import them from this module).
-__all__ = [
-    "FLAGGED",
-    "PATIENTS",
-    "PortfolioSummary",
-    "ProgressSink",
-    "ResultFiles",
-    "ScreeningSummary",
-    "Workers",
-    "overlap",
-    "report_not_screened",
-    "report_orphans",
-    "screen_folder",
-    "screen_portfolio",
-    "write_overview",
-    "write_results",
-]
 
 # How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
 Workers = int | WorkerPool
@@ -109,9 +83,11 @@ def screen_portfolio(
     Bulk Data export), reported to every trial like the problems of its lines.
 
     ``workers`` above 1 (or a started ``WorkerPool``) splits the work by patient over that many
-    processes (see parallel.py); the files written are the same, byte for byte.
+    processes (see parallel.py); so does one process for a source too large to hold in memory,
+    bucket by bucket. The files written are the same, byte for byte.
     """
-    if not isinstance(workers, int) or workers > 1:
+    files = discover(source)
+    if not isinstance(workers, int) or needs_pool(sum(f.size for f in files), workers):
         parallel = screen_in_parallel(
             rulesets,
             source,
@@ -125,7 +101,6 @@ def screen_portfolio(
         )
         if parallel is not None:
             return parallel
-    files = discover(source)
     several = len(rulesets) > 1
     with output.OutputSet(out) as outputs:
         trials: list[_Trial] = []

@@ -43,15 +43,7 @@ from service.ndjson_files import _NDJSON_NAME, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.screening import output
-from service.screening.run import (
-    PortfolioSummary,
-    ProgressSink,
-    ScreeningSummary,
-    report_not_screened,
-    report_orphans,
-    write_overview,
-    write_results,
-)
+from service.screening.results import write_overview, write_results
 from service.screening.source import (
     Copies,
     InputIssue,
@@ -83,6 +75,13 @@ from service.screening.spark_tasks import (
     read_plain,
     split_of,
     unpack,
+)
+from service.screening.summary import (
+    PortfolioSummary,
+    ProgressSink,
+    ScreeningSummary,
+    report_not_screened,
+    report_orphans,
 )
 
 if TYPE_CHECKING:

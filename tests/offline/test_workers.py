@@ -28,7 +28,7 @@ from service.cli import main
 from service.ndjson_files import discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet, load_ruleset
-from service.screening import pool, workers
+from service.screening import parallel, pool, workers
 from service.screening.partition import plan_spans
 from service.screening.pool import WorkerPool
 from service.screening.run import screen_portfolio
@@ -202,15 +202,14 @@ def test_a_source_too_large_for_memory_is_screened_in_buckets_by_one_process(
     monkeypatch.setattr(pool, "IN_MEMORY_MAX_BYTES", 1 << 20)
     monkeypatch.setattr(workers, "SPILL_EVERY_PATIENTS", 7)
     pools: list[int] = []
-    real_pool = pool.WorkerPool
 
-    def recording_pool(count: int, *args: Any) -> WorkerPool:
-        pools.append(count)
-        started = real_pool(count, *args)
-        assert started._executor is None  # no process spawned
-        return started
+    class RecordingPool(WorkerPool):
+        def __init__(self, count: int, *args: Any) -> None:
+            pools.append(count)
+            super().__init__(count, *args)
+            assert self._executor is None  # no process spawned
 
-    monkeypatch.setattr(pool, "WorkerPool", recording_pool)
+    monkeypatch.setattr(parallel, "WorkerPool", RecordingPool)
     buckets: list[int] = []
     screen_bucket = workers.screen_bucket
 
