@@ -186,7 +186,7 @@ def _screen_spark(
     args: argparse.Namespace, settings: Settings, rulesets: list[RuleSet], as_of: date
 ) -> int:
     """``--executor spark``: the same files, computed on a Spark cluster (or local[*])."""
-    from service.screening.spark import screen_portfolio_spark
+    from service.spark.driver import screen_portfolio_spark
 
     with RichProgress(enabled=not args.no_progress) as progress:
         portfolio = screen_portfolio_spark(

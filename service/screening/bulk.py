@@ -4,7 +4,7 @@ The export lands in ``OUT/bulk/`` (``<Type>.<n>.ndjson``), and that folder is sc
 offline run exactly as ``--source OUT/bulk`` would be, so the outputs are the same files. The
 export's error-file entries of severity error or fatal become input issues (``export-error``).
 The job is deleted on the server once the screening is written (unless kept); a run stopped
-anywhere before that is resumed by the same command (see service/fhir/bulk_job.py).
+anywhere before that is resumed by the same command (see service/fhir/bulk/job.py).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ from datetime import date
 from pathlib import Path
 
 from service.errors import SourceError
-from service.fhir.bulk import BulkClient, PollPolicy
-from service.fhir.bulk_export import (
+from service.fhir.bulk.export import (
     ErrorEntry,
     ExportOptions,
     ExportProgress,
@@ -25,7 +24,8 @@ from service.fhir.bulk_export import (
     export_to_folder,
     finish_export,
 )
-from service.fhir.bulk_plan import (
+from service.fhir.bulk.kickoff import BulkClient, PollPolicy
+from service.fhir.bulk.plan import (
     ExportLevel,
     ExportRequest,
     plan_export,

@@ -20,9 +20,9 @@ from service import catalog
 from service.cli import main
 from service.errors import FhirUnavailableError, PrescreenError
 from service.fhir.auth import BearerAuth, SmartBackendAuth
-from service.fhir.bulk import BulkClient, BulkExportError, ExportGoneError, PollPolicy
-from service.fhir.bulk_export import ExportOptions, export_to_folder, finish_export
-from service.fhir.bulk_plan import (
+from service.fhir.bulk.export import ExportOptions, export_to_folder, finish_export
+from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneError, PollPolicy
+from service.fhir.bulk.plan import (
     ExportRequest,
     plan_export,
     type_filter_support,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 
-from service.fhir.bulk_job import ExportFile, ExportJob, ExportState
-from service.fhir.bulk_plan import referenced_types
+from service.fhir.bulk.job import ExportFile, ExportJob, ExportState
+from service.fhir.bulk.plan import referenced_types
 from service.fhir.client import FhirClient
 from service.fhir.ids import is_fhir_id
 from service.fhir.retrieval import chunked

@@ -1,4 +1,4 @@
-"""What Spark's Python workers run for ``--executor spark`` (the driver's side: spark.py).
+"""What Spark's Python workers run for ``--executor spark`` (the driver's side: driver.py).
 
 Reading: each task gets the lines of one split of a plain NDJSON file as Arrow batches (Spark's
 text source reads them, from any Hadoop file system), or one whole gzipped file. It scans the
@@ -252,7 +252,7 @@ class PartitionReader:
         self._takers: dict[str, list[tuple[PlacedCollector, re.Pattern[bytes] | None]]] = {}
 
     # Problems, in the order one reading reports them: the driver sorts by (file, 4 MB block
-    # of the local reader, phase, line, seq); see spark.py.
+    # of the local reader, phase, line, seq); see driver.py.
     def _found(self, trial: int, issue: InputIssue) -> None:
         self._seq += 1
         payload = pickle.dumps((issue.file, issue.kind, issue.message))

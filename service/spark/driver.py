@@ -1,7 +1,7 @@
 """``--executor spark``: the offline screening on Apache Spark, with the same output files.
 
 The driver (this module) lists the source, ships the rule sets to the executors and writes the
-outputs; the executors (spark_tasks.py) read, map and evaluate. Steps:
+outputs; the executors (tasks.py) read, map and evaluate. Steps:
 
 1. The files of resolve() targets (Medication) are read first and their resources, as one
    reading keeps them, are broadcast to every executor.
@@ -52,7 +52,14 @@ from service.screening.source import (
     current_copy,
     is_fhir_resource_type,
 )
-from service.screening.spark_tasks import (
+from service.screening.summary import (
+    PortfolioSummary,
+    ProgressSink,
+    ScreeningSummary,
+    report_not_screened,
+    report_orphans,
+)
+from service.spark.tasks import (
     EVALUATE_SCHEMA,
     ISSUE,
     KEYED_SCHEMA,
@@ -75,13 +82,6 @@ from service.screening.spark_tasks import (
     read_plain,
     split_of,
     unpack,
-)
-from service.screening.summary import (
-    PortfolioSummary,
-    ProgressSink,
-    ScreeningSummary,
-    report_not_screened,
-    report_orphans,
 )
 
 if TYPE_CHECKING:

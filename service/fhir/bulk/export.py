@@ -17,11 +17,11 @@ from typing import Protocol
 import orjson
 
 from service.errors import FhirServerError, PrescreenError
-from service.fhir.bulk import BulkClient, BulkExportError, ExportGoneError, manifest_files
-from service.fhir.bulk_download import FileDownloader, download_all
-from service.fhir.bulk_job import ExportFile, ExportJob, ExportState
-from service.fhir.bulk_plan import ExportRequest, valid_output_type
-from service.fhir.bulk_references import fetch_references
+from service.fhir.bulk.download import FileDownloader, download_all
+from service.fhir.bulk.job import ExportFile, ExportJob, ExportState
+from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneError, manifest_files
+from service.fhir.bulk.plan import ExportRequest, valid_output_type
+from service.fhir.bulk.references import fetch_references
 from service.mapping.mapper import Mapper
 from service.ndjson_files import open_ndjson
 

@@ -25,7 +25,7 @@ import httpx
 import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError
-from service.fhir.bulk_plan import ExportRequest
+from service.fhir.bulk.plan import ExportRequest
 from service.fhir.client import FHIR_JSON, FhirClient, Json, operation_outcome_text
 from service.fhir.client import retry_after_seconds as parse_retry_after
 

@@ -27,9 +27,9 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from service.errors import FhirUnavailableError, PrescreenError
-from service.fhir.bulk import BulkClient, BulkExportError, ExportGoneError, is_transient
-from service.fhir.bulk_job import ExportFile
-from service.fhir.bulk_plan import NDJSON
+from service.fhir.bulk.job import ExportFile
+from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneError, is_transient
+from service.fhir.bulk.plan import NDJSON
 from service.fhir.client import operation_outcome_text
 from service.fhir.client import retry_after_seconds as parse_retry_after
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.fhir.bulk_plan import ExportRequest
+from service.fhir.bulk.plan import ExportRequest
 
 STATE_FILE = "export.json"
 ERRORS_FOLDER = "errors"
