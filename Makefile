@@ -42,8 +42,10 @@ rules-test: $(STAMP)
 	$(BIN)/prescreen rules check
 	$(BIN)/prescreen rules test
 
+## The pytest suite, with a throwaway PostgreSQL for the state tests' PostgreSQL variants
+## (.ci/with-postgres: started and stopped here; skipped, and said so, when it cannot start).
 unit: $(STAMP)
-	$(BIN)/pytest
+	bash .ci/with-postgres $(BIN)/pytest
 
 ## Run the HTTP service (configuration: README, "Configuration").
 serve: $(STAMP)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,17 @@ def relieve() -> RuleSet:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    """Start-up time and memory of the FHIR servers the integration suite started."""
+    """Which database variants ran; start-up time and memory of the FHIR servers started."""
     from tests.integration.servers import STARTUP_REPORT
+
+    terminalreporter.section("Databases")
+    if os.environ.get("PRESCREEN_TEST_POSTGRES_URL"):
+        terminalreporter.write_line("state tests ran on SQLite and on PostgreSQL")
+    else:
+        terminalreporter.write_line(
+            "state tests ran on SQLite only: their PostgreSQL variants were not collected "
+            "(PRESCREEN_TEST_POSTGRES_URL unset; `make test` starts a server when it can)"
+        )
 
     if STARTUP_REPORT:
         terminalreporter.section("FHIR servers")
