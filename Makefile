@@ -47,7 +47,7 @@ rules-test: $(STAMP)
 unit: $(STAMP)
 	bash .ci/with-postgres $(BIN)/pytest
 
-## Run the HTTP service (configuration: README, "Configuration").
+## Run the HTTP service (configuration: docs/configuration.md).
 serve: $(STAMP)
 	$(BIN)/prescreen serve
 

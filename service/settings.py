@@ -1,6 +1,6 @@
 """Configuration: environment variables ``PRESCREEN_*`` or a ``.env`` file; CLI flags override.
 
-Every option is listed in README.md, "Configuration".
+Every option is listed in docs/configuration.md.
 """
 
 from __future__ import annotations
