@@ -16,7 +16,10 @@ line alike.
 A rule about single lines belongs here, written once: a limit on a line's length, for instance,
 is kept by the splitting (a block never grows past it; the rest of the long line is skipped)
 and reported by a ``LineParser`` method that Spark's tasks call too, for the rows of its text
-source. A new kind of input issue about a line is reported by ``LineParser`` as well.
+source. A new kind of input issue about a line is reported by ``LineParser`` as well. (Two
+readers outside a screening still iterate a file's lines themselves: ``prescreen load``, in
+``service/fhir/loader.py``, and the scan for referenced ids after a Bulk Data download, in
+``service/fhir/bulk/references.py``.)
 """
 
 from __future__ import annotations
@@ -171,8 +174,8 @@ class LineParser:
 
     @cached_property
     def prefilters(self) -> dict[str, re.Pattern[bytes] | None]:
-        """Per wanted type, the codes one of which a line must hold to be parsed (None: every
-        line is): the union of every mapping's, unless one of them reads every line."""
+        """Per wanted type, the pattern of the codes one of which a line must hold to be parsed
+        (None: every line is): every mapping's codes, unless one of them reads every line."""
         found: dict[str, re.Pattern[bytes] | None] = {}
         for rtype in self.wanted:
             code_sets = [
