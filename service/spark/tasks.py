@@ -26,21 +26,20 @@ import os
 import pickle
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import partial
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from service.ndjson_files import NdjsonFile
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import CriterionResult, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening.inmemory import evaluate_reporting
-from service.screening.ndjson import BLOCK_BYTES, NdjsonReader
+from service.screening.lines import BLOCK_BYTES, LineParser, constant
+from service.screening.ndjson import NdjsonReader
 from service.screening.source import (
     Collector,
     Copies,
@@ -127,7 +126,7 @@ class Runtime:
             load_ruleset(self._here(rules), self._here(mappings), (plan.engine,))
             for rules, mappings in plan.trials
         ]
-        probe = NdjsonReader([Collector(rs.mapper, plan.as_of, IssueLog()) for rs in self.rulesets])
+        probe = LineParser([Collector(rs.mapper, plan.as_of, IssueLog()) for rs in self.rulesets])
         self.wanted = probe.wanted
         self.targets = probe.targets
         self.prefilters = probe.prefilters
@@ -217,15 +216,11 @@ class PlacedCollector(Collector):
 
 
 @dataclass
-class SplitTally:
-    """The counts of one split: lines and bytes (each line with its line end), and the
-    reader's statistics."""
+class SplitTally(ReadStats):
+    """The counts of one split: the reader's (lines, parsed, skipped) and its bytes (each line
+    with its line end)."""
 
-    lines: int = 0
     size: int = 0
-    parsed: int = 0
-    skipped_type: int = 0
-    skipped_prefilter: int = 0
 
 
 Row = tuple[Any, ...]
@@ -249,7 +244,8 @@ class PartitionReader:
         self._phase = 0
         self._seq = 0
         self._stray = False
-        self._takers: dict[str, list[tuple[PlacedCollector, re.Pattern[bytes] | None]]] = {}
+        # The lines are parsed, counted and checked as by the local reader.
+        self.parser = LineParser(self.collectors)
 
     # Problems, in the order one reading reports them: the driver sorts by (file, 4 MB block
     # of the local reader, phase, line, seq); see driver.py.
@@ -267,28 +263,11 @@ class PartitionReader:
     def _file_index(self, name: str) -> int:
         return next(f.index for f in self.plan.files if f.name == name)
 
-    def _report(self, issue: InputIssue) -> None:
-        for collector in self.collectors:  # a bad line is every trial's problem, as locally
-            collector.issues.add(issue)
-
     def _tally(self, file: int, block: int) -> SplitTally:
         tally = self.tallies.get((file, block))
         if tally is None:
             tally = self.tallies[(file, block)] = SplitTally()
         return tally
-
-    def _takers_of(self, rtype: str) -> list[tuple[PlacedCollector, re.Pattern[bytes] | None]]:
-        """As NdjsonReader: the collectors reading this type, each with its own line test when
-        several share the parsed line (a line one trial alone would skip stays unseen by it)."""
-        takers = self._takers.get(rtype)
-        if takers is None:
-            readers = [c for c in self.collectors if rtype in c.mapper.resource_types]
-            if len(readers) == 1:
-                takers = [(readers[0], None)]
-            else:
-                takers = [(c, c.mapper.prefilters.get(rtype)) for c in readers]
-            self._takers[rtype] = takers
-        return takers
 
     # --- plain files: lines from Spark's text source ---
 
@@ -339,37 +318,29 @@ class PartitionReader:
             chosen = set(taken)
             misshapen = [i for i in _not_plain_objects(values) if i not in chosen]
             tally.skipped_prefilter += count - len(chosen)
+        parser = self.parser
+        parser.stats = tally  # counts the parsed lines of this split
+        parser.use(file.resource_type)
         for i in taken:
             line = bytes(data[offsets[i] : offsets[i + 1]]).strip()
             if line:
                 end = tally.size + offsets[i + 1] - base + i  # this line's line end
                 self._at = (file_index, block, tally.lines + i, end)
                 self._phase = 0
-                self._parse(line, file, read_order(file_index, block, tally.lines + i), tally)
+                order = read_order(file_index, block, tally.lines + i)
+                for collector in self.collectors:
+                    collector.place(order)
+                resource = parser.parse(line, file.name, constant(order))
+                if _stray_target(resource, file, self.runtime.targets):
+                    self._stray = True
         for i in misshapen:
-            line = bytes(data[offsets[i] : offsets[i + 1]]).strip()
-            if line and (line[:1] != b"{" or line[-1:] != b"}"):
-                end = tally.size + offsets[i + 1] - base + i
-                self._at = (file_index, block, tally.lines + i, end)
-                self._phase = 1  # the local reader checks shapes after a block's parsed lines
-                self._report(InputIssue(file.name, 0, "malformed-json", "not a JSON object"))
+            end = tally.size + offsets[i + 1] - base + i
+            self._at = (file_index, block, tally.lines + i, end)
+            self._phase = 1  # the local reader checks shapes after a block's parsed lines
+            parser.check_shape(bytes(data[offsets[i] : offsets[i + 1]]), file.name, 0)
         self._at = None
         tally.lines += count
         tally.size += offsets[count] - base + count
-
-    def _parse(self, line: bytes, file: SourceFile, order: int, tally: SplitTally) -> None:
-        try:
-            resource = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            self._report(InputIssue(file.name, 0, "malformed-json", "line is not valid JSON"))
-            return
-        tally.parsed += 1
-        if isinstance(resource, dict) and _stray_target(resource, file, self.runtime.targets):
-            self._stray = True
-        for collector, own_codes in self._takers_of(file.resource_type):
-            if own_codes is None or own_codes.search(line):
-                collector.place(order)
-                collector.add_resource(resource, file.name, _constant(order))
 
     # --- gzipped files: read whole, by the local reader ---
 
@@ -433,15 +404,13 @@ class PartitionReader:
         yield from _batches(rows, READ_SCHEMA)
 
 
-def _stray_target(resource: dict[str, Any], file: SourceFile, targets: frozenset[str]) -> bool:
+def _stray_target(resource: Any, file: SourceFile, targets: frozenset[str]) -> bool:
     """A resolve() target (a Medication) in another type's file: one reading would resolve
     the references read after it, which a split-up reading cannot do."""
+    if not isinstance(resource, dict):
+        return False
     rtype = resource.get("resourceType")
     return rtype in targets and rtype != file.resource_type and bool(resource.get("id"))
-
-
-def _constant(number: int) -> Callable[[], int]:
-    return lambda: number
 
 
 def _binary_parts(values: pa.Array) -> tuple[list[int], memoryview]:

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.ndjson_files import NdjsonFile
-from service.screening import ndjson
+from service.screening import lines as ndjson_lines
 from service.screening.partition import bucket_of, plan_spans
 
 BLOCK = 64  # bytes: small blocks, so short generated files cut into many spans
@@ -21,7 +21,7 @@ BLOCK = 64  # bytes: small blocks, so short generated files cut into many spans
 
 def whole_blocks(path: Path) -> list[bytes]:
     with path.open("rb") as handle:
-        return [bytes(block[:end]) for block, end in ndjson._blocks(handle)]
+        return [bytes(block[:end]) for block, end in ndjson_lines.blocks(handle)]
 
 
 def span_blocks(path: Path, every: int) -> list[bytes]:
@@ -29,9 +29,9 @@ def span_blocks(path: Path, every: int) -> list[bytes]:
     for span in plan_spans([NdjsonFile(path, "Observation")], every):
         with path.open("rb") as handle:
             if span.bounds is None:
-                found += [bytes(block[:end]) for block, end in ndjson._blocks(handle)]
+                found += [bytes(block[:end]) for block, end in ndjson_lines.blocks(handle)]
             else:
-                blocks = ndjson._span_blocks(handle, *span.bounds)
+                blocks = ndjson_lines.span_blocks(handle, *span.bounds)
                 found += [bytes(block[:end]) for block, end in blocks]
     return found
 
@@ -59,7 +59,7 @@ def test_spans_give_the_blocks_of_one_reading(
 ) -> None:
     text = (b"\r\n" if crlf else b"\n").join(lines) + (b"\n" if final_newline else b"")
     with tempfile.TemporaryDirectory() as folder, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ndjson, "BLOCK_BYTES", BLOCK)
+        patch.setattr(ndjson_lines, "BLOCK_BYTES", BLOCK)
         path = Path(folder) / "Observation.ndjson"
         path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text)
         assert span_blocks(path, every) == whole_blocks(path)
@@ -68,14 +68,14 @@ def test_spans_give_the_blocks_of_one_reading(
 def test_a_big_file_is_cut_between_lines_and_a_gzipped_one_is_not(tmp_path: Path) -> None:
     plain = tmp_path / "Observation.ndjson"
     plain.write_bytes(b"".join(b'{"n":%d}\n' % n for n in range(400_000)))  # about 4.3 MB
-    spans = plan_spans([NdjsonFile(plain, "Observation")], ndjson.BLOCK_BYTES)
+    spans = plan_spans([NdjsonFile(plain, "Observation")], ndjson_lines.BLOCK_BYTES)
     assert len(spans) == 2 and spans[0].bounds is not None and spans[1].bounds is not None
     (_, cut), (start, end) = spans[0].bounds, spans[1].bounds
     assert cut == start and end == plain.stat().st_size
     assert plain.read_bytes()[cut - 1 : cut] == b"\n"
     packed = tmp_path / "Condition.ndjson.gz"
     packed.write_bytes(b"\x1f\x8b" + bytes(6_000_000))
-    (whole,) = plan_spans([NdjsonFile(packed, "Condition")], ndjson.BLOCK_BYTES)
+    (whole,) = plan_spans([NdjsonFile(packed, "Condition")], ndjson_lines.BLOCK_BYTES)
     assert whole.bounds is None
 
 
