@@ -11,27 +11,32 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import orjson
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from rich.table import Table
 
 from service import catalog
+from service.console import (
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    EXIT_UNUSABLE,
+    RichProgress,
+    console,
+    listed_trials,
+    parse_as_of,
+    settings_for,
+    stdout,
+    trial_names,
+)
 from service.errors import PrescreenError, RuleSetError
 from service.ruleset.engines import ENGINE_NAMES, EngineName
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
     from service.ruleset.loader import RuleSet
@@ -40,75 +45,8 @@ if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every 
     from service.screening.pool import WorkerPool
     from service.screening.summary import ScreeningSummary
 
-# 0 done; 1 done, but some input was unusable or doubtful; 2 could not start; 3 stopped by an
-# internal error (outputs of an earlier run are left as they were).
-EXIT_OK, EXIT_PARTIAL, EXIT_UNUSABLE, EXIT_INTERNAL = 0, 1, 2, 3
 T = TypeVar("T")
 DEMO_SAMPLE = "hospital"
-
-console = Console(stderr=True, soft_wrap=True)
-stdout = Console(soft_wrap=True)
-
-
-class RichProgress:
-    """Progress bars on stderr; the ProgressSink the screening run reports to."""
-
-    def __init__(self, enabled: bool) -> None:
-        self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TextColumn("{task.fields[amount]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-            transient=False,
-        )
-
-    def __enter__(self) -> RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._progress.stop()
-
-    def task(self, description: str, total: int, unit: str = "") -> Callable[[int], None]:
-        def amount(done: int) -> str:
-            if unit == "bytes":
-                return f"{done / 1e6:.1f}/{total / 1e6:.1f} MB"
-            return f"{done}/{total}"
-
-        task_id = self._progress.add_task(description, total=total, amount=amount(0))
-        return lambda done: self._progress.update(task_id, completed=done, amount=amount(done))
-
-    def status(self, description: str) -> Callable[[str], None]:
-        """A line without a total whose text changes (a Bulk export's X-Progress)."""
-        task_id = self._progress.add_task(description, total=None, amount="")
-        return lambda text: self._progress.update(task_id, amount=escape(text))
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
-        key: value
-        for key, value in (
-            ("rules_dir", getattr(args, "rules_dir", None)),
-            ("mappings_dir", getattr(args, "mappings_dir", None)),
-            ("cel_engine", getattr(args, "engine", None)),
-        )
-        if value is not None
-    }
-    return get_settings().model_copy(update=overrides)
-
-
-def _as_of(text: str | None) -> date:
-    if text is None:
-        return datetime.now(UTC).date()
-    try:
-        return date.fromisoformat(text)
-    except ValueError as exc:
-        raise PrescreenError(f"--as-of must be a date as YYYY-MM-DD, not '{text}'") from exc
-
 
 # --- screen -----------------------------------------------------------------------------------
 
@@ -123,9 +61,9 @@ def cmd_screen(args: argparse.Namespace) -> int:
 def _cmd_screen(args: argparse.Namespace, workers: WorkerPool | None) -> int:
     from service.screening.run import screen_portfolio
 
-    settings = _settings(args)
-    rulesets = [catalog.load_trial(trial, settings) for trial in _trial_names(args.trial, settings)]
-    as_of = _as_of(args.as_of)
+    settings = settings_for(args)
+    rulesets = [catalog.load_trial(trial, settings) for trial in trial_names(args.trial, settings)]
+    as_of = parse_as_of(args.as_of)
     fhir_url = getattr(args, "fhir_url", None)  # `demo` screens files and has no such option
     if getattr(args, "bulk", False):
         return _screen_bulk(args, settings, rulesets, as_of, Path(args.out))
@@ -174,12 +112,12 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
     count = auto_workers(source_bytes(Path(args.source))) if args.workers is None else args.workers
     if count == 1:
         return nullcontext()  # the run itself decides whether one process spills (run.py)
-    settings = _settings(args)
+    settings = settings_for(args)
     rules = [
         (catalog.rule_file(trial, settings), settings.mappings_dir)
-        for trial in _trial_names(args.trial, settings)
+        for trial in trial_names(args.trial, settings)
     ]
-    return WorkerPool(count, rules, settings.cel_engine, _as_of(args.as_of))
+    return WorkerPool(count, rules, settings.cel_engine, parse_as_of(args.as_of))
 
 
 def _screen_spark(
@@ -213,17 +151,6 @@ def _workers_argument(parser: argparse.ArgumentParser) -> None:
         help="processes screening an NDJSON folder (default: one per core; one for a folder "
         "under 256 MB); the output files are the same for any number",
     )
-
-
-def _trial_names(text: str, settings: Settings) -> list[str]:
-    """``relieve``, ``relieve,ssrs`` or ``all`` (every rule set in the rules folder)."""
-    if text.strip() == "all":
-        names = catalog.available_trials(settings.rules_dir)
-    else:
-        names = [name.strip() for name in text.split(",") if name.strip()]
-    if not names:
-        raise PrescreenError(f"no trial named in --trial '{text}'")
-    return list(dict.fromkeys(names))
 
 
 def _print_overlap(overview: dict[str, object], out: Path) -> None:
@@ -395,9 +322,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     from service.screening.bulk import export_only
 
-    settings = _settings(args)
+    settings = settings_for(args)
     rulesets = (
-        [catalog.load_trial(trial, settings) for trial in _trial_names(args.trial, settings)]
+        [catalog.load_trial(trial, settings) for trial in trial_names(args.trial, settings)]
         if args.trial
         else []
     )
@@ -459,7 +386,7 @@ def cmd_load(args: argparse.Namespace) -> int:
     from service.fhir.connect import connect
     from service.fhir.loader import folder_readers, load_readers, plan_load
 
-    settings = _settings(args)
+    settings = settings_for(args)
     # Read as a stream, twice before the first request: which types reference which, and the
     # ids of conditionally referenced resources (see service/fhir/loader.py).
     readers = folder_readers(Path(args.source))
@@ -480,7 +407,7 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    manifest_path = _settings(args).samples_dir / DEMO_SAMPLE / "sample.json"
+    manifest_path = settings_for(args).samples_dir / DEMO_SAMPLE / "sample.json"
     manifest = orjson.loads(manifest_path.read_bytes())
     args.trial = ",".join(manifest.get("trials") or [manifest["trial"]])
     args.source = str(manifest_path.parent)
@@ -544,17 +471,10 @@ def _print_summary(summary: ScreeningSummary, out: Console = stdout) -> None:
 # --- rules ------------------------------------------------------------------------------------
 
 
-def _trials(args: argparse.Namespace, settings: Settings) -> list[str]:
-    trials = args.trial or catalog.available_trials(settings.rules_dir)
-    if not trials:
-        raise PrescreenError(f"no rule sets in {settings.rules_dir}")
-    return list(trials)
-
-
 def cmd_rules_check(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_for(args)
     failed = False
-    for trial in _trials(args, settings):
+    for trial in listed_trials(args, settings):
         try:
             ruleset = catalog.load_trial(trial, settings, every_engine=True)
         except RuleSetError as exc:
@@ -574,10 +494,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
 def cmd_rules_test(args: argparse.Namespace) -> int:
     from service.screening.ruletests import run_rule_tests
 
-    settings = _settings(args)
+    settings = settings_for(args)
     engines: tuple[EngineName, ...] = tuple(args.engines) if args.engines else ENGINE_NAMES
     ok = True
-    for trial in _trials(args, settings):
+    for trial in listed_trials(args, settings):
         ruleset = catalog.load_trial(trial, settings, every_engine=True)
         report = run_rule_tests(ruleset, catalog.test_file(trial, settings), engines)
         for failure in report.failures:
@@ -604,7 +524,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from service.synth import write_population
 
-    as_of = _as_of(args.as_of)
+    as_of = parse_as_of(args.as_of)
     counts = write_population(
         Path(args.out),
         args.patients,
@@ -626,7 +546,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    settings = _settings(args)
+    settings = settings_for(args)
     from service.web import create_app
 
     uvicorn.run(
@@ -645,12 +565,12 @@ def cmd_subscriptions_install(args: argparse.Namespace) -> int:
     from service.fhir.connect import connect
     from service.fhir.subscriptions import install, subscription_resources
 
-    settings = _settings(args)
+    settings = settings_for(args)
     endpoint = args.endpoint or f"{(settings.public_url or '').rstrip('/')}/notifications"
     if not endpoint.startswith(("http://", "https://")):
         raise PrescreenError("give --endpoint URL or set PRESCREEN_PUBLIC_URL")
     headers = [f"X-API-Key: {args.api_key}"] if args.api_key else []
-    rulesets = [catalog.load_trial(trial, settings) for trial in _trials(args, settings)]
+    rulesets = [catalog.load_trial(trial, settings) for trial in listed_trials(args, settings)]
     resources = subscription_resources(rulesets, endpoint, headers, settings.fhir_codes_per_request)
 
     async def run() -> int:
@@ -666,7 +586,7 @@ def cmd_users(args: argparse.Namespace) -> int:
     """People who may sign in to the web worklist (/ui)."""
     from service.ui import users
 
-    settings = _settings(args)
+    settings = settings_for(args)
     if args.users_command == "add":
         password = None if args.no_password else users.read_password()
         trials = [t.strip() for t in (args.trials or "").split(",") if t.strip()]
