@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from service import catalog
+from service import catalog, synth_cli, web_cli
 from service.console import (
     EXIT_INTERNAL,
     EXIT_OK,
@@ -35,8 +35,10 @@ from service.console import (
     trial_names,
 )
 from service.errors import PrescreenError, RuleSetError
+from service.fhir import cli as fhir_cli
 from service.ruleset.engines import ENGINE_NAMES, EngineName
 from service.settings import Settings
+from service.ui import cli as ui_cli
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
     from service.ruleset.loader import RuleSet
@@ -380,32 +382,6 @@ def _print_export(run: BulkExportRun) -> None:
         stdout.print("[yellow]The server did not take the deletion of the export job.[/]")
 
 
-def cmd_load(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from service.fhir.connect import connect
-    from service.fhir.loader import folder_readers, load_readers, plan_load
-
-    settings = settings_for(args)
-    # Read as a stream, twice before the first request: which types reference which, and the
-    # ids of conditionally referenced resources (see service/fhir/loader.py).
-    readers = folder_readers(Path(args.source))
-    plan = plan_load(readers)
-
-    async def run() -> int:
-        client = await connect(settings, args.fhir_url)
-        async with client:
-            with RichProgress(enabled=not args.no_progress) as progress:
-                advance = progress.task("Loading resources", plan.resources)
-                return await load_readers(
-                    client, readers, plan=plan, per_bundle=args.per_bundle, progress=advance
-                )
-
-    written = asyncio.run(run())
-    stdout.print(f"Loaded {written} resources into {args.fhir_url or settings.fhir_url}")
-    return EXIT_OK
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     manifest_path = settings_for(args).samples_dir / DEMO_SAMPLE / "sample.json"
     manifest = orjson.loads(manifest_path.read_bytes())
@@ -518,94 +494,6 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_PARTIAL
 
 
-# --- synth ------------------------------------------------------------------------------------
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    from service.synth import write_population
-
-    as_of = parse_as_of(args.as_of)
-    counts = write_population(
-        Path(args.out),
-        args.patients,
-        args.seed,
-        as_of,
-        spinal_fraction=args.spinal_fraction,
-        median_background=args.median_background,
-    )
-    stdout.print(
-        f"Wrote {args.patients} patients ({sum(counts.values())} resources) to {args.out}: "
-        + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-    )
-    return EXIT_OK
-
-
-# --- service ----------------------------------------------------------------------------------
-
-
-def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    settings = settings_for(args)
-    from service.web import create_app
-
-    uvicorn.run(
-        create_app(settings),
-        host=args.host or settings.host,
-        port=args.port or settings.port,
-        log_level=settings.log_level.lower(),
-        access_log=False,  # request lines carry patient ids in paths and queries
-    )
-    return EXIT_OK
-
-
-def cmd_subscriptions_install(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from service.fhir.connect import connect
-    from service.fhir.subscriptions import install, subscription_resources
-
-    settings = settings_for(args)
-    endpoint = args.endpoint or f"{(settings.public_url or '').rstrip('/')}/notifications"
-    if not endpoint.startswith(("http://", "https://")):
-        raise PrescreenError("give --endpoint URL or set PRESCREEN_PUBLIC_URL")
-    headers = [f"X-API-Key: {args.api_key}"] if args.api_key else []
-    rulesets = [catalog.load_trial(trial, settings) for trial in listed_trials(args, settings)]
-    resources = subscription_resources(rulesets, endpoint, headers, settings.fhir_codes_per_request)
-
-    async def run() -> int:
-        client = await connect(settings, args.fhir_url)
-        async with client:
-            return await install(client, resources)
-
-    stdout.print(f"Installed {asyncio.run(run())} Subscriptions notifying {endpoint}")
-    return EXIT_OK
-
-
-def cmd_users(args: argparse.Namespace) -> int:
-    """People who may sign in to the web worklist (/ui)."""
-    from service.ui import users
-
-    settings = settings_for(args)
-    if args.users_command == "add":
-        password = None if args.no_password else users.read_password()
-        trials = [t.strip() for t in (args.trials or "").split(",") if t.strip()]
-        users.add_user(settings, args.name, args.role, trials, password)
-        scope = f" for {', '.join(trials)}" if trials else ""
-        stdout.print(f"Saved {args.name}: {args.role}{scope}")
-    elif args.users_command == "remove":
-        if not users.remove_user(settings, args.name):
-            raise PrescreenError(f"no user named '{args.name}'")
-        stdout.print(f"Removed {args.name}")
-    else:
-        table = Table("name", "role", "trials", "sign-in")
-        for user in users.list_users(settings):
-            sign_in = "password" if user.password_hash else "identity provider"
-            table.add_row(escape(user.name), user.role, user.trials or "all", sign_in)
-        stdout.print(table)
-    return EXIT_OK
-
-
 # --- parser -----------------------------------------------------------------------------------
 
 
@@ -691,14 +579,7 @@ def build_parser() -> argparse.ArgumentParser:
     _export_arguments(export)
     export.set_defaults(func=cmd_export)
 
-    load = sub.add_parser(
-        "load", parents=[common], help="load an NDJSON folder into a FHIR server (transactions)"
-    )
-    load.add_argument("--source", required=True, help="folder of <ResourceType>.ndjson files")
-    load.add_argument("--fhir-url", help="FHIR R4 base URL (PRESCREEN_FHIR_URL)")
-    load.add_argument("--per-bundle", type=int, default=200, help="resources per transaction")
-    load.add_argument("--no-progress", action="store_true", help="no progress bars")
-    load.set_defaults(func=cmd_load)
+    fhir_cli.register_load(sub, common)
 
     demo = sub.add_parser(
         "demo", parents=[common], help="screen the sample hospital shipped in the repository"
@@ -720,52 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.set_defaults(func=cmd_rules_test)
 
-    serve = sub.add_parser("serve", parents=[common], help="run the HTTP service")
-    serve.add_argument("--host", help="listen address (PRESCREEN_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (PRESCREEN_PORT, default 8000)")
-    serve.set_defaults(func=cmd_serve)
-
-    people = sub.add_parser("users", help="people who may sign in to the web worklist (/ui)")
-    people_sub = people.add_subparsers(dest="users_command", required=True)
-    add = people_sub.add_parser(
-        "add", help="add or replace a person (password from a prompt, or one line of stdin)"
-    )
-    add.add_argument("name", help="user name (with OIDC sign-in: the username claim)")
-    add.add_argument("--role", required=True, choices=("coordinator", "viewer"), help="role")
-    add.add_argument("--trials", help="comma-separated trials a coordinator decides on (all)")
-    add.add_argument(
-        "--no-password", action="store_true", help="no password: signs in at the identity provider"
-    )
-    add.set_defaults(func=cmd_users)
-    remove = people_sub.add_parser("remove", help="remove a person and end their sessions")
-    remove.add_argument("name")
-    remove.set_defaults(func=cmd_users)
-    people_sub.add_parser("list", help="list the people").set_defaults(func=cmd_users)
-
-    subs = sub.add_parser("subscriptions", help="FHIR Subscriptions for event-driven screening")
-    subs_sub = subs.add_subparsers(dest="subscriptions_command", required=True)
-    install = subs_sub.add_parser("install", parents=[common], help="create them on the server")
-    install.add_argument("--trial", action="append", help="rule set (repeatable; default all)")
-    install.add_argument("--fhir-url", help="FHIR R4 base URL (PRESCREEN_FHIR_URL)")
-    install.add_argument("--endpoint", help="notification URL (default PUBLIC_URL/notifications)")
-    install.add_argument("--api-key", help="API key (scope notify) the server sends back")
-    install.set_defaults(func=cmd_subscriptions_install)
-
-    synth = sub.add_parser("synth", help="generate a synthetic hospital as Bulk-Data NDJSON")
-    synth.add_argument("--patients", type=int, required=True, help="number of patients")
-    synth.add_argument("--seed", type=int, default=1, help="random seed (same seed, same data)")
-    synth.add_argument("--as-of", help="the date the data is generated around (default today)")
-    synth.add_argument("--out", required=True, help="output folder")
-    synth.add_argument(
-        "--spinal-fraction", type=float, default=0.02, help="share with spinal metastases"
-    )
-    synth.add_argument(
-        "--median-background",
-        type=int,
-        default=90,
-        help="median routine resources per patient (long-tailed)",
-    )
-    synth.set_defaults(func=cmd_synth)
+    web_cli.register_serve(sub, common)
+    ui_cli.register_users(sub, common)
+    fhir_cli.register_subscriptions(sub, common)
+    synth_cli.register_synth(sub, common)
     return parser
 
 
