@@ -1,0 +1,100 @@
+"""``prescreen screen --fhir-url``: a live run against a FHIR server's REST API, one trial at a
+time (the patients of the cohort, the ids given, or those changed since an instant)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import orjson
+from rich.markup import escape
+
+from service.console import RichProgress, console, stdout
+from service.errors import PrescreenError
+from service.screening.cli_tables import print_summary
+from service.settings import Settings
+
+if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
+    from service.ruleset.loader import RuleSet
+    from service.screening.live import Selection
+
+
+def add_live_arguments(screen: argparse.ArgumentParser) -> None:
+    live = screen.add_argument_group("live runs (--fhir-url)")
+    live.add_argument("--patients", help="comma-separated patient ids (default: the cohort)")
+    live.add_argument("--patients-file", help="file with one patient id per line")
+    live.add_argument("--since", help="patients with resources updated after this instant")
+    live.add_argument("--write-back", action="store_true", help="write ResearchSubjects back")
+    live.add_argument(
+        "--dry-run", action="store_true", help="print the write-back transactions, send nothing"
+    )
+    live.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ndjson")
+
+
+def selection(args: argparse.Namespace) -> Selection:
+    from service.screening.live import Selection
+
+    ids: list[str] = []
+    if args.patients:
+        ids += [p.strip() for p in args.patients.split(",") if p.strip()]
+    if args.patients_file:
+        lines = Path(args.patients_file).read_text(encoding="utf-8").splitlines()
+        ids += [line.strip() for line in lines if line.strip()]
+    if ids and args.since:
+        raise PrescreenError("give patient ids or --since, not both")
+    if ids:
+        return Selection("ids", ids=tuple(ids))
+    if args.since:
+        return Selection("since", since=args.since)
+    return Selection("cohort")
+
+
+def screen_live(
+    args: argparse.Namespace, settings: Settings, ruleset: RuleSet, as_of: date, out: Path
+) -> int:
+    import asyncio
+
+    from service.screening.live import live_options, screen_url
+
+    options = live_options(
+        settings,
+        as_of=as_of,
+        out=out,
+        selection=selection(args),
+        write_back=args.write_back,
+        dry_run=args.dry_run,
+        resume=args.resume,
+    )
+    # A dry run's stdout is the transaction Bundles alone, one JSON per line (NDJSON), so it
+    # can be piped; the tables and messages go to stderr.
+    report = console if args.dry_run else stdout
+    with RichProgress(enabled=not args.no_progress) as progress:
+        summary = asyncio.run(
+            screen_url(
+                settings,
+                args.fhir_url,
+                ruleset,
+                options,
+                progress=progress,
+                echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
+            )
+        )
+    print_summary(summary, report)
+    live = summary.extra_json()["live"]
+    for warning in live["capability_warnings"]:
+        report.print(f"[yellow]CapabilityStatement:[/] {escape(warning)}")
+    report.print(
+        f"Selected {live['selected']} patients ({live['resumed_from_checkpoint']} already done); "
+        f"{live['requests']} HTTP requests, {live['requests_per_screened_patient']} per screened "
+        f"patient, {live['retries']} retries."
+    )
+    if "write_back" in live:
+        report.print(f"Write-back{' (dry run)' if args.dry_run else ''}: {live['write_back']}")
+    if summary.unscreened:
+        report.print(
+            f"[red]{len(summary.unscreened)} patient(s) not screened[/]; listed in "
+            f"{summary.out / 'unscreened.ndjson'}. Run again with --resume to finish."
+        )
+    return summary.exit_code
