@@ -82,6 +82,13 @@ class _RustActivation:
         self.context.update(values)
 
 
+# What the binding raises for an expression that fails (a missing key or index, no overload, a
+# division by zero, an overflow, an undefined name). Nothing else is the expression's fault: an
+# exception a signal handler raises while a program runs (the Python handler runs as soon as the
+# call returns) must stay what it is, not become "the rule fails".
+_RUST_ERRORS = (LookupError, TypeError, ValueError, RuntimeError, ArithmeticError)
+
+
 class _RustProgram:
     __slots__ = ("_program", "source")
 
@@ -97,7 +104,7 @@ class _RustProgram:
     def run(self, activation: Any) -> Any:
         try:
             return self._program.execute(activation.context)
-        except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError...
+        except _RUST_ERRORS as exc:
             raise CelEvaluationError(f"{type(exc).__name__}: {exc}") from exc
 
 
