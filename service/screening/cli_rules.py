@@ -73,7 +73,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                 f"[red]ENGINES DISAGREE[/] {trial}/{failure.test_id}: {escape(failure.message)}"
             )
         for missing in report.uncovered:
-            stdout.print(f"[yellow]NOT COVERED[/] {trial}: {missing}")
+            stdout.print(f"[yellow]NOT COVERED[/] {trial}: {missing} (no test expects it)")
+        if report.unconfirmed:
+            stdout.print(
+                f"[yellow]NOT YET COVERED[/] {trial}: {len(report.unconfirmed)} results are "
+                "expected only by tests that fail; they count once those tests pass"
+            )
         status = "[green]passed[/]" if report.ok else "[red]failed[/]"
         stdout.print(
             f"{trial}: {report.tests} tests on {', '.join(report.engines)}: {status}; "

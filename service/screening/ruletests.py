@@ -83,10 +83,12 @@ class RuleTestReport:
     failures: list[RuleTestFailure] = field(default_factory=list)
     disagreements: list[RuleTestFailure] = field(default_factory=list)
     uncovered: list[str] = field(default_factory=list)
+    # Results and verdicts some test asserts, but only tests that failed: covered once they pass.
+    unconfirmed: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.failures or self.disagreements or self.uncovered)
+        return not (self.failures or self.disagreements or self.uncovered or self.unconfirmed)
 
 
 def read_test_file(path: Path) -> RuleTestFile:
@@ -159,6 +161,8 @@ def run_rule_tests(
     criteria = {c.id: c for c in ruleset.criteria}
     covered: set[tuple[str, str]] = set()
     verdicts_seen: set[str] = set()
+    asserted: set[tuple[str, str]] = set()  # by any test, passing or not
+    verdicts_asserted: set[str] = set()
 
     seen_ids: set[str] = set()
     for test in suite.tests:
@@ -171,6 +175,8 @@ def run_rule_tests(
                     f"{path}: test '{test.id}' names unknown criterion '{criterion_id}'"
                 )
         report.tests += 1
+        asserted.update((cid, exp.result) for cid, exp in test.expect.criteria.items())
+        verdicts_asserted.add(test.expect.verdict)
         as_of = test.as_of or suite.as_of
         resources = patient_resources(suite, test)
         outputs: dict[str, dict[str, Any]] = {}
@@ -208,9 +214,15 @@ def run_rule_tests(
 
     for criterion in ruleset.criteria:
         for result in sorted(criterion.possible_results):
-            if (criterion.id, result) not in covered:
-                report.uncovered.append(f"criterion '{criterion.id}' result '{result}'")
-    report.uncovered.extend(f"verdict '{v}'" for v in VERDICTS if v not in verdicts_seen)
+            if (criterion.id, result) in covered:
+                continue
+            gap = f"criterion '{criterion.id}' result '{result}'"
+            found = (criterion.id, result) in asserted
+            (report.unconfirmed if found else report.uncovered).append(gap)
+    for v in VERDICTS:
+        if v not in verdicts_seen:
+            gap = f"verdict '{v}'"
+            (report.unconfirmed if v in verdicts_asserted else report.uncovered).append(gap)
     return report
 
 
@@ -221,7 +233,12 @@ def _compare(expect: Expectation, verdict: PatientVerdict, issue_kinds: list[str
     results = {c.id: c for c in verdict.criteria}
     for criterion_id, expected in expect.criteria.items():
         actual = results[criterion_id]
-        if actual.result != expected.result:
+        if actual.error:
+            problems.append(
+                f"{criterion_id}: could not be evaluated: {actual.detail}; "
+                f"expected {expected.result}"
+            )
+        elif actual.result != expected.result:
             problems.append(
                 f"{criterion_id}: {actual.result} ({actual.reason}), expected {expected.result}"
             )
