@@ -122,6 +122,13 @@ def load_valueset(path: Path) -> ValueSet:
     vs_id = resource.get("id")
     if not isinstance(vs_id, str) or not vs_id:
         raise ConfigError(f"{path}: ValueSet has no id")
+    url = resource.get("url")
+    if url is not None and not _url_names(str(url), vs_id):
+        raise ConfigError(
+            f"{path}: ValueSet url '{url}' does not end in its id '{vs_id}' (the url of a value "
+            f"set is ...ValueSet:<id>, as in urn:prescreen:fhir:ValueSet:{vs_id}, or "
+            ".../ValueSet/<id> for an http URL): correct the url or the id"
+        )
     codes, patterns = _expand(resource, path)
     return ValueSet(
         id=vs_id,
@@ -130,6 +137,12 @@ def load_valueset(path: Path) -> ValueSet:
         codes=codes,
         patterns=patterns,
     )
+
+
+def _url_names(url: str, vs_id: str) -> bool:
+    """Whether a canonical url names the value set ``vs_id`` (``ValueSet/<id>`` in an http
+    URL, ``ValueSet:<id>`` in a URN)."""
+    return url.endswith((f"ValueSet/{vs_id}", f"ValueSet:{vs_id}"))
 
 
 def load_valuesets(folders: Iterable[Path]) -> dict[str, ValueSet]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.mapping.paths import valuesets_named
 from service.yamlfiles import read_model
 
 FieldType = Literal[
@@ -262,3 +264,30 @@ class MappingDoc(_Strict):
 
 def read_mapping_doc(path: Path) -> MappingDoc:
     return read_model(path, MappingDoc, "mapping file")
+
+
+def valueset_references(doc: MappingDoc) -> Iterator[tuple[str, str]]:
+    """(where, value set id) for every value set a mapping names: ``in_valueset`` filters,
+    fields' ``valueset`` and ``labels``, filters inside paths, the cohort."""
+    for fact_name, fact in doc.facts.items():
+        for index, source in enumerate(fact.sources):
+            where = f"fact '{fact_name}' source {index + 1} ({source.resource})"
+            for number, clause in enumerate(source.where, start=1):
+                for vs_id in clause.in_valueset or ():
+                    yield f"{where} where {number}", vs_id
+                for vs_id in valuesets_named(clause.path):
+                    yield f"{where} where {number} path", vs_id
+            for vs_id in valuesets_named(source.patient):
+                yield f"{where} patient", vs_id
+            for name, spec in source.fields.items():
+                if spec.valueset:
+                    yield f"{where} field '{name}'", spec.valueset
+                for vs_id in (spec.labels or {}).values():
+                    yield f"{where} field '{name}' labels", vs_id
+                for vs_id in valuesets_named(spec.path or ""):
+                    yield f"{where} field '{name}' path", vs_id
+    for rule in doc.patients.not_screened:
+        for vs_id in valuesets_named(rule.path):
+            yield "patients.not_screened", vs_id
+    for vs_id in doc.cohort.valuesets if doc.cohort else ():
+        yield "cohort", vs_id

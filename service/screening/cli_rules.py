@@ -17,7 +17,7 @@ from service.console import (
     settings_for,
     stdout,
 )
-from service.errors import RuleSetError
+from service.errors import ConfigError, RuleSetError
 from service.ruleset.engines import ENGINE_NAMES, EngineName
 
 
@@ -43,9 +43,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     for trial in listed_trials(args, settings):
         try:
             ruleset = catalog.load_trial(trial, settings, every_engine=True)
-        except RuleSetError as exc:
+        except ConfigError as exc:  # every trial is checked, whatever one of them holds
             failed = True
-            for problem in exc.problems:
+            problems = exc.problems if isinstance(exc, RuleSetError) else [str(exc)]
+            for problem in problems:
                 stdout.print(f"[red]✗[/] {escape(problem)}")
             continue
         stdout.print(

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import ConfigError
+from service.errors import ConfigError, RuleSetError
 from service.mapping.mapper import Mapper, load_mapping
 from service.screening.source import Collector, InputIssue, IssueLog, current_copy
 
@@ -133,6 +133,30 @@ def test_code_rules_match_variants_and_report_them(tmp_path: Path) -> None:
     prefilter = mapper.prefilters["Condition"]
     assert prefilter is not None
     assert prefilter.search(b'{"code": " C7951 "}') and prefilter.search(b'{"code":"C79.51"}')
+
+
+def test_an_unknown_value_set_names_the_mapping_line_and_the_closest_ids(tmp_path: Path) -> None:
+    facts = {
+        "conditions": {
+            "sources": [
+                {
+                    "resource": "Condition",
+                    "where": [{"path": "code", "in_valueset": ["tumour", "icd-tumor"]}],
+                    "fields": {"seen": {"type": "const", "value": True}},
+                }
+            ]
+        }
+    }
+    with pytest.raises(RuleSetError) as caught:
+        mapping(tmp_path, facts)
+    (problem,) = caught.value.problems
+    path = tmp_path / "demo.yaml"
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "icd-tumor" in text)
+    assert problem == (
+        f"{path}:{line}: fact 'conditions' source 1 (Condition) where 1: unknown value set "
+        "'icd-tumor' (none of the ValueSets in valuesets/ has this id); the closest ids: "
+        "icd-tumour, tumour"
+    )
 
 
 def test_a_coding_without_system_matches_nothing(tmp_path: Path) -> None:
