@@ -33,15 +33,29 @@ class _Strict(BaseModel):
 
 
 class ExpectedCriterion(_Strict):
-    result: Result
-    evidence: list[str] | None = None
-    reason_contains: str | None = None
+    """What one criterion must give (``alive: met`` is short for ``alive: {result: met}``)."""
+
+    result: Result = Field(description="the result expected")
+    evidence: list[str] | None = Field(
+        default=None, description="the evidence expected, exactly ('Type/id', any order)"
+    )
+    reason_contains: str | None = Field(default=None, description="text the reason must contain")
 
 
 class Expectation(_Strict):
-    verdict: Verdict | Literal["not-screened"]
-    criteria: dict[str, ExpectedCriterion] = {}
-    input_issues: list[str] = Field(default=[], description="issue kinds the input must raise")
+    """What the test patient must give."""
+
+    verdict: Verdict | Literal["not-screened"] = Field(
+        description="the verdict expected; not-screened: no verdict at all (the mapping's "
+        "patients.not_screened)"
+    )
+    criteria: dict[str, ExpectedCriterion] = Field(
+        default={}, description="expected results by criterion id; criteria not named are free"
+    )
+    input_issues: list[str] = Field(
+        default=[],
+        description="the input issue kinds the resources must raise, all of them, in any order",
+    )
 
     @field_validator("criteria", mode="before")
     @classmethod
@@ -53,20 +67,32 @@ class Expectation(_Strict):
 
 
 class RuleTest(_Strict):
-    id: str
-    description: str = ""
-    base: str | None = None
-    as_of: date | None = None
-    add: list[dict[str, Any]] = []
-    remove: list[str] = []
-    expect: Expectation
+    """One synthetic patient and what it must give."""
+
+    id: str = Field(description="the test's name, unique in the file, shown when it fails")
+    description: str = Field(default="", description="what the test shows, for the reader")
+    base: str | None = Field(
+        default=None, description="the base patient it starts from (none: only what it adds)"
+    )
+    as_of: date | None = Field(default=None, description="the screening date, if not the file's")
+    add: list[dict[str, Any]] = Field(
+        default=[],
+        description="FHIR resources added; one with the type and id of a base resource "
+        "replaces it, several copies of one resource are all kept, in order",
+    )
+    remove: list[str] = Field(default=[], description="base resources removed, as 'Type/id'")
+    expect: Expectation = Field(description="what the patient must give")
 
 
 class RuleTestFile(_Strict):
-    ruleset: str
-    as_of: date
-    bases: dict[str, list[dict[str, Any]]] = {}
-    tests: list[RuleTest] = Field(min_length=1)
+    """A rule-test file: synthetic patients for one rule set, run on every engine."""
+
+    ruleset: str = Field(description="the id of the rule set tested")
+    as_of: date = Field(description="the screening date of every test (YYYY-MM-DD)")
+    bases: dict[str, list[dict[str, Any]]] = Field(
+        default={}, description="named base patients: lists of FHIR resources (JSON as YAML)"
+    )
+    tests: list[RuleTest] = Field(min_length=1, description="the tests, in order")
 
 
 @dataclass
