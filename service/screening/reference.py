@@ -34,7 +34,6 @@ from service.mapping.spec import (
     FieldDoc,
     FieldType,
     MappingDoc,
-    PatientsDoc,
     SkipDoc,
     SourceDoc,
     SystemDoc,
@@ -48,7 +47,7 @@ from service.ruleset.model import (
     RuleSetDoc,
     TrialDoc,
 )
-from service.screening.ruletests import ExpectedCriterion, Expectation, RuleTest, RuleTestFile
+from service.screening.ruletests import Expectation, ExpectedCriterion, RuleTest, RuleTestFile
 
 DOCS_DIR = Path(__file__).resolve().parents[2] / "docs" / "reference"
 
@@ -289,7 +288,7 @@ def _example(model: type[BaseModel], name: str, info: FieldInfo, key: str) -> st
         raise ReferenceError(f"{model.__name__}.{name} ({key}) has no example in EXAMPLES")
     value = EXAMPLES[(model, name)]
     try:
-        TypeAdapter(info.annotation).validate_python(value)
+        TypeAdapter(info.annotation or Any).validate_python(value)
     except ValidationError as exc:
         raise ReferenceError(f"the example of {key} is not valid: {exc}") from exc
     return _inline(value)
