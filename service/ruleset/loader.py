@@ -245,8 +245,19 @@ def read_ruleset_doc(path: Path) -> RuleSetDoc:
             if len(loc) >= 2 and loc[0] == "criteria" and isinstance(raw, dict):
                 with contextlib.suppress(KeyError, IndexError, TypeError):
                     where = f"criterion '{raw['criteria'][loc[1]]['id']}' ({where})"
-            problems.append(f"{path}: {where}: {err['msg']}")
+            problems.append(f"{path}: {where}: {err['msg']}{_flow_hint(loc)}")
         raise RuleSetError(problems) from exc
+
+
+def _flow_hint(loc: list[Any]) -> str:
+    """A key made of a piece of CEL (``m.date)``) is an expression cut at its comma by a YAML
+    {flow: mapping}: say so, the message alone does not."""
+    if any(isinstance(part, str) and ("(" in part or ")" in part) for part in loc):
+        return (
+            " (a CEL expression with a comma inside {...} must be quoted: "
+            '{scores: "nrs.map(s, s.score)"})'
+        )
+    return ""
 
 
 def load_ruleset(

@@ -201,3 +201,14 @@ def test_a_rule_only_the_other_engine_refuses_fails_when_that_engine_is_first_us
     )
     assert "write the number as a decimal, 4.0 rather than 4" in problem
     assert "celpy" not in ruleset._compiled
+
+
+def test_a_cel_expression_cut_at_its_comma_by_a_yaml_flow_mapping_says_to_quote_it(
+    tmp_path: Path,
+) -> None:
+    text = (RULES_DIR / "relieve.yaml").read_text()
+    old = 'args: {scores: "nrs_above.map(s, [s.pain_types, s.score])"}'
+    assert old in text
+    path = tmp_path / "broken.yaml"
+    path.write_text(text.replace(old, "args: {scores: nrs_above.map(s, s.score)}"))
+    assert "must be quoted" in problems_of(path)
