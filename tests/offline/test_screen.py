@@ -307,15 +307,25 @@ def test_all_screens_every_configured_trial_as_each_alone_would(tmp_path: Path) 
     assert {"relieve", "ssrs"} <= set(trials)
     every = tmp_path / "all"
     command = ["screen", "--source", str(SAMPLE_DIR), "--as-of", AS_OF, "--no-progress"]
-    assert main([*command, "--trial", "all", "--out", str(every)]) == 0
+    code = main([*command, "--trial", "all", "--out", str(every)])
     overview = json.loads((every / "summary.json").read_text())
     assert overview["trials"] == trials and overview["patients"] == 300
+    codes = []
     for trial in trials:
         alone = tmp_path / f"alone-{trial}"
-        assert main([*command, "--trial", trial, "--out", str(alone)]) == 0
-        for name in ("verdicts.ndjson", "ResearchSubject.ndjson", "ResearchStudy.ndjson"):
+        codes.append(main([*command, "--trial", trial, "--out", str(alone)]))
+        for name in (
+            "verdicts.ndjson",
+            "ResearchSubject.ndjson",
+            "ResearchStudy.ndjson",
+            "issues.ndjson",
+        ):
             assert (every / trial / name).read_bytes() == (alone / name).read_bytes(), (trial, name)
         assert len(read_ndjson(every / trial / "verdicts.ndjson")) == 300
+    # A trial's mapping may find doubtful input in the sample (exit code 1): the portfolio
+    # says what its worst trial says.
+    assert code == max(codes) and code in (0, 1)
+    assert codes[trials.index("relieve")] == codes[trials.index("ssrs")] == 0
 
 
 @pytest.mark.every_trial
