@@ -261,13 +261,19 @@ def _flow_hint(loc: list[Any]) -> str:
 
 
 def load_ruleset(
-    path: Path, mappings_dir: Path, engines: Sequence[EngineName] = ENGINE_NAMES
+    path: Path,
+    mappings_dir: Path,
+    engines: Sequence[EngineName] = ENGINE_NAMES,
+    *,
+    shapes_checked: bool = False,
 ) -> RuleSet:
     """Read, check and compile a rule file (and its mapping) for ``engines``.
 
     Every engine by default: ``prescreen rules check``/``rules test`` and the test suite prove
     a rule set on all of them. A screening or the service compiles only for the engine it runs,
     which halves start-up (the reference engine builds its parser from its grammar first).
+    ``shapes_checked``: the process that started this one checked the fields and numbers of
+    the same files (``shapes``: about half a second of parsing), a worker need not again.
     """
     if not engines:
         raise ValueError("load_ruleset needs at least one engine")
@@ -295,7 +301,8 @@ def load_ruleset(
         check.expression(f"derived '{name}'", source, known, parameters, set(windows))
         known = known | {name}
 
-    _check_shapes(check, mapper, doc, parameters, set(windows))
+    if not shapes_checked:
+        _check_shapes(check, mapper, doc, parameters, set(windows))
     template_names = {"as_of", *parameters, *(f"{w}_start" for w in windows)}
     criteria: list[Criterion] = []
     for criterion in doc.criteria:

@@ -340,7 +340,11 @@ def start(rules: list[tuple[Path, Path]], engine: EngineName, as_of: date, queue
 
 def _load_for(engine: EngineName, rules: list[tuple[Path, Path]]) -> list[RuleSet]:
     """The rule sets, compiled for the one engine this run uses."""
-    return [loader.load_ruleset(path, mappings, (engine,)) for path, mappings in rules]
+    # The parent loaded (and checked) the same files first.
+    return [
+        loader.load_ruleset(path, mappings, (engine,), shapes_checked=True)
+        for path, mappings in rules
+    ]
 
 
 def ready() -> bool:
