@@ -213,6 +213,12 @@ class Settings(BaseSettings):
         "for several replicas)",
     )
     session_hours: float = Field(default=8.0, description="a /ui sign-in lasts this many hours")
+    mrn_system: str = Field(
+        default="",
+        description="Identifier.system of the hospital's medical record numbers: the MRN shown "
+        "and searched is the Patient identifier of this system among those the mapping's "
+        "display section reads (typed MR); empty: the first of them in use",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -33,8 +33,35 @@ BIRTH_SEX = "http://hl7.org/fhir/us/core/StructureDefinition/us-core-birthsex"
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
+# The synthetic hospital's medical record numbers, and the ones of the hospital it took over
+# (kept on some records as old identifiers, as merged hospitals do).
+MRN_SYSTEM = "http://hospital.example.org/fhir/sid/mrn"
+OLD_MRN_SYSTEM = "http://old-hospital.example.org/fhir/sid/mrn"
 
 Resource = dict[str, Any]
+
+# Names of the synthetic patients (common names of several origins, some with accents and
+# apostrophes, so that search and display meet them as hospitals do).
+GIVEN_NAMES = {
+    "female": (
+        "Anna, Maria, Emma, Olivia, Sofia, Chloé, Ingrid, Aisha, Mei, Fatima, Lucia, Hannah, Zoë, "
+        "Grace, Leila, Nora, Elena, Priya, Ruth, Agnès, Clara, Yuki, Amara, Brigitte, Siobhán, "
+        "Marta, Helen, Noor, Isabel, Eva"
+    ).split(", "),
+    "male": (
+        "James, Lucas, Mohamed, Noah, Pierre, Jonas, Kenji, Mateo, Omar, Liam, Thomas, David, "
+        "Arjun, Björn, Ravi, Samuel, Hugo, Tomás, Paul, Ali, Daniel, Felix, Ivan, Kwame, Luis, "
+        "Marco, Niall, Oscar, Pedro, Jean"
+    ).split(", "),
+}
+FAMILY_NAMES = (
+    "Smith, Müller, García, Martin, Rossi, Nguyen, Kowalski, Johansson, Dubois, O'Brien, Silva, "
+    "Ivanova, Yamamoto, Okafor, Haddad, Schmidt, Fernández, Bernard, Jensen, Novak, Khan, "
+    "Murphy, Lefèvre, Costa, Fischer, Chen, Patel, Wagner, Moreau, Nowak, Jansen, Petrov, Santos, "
+    "Lambert, Weber, Núñez, Hansen, Brown, Kim, Laurent, Becker, Van der Berg, Mensah, Popescu, "
+    "Horvat, Russo, Andersson, Taylor, Da Silva, Kovács"
+).split(", ")
 
 # (code system, code, display, unit, low, high) of routine measurements.
 VITALS = [
@@ -193,6 +220,10 @@ class _Patient:
     pid: str
     as_of: date
     rng: random.Random
+    # Names and record numbers come from a stream of their own: the clinical records of a seed
+    # are the same with or without them.
+    identity: random.Random = field(default_factory=lambda: random.Random(0))
+    index: int = 0
     resources: list[Resource] = field(default_factory=list)
     _counter: int = 0
 
@@ -218,8 +249,41 @@ class _Patient:
         }
         if birth:
             resource["birthDate"] = birth
+        resource.update(self._identity(str(resource["gender"])))
         resource.update(extra)
         self.resources.append(resource)
+
+    def _identity(self, gender: str) -> Resource:
+        """A medical record number and a name: deterministic, unique numbers (the index times a
+        number prime to 10^8); some records also keep an old number of another system (listed
+        first, as use "old") or a second given name."""
+        given = [self.identity.choice(GIVEN_NAMES[gender])]
+        if self.index % 11 == 5:
+            given.append(self.identity.choice(GIVEN_NAMES[gender]))
+        family = self.identity.choice(FAMILY_NAMES)
+        mrn_type = {"coding": [{"system": IDENTIFIER_TYPE, "code": "MR"}]}
+        identifiers: list[Resource] = []
+        if self.index % 9 == 4:
+            identifiers.append(
+                {
+                    "use": "old",
+                    "type": mrn_type,
+                    "system": OLD_MRN_SYSTEM,
+                    "value": f"A{self.identity.randrange(10**6):06d}",
+                }
+            )
+        identifiers.append(
+            {
+                "use": "usual",
+                "type": mrn_type,
+                "system": MRN_SYSTEM,
+                "value": f"{(self.index * 7919 + 104729) % 10**8:08d}",
+            }
+        )
+        return {
+            "identifier": identifiers,
+            "name": [{"use": "official", "family": family, "given": given}],
+        }
 
     def condition(
         self,
@@ -819,9 +883,10 @@ def generate(
     """Every resource of the population, patient by patient."""
     rng = random.Random(seed)
     planner = _SsrsPlanner(random.Random(f"{seed}:ssrs"))
+    identity = random.Random(f"{seed}:identity")
     names, weights = list(SCENARIOS), list(SCENARIOS.values())
     for index in range(patients):
-        p = _Patient(f"p{index:07d}", as_of, rng)
+        p = _Patient(f"p{index:07d}", as_of, rng, identity, index)
         plan: _SsrsPlan | None = None
         draw = rng.random()
         if draw < spinal_fraction:

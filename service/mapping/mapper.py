@@ -34,8 +34,10 @@ from service.mapping.resources import (
     restore_codings,
     version_of,
 )
+from service.mapping.display import DisplayReader
 from service.mapping.spec import (
     CodesDoc,
+    DisplayDoc,
     MappingDoc,
     SkipDoc,
     SourceDoc,
@@ -296,6 +298,7 @@ class Mapper:
     cohort: Cohort | None = None
     skip_rules: tuple[SkipRule, ...] = ()
     coded_types: frozenset[str] = frozenset()  # resource types whose codings are matched
+    display: DisplayReader | None = None  # name, MRN, birth date, sex: for people, not rules
 
     @functools.cached_property
     def prefilters(self) -> dict[str, re.Pattern[bytes] | None]:
@@ -523,6 +526,7 @@ def load_mapping(path: Path) -> Mapper:
             for source in fact.sources
             if _matches_codings(source)
         ),
+        display=_display_reader(doc.display, valuesets, canonicalizer, path),
     )
 
 
@@ -583,6 +587,27 @@ def _canonicalizer(codes: CodesDoc, valuesets: Mapping[str, ValueSet]) -> CodeCa
         trim_whitespace=codes.trim_whitespace,
         ignore_trailing_slash=codes.ignore_trailing_slash,
         ignore_scheme=codes.ignore_scheme,
+    )
+
+
+def _display_reader(
+    doc: DisplayDoc | None,
+    valuesets: Mapping[str, ValueSet],
+    canonicalizer: CodeCanonicalizer,
+    path: Path,
+) -> DisplayReader | None:
+    if doc is None:
+        return None
+
+    def compiled(key: str, source: str) -> FhirPath | None:
+        return compile_path(source, valuesets, f"{path}: display '{key}'") if source else None
+
+    return DisplayReader(
+        name=compiled("name", doc.name),
+        mrn=compiled("mrn", doc.mrn),
+        birth_date=compiled("birth_date", doc.birth_date),
+        sex=compiled("sex", doc.sex),
+        canonicalizer=canonicalizer,
     )
 
 

@@ -336,6 +336,20 @@ class PatientsDoc(_Strict):
     )
 
 
+class DisplayDoc(_Strict):
+    """How the people reading the results recognise a patient: paths into the Patient. Never
+    facts (no rule reads them); the service keeps what they give with its worklist rows."""
+
+    name: str = Field(default="", description="path to the HumanNames (official one shown)")
+    mrn: str = Field(
+        default="",
+        description="path to the Identifiers that are medical record numbers (the first in use "
+        "is shown; PRESCREEN_MRN_SYSTEM narrows them to one system)",
+    )
+    birth_date: str = Field(default="", description="path to the birth date (the age is shown)")
+    sex: str = Field(default="", description="path to the code shown as the patient's sex")
+
+
 class MappingDoc(_Strict):
     """A mapping file: the facts a rule set reads, and how they are read from FHIR."""
 
@@ -357,6 +371,11 @@ class MappingDoc(_Strict):
         "server: the patients with a resource coded in these value sets",
     )
     facts: dict[str, FactDoc] = Field(description="the facts, by the name rules read them by")
+    display: DisplayDoc | None = Field(
+        default=None,
+        description="what identifies a patient to a person (name, MRN, birth date, sex), "
+        "read from the Patient for the web worklist; not facts",
+    )
 
     @model_validator(mode="after")
     def _uniform_records(self) -> MappingDoc:
@@ -402,3 +421,7 @@ def valueset_references(doc: MappingDoc) -> Iterator[tuple[str, str]]:
             yield "patients.not_screened", vs_id
     for vs_id in doc.cohort.valuesets if doc.cohort else ():
         yield "cohort", vs_id
+    if doc.display is not None:
+        for key, path in doc.display.model_dump().items():
+            for vs_id in valuesets_named(path):
+                yield f"display '{key}'", vs_id
