@@ -41,27 +41,32 @@ OLD_MRN_SYSTEM = "http://old-hospital.example.org/fhir/sid/mrn"
 
 Resource = dict[str, Any]
 
+
+def _listed(text: str) -> list[str]:
+    return text.split(", ")
+
+
 # Names of the synthetic patients (common names of several origins, some with accents and
 # apostrophes, so that search and display meet them as hospitals do).
 GIVEN_NAMES = {
-    "female": (
+    "female": _listed(
         "Anna, Maria, Emma, Olivia, Sofia, Chloé, Ingrid, Aisha, Mei, Fatima, Lucia, Hannah, Zoë, "
         "Grace, Leila, Nora, Elena, Priya, Ruth, Agnès, Clara, Yuki, Amara, Brigitte, Siobhán, "
         "Marta, Helen, Noor, Isabel, Eva"
-    ).split(", "),
-    "male": (
+    ),
+    "male": _listed(
         "James, Lucas, Mohamed, Noah, Pierre, Jonas, Kenji, Mateo, Omar, Liam, Thomas, David, "
         "Arjun, Björn, Ravi, Samuel, Hugo, Tomás, Paul, Ali, Daniel, Felix, Ivan, Kwame, Luis, "
         "Marco, Niall, Oscar, Pedro, Jean"
-    ).split(", "),
+    ),
 }
-FAMILY_NAMES = (
+FAMILY_NAMES = _listed(
     "Smith, Müller, García, Martin, Rossi, Nguyen, Kowalski, Johansson, Dubois, O'Brien, Silva, "
     "Ivanova, Yamamoto, Okafor, Haddad, Schmidt, Fernández, Bernard, Jensen, Novak, Khan, "
     "Murphy, Lefèvre, Costa, Fischer, Chen, Patel, Wagner, Moreau, Nowak, Jansen, Petrov, Santos, "
     "Lambert, Weber, Núñez, Hansen, Brown, Kim, Laurent, Becker, Van der Berg, Mensah, Popescu, "
     "Horvat, Russo, Andersson, Taylor, Da Silva, Kovács"
-).split(", ")
+)
 
 # (code system, code, display, unit, low, high) of routine measurements.
 VITALS = [

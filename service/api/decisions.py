@@ -33,6 +33,13 @@ DECISIONS = (
     "potential-candidate",
 )
 
+# Reasons for "ineligible" that no rule set states (the others name a criterion). Declined and
+# could-not-be-reached stay reasons of "ineligible", and the screening log counts them apart
+# from screen failures.
+DECLINED = "Declined to take part"
+NOT_REACHED = "Could not be reached"
+GENERAL_REASONS = (DECLINED, NOT_REACHED, "Clinician judgement", "Other (see note)")
+
 
 class DecisionError(Exception):
     """The decision could not be recorded; ``status`` is the HTTP status to answer."""

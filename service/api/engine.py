@@ -24,9 +24,10 @@ from service.fhir.writeback import WriteBack
 from service.mapping.resources import patient_of
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.screening.details import DetailsCollector, details_of
 from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
-from service.screening.source import Collector, IssueLog
+from service.screening.source import IssueLog
 from service.settings import Settings
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
@@ -136,10 +137,15 @@ class ScreeningService:
                 await writer.write(verdicts)
                 await writer.withdraw(sorted(skipped))
         contracts = [v.as_contract(ruleset, as_of) for v in verdicts]
-        for contract in contracts:
+        details = details_of(resources, ruleset.mapper.display, self.settings.mrn_system)
+        for verdict, contract in zip(verdicts, contracts, strict=True):
             self.metrics.screenings[(trial, contract["verdict"])] += 1
             change = await asyncio.to_thread(
-                self.store.upsert_candidate, trial, contract, as_of.isoformat()
+                self.store.upsert_candidate,
+                trial,
+                contract,
+                as_of.isoformat(),
+                details.get(verdict.patient_id),
             )
             await self.alerter.consider(change)
         return contracts
@@ -219,12 +225,15 @@ class ScreeningService:
     ) -> None:
         ruleset = self.rulesets[trial]
 
-        def read() -> Collector:
-            collector = Collector(ruleset.mapper, as_of, IssueLog())
+        def read() -> DetailsCollector:
+            collector = DetailsCollector(
+                ruleset.mapper, as_of, IssueLog(), self.settings.mrn_system
+            )
             read_folder(collector, folder)
             return collector
 
         collector = await asyncio.to_thread(read)
+        details = collector.keeper.details()
         ids = [pid for pid, data in collector.patients.items() if data.patient is not None]
         if not await asyncio.to_thread(self.store.has_patients, run_id):
             await asyncio.to_thread(self.store.select_patients, run_id, sorted(ids))
@@ -238,7 +247,7 @@ class ScreeningService:
             contract = evaluator.evaluate(pid, facts, as_of).as_contract(ruleset, as_of)
             batch.append(contract)
             change = await asyncio.to_thread(
-                self.store.upsert_candidate, trial, contract, as_of.isoformat()
+                self.store.upsert_candidate, trial, contract, as_of.isoformat(), details.get(pid)
             )
             await self.alerter.consider(change)
             if len(batch) >= 200:

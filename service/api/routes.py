@@ -26,9 +26,11 @@ from service.api.notifications import (
     path_reference,
     read_notification,
 )
+from service.api.screening_log import file_name, write_log
 from service.api.security import Authenticator
 from service.errors import FhirServerError, error_kind
 from service.fhir.ids import FHIR_ID, is_fhir_id
+from service.state.worklist import FLAGGED, WorklistFilters, WorklistStore
 
 router = APIRouter()
 
@@ -318,6 +320,56 @@ async def get_candidates(
         raise HTTPException(422, "'since' lies outside the dates this service handles") from exc
     rows = await asyncio.to_thread(store.candidates, trial, status, since_naive, offset, limit)
     return {"candidates": [_candidate_json(r) for r in rows]}
+
+
+@router.get(
+    "/candidates.csv",
+    summary="The screening log: the worklist's rows as CSV (UTF-8 with BOM)",
+    operation_id="getScreeningLog",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}}}},
+)
+async def get_screening_log(
+    request: Request,
+    trial: Annotated[str | None, Query(max_length=64)] = None,
+    status: Annotated[str, Query(max_length=32)] = "open",
+    since: date | None = None,
+    sort: Literal["newest", "oldest"] = "newest",
+) -> Response:
+    """The filters are the web worklist's: ``status`` is ``open`` (candidates and potential
+    candidates, the default), ``any`` or one status; ``since`` keeps patients first flagged on
+    or after that day. Each download is recorded (who, when, the filters)."""
+    principal = _auth(request).require(request, "candidates")
+    service = _service(request)
+    if trial is not None:
+        _trial(service, trial)
+    if status not in ("open", "any", *DECISIONS):
+        raise HTTPException(422, "'status' must be open, any or a ResearchSubject status")
+    if since is not None and not EARLIEST_AS_OF <= since <= LATEST_AS_OF:
+        raise HTTPException(422, "'since' lies outside the dates this service handles")
+    filters = WorklistFilters(
+        trials=[trial] if trial else [],
+        statuses=list(FLAGGED) if status == "open" else [] if status == "any" else [status],
+        since=datetime.combine(since, datetime.min.time()) if since else None,
+        newest_first=sort == "newest",
+    )
+    store = WorklistStore(service.store.engine)
+    rows = await asyncio.to_thread(store.screening_log, principal.name, filters)
+    studies = {t: r.trial.nct_id for t, r in service.rulesets.items()}
+    body = await asyncio.to_thread(write_log, rows, studies)
+    asked = {"trial": trial or "", "status": status, "since": since.isoformat() if since else ""}
+    await asyncio.to_thread(
+        store.record_export, principal.name, "api", asked | {"sort": sort}, len(rows)
+    )
+    today = datetime.now(UTC).date().isoformat()
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="{file_name(today)}"',
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 class Decision(BaseModel):

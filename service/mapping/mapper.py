@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ConfigError, RuleSetError
+from service.mapping.display import DisplayReader
 from service.mapping.fields import (
     Absent,
     DataIssue,
@@ -34,7 +35,6 @@ from service.mapping.resources import (
     restore_codings,
     version_of,
 )
-from service.mapping.display import DisplayReader
 from service.mapping.spec import (
     CodesDoc,
     DisplayDoc,

@@ -182,6 +182,58 @@ class SeenMark(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime())
 
 
+# --- who the patients are, drafts, exports (migration 0005) ------------------------------------
+
+
+class PatientRecord(Base):
+    """Who a screened patient is, for the people who read the worklist: name, medical record
+    number, birth date and sex as the mapping's display section read them at the last
+    screening. The ``*_key`` columns are the same words folded for search (case, accents)."""
+
+    __tablename__ = "patient_details"
+
+    patient_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    name_key: Mapped[str] = mapped_column(String(200), default="")
+    mrn: Mapped[str] = mapped_column(String(200), default="")
+    mrn_key: Mapped[str] = mapped_column(String(200), default="", index=True)
+    birth_date: Mapped[str] = mapped_column(String(10), default="")
+    sex: Mapped[str] = mapped_column(String(32), default="")
+    updated_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class DecisionDraft(Base):
+    """A decision someone sent after their session had ended (signed out elsewhere, expired):
+    kept until they have signed in again and sent it, found by the hash of a random key their
+    browser's cookie holds, offered back to its author only, and deleted once sent or after a
+    day."""
+
+    __tablename__ = "decision_drafts"
+
+    key_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    author: Mapped[str] = mapped_column(String(128))  # whose session had ended
+    patient_id: Mapped[str] = mapped_column(String(64))
+    trial: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32), default="")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    note: Mapped[str] = mapped_column(Text, default="")
+    expected_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+
+
+class ExportRecord(Base):
+    """A screening log downloaded: who, when, through which door, with which filters."""
+
+    __tablename__ = "exports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    exported_by: Mapped[str] = mapped_column(String(128))
+    via: Mapped[str] = mapped_column(String(8))  # ui | api
+    filters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    rows: Mapped[int] = mapped_column(Integer, default=0)
+    exported_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+
+
 # --- CDS Hooks (migration 0002) -----------------------------------------------------------------
 
 

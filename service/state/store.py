@@ -23,15 +23,18 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.mapping.display import PatientDetails
 from service.state.models import (
     Alert,
     Base,
     Candidate,
+    PatientRecord,
     PendingPatient,
     Run,
     RunPatient,
     WriteBackClaim,
 )
+from service.state.patients import details_row
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -263,8 +266,16 @@ class Store:
 
     # --- candidates -----------------------------------------------------------------------------
 
-    def upsert_candidate(self, trial: str, verdict: dict[str, Any], as_of: str) -> CandidateChange:
+    def upsert_candidate(
+        self,
+        trial: str,
+        verdict: dict[str, Any],
+        as_of: str,
+        details: PatientDetails | None = None,
+    ) -> CandidateChange:
         """Insert or update the patient's row, and say what it was before (the alerts need it).
+        ``details`` (who the patient is, from the mapping's display section) are kept with it,
+        in the same transaction.
 
         INSERT … ON CONFLICT DO NOTHING first: a run and a request screening the same patient at
         once both get through, one inserting, the other updating. The update reads the previous
@@ -276,6 +287,8 @@ class Store:
         stamp = now()
         key = (Candidate.trial == trial, Candidate.patient_id == patient_id)
         with self.session() as session:
+            if details is not None:
+                self._save_details(session, patient_id, details, stamp)
             inserted = session.scalar(
                 self._insert(Candidate)
                 .values(
@@ -305,6 +318,18 @@ class Store:
                 )
             )
             return CandidateChange(trial, patient_id, previous, outcome)
+
+    def _save_details(
+        self, session: Session, patient_id: str, details: PatientDetails, stamp: datetime
+    ) -> None:
+        row = details_row(patient_id, details) | {"updated_at": stamp}
+        insert = self._insert(PatientRecord).values(**row)
+        session.execute(
+            insert.on_conflict_do_update(
+                index_elements=["patient_id"],
+                set_={k: v for k, v in row.items() if k != "patient_id"},
+            )
+        )
 
     def candidates(
         self, trial: str | None, status: str | None, since: datetime | None, offset: int, limit: int

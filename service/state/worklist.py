@@ -31,17 +31,22 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from service.state.models import (
     Candidate,
+    DecisionDraft,
     DecisionRecord,
+    ExportRecord,
+    PatientRecord,
     SeenMark,
     VerdictEvent,
     WebSession,
     WebUser,
 )
+from service.state.patients import fold_identifier, like_pattern, query_words
 from service.state.store import now
 
 # prescreen's own verdicts that put a patient on a coordinator's list.
 FLAGGED = ("candidate", "potential-candidate")
 ROLES = ("coordinator", "viewer")
+DRAFT_HOURS = 24  # a decision kept for its author to sign in again is kept this long
 
 
 def criterion_results(result: dict[str, Any] | None) -> dict[str, str]:
@@ -59,6 +64,39 @@ class WorklistRow:
     flagged_at: datetime
     change: str  # "new" (never opened by this person), "changed" (since they did) or ""
     seen: SeenMark | None
+    patient: PatientRecord | None = None  # who the patient is (None: not read yet)
+
+
+@dataclass(frozen=True)
+class WorklistFilters:
+    """What a worklist (a page of it, or the whole of it as a screening log) holds."""
+
+    trials: list[str]
+    statuses: list[str]
+    since: datetime | None = None
+    changed_only: bool = False
+    newest_first: bool = True
+    patient_ids: list[str] | None = None  # a search's patients (None: every patient)
+
+
+@dataclass(frozen=True)
+class LogRow:
+    """One line of the screening log: a patient and a trial, and the decision behind the status
+    (when the status is a decision recorded here)."""
+
+    trial: str
+    patient_id: str
+    name: str
+    mrn: str
+    birth_date: str
+    sex: str
+    verdict: str
+    status: str
+    as_of: str
+    flagged_at: datetime
+    decided_at: datetime | None
+    decided_by: str
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -248,18 +286,10 @@ class WorklistStore:
 
     # --- the worklist ---------------------------------------------------------------------------
 
-    def worklist(
-        self,
-        user_name: str,
-        *,
-        trials: list[str],
-        statuses: list[str],
-        since: datetime | None,
-        changed_only: bool,
-        newest_first: bool,
-        offset: int,
-        limit: int,
-    ) -> WorklistPage:
+    def _selection(self, user_name: str, filters: WorklistFilters) -> Any:
+        """The candidates the filters keep, with when each was flagged and whether it is new or
+        changed for this person: a callable that completes a SELECT with the joins and the
+        conditions, and the columns it adds."""
         flagged = (
             select(VerdictEvent.candidate_id, func.min(VerdictEvent.at).label("flagged_at"))
             .where(VerdictEvent.verdict.in_(FLAGGED))
@@ -285,14 +315,16 @@ class WorklistStore:
             or_(last_event.c.at > mark.seen_at, others.c.at > mark.seen_at),
         )
         conditions: list[Any] = []
-        if trials:
-            conditions.append(Candidate.trial.in_(trials))
-        if statuses:
-            conditions.append(Candidate.status.in_(statuses))
-        if since is not None:
-            conditions.append(flagged_at >= since)
-        if changed_only:
+        if filters.trials:
+            conditions.append(Candidate.trial.in_(filters.trials))
+        if filters.statuses:
+            conditions.append(Candidate.status.in_(filters.statuses))
+        if filters.since is not None:
+            conditions.append(flagged_at >= filters.since)
+        if filters.changed_only:
             conditions.append(or_(is_new, is_changed))
+        if filters.patient_ids is not None:
+            conditions.append(Candidate.patient_id.in_(filters.patient_ids))
 
         def joined(query: Any) -> Any:
             return (
@@ -306,17 +338,43 @@ class WorklistStore:
                 .where(*conditions)
             )
 
-        order = flagged_at.desc() if newest_first else flagged_at.asc()
-        page_query = joined(
-            select(
-                Candidate,
-                flagged_at.label("flagged_at"),
-                case((is_new, literal("new")), (is_changed, literal("changed")), else_="").label(
-                    "change"
-                ),
-                mark,
+        newest = filters.newest_first
+        order = (
+            flagged_at.desc() if newest else flagged_at.asc(),
+            Candidate.id.desc() if newest else Candidate.id.asc(),
+        )
+        return joined, flagged_at, is_new, is_changed, mark, order
+
+    def worklist(
+        self,
+        user_name: str,
+        *,
+        trials: list[str],
+        statuses: list[str],
+        since: datetime | None,
+        changed_only: bool,
+        newest_first: bool,
+        offset: int,
+        limit: int,
+        patient_ids: list[str] | None = None,
+    ) -> WorklistPage:
+        filters = WorklistFilters(trials, statuses, since, changed_only, newest_first, patient_ids)
+        joined, flagged_at, is_new, is_changed, mark, order = self._selection(user_name, filters)
+        page_query = (
+            joined(
+                select(
+                    Candidate,
+                    flagged_at.label("flagged_at"),
+                    case(
+                        (is_new, literal("new")), (is_changed, literal("changed")), else_=""
+                    ).label("change"),
+                    mark,
+                    PatientRecord,
+                )
             )
-        ).order_by(order, Candidate.id.desc() if newest_first else Candidate.id.asc())
+            .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
+            .order_by(*order)
+        )
         count_query = joined(
             select(
                 func.count(),
@@ -325,14 +383,194 @@ class WorklistStore:
             )
         )
         with self.session() as session:
+            total, new, changed = session.execute(count_query).one()
             rows = [
-                WorklistRow(candidate, when, change, seen)
-                for candidate, when, change, seen in session.execute(
+                WorklistRow(candidate, when, change, seen, patient)
+                for candidate, when, change, seen, patient in session.execute(
                     page_query.offset(offset).limit(limit)
                 )
             ]
-            total, new, changed = session.execute(count_query).one()
         return WorklistPage(rows, int(total), int(new), int(changed))
+
+    def screening_log(self, user_name: str, filters: WorklistFilters) -> list[LogRow]:
+        """Every row the filters keep, in the worklist's order, with who the patient is and the
+        decision that set its status (the last one recorded here, when its status is the
+        candidate's)."""
+        joined, flagged_at, _new, _changed, _mark, order = self._selection(user_name, filters)
+        last = (
+            select(func.max(DecisionRecord.id).label("id"))
+            .group_by(DecisionRecord.candidate_id)
+            .subquery()
+        )
+        decision = aliased(DecisionRecord)
+        query = (
+            joined(
+                select(
+                    Candidate.trial,
+                    Candidate.patient_id,
+                    PatientRecord.name,
+                    PatientRecord.mrn,
+                    PatientRecord.birth_date,
+                    PatientRecord.sex,
+                    Candidate.verdict,
+                    Candidate.status,
+                    Candidate.as_of,
+                    flagged_at,
+                    decision.decided_at,
+                    decision.decided_by,
+                    decision.reason,
+                )
+            )
+            .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
+            .outerjoin(
+                decision,
+                and_(
+                    decision.candidate_id == Candidate.id,
+                    decision.id.in_(select(last.c.id)),
+                    decision.status == Candidate.status,
+                ),
+            )
+            .order_by(*order)
+        )
+        with self.session() as session:
+            return [
+                LogRow(
+                    trial,
+                    patient_id,
+                    name or "",
+                    mrn or "",
+                    birth or "",
+                    sex or "",
+                    verdict,
+                    status,
+                    as_of,
+                    flagged,
+                    decided_at,
+                    decided_by or "",
+                    reason or "",
+                )
+                for (
+                    trial,
+                    patient_id,
+                    name,
+                    mrn,
+                    birth,
+                    sex,
+                    verdict,
+                    status,
+                    as_of,
+                    flagged,
+                    decided_at,
+                    decided_by,
+                    reason,
+                ) in session.execute(query)
+            ]
+
+    def find_patients(self, query: str, limit: int) -> list[str]:
+        """Patients whose name holds every word of ``query``, or whose MRN or FHIR id is
+        ``query``: at most ``limit`` ids, in id order."""
+        text = query.strip()
+        words = query_words(text)
+        if not text:
+            return []
+        matches: list[Any] = [
+            PatientRecord.mrn_key == fold_identifier(text),
+            PatientRecord.patient_id == text,
+        ]
+        if words:
+            matches.append(
+                and_(*(PatientRecord.name_key.like(like_pattern(w), escape="\\") for w in words))
+            )
+        with self.session() as session:
+            found = set(
+                session.scalars(select(PatientRecord.patient_id).where(or_(*matches)).limit(limit))
+            )
+            # A patient screened before their details were kept is still found by id.
+            found |= set(
+                session.scalars(
+                    select(Candidate.patient_id).where(Candidate.patient_id == text).limit(1)
+                )
+            )
+        return sorted(found)[:limit]
+
+    def patient(self, patient_id: str) -> PatientRecord | None:
+        with self.session() as session:
+            return session.get(PatientRecord, patient_id)
+
+    # --- decisions kept while their author signs in again ----------------------------------------
+
+    def save_draft(
+        self, key: str, author: str, patient_id: str, trial: str, values: dict[str, str]
+    ) -> None:
+        stamp = now()
+        with self.session() as session:
+            session.execute(
+                delete(DecisionDraft).where(
+                    DecisionDraft.created_at < stamp - timedelta(hours=DRAFT_HOURS)
+                )
+            )
+            session.execute(delete(DecisionDraft).where(DecisionDraft.key_hash == key))
+            session.add(
+                DecisionDraft(
+                    key_hash=key,
+                    author=author,
+                    patient_id=patient_id,
+                    trial=trial,
+                    status=values.get("status", ""),
+                    reason=values.get("reason", ""),
+                    note=values.get("note", ""),
+                    expected_version=values.get("expected_version") or None,
+                    created_at=stamp,
+                )
+            )
+
+    def draft(self, key: str) -> DecisionDraft | None:
+        with self.session() as session:
+            found = session.get(DecisionDraft, key)
+            if found is None or found.created_at < now() - timedelta(hours=DRAFT_HOURS):
+                return None
+            return found
+
+    def drop_draft(self, key: str) -> None:
+        with self.session() as session:
+            session.execute(delete(DecisionDraft).where(DecisionDraft.key_hash == key))
+
+    # --- exports --------------------------------------------------------------------------------
+
+    def record_export(self, who: str, via: str, filters: dict[str, Any], rows: int) -> None:
+        with self.session() as session:
+            session.add(
+                ExportRecord(
+                    exported_by=who, via=via, filters=filters, rows=rows, exported_at=now()
+                )
+            )
+
+    def exports(self) -> list[ExportRecord]:
+        with self.session() as session:
+            return list(session.scalars(select(ExportRecord).order_by(ExportRecord.id)))
+
+    def ineligible_reasons(self) -> dict[str, dict[str, int]]:
+        """{trial: {reason: patients}} of the candidates whose status is a decision of
+        "ineligible" recorded here, by its reason."""
+        last = (
+            select(func.max(DecisionRecord.id).label("id"))
+            .group_by(DecisionRecord.candidate_id)
+            .subquery()
+        )
+        counts: dict[str, dict[str, int]] = {}
+        with self.session() as session:
+            for trial, reason, count in session.execute(
+                select(Candidate.trial, DecisionRecord.reason, func.count())
+                .join(DecisionRecord, DecisionRecord.candidate_id == Candidate.id)
+                .where(
+                    DecisionRecord.id.in_(select(last.c.id)),
+                    Candidate.status == "ineligible",
+                    DecisionRecord.status == "ineligible",
+                )
+                .group_by(Candidate.trial, DecisionRecord.reason)
+            ):
+                counts.setdefault(trial, {})[reason] = int(count)
+        return counts
 
     def status_counts(self) -> dict[str, dict[str, int]]:
         """{trial: {status: patients}} over the whole worklist."""

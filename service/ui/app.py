@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from service.settings import Settings
+from service.state.worklist import DRAFT_HOURS
 from service.ui import auth, pages
 from service.ui.evidence import Displays
 
@@ -83,7 +84,12 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
         if request.method == "GET":
             path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
             request.session[auth.NEXT] = path
-        return RedirectResponse(request.url_for("login").path, status_code=303)
+        login = request.url_for("login").path
+        if request.headers.get("hx-request") == "true":
+            # A part of a page asked by htmx: the whole page goes to the sign-in (a 303 would
+            # be followed by the request and the sign-in page swapped in as the part).
+            return Response(status_code=204, headers={"HX-Redirect": login})
+        return RedirectResponse(login, status_code=303)
 
     @ui.exception_handler(StarletteHTTPException)
     async def error_page(request: Request, exc: StarletteHTTPException) -> Response:
@@ -119,7 +125,10 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
         SessionMiddleware,
         secret_key=secret.get_secret_value() if secret else secrets.token_urlsafe(32),
         session_cookie=COOKIE,
-        max_age=int(settings.session_hours * 3600),
+        # The sign-in ends with its database row (PRESCREEN_SESSION_HOURS); the cookie outlives
+        # it by the time a kept decision is kept, so that a form sent after the sign-in expired
+        # is still recognised as this browser's own and kept (drafts.py).
+        max_age=int((settings.session_hours + DRAFT_HOURS) * 3600),
         path="/ui",
         same_site="lax",
         https_only=(settings.public_url or "").startswith("https://"),

@@ -23,6 +23,13 @@ from service.state.models import WebUser
 from service.state.worklist import ROLES, WorklistStore
 
 SESSION_ID, CSRF, NEXT, FLASH = "sid", "csrf", "next", "flash"
+DRAFT, LAST_NAME = "draft", "last"
+# Kept in the cookie across signing in and out: the key of a decision kept for its author to
+# send once signed in again (drafts.py); across signing out (or the sign-in expiring), who was
+# signed in and the CSRF token, so that a form sent from a page still open is recognised as
+# this browser's own and its author's.
+KEPT_ACROSS_SIGN_IN = (DRAFT,)
+KEPT_ACROSS_SIGN_OUT = (DRAFT, CSRF, LAST_NAME)
 
 
 @dataclass(frozen=True)
@@ -90,11 +97,14 @@ async def sign_in(
     old = request.session.get(SESSION_ID)
     if isinstance(old, str):
         await asyncio.to_thread(store.close_session, old)
+    kept = {key: request.session[key] for key in KEPT_ACROSS_SIGN_IN if key in request.session}
     request.session.clear()
+    request.session.update(kept)
     request.session[SESSION_ID] = await asyncio.to_thread(
         store.open_session, name, role, trials, hours
     )
     request.session[CSRF] = secrets.token_urlsafe(32)
+    request.session[LAST_NAME] = name
     return safe_next(target, request.scope.get("root_path", ""))
 
 
@@ -102,7 +112,9 @@ async def sign_out(request: Request, store: WorklistStore) -> None:
     raw = request.session.get(SESSION_ID)
     if isinstance(raw, str):
         await asyncio.to_thread(store.close_session, raw)
+    kept = {key: request.session[key] for key in KEPT_ACROSS_SIGN_OUT if key in request.session}
     request.session.clear()
+    request.session.update(kept)
 
 
 def _claim_values(value: Any) -> list[str]:

@@ -1,11 +1,12 @@
-"""The pages: portfolio overview, worklist, patient page, decisions, signing in and out."""
+"""The pages: portfolio overview, worklist, search, screening log, patient page, decisions,
+signing in and out."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -14,23 +15,34 @@ from fastapi.responses import RedirectResponse
 from markupsafe import Markup
 
 from service.api.decisions import (
+    DECLINED,
+    NOT_REACHED,
     DecisionConflictError,
     DecisionError,
     find_subject,
     record_decision,
 )
 from service.api.engine import ScreeningService
+from service.api.screening_log import file_name, write_log
+from service.fhir.ids import is_fhir_id
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
 from service.state.models import Candidate
-from service.state.worklist import HistoryEntry, WorklistRow, WorklistStore, criterion_results
-from service.ui import auth
+from service.state.worklist import (
+    HistoryEntry,
+    WorklistPage,
+    WorklistRow,
+    WorklistStore,
+    criterion_results,
+)
+from service.ui import auth, drafts
 from service.ui.evidence import Displays, Evidence, read_evidence, unavailable
 from service.ui.funnel import Step, attrition, funnel_svg
 from service.ui.passwords import verify_password
+from service.ui.people import Who, who
+from service.ui.query import WorklistQuery, read_worklist_query
 from service.ui.vocabulary import (
     DECISION_CHOICES,
-    OPEN_STATUSES,
     STATUS_LABELS,
     ineligible_reasons,
     status_label,
@@ -40,6 +52,7 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 PAGE_SIZE = 25
+SEARCH_LIMIT = 50  # patients a search lists at most (refine it to find one of more)
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
@@ -95,6 +108,16 @@ def when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
 
 
+def _today() -> Any:
+    return datetime.now(UTC).date()
+
+
+def _patient_path(request: Request, patient_id: str, trial: str) -> str:
+    return (
+        request.url_for("patient", patient_id=patient_id).path + "?" + urlencode({"trial": trial})
+    )
+
+
 # --- overview -----------------------------------------------------------------------------------
 
 
@@ -105,6 +128,7 @@ class TrialOverview:
     title: str
     nct_id: str
     counts: list[tuple[str, int]]
+    apart: list[tuple[str, int]]  # of the ineligible: declined, could not be reached
     steps: list[Step]
     chart: Markup
 
@@ -132,13 +156,21 @@ async def _funnel(request: Request, trial: str, ruleset: RuleSet) -> list[Step]:
 async def overview(request: Request) -> Response:
     person = await _person(request)
     service = _service(request)
-    counts = await asyncio.to_thread(_store(request).status_counts)
+    store = _store(request)
+    counts = await asyncio.to_thread(store.status_counts)
+    reasons = await asyncio.to_thread(store.ineligible_reasons)
     trials = []
     for trial, ruleset in service.rulesets.items():
         steps = await _funnel(request, trial, ruleset)
         by_status = counts.get(trial, {})
         ordered = [(s, by_status[s]) for s in STATUS_LABELS if s in by_status]
         ordered += sorted((s, n) for s, n in by_status.items() if s not in STATUS_LABELS)
+        by_reason = reasons.get(trial, {})
+        apart = [
+            (label, by_reason[reason])
+            for label, reason in (("declined", DECLINED), ("could not be reached", NOT_REACHED))
+            if by_reason.get(reason)
+        ]
         trials.append(
             TrialOverview(
                 trial,
@@ -146,6 +178,7 @@ async def overview(request: Request) -> Response:
                 ruleset.trial.title,
                 ruleset.trial.nct_id,
                 ordered,
+                apart,
                 steps,
                 funnel_svg(steps, f"{ruleset.trial.acronym}: attrition", f"funnel-{trial}"),
             )
@@ -163,6 +196,7 @@ class WorklistLine:
     to_check: int
     what_changed: list[str]
     link: str
+    who: Who
 
 
 def _what_changed(row: WorklistRow) -> list[str]:
@@ -183,49 +217,11 @@ def _what_changed(row: WorklistRow) -> list[str]:
     return changes or ["re-screened or decided by someone else"]
 
 
-def _parse_since(text: str) -> date | None:
-    try:
-        return date.fromisoformat(text) if text else None
-    except ValueError:
-        return None
-
-
-@router.get("/worklist", name="worklist")
-async def worklist(
-    request: Request,
-    trial: str = "",
-    status: str = "open",
-    since: str = "",
-    changed: str = "",
-    sort: str = "newest",
-    page: int = 1,
-) -> Response:
-    person = await _person(request)
+def _lines(request: Request, rows: list[WorklistRow]) -> list[WorklistLine]:
     service = _service(request)
-    problems = []
-    trial = trial if trial in service.rulesets else ""
-    if status not in ("open", "any", *STATUS_LABELS):
-        status = "open"
-    since_day = _parse_since(since)
-    if since and since_day is None:
-        problems.append("“Flagged since” must be a date (YYYY-MM-DD); it was ignored.")
-        since = ""
-    statuses = list(OPEN_STATUSES) if status == "open" else [] if status == "any" else [status]
-    page = max(page, 1)
-    result = await asyncio.to_thread(
-        _store(request).worklist,
-        person.name,
-        trials=[trial] if trial else [],
-        statuses=statuses,
-        since=datetime.combine(since_day, datetime.min.time()) if since_day else None,
-        changed_only=changed == "1",
-        newest_first=sort != "oldest",
-        offset=(page - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE,
-    )
-    pages = max(1, -(-result.total // PAGE_SIZE))
+    today = _today()
     lines = []
-    for row in result.rows:
+    for row in rows:
         ruleset = service.rulesets.get(row.candidate.trial)
         manual = {c.id for c in ruleset.criteria if c.manual} if ruleset else set()
         results = criterion_results(row.candidate.result)
@@ -235,32 +231,145 @@ async def worklist(
                 ruleset.trial.acronym if ruleset else row.candidate.trial,
                 sum(1 for cid, r in results.items() if r == "unknown" and cid not in manual),
                 _what_changed(row),
-                request.url_for("patient", patient_id=row.candidate.patient_id).path
-                + "?"
-                + urlencode({"trial": row.candidate.trial}),
+                _patient_path(request, row.candidate.patient_id, row.candidate.trial),
+                who(row.candidate.patient_id, row.patient, today),
             )
         )
-    filters = {"trial": trial, "status": status, "since": since, "changed": changed, "sort": sort}
+    return lines
+
+
+def _read_query(request: Request) -> WorklistQuery:
+    return read_worklist_query(
+        request.query_params, _service(request).rulesets, list(STATUS_LABELS)
+    )
+
+
+async def _worklist_page(request: Request, person: auth.Person, query: WorklistQuery) -> Any:
+    filters = query.filters()
+    return await asyncio.to_thread(
+        _store(request).worklist,
+        person.name,
+        trials=filters.trials,
+        statuses=filters.statuses,
+        since=filters.since,
+        changed_only=filters.changed_only,
+        newest_first=filters.newest_first,
+        offset=(query.page - 1) * PAGE_SIZE,
+        limit=PAGE_SIZE,
+    )
+
+
+def _trial_choices(request: Request) -> list[tuple[str, str]]:
+    return [(t, r.trial.acronym) for t, r in _service(request).rulesets.items()]
+
+
+@router.get("/worklist", name="worklist")
+async def worklist(request: Request) -> Response:
+    person = await _person(request)
+    query = _read_query(request)
+    result = await _worklist_page(request, person, query)
+    pages = max(1, -(-result.total // PAGE_SIZE))
+    if query.page > pages:
+        query.problems.append(
+            f"Page {query.page} is past the end ({pages} page{'' if pages == 1 else 's'}): "
+            "showing the last page."
+        )
+        query.page = pages
+        result = await _worklist_page(request, person, query)
+    filters = query.params()
+    base = request.url_for("worklist").path
 
     def page_link(number: int) -> str:
-        query = {k: v for k, v in filters.items() if v} | {"page": str(number)}
-        return request.url_for("worklist").path + "?" + urlencode(query)
+        return base + "?" + urlencode(filters | {"page": str(number)})
 
     return render(
         request,
         "worklist.html",
         person,
         page="worklist",
-        lines=lines,
+        lines=_lines(request, result.rows),
         result=result,
-        filters=filters,
-        problems=problems,
-        trials=[(t, r.trial.acronym) for t, r in service.rulesets.items()],
+        filters=query,
+        problems=query.problems,
+        trials=_trial_choices(request),
         statuses=list(STATUS_LABELS.items()),
-        page_number=page,
+        page_number=query.page,
         pages=pages,
-        previous_link=page_link(page - 1) if page > 1 else "",
-        next_link=page_link(page + 1) if page < pages else "",
+        previous_link=page_link(query.page - 1) if query.page > 1 else "",
+        next_link=page_link(query.page + 1) if query.page < pages else "",
+        csv_link=request.url_for("worklist_csv").path + "?" + urlencode(filters),
+        when=when,
+    )
+
+
+@router.get("/worklist.csv", name="worklist_csv")
+async def worklist_csv(request: Request) -> Response:
+    """The worklist's rows with its filters, every page, as the screening log (CSV)."""
+    person = await _person(request)
+    query = _read_query(request)
+    store = _store(request)
+    rows = await asyncio.to_thread(store.screening_log, person.name, query.filters())
+    studies = {t: r.trial.nct_id for t, r in _service(request).rulesets.items()}
+    body = await asyncio.to_thread(write_log, rows, studies)
+    await asyncio.to_thread(store.record_export, person.name, "ui", query.params(), len(rows))
+    return Response(
+        body,
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{file_name(str(_today()))}"'},
+    )
+
+
+@router.post("/search", name="search")
+async def search(request: Request) -> Response:
+    """Patients by name, MRN or FHIR id. Sent with POST, so that what was searched for stays out
+    of addresses, logs and the browser's history."""
+    person = await _person(request)
+    form = await auth.checked_form(request)
+    raw = form.get("q")
+    text = raw.strip()[:200] if isinstance(raw, str) else ""
+    problems: list[str] = []
+    ids: list[str] = []
+    if not text:
+        problems.append("Type a name, a medical record number (MRN) or a patient id.")
+    elif "\x00" in text:
+        problems.append("The search cannot contain that character.")
+    else:
+        ids = await asyncio.to_thread(_store(request).find_patients, text, SEARCH_LIMIT + 1)
+    more = len(ids) > SEARCH_LIMIT
+    result = WorklistPage([], 0, 0, 0)
+    if ids:
+        result = await asyncio.to_thread(
+            _store(request).worklist,
+            person.name,
+            trials=[],
+            statuses=[],
+            since=None,
+            changed_only=False,
+            newest_first=True,
+            offset=0,
+            limit=SEARCH_LIMIT * max(1, len(_service(request).rulesets)),
+            patient_ids=ids[:SEARCH_LIMIT],
+        )
+    # A patient's rows together, patients by name (then id), trials in the order served.
+    order = {trial: index for index, trial in enumerate(_service(request).rulesets)}
+    found = sorted(
+        result.rows,
+        key=lambda r: (
+            (r.patient.name_key if r.patient else "") or "~",
+            r.candidate.patient_id,
+            order.get(r.candidate.trial, len(order)),
+        ),
+    )
+    return render(
+        request,
+        "search.html",
+        person,
+        page="search",
+        q=text,
+        problems=problems,
+        lines=_lines(request, found),
+        patients=min(len(ids), SEARCH_LIMIT),
+        more=more,
         when=when,
     )
 
@@ -280,6 +389,23 @@ class CriterionView:
 
 
 @dataclass
+class DecisionView:
+    """The decision form of one trial and the feedback beside it."""
+
+    trial: str
+    acronym: str
+    reasons: list[str]
+    may_decide: bool
+    problem: str = ""  # why decisions cannot be recorded now ("": they can)
+    expected_version: str = ""
+    values: dict[str, str] = field(default_factory=dict)  # status, reason, note shown
+    notice: str = ""
+    notice_kind: str = "status"  # status | error | warning
+    focus: bool = False  # the feedback takes the keyboard focus (it answers a submission)
+    sign_in: str = ""  # the sign-in link, when the session had ended
+
+
+@dataclass
 class TrialPanel:
     trial: str
     acronym: str
@@ -288,13 +414,19 @@ class TrialPanel:
     criteria: list[CriterionView]
     to_check: list[CriterionView]
     history: list[HistoryEntry]
+    decision: DecisionView
     subject_status: str | None = None
-    subject_version: str | None = None
-    subject_problem: str = ""
-    may_decide: bool = False
-    reasons: list[str] = field(default_factory=list)
-    notice: str = ""
-    notice_kind: str = "status"  # status | error
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """What the page says after a decision was sent: the words, their kind, and what the person
+    had chosen and typed (kept in the form after an error or a conflict)."""
+
+    text: str
+    kind: str = "status"
+    values: dict[str, str] = field(default_factory=dict)
+    expected_version: str | None = None  # None: the version the FHIR server has now
 
 
 async def _subject(service: ScreeningService, trial: str, patient_id: str) -> tuple[Any, str]:
@@ -323,12 +455,51 @@ async def _evidence(
         return {r: unavailable(r, "the FHIR server could not be reached") for r in references}
 
 
+def _decision_view(
+    request: Request,
+    person: auth.Person,
+    ruleset: RuleSet,
+    trial: str,
+    subject: Any,
+    problem: str,
+    feedback: Feedback | None,
+    draft: Any,
+) -> DecisionView:
+    version = str((subject or {}).get("meta", {}).get("versionId") or "")
+    view = DecisionView(
+        trial,
+        ruleset.trial.acronym,
+        ineligible_reasons(ruleset),
+        person.may_decide(trial),
+        problem if subject is None else "",
+        version,
+    )
+    flash = request.session.get(auth.FLASH)
+    if feedback is not None:
+        view.notice, view.notice_kind, view.focus = feedback.text, feedback.kind, True
+        view.values = feedback.values
+        if feedback.expected_version is not None:
+            view.expected_version = feedback.expected_version
+    elif isinstance(flash, dict) and flash.get("trial") == trial:
+        view.notice, view.focus = str(flash.get("text", "")), True
+        request.session.pop(auth.FLASH, None)
+    elif draft is not None and draft.trial == trial:
+        view.values = {"status": draft.status, "reason": draft.reason, "note": draft.note}
+        view.expected_version = draft.expected_version or ""
+        view.notice_kind, view.focus = "warning", True
+        view.notice = (
+            "Not saved yet: your session had ended when you sent this decision. It is filled "
+            "in below as you sent it: check it and press “Record decision”."
+        )
+    return view
+
+
 async def _patient_page(
     request: Request,
     person: auth.Person,
     patient_id: str,
     focus: str,
-    notices: dict[str, tuple[str, str]] | None = None,
+    feedback: dict[str, Feedback] | None = None,
     status_code: int = 200,
 ) -> Response:
     service = _service(request)
@@ -342,12 +513,15 @@ async def _patient_page(
     for row in rows:
         for outcome in (row.result.get("criteria") or {}).values():
             references += [str(e) for e in outcome.get("evidence", [])]
-    evidence, subjects = await asyncio.gather(
+    evidence, subjects, record, draft = await asyncio.gather(
         _evidence(service, references, request.app.state.displays),
         asyncio.gather(*(_subject(service, r.trial, patient_id) for r in rows)),
+        asyncio.to_thread(store.patient, patient_id),
+        drafts.find(request, store, person.name, patient_id),
     )
+    histories = await asyncio.to_thread(lambda: [store.history(row.id) for row in rows])
     panels = []
-    for row, (subject, problem) in zip(rows, subjects, strict=True):
+    for row, (subject, problem), history in zip(rows, subjects, histories, strict=True):
         ruleset = service.rulesets[row.trial]
         found = row.result.get("criteria") or {}
         criteria = []
@@ -364,11 +538,6 @@ async def _patient_page(
                     [evidence[str(e)] for e in outcome.get("evidence", []) if str(e) in evidence],
                 )
             )
-        notice, kind = (notices or {}).get(row.trial, ("", "status"))
-        flash = request.session.get(auth.FLASH)
-        if not notice and isinstance(flash, dict) and flash.get("trial") == row.trial:
-            notice, kind = str(flash.get("text", "")), "status"
-            request.session.pop(auth.FLASH, None)
         panels.append(
             TrialPanel(
                 trial=row.trial,
@@ -377,14 +546,18 @@ async def _patient_page(
                 candidate=row,
                 criteria=criteria,
                 to_check=[c for c in criteria if c.result == "unknown"],
-                history=await asyncio.to_thread(store.history, row.id),
+                history=history,
+                decision=_decision_view(
+                    request,
+                    person,
+                    ruleset,
+                    row.trial,
+                    subject,
+                    problem,
+                    (feedback or {}).get(row.trial),
+                    draft,
+                ),
                 subject_status=str(subject.get("status", "")) if subject else None,
-                subject_version=(subject or {}).get("meta", {}).get("versionId"),
-                subject_problem=problem,
-                may_decide=person.may_decide(row.trial),
-                reasons=ineligible_reasons(ruleset),
-                notice=notice,
-                notice_kind=kind,
             )
         )
     await asyncio.to_thread(store.mark_seen, person.name, rows)
@@ -395,6 +568,7 @@ async def _patient_page(
         status_code=status_code,
         page="patient",
         patient_id=patient_id,
+        who=who(patient_id, record, _today()),
         patient=evidence.get(f"Patient/{patient_id}"),
         panels=panels,
         choices=[(c, status_label(c)) for c in DECISION_CHOICES],
@@ -406,6 +580,8 @@ async def _patient_page(
 @router.get("/patients/{patient_id}", name="patient")
 async def patient(request: Request, patient_id: str, trial: str = "") -> Response:
     person = await _person(request)
+    if not is_fhir_id(patient_id):
+        raise HTTPException(404, "No screening result for this patient.")
     return await _patient_page(request, person, patient_id, trial)
 
 
@@ -413,46 +589,110 @@ def _conflict_text(conflict: DecisionConflictError) -> str:
     theirs = status_label(conflict.current_status)
     last = conflict.last_decision
     if last is not None and last.status == conflict.current_status:
-        who = f"{last.decided_by or API_CLIENT} recorded “{theirs}” at {when(last.decided_at)}"
+        who_did = f"{last.decided_by or API_CLIENT} recorded “{theirs}” at {when(last.decided_at)}"
     else:
-        who = f"The status was changed to “{theirs}” on the FHIR server"
+        who_did = f"The status was changed to “{theirs}” on the FHIR server"
     return (
-        f"Not saved: {who} while this page was open. Their decision stands; "
-        "review it below and decide again if needed."
+        f"Not saved: {who_did} while this page was open. Their decision stands (see the "
+        "history); your choice and note are kept below: send them again if they still apply."
+    )
+
+
+def _sent(form: Any) -> dict[str, str]:
+    """What the decision form sent, as text (a field sent as a file is no text: empty)."""
+
+    def text(name: str) -> str:
+        value = form.get(name, "")
+        return value if isinstance(value, str) else ""
+
+    return {
+        "trial": text("trial"),
+        "status": text("status"),
+        "reason": text("reason").strip(),
+        "note": text("note").strip()[: NOTE_MAX * 2],
+        "expected_version": text("expected_version")[:64],
+    }
+
+
+async def _session_ended(
+    request: Request, patient_id: str, ruleset: RuleSet, sent: dict[str, str], form: Any
+) -> Response:
+    """A decision sent by a browser whose session has ended: nothing about the patient is
+    shown (nobody is signed in), what was sent is kept and handed back."""
+    trial = sent["trial"]
+    author = drafts.author(request, form)
+    kept = author is not None
+    if author is not None:
+        await drafts.keep(request, _store(request), author, patient_id, trial, sent)
+    request.session[auth.NEXT] = _patient_path(request, patient_id, trial) + f"#decision-{trial}"
+    if kept:
+        text = (
+            "Not saved: your session had ended (you signed out, perhaps in another tab, or it "
+            "expired). What you chose and typed is kept: sign in again and it will be here, "
+            "filled in, ready to send."
+        )
+    else:
+        text = (
+            "Not saved: your session had ended. Sign in again, then send your decision again: "
+            "what you chose and typed is below (copy the note to keep it)."
+        )
+    view = DecisionView(
+        trial,
+        ruleset.trial.acronym,
+        ineligible_reasons(ruleset),
+        may_decide=True,
+        expected_version=sent["expected_version"],
+        values=sent,
+        notice=text,
+        notice_kind="warning",
+        focus=True,
+        sign_in=request.url_for("login").path,
+    )
+    return render(
+        request,
+        "ended.html",
+        None,
+        status_code=401,
+        page="ended",
+        decision=view,
+        patient_id=patient_id,
+        choices=[(c, status_label(c)) for c in DECISION_CHOICES],
     )
 
 
 @router.post("/patients/{patient_id}/decision", name="decide")
 async def decide(request: Request, patient_id: str) -> Response:
-    person = await _person(request)
-    form = await auth.checked_form(request)
     service = _service(request)
-    trial = str(form.get("trial", ""))
-    status = str(form.get("status", ""))
-    reason = str(form.get("reason", "")).strip()
-    note = str(form.get("note", "")).strip()
-    expected = str(form.get("expected_version", "")) or None
+    store = _store(request)
+    form = await request.form()
+    sent = _sent(form)
+    trial = sent["trial"]
     ruleset = service.rulesets.get(trial)
-    if ruleset is None:
+    if ruleset is None or not is_fhir_id(patient_id):
         raise HTTPException(404, "This trial is not served here.")
+    person = await auth.current_person(request, store)
+    if person is None:
+        return await _session_ended(request, patient_id, ruleset, sent, form)
+    await auth.checked_form(request)
     if not person.may_decide(trial):
         raise HTTPException(403, "Your role does not allow recording decisions for this trial.")
-    rows = await asyncio.to_thread(_store(request).candidates_of_patient, patient_id)
+    rows = await asyncio.to_thread(store.candidates_of_patient, patient_id)
     row = next((r for r in rows if r.trial == trial), None)
     if row is None:
         raise HTTPException(404, "No screening result for this patient.")
 
+    status, reason, note = sent["status"], sent["reason"], sent["note"]
+    expected = sent["expected_version"] or None
     problem = ""
     if status not in DECISION_CHOICES:
-        problem = "Choose a decision."
+        problem = "Not saved: choose a decision."
     elif status == "ineligible" and reason not in ineligible_reasons(ruleset):
-        problem = "Choose why the patient is ineligible."
+        problem = "Not saved: choose why the patient is ineligible."
     elif len(note) > NOTE_MAX:
-        problem = f"The note is longer than {NOTE_MAX} characters."
+        problem = f"Not saved: the note is longer than {NOTE_MAX} characters."
     if problem:
-        return await _patient_page(
-            request, person, patient_id, trial, {trial: (problem, "error")}, 422
-        )
+        feedback = Feedback(problem, "error", sent, expected or "")
+        return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 422)
     try:
         await record_decision(
             service,
@@ -464,20 +704,19 @@ async def decide(request: Request, patient_id: str) -> Response:
             note=note,
         )
     except DecisionConflictError as conflict:
-        return await _patient_page(
-            request, person, patient_id, trial, {trial: (_conflict_text(conflict), "error")}, 409
-        )
+        feedback = Feedback(_conflict_text(conflict), "error", sent)
+        return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 409)
     except DecisionError as error:
+        feedback = Feedback(f"Not saved: {error.message}.", "error", sent, expected or "")
         return await _patient_page(
-            request, person, patient_id, trial, {trial: (error.message, "error")}, error.status
+            request, person, patient_id, trial, {trial: feedback}, error.status
         )
+    await drafts.drop(request, store, person.name, patient_id, trial)
     request.session[auth.FLASH] = {
         "trial": trial,
         "text": f"Recorded for {ruleset.trial.acronym}: {status_label(status)}.",
     }
-    target = (
-        request.url_for("patient", patient_id=patient_id).path + "?" + urlencode({"trial": trial})
-    )
+    target = _patient_path(request, patient_id, trial) + f"#decision-{trial}"
     return RedirectResponse(target, status_code=303)
 
 

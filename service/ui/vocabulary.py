@@ -7,7 +7,9 @@ assessed is ``screening``.
 
 from __future__ import annotations
 
+from service.api.decisions import GENERAL_REASONS
 from service.ruleset.loader import RuleSet
+from service.state.worklist import FLAGGED
 
 STATUS_LABELS = {
     "candidate": "Candidate",
@@ -33,17 +35,9 @@ DECISION_CHOICES = (
 )
 
 # Statuses the worklist shows by default: the ones waiting for a person.
-OPEN_STATUSES = ("candidate", "potential-candidate")
+OPEN_STATUSES = FLAGGED
 
 RESULT_LABELS = {"met": "met", "not_met": "not met", "unknown": "unknown"}
-
-# Reasons for "ineligible" that no rule set states: the rest come from the trial's criteria.
-GENERAL_REASONS = (
-    "Declined to take part",
-    "Could not be reached",
-    "Clinician judgement",
-    "Other (see note)",
-)
 
 
 def status_label(status: str) -> str:

@@ -54,6 +54,11 @@ class Site:
     def patient(self, test_id: str) -> str:
         return next(pid for pid, t in self.loaded.tests.items() if t.id == test_id)
 
+    def name(self, test_id: str) -> str:
+        """The name a page shows for this patient: "Family, Given"."""
+        family, given, _mrn = IDENTITIES[test_id]
+        return f"{family}, {given}"
+
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": API_KEY}, timeout=60)
 
@@ -71,8 +76,49 @@ def issuer() -> Iterator[str]:
         yield url
 
 
-# The rule-test patients screened for RELIEVE: one per verdict, and one two people decide at once.
-SCREENED = ("candidate", "potential-candidate-without-survival", "deceased-false", "deceased-flag")
+# The rule-test patients screened for RELIEVE: one per verdict, one two people decide at once,
+# and those the coordinator's day decides on (an ended session, feedback, the screening log).
+SCREENED = (
+    "candidate",
+    "potential-candidate-without-survival",
+    "deceased-false",
+    "deceased-flag",
+    "stabilization-completed-within-window",
+    "decompression-in-progress",
+    "two-lesions-in-one-region",
+    "proposed-radiosurgery-plan",
+)
+MRN_SYSTEM = "http://hospital.example.org/fhir/sid/mrn"
+MR_TYPE = {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]}
+# Who they are: (family, given, MRN). Two share a family name; one MRN is the start of another.
+IDENTITIES = {
+    "candidate": ("Ångström", "Lena", "MRN-1001"),
+    "potential-candidate-without-survival": ("Okafor", "Chidi", "MRN-1002"),
+    "deceased-false": ("Lindqvist", "Maja", "MRN-1003"),
+    "deceased-flag": ("Lindqvist", "Jonas", "MRN-10031"),
+    "stabilization-completed-within-window": ("Moreau", "Agnès", "MRN-1005"),
+    "decompression-in-progress": ("Haddad", "Omar", "MRN-1006"),
+    "two-lesions-in-one-region": ("Nowak", "Ewa", "MRN-1007"),
+    "proposed-radiosurgery-plan": ("O'Brien", "Niall", "MRN-1008"),
+}
+
+
+def name_patients(fhir_url: str, loaded: LoadedPatients) -> None:
+    """Give the screened patients a name and MRNs on the FHIR server: the hospital's, listed
+    after a partner hospital's (also typed MR: PRESCREEN_MRN_SYSTEM picks the right one) and
+    after an old number (use old) that is another patient's MRN today."""
+    by_test = {t.id: pid for pid, t in loaded.tests.items()}
+    with httpx.Client(base_url=fhir_url, timeout=60) as client:
+        for test_id, (family, given, mrn) in IDENTITIES.items():
+            pid = by_test[test_id]
+            patient = client.get(f"/Patient/{pid}").raise_for_status().json()
+            patient["name"] = [{"use": "official", "family": family, "given": [given]}]
+            patient["identifier"] = [
+                {"use": "old", "type": MR_TYPE, "system": MRN_SYSTEM, "value": "MRN-1002"},
+                {"type": MR_TYPE, "system": "http://partner.example.org/mrn", "value": "P-77"},
+                {"type": MR_TYPE, "system": MRN_SYSTEM, "value": mrn},
+            ]
+            client.put(f"/Patient/{pid}", json=patient).raise_for_status()
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +126,7 @@ def site(
     fhir_server: SekmetServer, issuer: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Site]:
     loaded = LoadedPatients(fhir_server.base_url, f"ui{uuid.uuid4().hex[:6]}x")
+    name_patients(fhir_server.base_url, loaded)
     database = f"sqlite:///{tmp_path_factory.mktemp('ui-state') / 'state.db'}"
     add_person(database, "carol", "coordinator", trials=["relieve"])
     add_person(database, "dora", "coordinator")
@@ -95,6 +142,7 @@ def site(
         oidc_client_secret="client-secret-for-tests",
         oidc_roles_claim=ROLES_CLAIM,
         session_secret="session-secret-for-tests",
+        mrn_system=MRN_SYSTEM,
     )
     with running_service(settings, port) as url:
         site = Site(url, fhir_server.base_url, issuer, loaded, settings)
