@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import csv
 import email
 import hashlib
 import hmac
+import io
 import itertools
 import json
 import time
@@ -356,6 +358,22 @@ def test_ndjson_run_with_paged_results(service: RunningService, tmp_path: Any) -
         for verdict in page1 + page2:
             counts[verdict["verdict"]] = counts.get(verdict["verdict"], 0) + 1
         assert counts == done["counts"]
+        # The run kept who each patient is: the screening log names every one.
+        log = client.get("/candidates.csv", params={"trial": "relieve", "status": "any"})
+        assert log.status_code == 200 and log.headers["content-type"].startswith("text/csv")
+        rows = list(csv.DictReader(io.StringIO(log.content.decode("utf-8-sig"))))
+        assert {r["patient"] for r in rows} >= set(expected)
+        first = json.loads((SAMPLE_DIR / "Patient.ndjson").read_text().splitlines()[0])
+        (mine,) = [r for r in rows if r["patient"] == f"Patient/{first['id']}"]
+        name = first["name"][0]
+        assert mine["name"] == f"{name['family']}, {' '.join(name['given'])}"
+        assert mine["mrn"] == first["identifier"][-1]["value"]
+        assert all(r["name"] and r["mrn"] for r in rows)
+    # Reading the worklist is enough to download it; no key, no log.
+    with service.client("reader-key") as reader:
+        assert reader.get("/candidates.csv").status_code == 200
+    with service.client("not-a-key") as stranger:
+        assert stranger.get("/candidates.csv").status_code == 401
 
 
 def test_coordinator_decision_reaches_the_server_and_survives_rescreening(

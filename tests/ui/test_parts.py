@@ -1,22 +1,32 @@
 """The web worklist's parts that need no server: the funnel, evidence summaries, links, roles,
-passwords and the ineligibility reasons."""
+passwords, the ineligibility reasons, the query string, the screening log file and how a
+patient is named."""
 
 from __future__ import annotations
 
+import csv
+import io
 import xml.etree.ElementTree as ET
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service.api.decisions import DECLINED, NOT_REACHED
+from service.api.screening_log import COLUMNS, outcome, write_log
 from service.cli import main
 from service.links import patient_page_url
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
+from service.state.models import PatientRecord
+from service.state.worklist import LogRow
 from service.ui.auth import Person, oidc_person, role_from_claims, safe_next
 from service.ui.evidence import Displays, summarise
 from service.ui.funnel import attrition, funnel_svg
 from service.ui.passwords import hash_password, verify_password
+from service.ui.people import who
+from service.ui.query import LAST_PAGE, read_worklist_query
 from service.ui.vocabulary import GENERAL_REASONS, ineligible_reasons
 from tests.conftest import MAPPINGS_DIR
 
@@ -225,3 +235,86 @@ def test_the_demo_says_how_to_open_the_web_worklist(
     told = " ".join(capsys.readouterr().err.split())
     assert "make demo-ui" in told and "http://127.0.0.1:8000/ui/" in told
     assert "demo-password" in told
+
+
+def test_worklist_query_values_that_cannot_be_used_are_named_and_replaced() -> None:
+    trials, statuses = ["relieve", "ssrs"], ["candidate", "ineligible"]
+    good = read_worklist_query(
+        {"trial": "ssrs", "status": "ineligible", "since": "2026-06-01", "page": "3"},
+        trials,
+        statuses,
+    )
+    assert (good.trial, good.status, good.since, good.page, good.problems) == (
+        "ssrs",
+        "ineligible",
+        "2026-06-01",
+        3,
+        [],
+    )
+    assert good.filters().statuses == ["ineligible"] and good.filters().trials == ["ssrs"]
+    bad = read_worklist_query(
+        {
+            "trial": "x\x00",
+            "status": "open\x00",
+            "since": "yesterday",
+            "sort": "random",
+            "page": "-2",
+            "changed": "yes",
+        },
+        trials,
+        statuses,
+    )
+    assert (bad.trial, bad.status, bad.since, bad.sort, bad.page, bad.changed) == (
+        "",
+        "open",
+        "",
+        "newest",
+        1,
+        "",
+    )
+    assert len(bad.problems) == 5
+    assert all("\x00" not in problem for problem in bad.problems)
+    huge = read_worklist_query({"page": "9" * 90}, trials, statuses)
+    assert huge.page == LAST_PAGE and huge.problems == []  # the worklist then shows its last page
+    assert read_worklist_query({"page": "٣"}, trials, statuses).page == 1  # digits, but not 0-9
+    assert read_worklist_query({"trial": "s" * 500}, trials, statuses).problems
+
+
+def test_the_screening_log_file_opens_in_a_spreadsheet_as_written() -> None:
+    row = LogRow(
+        trial="relieve",
+        patient_id="p1",
+        name='=HYPERLINK("http://x")',
+        mrn="-42",
+        birth_date="1950",
+        sex="female",
+        verdict="candidate",
+        status="ineligible",
+        as_of="2026-06-15",
+        flagged_at=datetime(2026, 6, 15, 9, 30),
+        decided_at=datetime(2026, 6, 16, 10, 0, 5),
+        decided_by="@ann",
+        reason="Clinician judgement",
+    )
+    body = write_log([row], {"relieve": "NCT06746103"})
+    assert body.startswith("\ufeff".encode()) and body.endswith(b"\r\n")
+    (line,) = list(csv.DictReader(io.StringIO(body.decode("utf-8-sig"))))
+    assert line["name"] == '\'=HYPERLINK("http://x")' and line["mrn"] == "'-42"
+    assert line["decided_by"] == "'@ann" and line["outcome"] == "screen failure"
+    assert (line["decided_at"], line["flagged_at"]) == (
+        "2026-06-16T10:00:05Z",
+        "2026-06-15T09:30:00Z",
+    )
+    assert list(line) == list(COLUMNS)
+    assert outcome("ineligible", DECLINED) == "declined"
+    assert outcome("ineligible", NOT_REACHED) == "not reached"
+    assert outcome("on-study", "") == "enrolled"
+
+
+def test_a_row_names_the_patient_by_name_mrn_age_and_sex() -> None:
+    record = PatientRecord(
+        patient_id="p1", name="Kim, Mei", mrn="0042", birth_date="1960-06", sex="female"
+    )
+    shown = who("p1", record, date(2026, 6, 15))
+    assert (shown.label, shown.summary) == ("Kim, Mei", "MRN 0042 · 65–66 years · female")
+    assert who("p1", None, date(2026, 6, 15)).label == "Patient/p1"

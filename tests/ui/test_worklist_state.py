@@ -1,8 +1,11 @@
 """The worklist's state on a real database (SQLite, and PostgreSQL when the suite has one): the
-verdict history kept by triggers, what changed since a person looked, filters and paging."""
+verdict history kept by triggers, what changed since a person looked, filters and paging, who the
+patients are and how they are found, the screening log, kept decisions and exports."""
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -13,9 +16,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from service.state.models import Candidate
+from service.api.decisions import DECLINED, NOT_REACHED
+from service.api.screening_log import write_log
+from service.mapping.display import PatientDetails
+from service.state.models import Candidate, DecisionDraft
 from service.state.store import Store, migrate
-from service.state.worklist import WorklistStore
+from service.state.worklist import WorklistFilters, WorklistStore
 
 
 def _databases() -> list[str]:
@@ -177,3 +183,130 @@ def test_sessions_end_at_sign_out_expiry_and_when_the_person_changes(
     with pytest.raises(ValueError):
         worklist.save_user("ann", "admin", [], None)
     assert worklist.remove_user("ann") and not worklist.remove_user("ann")
+
+
+def test_patients_are_found_by_name_words_mrn_or_id(stores: tuple[Store, WorklistStore]) -> None:
+    store, worklist = stores
+    people = {
+        "p1": PatientDetails("García Núñez, Lucía", "00042", "1950-01-02", "female"),
+        "p2": PatientDetails("Garcia, Luis", "000421", "1961", "male"),
+        "p_3": PatientDetails("O'Brien, Niall", "A_1", "", ""),
+    }
+    for patient, details in people.items():
+        store.upsert_candidate("relieve", verdict(patient, "candidate", age="met"), "d", details)
+    store.upsert_candidate("relieve", verdict("p4", "candidate", age="met"), "2026-06-15")
+    assert worklist.find_patients("garcia", 10) == ["p1", "p2"]
+    assert worklist.find_patients("LUCIA  garcía", 10) == ["p1"]
+    assert worklist.find_patients(" 00042 ", 10) == ["p1"]  # a whole MRN, not its start
+    assert worklist.find_patients("obrien", 10) == worklist.find_patients("a_1", 10) == ["p_3"]
+    assert worklist.find_patients("p4", 10) == ["p4"]  # screened before details were kept
+    # LIKE's own characters are letters like any other.
+    assert worklist.find_patients("_", 10) == worklist.find_patients("%", 10) == []
+    assert worklist.find_patients("garcia", 1) == ["p1"]
+    # The next screening brings the record up to date.
+    moved = PatientDetails("García Núñez, Lucía", "00043", "1950-01-02", "female")
+    store.upsert_candidate("ssrs", verdict("p1", "candidate", age="met"), "2026-06-16", moved)
+    assert worklist.find_patients("00042", 10) == []
+    assert worklist.find_patients("00043", 10) == ["p1"]
+    page = worklist.worklist(
+        "ann",
+        trials=[],
+        statuses=[],
+        since=None,
+        changed_only=False,
+        newest_first=True,
+        offset=0,
+        limit=10,
+        patient_ids=["p1", "p4"],
+    )
+    assert sorted((r.candidate.trial, r.candidate.patient_id) for r in page.rows) == [
+        ("relieve", "p1"),
+        ("relieve", "p4"),
+        ("ssrs", "p1"),
+    ]
+    named = {r.candidate.patient_id: r.patient for r in page.rows}
+    assert named["p1"] is not None and named["p1"].mrn == "00043" and named["p4"] is None
+
+
+def test_the_screening_log_is_the_filtered_worklist_with_the_decisions_behind_it(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    store, worklist = stores
+    for patient, outcome in (
+        ("a", "candidate"),
+        ("b", "potential-candidate"),
+        ("c", "ineligible"),
+        ("d", "candidate"),
+        ("e", "candidate"),
+    ):
+        store.upsert_candidate("relieve", verdict(patient, outcome, age="met"), "2026-06-15")
+
+    def decide(patient: str, status: str, who: str, reason: str = "") -> None:
+        candidate = row(store, patient)
+        worklist.record_decision(candidate, status, candidate.status, who, reason, "", "2")
+        store.set_candidate_status(candidate.id, status)
+
+    decide("b", "ineligible", "ann", DECLINED)
+    decide("d", "ineligible", "bob", NOT_REACHED)
+    decide("e", "screening", "ann")
+    store.set_candidate_status(row(store, "e").id, "on-study")  # changed on the FHIR server
+    everything = WorklistFilters(trials=[], statuses=[])
+    log = worklist.screening_log("ann", everything)
+    page = worklist.worklist(
+        "ann",
+        trials=[],
+        statuses=[],
+        since=None,
+        changed_only=False,
+        newest_first=True,
+        offset=0,
+        limit=100,
+    )
+    assert [r.patient_id for r in log] == [r.candidate.patient_id for r in page.rows]
+    body = write_log(log, {"relieve": "NCT06746103"})
+    lines = {r["patient"]: r for r in csv.DictReader(io.StringIO(body.decode("utf-8-sig")))}
+    assert {p: r["outcome"] for p, r in lines.items()} == {
+        "Patient/a": "to review",
+        "Patient/b": "declined",
+        "Patient/c": "screen failure",
+        "Patient/d": "not reached",
+        "Patient/e": "enrolled",
+    }
+    assert (lines["Patient/d"]["reason"], lines["Patient/d"]["decided_by"]) == (NOT_REACHED, "bob")
+    assert lines["Patient/e"]["decided_by"] == ""  # the status is not the decision recorded here
+    ineligible = WorklistFilters(trials=["relieve"], statuses=["ineligible"], newest_first=False)
+    assert [r.patient_id for r in worklist.screening_log("ann", ineligible)] == ["b", "c", "d"]
+    assert worklist.ineligible_reasons() == {"relieve": {DECLINED: 1, NOT_REACHED: 1}}
+
+
+def test_kept_decisions_and_exports(stores: tuple[Store, WorklistStore]) -> None:
+    _store, worklist = stores
+    values = {"status": "eligible", "reason": "", "note": "phoned", "expected_version": "3"}
+    worklist.save_draft("k1", "ann", "p1", "relieve", values)
+    kept = worklist.draft("k1")
+    assert kept is not None and (kept.author, kept.note, kept.expected_version) == (
+        "ann",
+        "phoned",
+        "3",
+    )
+    worklist.save_draft("k1", "ann", "p1", "relieve", values | {"note": "phoned twice"})
+    assert (worklist.draft("k1") or kept).note == "phoned twice"
+    worklist.drop_draft("k1")
+    assert worklist.draft("k1") is None
+    worklist.save_draft("old", "ann", "p1", "relieve", values)
+    with worklist.session() as session:
+        session.execute(
+            sa.update(DecisionDraft).values(created_at=datetime.now() - timedelta(days=2))
+        )
+    assert worklist.draft("old") is None  # a day old: gone
+    worklist.save_draft("new", "ann", "p2", "relieve", values)
+    with worklist.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(DecisionDraft)) == 1
+    worklist.record_export("ann", "ui", {"status": "any"}, 12)
+    (export,) = worklist.exports()
+    assert (export.exported_by, export.via, export.filters, export.rows) == (
+        "ann",
+        "ui",
+        {"status": "any"},
+        12,
+    )

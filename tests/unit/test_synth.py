@@ -9,7 +9,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.synth import LEVELS, REGIONS, generate, write_population
+from service.ruleset.loader import RuleSet
+from service.synth import LEVELS, MRN_SYSTEM, REGIONS, generate, write_population
 from tests.conftest import SAMPLE_DIR
 
 AS_OF = date(2026, 6, 15)
@@ -117,3 +118,20 @@ def test_every_resource_belongs_to_a_patient_with_unique_ids() -> None:
     for r in resources:
         if r["resourceType"] != "Patient":
             assert r["subject"]["reference"].removeprefix("Patient/") in patients
+
+
+def test_patients_have_names_and_unique_record_numbers_the_mapping_reads(
+    relieve: RuleSet,
+) -> None:
+    patients = [r for r in _population(300, 9) if r["resourceType"] == "Patient"]
+    reader = relieve.mapper.display
+    assert reader is not None
+    details = [reader.read(p, MRN_SYSTEM) for p in patients]
+    assert all(d.name and d.mrn and d.sex for d in details)
+    assert len({d.mrn for d in details}) == len(patients)
+    # Some carry an old number of the hospital taken over, listed first: never the one shown.
+    old = [p for p in patients if p["identifier"][0].get("use") == "old"]
+    assert old and all(reader.read(p).mrn == p["identifier"][1]["value"] for p in old)
+    # The same seed, the same names and numbers.
+    again = [r for r in _population(300, 9) if r["resourceType"] == "Patient"]
+    assert again == patients
