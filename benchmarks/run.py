@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bulk_rest, engines, floor, live, offline, spark, workers
+from benchmarks import bulk_rest, engines, floor, live, offline, spark, workers, worklist
 
 
 def main() -> None:
@@ -16,7 +16,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="offline,floor,workers,engines,live",
-        help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster)",
+        help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster, "
+        "worklist the service with the web worklist at 5,000 patients)",
     )
     args = parser.parse_args()
     chosen = set(args.only.split(","))
@@ -43,6 +44,9 @@ def main() -> None:
     if "bulk_rest" in chosen:
         print("bulk export + screen vs REST screen on HAPI FHIR")
         bulk_rest.report(*bulk_rest.measure())
+    if "worklist" in chosen:
+        print("the web worklist at 5,000 patients")
+        worklist.report(worklist.measure())
     if "spark" in chosen:
         print("local executor vs Spark local[2] vs a standalone cluster")
         spark.report(spark.measure(100_000, "relieve", 1))

@@ -673,13 +673,23 @@ async def decide(request: Request, patient_id: str) -> Response:
     person = await auth.current_person(request, store)
     if person is None:
         return await _session_ended(request, patient_id, ruleset, sent, form)
-    await auth.checked_form(request)
     if not person.may_decide(trial):
         raise HTTPException(403, "Your role does not allow recording decisions for this trial.")
     rows = await asyncio.to_thread(store.candidates_of_patient, patient_id)
     row = next((r for r in rows if r.trial == trial), None)
     if row is None:
         raise HTTPException(404, "No screening result for this patient.")
+    if not drafts.token_matches(request, form):
+        # A page opened before this browser last signed in: nothing is written, and what was
+        # sent comes back in a form that carries the current token.
+        stale = Feedback(
+            "Not saved: this page's security token is out of date (it was opened before you "
+            "last signed in). Your choice and note are below: check them and send them again.",
+            "error",
+            sent,
+            sent["expected_version"],
+        )
+        return await _patient_page(request, person, patient_id, trial, {trial: stale}, 403)
 
     status, reason, note = sent["status"], sent["reason"], sent["note"]
     expected = sent["expected_version"] or None

@@ -4,7 +4,7 @@
 
 It starts sekmet-fhir with the shipped sample, screens it for every trial, signs in as the demo
 coordinator in Debian's Chromium, records one decision, and photographs the overview, the
-worklist and that patient's page at a laptop's width.
+worklist and that patient's page at a laptop's width, and the worklist on a phone (390 px).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tests.ui.harness import (
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 WIDTH, HEIGHT = 1280, 900
+PHONE_WIDTH, PHONE_HEIGHT = 390, 844
 
 
 def sign_in(page: Page, url: str) -> None:
@@ -64,11 +65,11 @@ def main() -> None:
         example = best_example(url)
         # One decision recorded through the page, so the overview and the history show one.
         page.goto(f"{url}/ui/patients/{example}?trial=relieve")
-        panel = page.locator("#trial-relieve")
+        panel = page.locator("#decision-relieve")
         panel.get_by_role("radio", name="Contacted, screening").check()
         panel.get_by_label("Note (optional)").fill("Phoned, appointment on Thursday")
         panel.get_by_role("button", name="Record decision").click()
-        panel.get_by_text("Recorded for RELIEVE").wait_for()
+        page.locator("#notice-relieve").get_by_text("Recorded for RELIEVE").wait_for()
         page.goto(f"{url}/ui/")
         page.screenshot(path=DOCS / "ui-overview.png", full_page=True)
         page.goto(f"{url}/ui/worklist?trial=relieve")
@@ -84,8 +85,17 @@ def main() -> None:
             full_page=True,
             clip={"x": 0, "y": 0, "width": WIDTH, "height": bottom},
         )
+        # A phone: the worklist's rows as cards (the top of the page: the search, the filters
+        # and the first cards).
+        page.set_viewport_size({"width": PHONE_WIDTH, "height": PHONE_HEIGHT})
+        page.goto(f"{url}/ui/worklist?trial=relieve")
+        page.screenshot(
+            path=DOCS / "ui-phone.png",
+            full_page=True,
+            clip={"x": 0, "y": 0, "width": PHONE_WIDTH, "height": 2 * PHONE_HEIGHT},
+        )
         browser.close()
-    print(f"Wrote {DOCS}/ui-overview.png, ui-worklist.png, ui-patient.png")
+    print(f"Wrote {DOCS}/ui-overview.png, ui-worklist.png, ui-patient.png, ui-phone.png")
 
 
 if __name__ == "__main__":

@@ -172,10 +172,12 @@ def test_a_request_without_the_csrf_token_is_refused(browser: Any, site: Site) -
     url = f"{site.url}/ui/patients/{patient}/decision"
     missing = page.request.post(url, form={"trial": "relieve", "status": "eligible"})
     wrong = page.request.post(
-        url, form={"trial": "relieve", "status": "eligible", "csrf_token": "forged"}
+        url, form={"trial": "relieve", "status": "eligible", "csrf_token": "forged", "note": "n1"}
     )
     assert (missing.status, wrong.status) == (403, 403)
     assert "security token" in missing.text()
+    # What was sent comes back in a form with the current token, to be sent again.
+    assert ">n1</textarea>" in wrong.text() and 'value="eligible" required checked' in wrong.text()
     assert subject_status(site, patient) == "potential-candidate"
     # Signing out is a form too: without the token the session stays.
     assert page.request.post(f"{site.url}/ui/logout").status == 403

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from service.settings import Settings
 from service.state.store import Store, migrate
@@ -216,3 +217,27 @@ def test_signing_out(local_site: LocalSite, tmp_path: Path) -> None:
     assert out.status_code == 303 and out.headers["location"] == "/ui/signed-out"
     browser.cookie = kept  # the cookie from before signing out opens nothing any more
     assert browser.get("/ui/").status_code == 303
+
+
+def test_an_anonymous_decision_gets_back_only_what_it_sent(local_site: LocalSite) -> None:
+    """No session: nothing about the patient is shown, and without this browser's sign-in and
+    token nothing is kept; what was sent comes back, to be copied."""
+    browser = Browser(local_site.url)
+    answer = browser.post(
+        "/ui/patients/p1/decision",
+        {"trial": "relieve", "status": "eligible", "note": "<b>typed</b>", "csrf_token": "x"},
+    )
+    assert answer.status_code == 401
+    assert "your session had ended" in answer.text and "copy the note" in answer.text
+    assert "&lt;b&gt;typed&lt;/b&gt;" in answer.text  # the note, escaped
+    assert "no survival estimate" not in answer.text and "Observation/s1" not in answer.text
+    engine = sa.create_engine(local_site.database)
+    try:
+        with engine.connect() as connection:
+            kept = connection.execute(sa.text("SELECT count(*) FROM decision_drafts")).scalar()
+    finally:
+        engine.dispose()
+    assert kept == 0
+    # A part of a page asked by htmx without a session: the whole page goes to the sign-in.
+    part = browser.http.get("/ui/worklist", headers={"HX-Request": "true"})
+    assert part.status_code == 204 and part.headers["hx-redirect"] == "/ui/login"
