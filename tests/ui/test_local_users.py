@@ -241,3 +241,36 @@ def test_an_anonymous_decision_gets_back_only_what_it_sent(local_site: LocalSite
     # A part of a page asked by htmx without a session: the whole page goes to the sign-in.
     part = browser.http.get("/ui/worklist", headers={"HX-Request": "true"})
     assert part.status_code == 204 and part.headers["hx-redirect"] == "/ui/login"
+
+
+def test_a_decision_sent_after_the_sign_in_expired_is_kept_for_its_author(
+    local_site: LocalSite,
+) -> None:
+    added = prescreen(
+        local_site.database, "users", "add", "eve", "--role", "coordinator", stdin=f"{PASSWORD}\n"
+    )
+    assert added.returncode == 0, added.stderr
+    browser = Browser(local_site.url)
+    assert browser.sign_in("eve", PASSWORD).status_code == 303
+    token = browser.token("/ui/worklist")
+    engine = sa.create_engine(local_site.database)
+    try:
+        with engine.begin() as connection:  # the sign-in expires
+            connection.execute(
+                sa.text("UPDATE web_sessions SET expires_at = :past WHERE user_name = 'eve'"),
+                {"past": "2000-01-01 00:00:00"},
+            )
+        sent = {"trial": "relieve", "status": "eligible", "note": "seen in clinic"}
+        answer = browser.post("/ui/patients/p1/decision", sent | {"csrf_token": token})
+        assert answer.status_code == 401
+        assert "What you chose and typed is kept" in answer.text and "seen in clinic" in answer.text
+        with engine.connect() as connection:
+            kept = connection.execute(sa.text("SELECT author, note FROM decision_drafts")).all()
+        assert [tuple(row) for row in kept] == [("eve", "seen in clinic")]
+    finally:
+        engine.dispose()
+    # Signed in again, the patient page offers it back (the FHIR server is down here: the
+    # decision cannot be sent now, but it is not lost).
+    assert browser.sign_in("eve", PASSWORD).status_code == 303
+    page = browser.get("/ui/patients/p1?trial=relieve")
+    assert "Not saved yet" in page.text and "seen in clinic" in page.text
