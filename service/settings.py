@@ -39,6 +39,12 @@ class Settings(BaseSettings):
         description="ResearchSubject.identifier.system of the subjects prescreen writes",
     )
     log_level: str = Field(default="INFO", description="logging level (never logs PHI)")
+    feasibility_suppress_below: int = Field(
+        default=5,
+        ge=1,
+        description="feasibility reports show counts below this as <N (and hide as many others "
+        "as it takes for none of them to be worked out)",
+    )
 
     # --- the FHIR server (live screening and write-back) ---
     fhir_url: str | None = Field(default=None, description="FHIR R4 base URL")

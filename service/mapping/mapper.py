@@ -12,6 +12,7 @@ from typing import Any
 
 from service.errors import ConfigError
 from service.mapping.fields import (
+    AS_OF_FIELD_TYPES,
     Absent,
     DataIssue,
     Extractor,
@@ -62,6 +63,7 @@ class CompiledField:
     path_source: str = ""
     unusable_of: str | None = None  # an "unusable" field: another field's value was unusable
     path: FhirPath | None = None  # to explain an absent value held in the wrong JSON type
+    reads_as_of: bool = False  # the value depends on as_of (an age), not on the resource alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +310,16 @@ class Mapper:
     def resource_types(self) -> frozenset[str]:
         """Types read from a source: mapped ones and the targets of resolve()."""
         return frozenset(self.sources) | self.join_targets
+
+    @functools.cached_property
+    def as_of_types(self) -> frozenset[str]:
+        """Resource types whose records depend on as_of (a Patient's age): mapped at another
+        as_of, only these give other records."""
+        return frozenset(
+            rtype
+            for rtype, srcs in self.sources.items()
+            if any(f.reads_as_of for s in srcs for f in s.fields)
+        )
 
     @functools.cached_property
     def join_targets(self) -> frozenset[str]:
@@ -574,6 +586,7 @@ def _compile_source(
             spec.path or "",
             spec.field if spec.type == "unusable" else None,
             compile_path(spec.path, valuesets, where) if spec.path else None,
+            spec.type in AS_OF_FIELD_TYPES,
         )
         for name, spec in source.fields.items()
     )

@@ -71,7 +71,7 @@ class PatientVerdict:
             "as_of": as_of.isoformat(),
             "verdict": self.verdict,
             "criteria": {c.id: c.as_contract() for c in self.criteria},
-            "ruleset": {"id": ruleset.id, "version": ruleset.version},
+            "ruleset": {"id": ruleset.id, "version": ruleset.run_version},
         }
 
 
@@ -153,7 +153,9 @@ class Evaluator:
 
     Evaluation is a pure function of the facts and as_of, so with ``memoize`` patients whose
     facts differ only in resource ids share one evaluation; evidence is mapped back to each
-    patient's own ids.
+    patient's own ids. The parameters are the third input: they are fixed for an evaluator
+    (its rule set's), so its cache holds one set of parameter values only. Another set of
+    values is another rule set (``overrides.with_overrides``) and so another evaluator.
     """
 
     def __init__(

@@ -29,7 +29,8 @@ from service.ruleset.engines import (
     make_engine,
     referenced_names,
 )
-from service.ruleset.model import CriterionDoc, Kind, Result, RuleSetDoc, TrialDoc
+from service.ruleset.model import CriterionDoc, Kind, ParameterDoc, Result, RuleSetDoc, TrialDoc
+from service.ruleset.overrides import version_suffix
 from service.yamlfiles import read_yaml
 
 BUILTIN_NAMES = frozenset({"params", "windows", "as_of"})
@@ -95,6 +96,17 @@ class RuleSet:
     derived: tuple[tuple[str, str], ...]
     criteria: tuple[Criterion, ...]
     _compiled: dict[EngineName, CompiledRules] = field(default_factory=dict, repr=False)
+    # The parameters as the rule file declares them (kind, window, one_of, min/max), and those
+    # a run set otherwise (``--set``; ``overrides.py``), by name: the rule set then no longer
+    # follows the protocol, and says so in its ``run_version``.
+    declared: dict[str, ParameterDoc] = field(default_factory=dict, repr=False)
+    overrides: tuple[tuple[str, float | str], ...] = ()
+
+    @property
+    def run_version(self) -> str:
+        """The version written with every result: the rule file's, followed by the parameters
+        set for the run (``1.1.0+min_survival_months=2``); the rule file's alone without."""
+        return f"{self.version}{version_suffix(self.overrides)}"
 
     def compiled(self, engine: EngineName) -> CompiledRules:
         """The rules compiled for ``engine``; compiled (and checked) on first use when the
@@ -305,6 +317,7 @@ def load_ruleset(
         windows=windows,
         derived=tuple(doc.derived.items()),
         criteria=tuple(criteria),
+        declared=dict(doc.parameters),
     )
     ruleset._compiled.update(_compile_checked(ruleset, engines))
     return ruleset

@@ -32,6 +32,7 @@ from service.fhir.writeback import WriteBack, WriteStats
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_resources
 from service.screening.results import write_results
@@ -231,7 +232,7 @@ async def screen_server(
     issues = IssueLog(sink=record_issue)
     summary = LiveSummary(
         ruleset.id,
-        ruleset.version,
+        ruleset.run_version,
         options.engine,
         options.as_of,
         Path(client.base_url),
@@ -240,6 +241,7 @@ async def screen_server(
         issues,
     )
     summary.capability_warnings = capability.warnings
+    summary.parameters_set = parameters_set(ruleset)
     started = time.perf_counter()
     checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
     try:

@@ -78,6 +78,7 @@ class OutputSet:
         self.out = out
         self._files: list[AtomicNdjson] = []
         self._documents: list[tuple[Path, Any]] = []
+        self._texts: list[tuple[Path, str]] = []
 
     def ndjson(self, name: str) -> AtomicNdjson:
         file = AtomicNdjson(self.out / name).open()
@@ -87,6 +88,10 @@ class OutputSet:
     def json(self, name: str, item: Any) -> None:
         """A JSON document, written when the set is committed."""
         self._documents.append((self.out / name, item))
+
+    def text(self, name: str, content: str) -> None:
+        """A text file (CSV, HTML), written when the set is committed."""
+        self._texts.append((self.out / name, content))
 
     def __enter__(self) -> OutputSet:
         self.out.mkdir(parents=True, exist_ok=True)
@@ -108,6 +113,10 @@ class OutputSet:
             file.commit()
         for path, item in self._documents:
             write_json(path, item)
+        for path, content in self._texts:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(content, encoding="utf-8")
+            tmp.replace(path)
 
 
 def write_json(path: Path, item: Any) -> None:

@@ -33,10 +33,11 @@ import orjson
 from service.ndjson_files import NdjsonFile, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output, workers
 from service.screening.ndjson import reading_order
 from service.screening.partition import plan_spans, read_spill, span_size
-from service.screening.pool import WorkerPool, rule_files
+from service.screening.pool import WorkerPool, rule_files, rule_overrides
 from service.screening.results import ResultFiles, write_overview
 from service.screening.source import InputIssue, IssueLog, ReadStats
 from service.screening.summary import (
@@ -75,7 +76,9 @@ def screen_in_parallel(
         return _ParallelRun(rulesets, files, workers, engine, as_of, progress).screen(
             source, out, subject_identifier_system, source_issues
         )
-    with WorkerPool(workers, rule_files(rulesets), engine, as_of) as pool:
+    with WorkerPool(
+        workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets)
+    ) as pool:
         return _ParallelRun(rulesets, files, pool, engine, as_of, progress).screen(
             source, out, subject_identifier_system, source_issues
         )
@@ -241,7 +244,7 @@ class _ParallelRun:
                 started = time.perf_counter()
                 summary = ScreeningSummary(
                     ruleset.id,
-                    ruleset.version,
+                    ruleset.run_version,
                     self.engine,
                     self.as_of,
                     source,
@@ -250,6 +253,7 @@ class _ParallelRun:
                     logs[trial],
                 )
                 summary.read_seconds = seconds[0]
+                summary.parameters_set = parameters_set(ruleset)
                 summary.orphans = _merged_orphans(b.orphans[trial] for b in screened)
                 report_orphans(summary)
                 report_not_screened(

@@ -16,6 +16,7 @@ from service.ndjson_files import discover
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
@@ -123,7 +124,7 @@ def screen_portfolio(
         for trial in trials:
             summary = ScreeningSummary(
                 trial.ruleset.id,
-                trial.ruleset.version,
+                trial.ruleset.run_version,
                 engine,
                 as_of,
                 source,
@@ -132,6 +133,7 @@ def screen_portfolio(
                 trial.issues,
             )
             summary.read_seconds = read_seconds
+            summary.parameters_set = parameters_set(trial.ruleset)
             trial.screen(summary, subject_identifier_system, progress, verdicts_by_patient)
             outputs.json(f"{trial.folder}{output.SUMMARY}", summary.as_json())
             summaries.append(summary)

@@ -43,6 +43,9 @@ class ScreeningSummary:
     not_screened: dict[str, str] = field(default_factory=dict)
     read_seconds: float = 0.0
     evaluate_seconds: float = 0.0
+    # The rule parameters set for the run (``--set``), each with the rule file's value; empty
+    # for a run that follows the protocol, whose summary.json then has no such key.
+    parameters_set: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
     @property
     def patients(self) -> int:
@@ -106,6 +109,7 @@ class ScreeningSummary:
                 "evaluate": round(self.evaluate_seconds, 3),
             },
             "exit_code": self.exit_code,
+            **({"parameters_set": self.parameters_set} if self.parameters_set else {}),
             **self.extra_json(),
         }
 

@@ -28,6 +28,7 @@ from service.ruleset import loader
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import Overrides, with_overrides
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.partition import Span, bucket_of, read_spill, write_spill
@@ -328,19 +329,32 @@ _worker: Worker | None = None
 _progress: Any = None  # a multiprocessing queue to the parent, or None
 
 
-def start(rules: list[tuple[Path, Path]], engine: EngineName, as_of: date, queue: Any) -> None:
-    """Pool initializer: load the rule sets (and compile the CEL) once for this process."""
+def start(
+    rules: list[tuple[Path, Path]],
+    engine: EngineName,
+    as_of: date,
+    queue: Any,
+    overrides: list[Overrides] | None = None,
+) -> None:
+    """Pool initializer: load the rule sets (and compile the CEL) once for this process, with
+    the parameters the run set (``--set``; checked in the parent already)."""
     global _worker, _progress
     _progress = queue
     if queue is not None:
         # Progress is best effort: a process ending never waits for its last messages.
         queue.cancel_join_thread()
-    _worker = Worker(_load_for(engine, rules), engine, as_of)
+    _worker = Worker(_load_for(engine, rules, overrides or []), engine, as_of)
 
 
-def _load_for(engine: EngineName, rules: list[tuple[Path, Path]]) -> list[RuleSet]:
+def _load_for(
+    engine: EngineName, rules: list[tuple[Path, Path]], overrides: list[Overrides]
+) -> list[RuleSet]:
     """The rule sets, compiled for the one engine this run uses."""
-    return [loader.load_ruleset(path, mappings, (engine,)) for path, mappings in rules]
+    loaded = [loader.load_ruleset(path, mappings, (engine,)) for path, mappings in rules]
+    return [
+        with_overrides(ruleset, dict(values))
+        for ruleset, values in zip(loaded, overrides or [() for _ in loaded], strict=True)
+    ]
 
 
 def ready() -> bool:
