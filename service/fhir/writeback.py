@@ -521,9 +521,7 @@ class WriteBack:
                             }
                         ]
                     },
-                    "who": {
-                        "display": f"prescreen {self.ruleset.id} {self.ruleset.run_version}"
-                    },
+                    "who": {"display": f"prescreen {self.ruleset.id} {self.ruleset.run_version}"},
                 }
             ],
         }

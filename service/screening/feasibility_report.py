@@ -167,7 +167,7 @@ def trial_table(counts: TrialCounts, months: list[str]) -> Table:
     table.orders.append((previous, "candidate"))
     table.sums.append((TOTAL, tuple(f"new:{m}" for m in months)))
     table.orders.append(("candidate", f"new:{months[-1]}"))
-    table.orders += [("screened", name) for name in values if name != "screened"]
+    table.orders.append(("screened", TOTAL))  # distinct patients (the rest follows)
     return table
 
 

@@ -9,7 +9,7 @@ after the last criterion is that of the candidates and potential candidates toge
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +45,7 @@ def attrition(
 
 
 def attrition_of(
-    criteria: list[tuple[str, str, str]],
+    criteria: Sequence[tuple[str, str, str]],
     results: Iterable[tuple[Mapping[str, str | None], str | None]],
 ) -> list[Step]:
     """The funnel from (result by criterion id, verdict) of each patient."""

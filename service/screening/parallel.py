@@ -76,9 +76,7 @@ def screen_in_parallel(
         return _ParallelRun(rulesets, files, workers, engine, as_of, progress).screen(
             source, out, subject_identifier_system, source_issues
         )
-    with WorkerPool(
-        workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets)
-    ) as pool:
+    with WorkerPool(workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets)) as pool:
         return _ParallelRun(rulesets, files, pool, engine, as_of, progress).screen(
             source, out, subject_identifier_system, source_issues
         )

@@ -3,28 +3,32 @@
 A count below the threshold (default 5) is shown as ``<5``: the *primary* suppression. That
 alone is not enough when the table also publishes how its counts add up: with a total and all
 but one of its parts shown, the hidden part is a subtraction away. So the published relations
-are part of the table (``Table.sums``: a total and its parts; ``Table.orders``: a count that is
-never above another, as the steps of a funnel), and further counts are hidden (*complementary*
+are part of the table (``Table.sums``: a total and its parts; ``Table.orders``: a count never
+above another, as the steps of a funnel), and further counts are hidden (*complementary*
 suppression, shown as ``suppressed``) until no hidden small count can be worked out exactly.
 
 "Worked out" is judged as a reader holding the whole published table would: every shown count
 exact, every relation, a ``<5`` between 0 and 4, a ``suppressed`` count at least 5 (it is
 hidden only to protect another, so it is no small count), every count at least 0. A small count
-is protected when two tables that agree with all of that give it different values; the second
-one is found by a linear program (``lp``) and then checked exactly, in integers, so a rounding in
-the solver can only hide more, never less.
+is protected when a table that agrees with all of that gives it another value. Such a table is
+searched for exactly, in integers: the bounds of every hidden count are narrowed by the
+relations, and split in halves until each count has one value or the bounds clash.
+
+The complementary counts are chosen as few as possible: the smallest set (of up to three) of
+shown counts near the exposed one whose hiding protects it, the smaller counts first; failing
+that, the nearest count, and the search goes on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
 from dataclasses import dataclass, field
 from typing import Literal
 
-from service.screening.lp import Problem, minimise
-
 Suppression = Literal["small", "complementary"]
 DEFAULT_THRESHOLD = 5
+MAX_SET = 3  # complementary counts tried together for one exposed count
+POOL = 10  # of the shown counts nearest to it
 
 
 @dataclass
@@ -41,118 +45,154 @@ class Table:
             values[total] == sum(values[part] for part in parts) for total, parts in self.sums
         ) and all(values[a] >= values[b] for a, b in self.orders)
 
+    def neighbours(self, cell: str) -> set[str]:
+        """The counts that share a relation with ``cell``."""
+        found = {
+            c for total, parts in self.sums if cell in (total, *parts) for c in (total, *parts)
+        }
+        found |= {b for a, b in self.orders if a == cell} | {a for a, b in self.orders if b == cell}
+        return found - {cell}
+
 
 def suppress(table: Table, threshold: int = DEFAULT_THRESHOLD) -> dict[str, Suppression]:
-    """The counts to hide and why: those below ``threshold`` (``small``), then as few others
-    as it takes, smallest first (``complementary``), until every small count is protected."""
+    """The counts to hide and why: those below ``threshold`` (``small``), then others
+    (``complementary``) until every small count is protected."""
     if threshold < 1:
         return {}
-    if not table.holds(table.counts):
+    if not table.holds(table.counts) or min(table.counts.values(), default=0) < 0:
         raise ValueError("the counts do not satisfy the table's own relations")
     hidden: dict[str, Suppression] = {
         name: "small" for name, count in table.counts.items() if count < threshold
     }
     while True:
-        exposed = [
-            name
-            for name, kind in sorted(hidden.items())
-            if kind == "small" and not protected(table, hidden, name, threshold)
-        ]
-        if not exposed:
+        exposed = next(
+            (
+                name
+                for name, kind in sorted(hidden.items())
+                if kind == "small" and not protected(table, hidden, name, threshold)
+            ),
+            None,
+        )
+        if exposed is None:
             return hidden
-        complement = _complement(table, hidden, exposed[0])
-        if complement is None:
-            return hidden  # every count that could help is hidden already
-        hidden[complement] = "complementary"
+        chosen = _complements(table, hidden, exposed, threshold)
+        if not chosen:
+            return hidden  # every count is hidden already
+        hidden.update(dict.fromkeys(chosen, "complementary"))
 
 
 def protected(table: Table, hidden: dict[str, Suppression], name: str, threshold: int) -> bool:
-    """Whether another table, consistent with everything published, gives ``name`` another
-    value: the lowest and the highest value a reader could find for it are looked for, and
-    each is checked exactly."""
+    """Whether a table consistent with everything published gives ``name`` another value."""
     true_value = table.counts[name]
-    for sign in (1.0, -1.0):
-        found = _extreme(table, hidden, name, threshold, sign)
-        if (
-            found is not None
-            and found[name] != true_value
-            and _consistent(table, hidden, found, threshold)
-        ):
+    start = _bounds(table, hidden, threshold)
+    # The values nearest the true one first: the likeliest to be found quickly.
+    for value in sorted(range(threshold), key=lambda v: abs(v - true_value)):
+        if value == true_value:
+            continue
+        bounds = dict(start)
+        bounds[name] = (value, value)
+        if _solvable(table, bounds):
             return True
     return False
 
 
-def _extreme(
-    table: Table, hidden: dict[str, Suppression], name: str, threshold: int, sign: float
-) -> dict[str, int] | None:
-    """The hidden counts, with ``name`` as low (sign 1) or as high (sign -1) as the published
-    table allows, rounded to integers; None when the solver finds none."""
-    unknowns = sorted(hidden)
-    position = {n: i for i, n in enumerate(unknowns)}
-    size = len(unknowns)
-    # No count exceeds what all of them add up to; a generous finite bound keeps the
-    # program bounded without telling the reader anything.
-    ceiling = float(10 * sum(table.counts.values()) + 10 * threshold)
-
-    def row(terms: Sequence[tuple[str, float]]) -> tuple[list[float], float]:
-        coefficients = [0.0] * size
-        constant = 0.0
-        for cell, factor in terms:
-            if cell in position:
-                coefficients[position[cell]] += factor
-            else:
-                constant += factor * table.counts[cell]
-        return coefficients, -constant
-
-    equal = []
-    for total, parts in table.sums:
-        terms = [(total, 1.0), *((part, -1.0) for part in parts)]
-        if any(cell in position for cell, _ in terms):
-            equal.append(row(terms))
-    at_most = []
-    for a, b in table.orders:
-        if a in position or b in position:
-            at_most.append(row([(b, 1.0), (a, -1.0)]))  # b - a ≤ 0
-    low = [0.0 if hidden[n] == "small" else float(threshold) for n in unknowns]
-    high = [float(threshold - 1) if hidden[n] == "small" else ceiling for n in unknowns]
-    objective = [0.0] * size
-    objective[position[name]] = sign
-    solution = minimise(Problem(objective, equal, at_most, low, high))
-    if solution is None:
-        return None
-    values = dict(table.counts)
-    values.update({n: round(solution[position[n]]) for n in unknowns})
-    return values
+Bounds = dict[str, tuple[int, int]]
 
 
-def _consistent(
-    table: Table, hidden: dict[str, Suppression], values: dict[str, int], threshold: int
-) -> bool:
-    """Exactly: the published counts unchanged, every hidden one within what its mark says,
-    every relation holding."""
+def _bounds(table: Table, hidden: dict[str, Suppression], threshold: int) -> Bounds:
+    """What a reader knows of each count before using the relations."""
+    # No count exceeds what all of them add up to: a finite ceiling for the hidden ones that
+    # tells the reader nothing (a table found below it is a real one).
+    ceiling = 2 * sum(table.counts.values()) + 2 * threshold
+    bounds: Bounds = {}
     for cell, count in table.counts.items():
         kind = hidden.get(cell)
-        if kind is None and values[cell] != count:
+        if kind is None:
+            bounds[cell] = (count, count)
+        elif kind == "small":
+            bounds[cell] = (0, threshold - 1)
+        else:
+            bounds[cell] = (threshold, ceiling)
+    return bounds
+
+
+def _narrow(table: Table, bounds: Bounds) -> bool:
+    """Tighten the bounds by the relations until they hold still; False when they clash."""
+    changed = True
+    while changed:
+        changed = False
+        for total, parts in table.sums:
+            lows = sum(bounds[p][0] for p in parts)
+            highs = sum(bounds[p][1] for p in parts)
+            changed |= _cap(bounds, total, lows, highs)
+            low_total, high_total = bounds[total]
+            for part in parts:
+                low, high = bounds[part]
+                changed |= _cap(bounds, part, low_total - (highs - high), high_total - (lows - low))
+        for a, b in table.orders:
+            changed |= _cap(bounds, a, bounds[b][0], bounds[a][1])
+            changed |= _cap(bounds, b, bounds[b][0], bounds[a][1])
+        if any(low > high for low, high in bounds.values()):
             return False
-        if kind == "small" and not 0 <= values[cell] < threshold:
-            return False
-        if kind == "complementary" and values[cell] < threshold:
-            return False
-    return table.holds(values)
+    return True
 
 
-def _complement(table: Table, hidden: dict[str, Suppression], name: str) -> str | None:
-    """The shown count to hide next for ``name``: the smallest one in a sum with it, else in
-    a sum with any hidden count of a sum it is in, else in any sum of the table."""
+def _cap(bounds: Bounds, cell: str, low: int, high: int) -> bool:
+    old_low, old_high = bounds[cell]
+    new = (max(old_low, low), min(old_high, high))
+    if new == bounds[cell]:
+        return False
+    bounds[cell] = new
+    return True
 
-    def cells_of(sums: Sequence[tuple[str, tuple[str, ...]]]) -> set[str]:
-        return {cell for total, parts in sums for cell in (total, *parts)}
 
-    own = [s for s in table.sums if name in cells_of([s])]
-    near_cells = {c for c in cells_of(own) if c in hidden}
-    near = [s for s in table.sums if cells_of([s]) & near_cells]
-    for group in (own, near, table.sums):
-        shown = [c for c in cells_of(group) if c not in hidden]
-        if shown:
-            return min(shown, key=lambda c: (table.counts[c], c))
-    return None
+def _solvable(table: Table, bounds: Bounds) -> bool:
+    """Whether integer counts within the bounds satisfy every relation."""
+    if not _narrow(table, bounds):
+        return False
+    open_cells = [cell for cell, (low, high) in bounds.items() if low < high]
+    if not open_cells:
+        return table.holds({cell: low for cell, (low, _) in bounds.items()})
+    cell = min(open_cells, key=lambda c: bounds[c][1] - bounds[c][0])
+    low, high = bounds[cell]
+    middle = (low + high) // 2
+    for half in ((low, middle), (middle + 1, high)):
+        trial = dict(bounds)
+        trial[cell] = half
+        if _solvable(table, trial):
+            return True
+    return False
+
+
+def _complements(
+    table: Table, hidden: dict[str, Suppression], name: str, threshold: int
+) -> list[str]:
+    """Shown counts to hide for ``name``: the smallest protecting set among the counts
+    nearest to it (by the relations between counts), else the nearest one alone."""
+    pool = _nearest_shown(table, hidden, name)[:POOL]
+    for size in range(1, MAX_SET + 1):
+        for chosen in itertools.combinations(pool, size):
+            trial = {**hidden, **dict.fromkeys(chosen, "complementary")}
+            if protected(table, trial, name, threshold):  # type: ignore[arg-type]
+                return list(chosen)
+    return pool[:1]
+
+
+def _nearest_shown(table: Table, hidden: dict[str, Suppression], name: str) -> list[str]:
+    """Shown counts in order of distance from ``name`` through the relations; at one
+    distance the smaller counts first, and of equal counts a part before a total (a total,
+    such as the patients screened, says most)."""
+    totals = {total for total, _ in table.sums}
+    distance = {name: 0}
+    frontier = [name]
+    while frontier:
+        following = []
+        for cell in frontier:
+            for other in sorted(table.neighbours(cell)):
+                if other not in distance:
+                    distance[other] = distance[cell] + 1
+                    following.append(other)
+        frontier = following
+    far = len(table.counts) + 1
+    shown = [cell for cell in table.counts if cell not in hidden]
+    return sorted(shown, key=lambda c: (distance.get(c, far), table.counts[c], c in totals, c))

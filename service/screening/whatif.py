@@ -241,12 +241,12 @@ def evaluate_combinations(
         partial = Evaluator(reduced, engine, memoize=True)
         failed = set(errors)
         for patient_id, facts in patients:
-            kept = unchanged.get(patient_id)
-            if kept is None:
+            same = unchanged.get(patient_id)
+            if same is None:
                 row.verdicts[patient_id] = "ineligible"
                 continue
             changed = partial.evaluate_safely(patient_id, facts, as_of).criteria
-            row.verdicts[patient_id] = decide((*kept, *changed))
+            row.verdicts[patient_id] = decide((*same, *changed))
             if any(c.error for c in changed):
                 failed.add(patient_id)
         row.rule_errors = len(failed)

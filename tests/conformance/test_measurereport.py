@@ -16,7 +16,13 @@ def test_the_feasibility_measure_report_is_valid(
     fhir_validator: InstanceValidator, tmp_path: Path
 ) -> None:
     out = tmp_path / "feasibility"
-    command = ["feasibility", "--trial", "relieve,ssrs", "--source", str(REPO / "samples" / "hospital")]
+    command = [
+        "feasibility",
+        "--trial",
+        "relieve,ssrs",
+        "--source",
+        str(REPO / "samples" / "hospital"),
+    ]
     command += ["--from", "2025-07-01", "--to", AS_OF, "--out", str(out), "--no-progress"]
     assert main(command) == 0
     report = json.loads((out / "MeasureReport.json").read_text())
