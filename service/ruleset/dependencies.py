@@ -49,6 +49,18 @@ def dependent_criteria(ruleset: RuleSet, parameters: Iterable[str]) -> frozenset
     )
 
 
+def facts_read(ruleset: RuleSet) -> frozenset[str]:
+    """The facts the rule set's expressions read: a patient's other facts can be left out
+    of its evaluation (the engine then converts less of them)."""
+    names: set[str] = set()
+    for _, source in ruleset.derived:
+        names |= referenced_names(source)
+    for criterion in ruleset.criteria:
+        if not criterion.manual:
+            names |= referenced_names(criterion.source)
+    return frozenset(names) & frozenset(ruleset.mapper.facts)
+
+
 def restricted(ruleset: RuleSet, criteria: Iterable[str], engine: EngineName) -> RuleSet:
     """The rule set reduced to these criteria and the derived values they read (on any path),
     for ``engine``: its programs are the full rule set's, none compiled again. Evaluating it

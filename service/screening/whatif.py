@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service.errors import ConfigError
-from service.ruleset.dependencies import dependent_criteria, restricted
+from service.ruleset.dependencies import dependent_criteria, facts_read, restricted
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import VERDICTS, CriterionResult, Evaluator, decide
 from service.ruleset.loader import RuleSet
@@ -229,6 +229,7 @@ def evaluate_combinations(
             errors.add(patient_id)
         if not any(rules_out(c.kind, c.result) for c in kept):
             unchanged[patient_id] = kept
+    undecided = [(pid, facts) for pid, facts in patients if pid in unchanged]
     own.seconds = time.perf_counter() - started
     done = 1
     if advance is not None:
@@ -239,14 +240,13 @@ def evaluate_combinations(
         started = time.perf_counter()
         reduced = restricted(with_overrides(ruleset, row.values), dependent, engine)
         partial = Evaluator(reduced, engine, memoize=True)
+        read = facts_read(reduced)  # and only the facts those criteria read
         failed = set(errors)
-        for patient_id, facts in patients:
-            same = unchanged.get(patient_id)
-            if same is None:
-                row.verdicts[patient_id] = "ineligible"
-                continue
-            changed = partial.evaluate_safely(patient_id, facts, as_of).criteria
-            row.verdicts[patient_id] = decide((*same, *changed))
+        row.verdicts = dict.fromkeys(own.verdicts, "ineligible")
+        for patient_id, facts in undecided:
+            needed = {name: value for name, value in facts.items() if name in read}
+            changed = partial.evaluate_safely(patient_id, needed, as_of).criteria
+            row.verdicts[patient_id] = decide((*unchanged[patient_id], *changed))
             if any(c.error for c in changed):
                 failed.add(patient_id)
         row.rule_errors = len(failed)
