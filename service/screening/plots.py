@@ -39,7 +39,7 @@ def _save(path: Path, draw: Callable[[Any], None], size: tuple[float, float]) ->
     draw(axes)
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.png")
-    figure.savefig(tmp, dpi=110, metadata={"Software": None})
+    figure.savefig(tmp, dpi=110, bbox_inches="tight", metadata={"Software": None})
     tmp.replace(path)
 
 
@@ -84,9 +84,10 @@ def whatif_plot(
         axes.set_ylabel("patients")
         axes.set_ylim(bottom=0)
         axes.set_title(title)
-        axes.legend(fontsize=8)
+        # Beside the plot, not on its lines.
+        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
-    _save(path, draw, (7.5, 4.5))
+    _save(path, draw, (7.5 if len(series) == 1 else 10.0, 4.5))
 
 
 def monthly_plot(
