@@ -9,6 +9,7 @@ Each command lives beside the package that does its work (``register_*`` adds it
 - export: ``service/screening/cli_bulk.py``
 - whatif, feasibility: ``service/screening/cli_whatif.py``, ``cli_feasibility.py``
 - rules check, rules test: ``service/screening/cli_rules.py``
+- trial new: ``service/screening/cli_trial.py``
 - load, subscriptions install: ``service/fhir/cli.py``
 - users: ``service/ui/cli.py``; serve: ``service/web_cli.py``; synth: ``service/synth_cli.py``
 
@@ -33,7 +34,7 @@ from service.errors import PrescreenError, RuleSetError
 from service.fhir import cli as fhir_cli
 from service.ruleset.engines import ENGINE_NAMES
 from service.screening import cli as screening_cli
-from service.screening import cli_bulk, cli_feasibility, cli_rules, cli_whatif
+from service.screening import cli_bulk, cli_feasibility, cli_rules, cli_trial, cli_whatif
 from service.spark import cli as spark_cli
 from service.ui import cli as ui_cli
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_whatif.register_whatif(sub, common)
     cli_feasibility.register_feasibility(sub, common)
     cli_rules.register_rules(sub, common)
+    cli_trial.register_trial(sub, common)
     web_cli.register_serve(sub, common)
     ui_cli.register_users(sub, common)
     fhir_cli.register_subscriptions(sub, common)

@@ -122,6 +122,13 @@ def load_valueset(path: Path) -> ValueSet:
     vs_id = resource.get("id")
     if not isinstance(vs_id, str) or not vs_id:
         raise ConfigError(f"{path}: ValueSet has no id")
+    url = resource.get("url")
+    if url is not None and not _url_names(str(url), vs_id):
+        raise ConfigError(
+            f"{path}: ValueSet url '{url}' does not end in its id '{vs_id}' (the url of a value "
+            f"set is ...ValueSet:<id>, as in urn:prescreen:fhir:ValueSet:{vs_id}, or "
+            ".../ValueSet/<id> for an http URL): correct the url or the id"
+        )
     codes, patterns = _expand(resource, path)
     return ValueSet(
         id=vs_id,
@@ -130,6 +137,12 @@ def load_valueset(path: Path) -> ValueSet:
         codes=codes,
         patterns=patterns,
     )
+
+
+def _url_names(url: str, vs_id: str) -> bool:
+    """Whether a canonical url names the value set ``vs_id`` (``ValueSet/<id>`` in an http
+    URL, ``ValueSet:<id>`` in a URN)."""
+    return url.endswith((f"ValueSet/{vs_id}", f"ValueSet:{vs_id}"))
 
 
 def load_valuesets(folders: Iterable[Path]) -> dict[str, ValueSet]:
@@ -166,7 +179,9 @@ class CodeCanonicalizer:
     A coding already in canonical form costs one set lookup. Others are canonicalised once and
     remembered: whitespace around system and code, a trailing ``/``, ``https`` for ``http``
     (each when enabled), an alias or alias pattern of a system, and characters a system's codes
-    ignore (``C7951`` for ``C79.51``).
+    ignore (``C7951`` for ``C79.51``), for listed codes and regex filters alike: a code a
+    system's regex filters do not match as written is given the spelling they match, with the
+    ignored characters taken out or put back (at most two of them), if one does.
     """
 
     valuesets: Mapping[str, ValueSet]
@@ -179,6 +194,7 @@ class CodeCanonicalizer:
     _patterns: list[tuple[re.Pattern[str], str]] = field(init=False)
     _code_keys: dict[tuple[str, str], str] = field(init=False)
     _ignored: dict[str, str] = field(init=False)
+    _regexes: dict[str, tuple[re.Pattern[str], ...]] = field(init=False)
     _memo: dict[tuple[str, str], tuple[str, str]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -196,6 +212,11 @@ class CodeCanonicalizer:
             self._patterns.extend((pattern, rule.system) for pattern in rule.alias_patterns)
             if rule.ignore_in_code:
                 self._ignored[rule.system] = rule.ignore_in_code
+        regexes: dict[str, list[re.Pattern[str]]] = {}
+        for vs in self.valuesets.values():
+            for system, pattern in vs.patterns:
+                regexes.setdefault(system, []).append(pattern)
+        self._regexes = {system: tuple(found) for system, found in regexes.items()}
         self._code_keys = {}
         for system, code in self._known:
             ignored = self._ignored.get(system)
@@ -234,8 +255,24 @@ class CodeCanonicalizer:
         ignored = self._ignored.get(canonical_system)
         if ignored:
             stripped = _strip_chars(canonical_code, ignored)
-            canonical_code = self._code_keys.get((canonical_system, stripped), canonical_code)
+            listed = self._code_keys.get((canonical_system, stripped))
+            if listed is not None:
+                canonical_code = listed
+            else:
+                canonical_code = self._regex_spelling(canonical_system, canonical_code, ignored)
         return canonical_system, canonical_code
+
+    def _regex_spelling(self, system: str, code: str, ignored: str) -> str:
+        """The spelling of ``code`` a regex filter of ``system`` matches (``C83.30`` for a
+        filter written with the dot, ``C8330`` without): first without the ignored
+        characters, then with one or two of them put back at any place; else as written."""
+        patterns = self._regexes.get(system, ())
+        if not patterns or any(p.fullmatch(code) for p in patterns):
+            return code
+        for candidate in _spellings(_strip_chars(code, ignored), ignored):
+            if any(p.fullmatch(candidate) for p in patterns):
+                return candidate
+        return code
 
     def code_variants(self, code: str, systems: Iterable[str]) -> set[str]:
         """Spellings of a listed code the rules accept (for raw-text prefilters)."""
@@ -264,6 +301,20 @@ class CodeCanonicalizer:
             elif isinstance(item, list):
                 stack.extend(v for v in item if isinstance(v, dict | list))
         return changed
+
+
+def _spellings(bare: str, chars: str, most: int = 2) -> Iterator[str]:
+    """``bare``, then ``bare`` with one of ``chars`` inserted anywhere, then with two."""
+    yield bare
+    level = [bare]
+    for _ in range(most):
+        level = [
+            text[:at] + char + text[at:]
+            for text in level
+            for at in range(len(text) + 1)
+            for char in chars
+        ]
+        yield from level
 
 
 def _strip_chars(code: str, chars: str) -> str:

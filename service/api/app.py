@@ -31,7 +31,7 @@ def load_rulesets(settings: Settings) -> dict[str, Any]:
     wanted = [t for t in settings.trials.split(",") if t] or catalog.available_trials(
         settings.rules_dir
     )
-    return {trial: catalog.load_trial(trial, settings) for trial in wanted}
+    return {trial: catalog.load_trial(trial, settings, check_fields=True) for trial in wanted}
 
 
 class _Collector:

@@ -139,13 +139,15 @@ def write_criteria_files(rulesets: list[RuleSet], folder: Path = CRITERIA_DIR) -
 
 
 def main() -> None:
-    """Write terminology/criteria/ again from every rule set in the configured rules folder."""
+    """Write terminology/criteria/ again from every rule set in the configured rules folder
+    (beside the configured mappings folder: the repository's by default)."""
     from service import catalog
 
     settings = get_settings()
     trials = catalog.available_trials(settings.rules_dir)
     rulesets = [catalog.load_trial(trial, settings) for trial in trials]
-    for path in write_criteria_files(rulesets):
+    folder = settings.mappings_dir.parent / "terminology" / "criteria"
+    for path in write_criteria_files(rulesets, folder):
         sys.stdout.write(f"wrote {path}\n")
 
 

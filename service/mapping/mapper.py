@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import functools
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -10,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigError
+from service.errors import ConfigError, RuleSetError
 from service.mapping.fields import (
     AS_OF_FIELD_TYPES,
     Absent,
@@ -41,6 +42,7 @@ from service.mapping.spec import (
     SourceDoc,
     WhereDoc,
     read_mapping_doc,
+    valueset_references,
 )
 from service.terminology import (
     CodeCanonicalizer,
@@ -483,6 +485,9 @@ def load_mapping(path: Path) -> Mapper:
     doc: MappingDoc = read_mapping_doc(path)
     folders = [path.parent / folder for folder in doc.valuesets]
     valuesets = load_valuesets(folders)
+    unknown = unknown_valuesets(path, doc, valuesets)
+    if unknown:
+        raise RuleSetError(unknown)
     facts: dict[str, FactSchema] = {}
     sources: dict[str, list[CompiledSource]] = {}
     for fact_name, fact in doc.facts.items():
@@ -531,6 +536,34 @@ def load_mapping(path: Path) -> Mapper:
             if _matches_codings(source)
         ),
     )
+
+
+def unknown_valuesets(path: Path, doc: MappingDoc, valuesets: Mapping[str, ValueSet]) -> list[str]:
+    """Every value set the mapping names that none of its folders holds: each with the line
+    of the mapping that names it and the closest ids there are."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    folders = ", ".join(f"{folder}/" for folder in doc.valuesets)
+    seen: dict[str, int] = {}
+    problems: list[str] = []
+    for where, vs_id in valueset_references(doc):
+        if vs_id in valuesets:
+            continue
+        token = re.compile(rf"(?<![\w.-]){re.escape(vs_id)}(?![\w.-])")
+        numbers = [n for n, line in enumerate(lines, start=1) if token.search(line)]
+        occurrence = seen.get(vs_id, 0)
+        seen[vs_id] = occurrence + 1
+        place = f"{path}:{numbers[min(occurrence, len(numbers) - 1)]}" if numbers else str(path)
+        closest = difflib.get_close_matches(vs_id, list(valuesets), n=3, cutoff=0.6)
+        hint = (
+            f"; the closest ids: {', '.join(closest)}"
+            if closest
+            else "; no id comes close (a ValueSet is found by its 'id', not its file name)"
+        )
+        problems.append(
+            f"{place}: {where}: unknown value set '{vs_id}' (none of the ValueSets in "
+            f"{folders} has this id){hint}"
+        )
+    return problems
 
 
 def _matches_codings(source: SourceDoc) -> bool:

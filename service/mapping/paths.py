@@ -39,6 +39,12 @@ _STEP = re.compile(
 # Where the mapper puts the resource a Reference points to; no FHIR element has this name.
 RESOLVED = "\x00resolved"
 _RESOLVE_STEP = "resolve()"
+_VALUESET_FILTER = re.compile(r"\[\s*[A-Za-z0-9_.]+\s+in\s+([A-Za-z0-9_.-]+)\s*\]")
+
+
+def valuesets_named(source: str) -> list[str]:
+    """The value set ids a path's filters name (``component[code in relieve-pain-types]``)."""
+    return _VALUESET_FILTER.findall(source)
 
 
 @dataclass(frozen=True, slots=True)

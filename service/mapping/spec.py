@@ -8,11 +8,13 @@ record of typed fields. Every record of a fact has the same keys, always present
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.mapping.paths import valuesets_named
 from service.yamlfiles import read_model
 
 FieldType = Literal[
@@ -36,6 +38,29 @@ FieldType = Literal[
     "lookup",
 ]
 
+# What each field type holds (the reference in docs/reference/ is generated from it; every type
+# must have its line).
+FIELD_TYPE_MEANINGS: dict[str, str] = {
+    "string": "the text at the path",
+    "code": "the first code at the path (in valueset, when given)",
+    "date": "YYYY-MM-DD as written at the source (a partial date: its first day)",
+    "instant": "a UTC instant YYYY-MM-DDTHH:MM:SSZ, for ordering",
+    "number": "a double; options range, step, integer, required, text_pattern, code_values",
+    "bool": "true only for JSON true (text 'true' is read, and reported)",
+    "present": "the path has a value, or (with field) that field's value was usable",
+    "in_valueset": "some coding at the path is in valueset",
+    "one_of": "the value at the path is one of values",
+    "labels": "the labels whose value sets hold a coding at the path (a list)",
+    "age_min_years": "the youngest age a (partial) birth date gives on as_of (-1: none)",
+    "age_max_years": "the oldest age a (partial) birth date gives on as_of (-1: none)",
+    "quantity": "a double in the unit units convert to; options if_no_unit, ignore_unit_case",
+    "const": "value, in every record",
+    "codes": "every code at the path in valueset, sorted (a list); map translates them",
+    "coded": "some coding uses a system one of the mapping's value sets uses",
+    "unusable": "field had a value that could not be used",
+    "lookup": "the label map gives the value at the path, else the default",
+}
+
 Scalar = str | float | bool
 
 
@@ -46,18 +71,46 @@ class _Strict(BaseModel):
 class FieldDoc(_Strict):
     """One field of a record."""
 
-    type: FieldType
-    path: str | None = None
-    valueset: str | None = None
-    labels: dict[str, str] | None = None
-    values: list[str] | None = None
-    field: str | None = None
-    units: dict[str, float] | None = None
-    if_no_unit: str | None = None
-    value: Scalar | None = None
-    default: Scalar | list[str] | None = None
+    type: FieldType = Field(description="what the field holds and how it is read (see Field types)")
+    path: str | None = Field(
+        default=None,
+        description="where the value is in the resource: a path of element names, alternatives "
+        "joined by '|', filters in brackets, resolve() to follow a Reference",
+    )
+    valueset: str | None = Field(
+        default=None,
+        description="the id of a value set: code, codes and in_valueset fields match codings "
+        "against it; number fields with code_values take only its codes",
+    )
+    labels: dict[str, str] | None = Field(
+        default=None,
+        description="labels: each label and the id of the value set whose codes give it",
+    )
+    values: list[str] | None = Field(
+        default=None, description="one_of: the values that make the field true"
+    )
+    field: str | None = Field(
+        default=None,
+        description="present, unusable: the other field of this source whose value is judged",
+    )
+    units: dict[str, float] | None = Field(
+        default=None,
+        description="quantity: each accepted unit (UCUM code or text) and the factor to the "
+        "field's unit",
+    )
+    if_no_unit: str | None = Field(
+        default=None, description="quantity: the unit assumed for a value without one"
+    )
+    value: Scalar | None = Field(default=None, description="const: the value every record holds")
+    default: Scalar | list[str] | None = Field(
+        default=None,
+        description="the value when the resource has none (else the type's own: '', 0, false, "
+        "[] ...); never null",
+    )
     map: dict[str, str] | None = Field(
-        default=None, description="lookup: the label each value stands for"
+        default=None,
+        description="lookup: the label each value stands for; codes: the label each code "
+        "stands for (only mapped codes are kept)",
     )
     required: bool = Field(
         default=False, description="a record without a value is unusable, and reported"
@@ -72,7 +125,9 @@ class FieldDoc(_Strict):
         default=None,
         description="number: text matching this regex is read as the number in its first group",
     )
-    ignore_unit_case: bool = False
+    ignore_unit_case: bool = Field(
+        default=False, description="quantity: units match whatever their case (MG/DL, mg/dL)"
+    )
     ignore_case: bool = Field(default=False, description="lookup: values match whatever their case")
     code_values: dict[str, float] | None = Field(
         default=None,
@@ -81,7 +136,7 @@ class FieldDoc(_Strict):
     step: float | None = Field(
         default=None, description="number: only multiples of step (from range's low) are usable"
     )
-    description: str = ""
+    description: str = Field(default="", description="what the field means, for the reader")
 
     @model_validator(mode="after")
     def _check_shape(self) -> FieldDoc:
@@ -127,13 +182,30 @@ class FieldDoc(_Strict):
 class WhereDoc(_Strict):
     """A filter a resource must pass to become a record."""
 
-    path: str
-    in_: list[str] | None = Field(default=None, alias="in")
-    not_in: list[str] | None = None
-    in_valueset: list[str] | None = None
-    if_missing: Literal["keep", "drop"] | None = None
+    path: str = Field(description="the element tested, as a field's path")
+    in_: list[str] | None = Field(
+        default=None,
+        alias="in",
+        description="the resource passes when a value at path is one of these ('true'/'false' "
+        "for JSON booleans)",
+    )
+    not_in: list[str] | None = Field(
+        default=None, description="the resource passes when no value at path is one of these"
+    )
+    in_valueset: list[str] | None = Field(
+        default=None,
+        description="the resource passes when a coding at path is in one of these value sets "
+        "(ids; one id alone is a list of one)",
+    )
+    if_missing: Literal["keep", "drop"] | None = Field(
+        default=None,
+        description="a resource without a value at path: keep or drop it (default: drop for in "
+        "and in_valueset, keep for not_in)",
+    )
     search: str | None = Field(
-        default=None, description="token search parameter that applies this filter on the server"
+        default=None,
+        description="the search parameter that applies this filter on a FHIR server (live "
+        "runs and Bulk Data _typeFilter); prescreen checks every resource again",
     )
 
     @model_validator(mode="before")
@@ -156,8 +228,10 @@ class WhereDoc(_Strict):
 
 
 class SourceDoc(_Strict):
-    resource: str
-    patient: str = "subject"
+    """One resource type a fact is read from."""
+
+    resource: str = Field(description="the FHIR resource type read (Condition, Observation...)")
+    patient: str = Field(default="subject", description="the path to the Reference to the patient")
     patient_search: str = Field(
         default="patient", description="search parameter selecting a patient's resources"
     )
@@ -166,8 +240,12 @@ class SourceDoc(_Strict):
         description="Reference elements that paths may follow with resolve(), and the "
         "resource type each points to (read from the same source, or fetched live)",
     )
-    where: list[WhereDoc] = []
-    fields: dict[str, FieldDoc]
+    where: list[WhereDoc] = Field(
+        default=[], description="filters a resource must pass, all of them, to give a record"
+    )
+    fields: dict[str, FieldDoc] = Field(
+        description="the record's fields by name: every source of a fact declares the same"
+    )
 
     @model_validator(mode="after")
     def _presence_targets(self) -> SourceDoc:
@@ -179,18 +257,29 @@ class SourceDoc(_Strict):
 
 
 class FactDoc(_Strict):
-    one: bool = False
-    description: str = ""
-    sources: Annotated[list[SourceDoc], Field(min_length=1)]
+    """A named input of the rules: a list of records (or, with one: true, the Patient's)."""
+
+    one: bool = Field(
+        default=False,
+        description="the fact is one record, not a list: the Patient (exactly one fact is)",
+    )
+    description: str = Field(default="", description="what the fact holds, for the reader")
+    sources: Annotated[list[SourceDoc], Field(min_length=1)] = Field(
+        description="the resource types the records come from"
+    )
 
 
 class CohortDoc(_Strict):
     """How live runs find candidate patients: resources coded in these value sets."""
 
-    resource: str
-    search: str = "code"
-    patient_search: str = "patient"
-    valuesets: Annotated[list[str], Field(min_length=1)]
+    resource: str = Field(description="the resource type searched (Condition...)")
+    search: str = Field(default="code", description="its token search parameter for the codes")
+    patient_search: str = Field(
+        default="patient", description="the search parameter naming the patient"
+    )
+    valuesets: Annotated[list[str], Field(min_length=1)] = Field(
+        description="ids of the value sets whose codes make a patient worth screening"
+    )
 
 
 class SystemDoc(_Strict):
@@ -217,33 +306,57 @@ class SystemDoc(_Strict):
 class CodesDoc(_Strict):
     """How codes in the data are matched against the value sets."""
 
-    trim_whitespace: bool = True
-    ignore_trailing_slash: bool = True
+    trim_whitespace: bool = Field(
+        default=True, description="spaces around a system or code are ignored"
+    )
+    ignore_trailing_slash: bool = Field(
+        default=True, description="a system URI ending in '/' is the one without it"
+    )
     ignore_scheme: bool = Field(default=True, description="http and https name one system")
-    systems: dict[str, SystemDoc] = {}
+    systems: dict[str, SystemDoc] = Field(
+        default={}, description="rules for one code system, by its canonical URI"
+    )
 
 
 class SkipDoc(_Strict):
     """A Patient this test matches is not screened (and the reason is reported)."""
 
-    path: str
-    in_: list[str] = Field(alias="in")
-    reason: str
+    path: str = Field(description="a path into the Patient resource")
+    in_: list[str] = Field(
+        alias="in", description="values at path that mean the patient is not screened"
+    )
+    reason: str = Field(description="why, as reported with the not-screened input issue")
 
 
 class PatientsDoc(_Strict):
-    not_screened: list[SkipDoc] = []
+    """Which patients get no verdict at all."""
+
+    not_screened: list[SkipDoc] = Field(
+        default=[], description="tests on the Patient resource; any one that matches skips it"
+    )
 
 
 class MappingDoc(_Strict):
-    id: str
-    version: str
-    description: str = ""
-    valuesets: list[str] = ["valuesets"]
-    codes: CodesDoc = CodesDoc()
-    patients: PatientsDoc = PatientsDoc()
-    cohort: CohortDoc | None = None
-    facts: dict[str, FactDoc]
+    """A mapping file: the facts a rule set reads, and how they are read from FHIR."""
+
+    id: str = Field(description="the mapping's name (a rule file's mapping: names the file)")
+    version: str = Field(description="the mapping's version, reported by rules check")
+    description: str = Field(default="", description="what the mapping is for, for the reader")
+    valuesets: list[str] = Field(
+        default=["valuesets"],
+        description="folders (beside this file) whose ValueSet JSON files the mapping may use; "
+        "every value set is found by its id, in one namespace for all the folders",
+    )
+    codes: CodesDoc = Field(
+        default=CodesDoc(), description="how codes written in the data are matched"
+    )
+    patients: PatientsDoc = Field(default=PatientsDoc(), description="patients not to screen")
+    cohort: CohortDoc | None = Field(
+        default=None,
+        description="how a live run without a patient list finds its candidates on the "
+        "server: the patients with a resource coded in these value sets",
+    )
+    facts: dict[str, FactDoc] = Field(description="the facts, by the name rules read them by")
 
     @model_validator(mode="after")
     def _uniform_records(self) -> MappingDoc:
@@ -262,3 +375,30 @@ class MappingDoc(_Strict):
 
 def read_mapping_doc(path: Path) -> MappingDoc:
     return read_model(path, MappingDoc, "mapping file")
+
+
+def valueset_references(doc: MappingDoc) -> Iterator[tuple[str, str]]:
+    """(where, value set id) for every value set a mapping names: ``in_valueset`` filters,
+    fields' ``valueset`` and ``labels``, filters inside paths, the cohort."""
+    for fact_name, fact in doc.facts.items():
+        for index, source in enumerate(fact.sources):
+            where = f"fact '{fact_name}' source {index + 1} ({source.resource})"
+            for number, clause in enumerate(source.where, start=1):
+                for vs_id in clause.in_valueset or ():
+                    yield f"{where} where {number}", vs_id
+                for vs_id in valuesets_named(clause.path):
+                    yield f"{where} where {number} path", vs_id
+            for vs_id in valuesets_named(source.patient):
+                yield f"{where} patient", vs_id
+            for name, spec in source.fields.items():
+                if spec.valueset:
+                    yield f"{where} field '{name}'", spec.valueset
+                for vs_id in (spec.labels or {}).values():
+                    yield f"{where} field '{name}' labels", vs_id
+                for vs_id in valuesets_named(spec.path or ""):
+                    yield f"{where} field '{name}' path", vs_id
+    for rule in doc.patients.not_screened:
+        for vs_id in valuesets_named(rule.path):
+            yield "patients.not_screened", vs_id
+    for vs_id in doc.cohort.valuesets if doc.cohort else ():
+        yield "cohort", vs_id

@@ -82,6 +82,13 @@ class _RustActivation:
         self.context.update(values)
 
 
+# What the binding raises for an expression that fails (a missing key or index, no overload, a
+# division by zero, an overflow, an undefined name). Nothing else is the expression's fault: an
+# exception a signal handler raises while a program runs (the Python handler runs as soon as the
+# call returns) must stay what it is, not become "the rule fails".
+_RUST_ERRORS = (LookupError, TypeError, ValueError, RuntimeError, ArithmeticError)
+
+
 class _RustProgram:
     __slots__ = ("_program", "source")
 
@@ -97,7 +104,7 @@ class _RustProgram:
     def run(self, activation: Any) -> Any:
         try:
             return self._program.execute(activation.context)
-        except Exception as exc:  # the binding raises KeyError, TypeError, RuntimeError...
+        except _RUST_ERRORS as exc:
             raise CelEvaluationError(f"{type(exc).__name__}: {exc}") from exc
 
 
@@ -189,6 +196,54 @@ class CelpyEngine:
         if isinstance(value, list):
             return [self.to_python(v) for v in value]
         return value
+
+
+_MIXED_NUMBERS = (
+    re.compile(
+        r"no matching overload .*IntType.*DoubleType|no matching overload .*DoubleType.*IntType"
+    ),
+    re.compile(r"Unsupported operation: (float \S+ int|int \S+ float)"),
+)
+_NO_MEMBER = re.compile(r"^(?:no such member in mapping: |KeyError: )'([^']*)'$")
+
+
+def explain_failure(error: CelEvaluationError) -> str:
+    """An engine's message in the words of the rules, with the engine's own kept after it."""
+    text = str(error)
+    if any(pattern.search(text) for pattern in _MIXED_NUMBERS):
+        return (
+            "a whole number mixed with a decimal one (numbers from the data and the parameters "
+            f"are decimals): write the number as a decimal, 4.0 rather than 4 ({text})"
+        )
+    member = _NO_MEMBER.match(text)
+    if member:
+        return f"no field or key '{member.group(1)}' ({text})"
+    if text == "invalid_argument" or text.startswith("IndexError: index out of bounds"):
+        return (
+            "an index past the end of a list, or another invalid argument: guard it, e.g. "
+            f"size(x) > 0 before x[0] ({text})"
+        )
+    return text
+
+
+def failure_summary(error: CelEvaluationError, source: str) -> str:
+    """What made an expression fail, in words that quote the rule and never the data: the
+    field or key it missed (when the expression names it), an index past the end, a whole
+    number mixed with a decimal one; otherwise only the kind of error."""
+    text = str(error)
+    if any(pattern.search(text) for pattern in _MIXED_NUMBERS):
+        return "a whole number mixed with a decimal one: write the number as a decimal (4.0)"
+    member = _NO_MEMBER.match(text)
+    if member:
+        name = member.group(1)
+        named = re.search(rf"\.\s*{re.escape(name)}\b|\[\s*[\"']{re.escape(name)}[\"']", source)
+        return f"no field or key '{name}'" if named else "a field or key that is not there"
+    if text == "invalid_argument" or text.startswith("IndexError"):
+        return "an index past the end of a list (or another invalid argument)"
+    if "divide by zero" in text or text.startswith("ZeroDivisionError"):
+        return "a division by zero"
+    kind = text.split(":", 1)[0] if re.match(r"^[A-Z]\w*Error:", text) else "an error"
+    return f"the engine refused it ({kind})"
 
 
 def make_engine(name: str) -> Engine:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import orjson
 
-from service.ruleset.engines import CelEvaluationError, EngineName
+from service.ruleset.engines import CelEvaluationError, EngineName, failure_summary
 from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
 from service.ruleset.model import Kind, Result
 
@@ -25,6 +25,9 @@ class CriterionResult:
     reason: str
     manual: bool = False
     error: bool = False
+    # Why a criterion could not be evaluated: the part of the rule and what failed there, in
+    # the rule's words (never the data's). Not part of the output contract.
+    detail: str = ""
 
     def as_contract(self) -> dict[str, Any]:
         return {
@@ -168,6 +171,7 @@ class Evaluator:
         self._constant_cache: dict[date, tuple[dict[str, Any], str | None]] = {}
         self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
         self.memo_hits = 0
+        self._parts: dict[str, Any] = {}  # parts of criteria, compiled to explain a failure
 
     def _constants(self, as_of: date) -> tuple[dict[str, Any], str | None]:
         """The derived values that read no fact, for this as_of (computed once), and the name
@@ -238,6 +242,7 @@ class Evaluator:
                 c.reason,
                 c.manual,
                 c.error,
+                c.detail,
             )
             if c.evidence
             else c
@@ -248,26 +253,63 @@ class Evaluator:
     def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
         constants, failed_derived = self._constants(as_of)
         activation = self.engine.activation({**self.ruleset.variables(facts, as_of), **constants})
+        derived_failure = ""
         for layer in () if failed_derived else self.compiled.derived:
             values: dict[str, Any] = {}
             for name, program in layer:
                 try:
                     values[name] = program.run(activation)
-                except CelEvaluationError:
+                except CelEvaluationError as exc:
                     failed_derived = name
+                    derived_failure = failure_summary(exc, program.source)
                     break
             if failed_derived is not None:
                 break
             activation.bind_all(values)
         names = self._template_names(as_of)
         results = tuple(
-            self._criterion(criterion, activation, names, failed_derived)
+            self._criterion(criterion, activation, names, failed_derived, derived_failure)
             for criterion in self.ruleset.criteria
         )
         return PatientVerdict(patient_id, decide(results), results)
 
+    def _failure_detail(
+        self, criterion: Criterion, activation: Any, failed: str | None, failed_summary: str
+    ) -> str:
+        """Which part of a criterion failed, and how: its parts are run again in the order an
+        evaluation reaches them (only after a failure, so the cost is the failure's)."""
+        if failed is not None:
+            source = dict(self.ruleset.derived).get(failed, "")
+            summary = failed_summary or "it failed"
+            return f"derived value '{failed}' ({_expression_text(source)}): {summary}"
+        chosen: str | None = None  # the label prefix of the case whose if holds ("case 2 ")
+        for label, source, _guard in criterion.components:
+            is_if = label.endswith("'if'")
+            if chosen is not None and not (label.startswith(chosen) and not is_if):
+                continue  # past the chosen case: a later case or the otherwise
+            if chosen is None and not is_if and not label.startswith("otherwise"):
+                continue  # a part of a case whose if does not hold
+            try:
+                value = self._part(source).run(activation)
+            except CelEvaluationError as exc:
+                return f"{label} ({_expression_text(source)}): {failure_summary(exc, source)}"
+            if is_if and self.engine.to_python(value) is True:
+                chosen = label.removesuffix("'if'")
+        return "the engine's answer could not be read"
+
+    def _part(self, source: str) -> Any:
+        program = self._parts.get(source)
+        if program is None:
+            program = self._parts[source] = self.engine.compile(source)
+        return program
+
     def _criterion(
-        self, criterion: Criterion, activation: Any, names: dict[str, Any], failed: str | None
+        self,
+        criterion: Criterion,
+        activation: Any,
+        names: dict[str, Any],
+        failed: str | None,
+        failed_summary: str = "",
     ) -> CriterionResult:
         if criterion.manual:
             return CriterionResult(
@@ -289,5 +331,11 @@ class Evaluator:
                 (),
                 FAILED_REASON,
                 error=True,
+                detail=self._failure_detail(criterion, activation, failed, failed_summary),
             )
         return CriterionResult(criterion.id, criterion.kind, outcome.result, evidence, reason)
+
+
+def _expression_text(source: str, limit: int = 160) -> str:
+    text = " ".join(source.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"

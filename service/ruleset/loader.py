@@ -26,11 +26,21 @@ from service.ruleset.engines import (
     Engine,
     EngineName,
     Program,
+    explain_failure,
     make_engine,
     referenced_names,
 )
 from service.ruleset.model import CriterionDoc, Kind, ParameterDoc, Result, RuleSetDoc, TrialDoc
 from service.ruleset.overrides import version_suffix
+from service.ruleset.shapes import (
+    STRING,
+    CelType,
+    ListOf,
+    Record,
+    ShapeChecker,
+    record_type,
+    value_type,
+)
 from service.yamlfiles import read_yaml
 
 BUILTIN_NAMES = frozenset({"params", "windows", "as_of"})
@@ -57,7 +67,8 @@ class Criterion:
     manual_reason: str
     outcomes: tuple[Outcome, ...]
     source: str  # one CEL expression choosing the outcome; empty for manual criteria
-    components: tuple[tuple[str, str], ...] = ()  # (label, CEL) of each part, for the dry run
+    # (label, CEL, guard) of each part, for the dry run: a part runs where its guard holds.
+    components: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def possible_results(self) -> frozenset[Result]:
@@ -167,18 +178,33 @@ def _criterion_source(doc: CriterionDoc) -> tuple[str, tuple[Outcome, ...]]:
 
 def _expressions(doc: CriterionDoc) -> Iterator[tuple[str, str]]:
     """(label, CEL source) for every expression of a criterion, for precise error messages."""
+    for label, source, _guard in _guarded_expressions(doc):
+        yield label, source
+
+
+def _guarded_expressions(doc: CriterionDoc) -> Iterator[tuple[str, str, str | None]]:
+    """(label, CEL source, guard or None): a case's evidence and args are evaluated only when
+    its ``if`` holds (``latest_ecog[0]`` is safe under ``size(latest_ecog) > 0``), the
+    otherwise's only when no ``if`` holds. The ``if``s themselves are dry-run unguarded, so
+    that each is tried on the sample patient whatever the cases before it say."""
     named = [("missing", doc.missing)] if doc.missing else []
     named += [(f"case {i + 1}", case) for i, case in enumerate(doc.cases)]
+    conditions: list[str] = []
     for label, case in named:
         assert case is not None
-        yield f"{label} 'if'", case.if_
-        yield f"{label} 'evidence'", case.evidence
+        yield f"{label} 'if'", case.if_, None
+        yield f"{label} 'evidence'", case.evidence, case.if_
         for arg, expr in case.args.items():
-            yield f"{label} arg '{arg}'", expr
+            yield f"{label} arg '{arg}'", expr, case.if_
+        conditions.append(case.if_)
     if doc.otherwise is not None:
-        yield "otherwise 'evidence'", doc.otherwise.evidence
+        yield "otherwise 'evidence'", doc.otherwise.evidence, _none_holds(conditions)
         for arg, expr in doc.otherwise.args.items():
-            yield f"otherwise arg '{arg}'", expr
+            yield f"otherwise arg '{arg}'", expr, _none_holds(conditions)
+
+
+def _none_holds(conditions: list[str]) -> str | None:
+    return " && ".join(f"!({c})" for c in conditions) or None
 
 
 def _reasons(doc: CriterionDoc) -> Iterator[tuple[str, str, set[str]]]:
@@ -231,18 +257,35 @@ def read_ruleset_doc(path: Path) -> RuleSetDoc:
             if len(loc) >= 2 and loc[0] == "criteria" and isinstance(raw, dict):
                 with contextlib.suppress(KeyError, IndexError, TypeError):
                     where = f"criterion '{raw['criteria'][loc[1]]['id']}' ({where})"
-            problems.append(f"{path}: {where}: {err['msg']}")
+            problems.append(f"{path}: {where}: {err['msg']}{_flow_hint(loc)}")
         raise RuleSetError(problems) from exc
 
 
+def _flow_hint(loc: list[Any]) -> str:
+    """A key made of a piece of CEL (``m.date)``) is an expression cut at its comma by a YAML
+    {flow: mapping}: say so, the message alone does not."""
+    if any(isinstance(part, str) and ("(" in part or ")" in part) for part in loc):
+        return (
+            " (a CEL expression with a comma inside {...} must be quoted: "
+            '{scores: "nrs.map(s, s.score)"})'
+        )
+    return ""
+
+
 def load_ruleset(
-    path: Path, mappings_dir: Path, engines: Sequence[EngineName] = ENGINE_NAMES
+    path: Path,
+    mappings_dir: Path,
+    engines: Sequence[EngineName] = ENGINE_NAMES,
+    *,
+    shapes_checked: bool = False,
 ) -> RuleSet:
     """Read, check and compile a rule file (and its mapping) for ``engines``.
 
     Every engine by default: ``prescreen rules check``/``rules test`` and the test suite prove
     a rule set on all of them. A screening or the service compiles only for the engine it runs,
     which halves start-up (the reference engine builds its parser from its grammar first).
+    ``shapes_checked``: the process that started this one checked the fields and numbers of
+    the same files (``shapes``: about half a second of parsing), a worker need not again.
     """
     if not engines:
         raise ValueError("load_ruleset needs at least one engine")
@@ -270,6 +313,8 @@ def load_ruleset(
         check.expression(f"derived '{name}'", source, known, parameters, set(windows))
         known = known | {name}
 
+    if not shapes_checked:
+        _check_shapes(check, mapper, doc, parameters, set(windows))
     template_names = {"as_of", *parameters, *(f"{w}_start" for w in windows)}
     criteria: list[Criterion] = []
     for criterion in doc.criteria:
@@ -301,7 +346,7 @@ def load_ruleset(
                     "",
                     outcomes,
                     source,
-                    tuple(_expressions(criterion)),
+                    tuple(_guarded_expressions(criterion)),
                 )
             )
     if check.problems:
@@ -321,6 +366,41 @@ def load_ruleset(
     )
     ruleset._compiled.update(_compile_checked(ruleset, engines))
     return ruleset
+
+
+def _check_shapes(
+    check: _Checker, mapper: Mapper, doc: RuleSetDoc, parameters: dict[str, Any], windows: set[str]
+) -> None:
+    """Every field and key an expression reads, checked against the facts' declared shapes
+    (inside comprehensions too), and whole numbers mixed with decimals (see ``shapes``)."""
+    names: dict[str, CelType] = {}
+    for name, schema in mapper.facts.items():
+        record = record_type(name, schema.defaults)
+        names[name] = record if schema.one else ListOf(record)
+    names["params"] = Record(
+        "params",
+        {name: value_type(value) for name, value in parameters.items()},
+        label="the parameters",
+        quiet=True,  # an unknown params.x has its own message
+    )
+    names["windows"] = Record(
+        "windows", dict.fromkeys(windows, STRING), label="the windows", quiet=True
+    )
+    names["as_of"] = STRING
+    shapes = ShapeChecker(names)
+
+    def run(where: str, source: str) -> CelType:
+        shapes.problems = []
+        found = shapes.check(source)
+        for problem in shapes.problems:
+            check.add(where, problem)
+        return found
+
+    for name, source in doc.derived.items():
+        shapes.bind(name, run(f"derived '{name}'", source))
+    for criterion in doc.criteria:
+        for label, source in _expressions(criterion):
+            run(f"criterion '{criterion.id}' {label}", source)
 
 
 def _compile_checked(
@@ -395,15 +475,23 @@ def _dry_run(
                 try:
                     activation.bind(name, program.run(activation))
                 except CelEvaluationError as exc:
-                    problem = f"fails on a sample patient ({engine_name}): {exc}"
+                    problem = f"fails on a sample patient ({engine_name}): {explain_failure(exc)}"
                     check.add(f"derived '{name}'", problem)
                     return
         for criterion in ruleset.criteria:
-            for label, source in criterion.components:
+            for label, source, guard in criterion.components:
+                try:
+                    if (
+                        guard is not None
+                        and engine.to_python(engine.compile(guard).run(activation)) is not True
+                    ):
+                        continue  # not reached on this sample (a failing guard says so itself)
+                except CelEvaluationError:
+                    continue
                 try:
                     engine.compile(source).run(activation)
                 except CelEvaluationError as exc:
                     check.add(
                         f"criterion '{criterion.id}' {label}",
-                        f"fails on a sample patient ({engine_name}): {exc}",
+                        f"fails on a sample patient ({engine_name}): {explain_failure(exc)}",
                     )

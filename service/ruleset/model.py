@@ -34,15 +34,19 @@ class _Strict(BaseModel):
 
 
 class TrialDoc(_Strict):
-    nct_id: str = Field(pattern=r"^NCT\d{8}$")
+    """The trial, as written into the ResearchStudy and shown to coordinators."""
+
+    nct_id: str = Field(
+        pattern=r"^NCT\d{8}$", description="the ClinicalTrials.gov identifier (NCT and 8 digits)"
+    )
     identifier_system: str = Field(description="ResearchStudy.identifier.system for the NCT id")
-    acronym: str
-    title: str
-    sponsor: str
-    status: StudyStatus = "active"
-    description: str = ""
-    conditions: list[str] = []
-    url: str = ""
+    acronym: str = Field(description="the short name on cards and pages")
+    title: str = Field(description="the trial's official title")
+    sponsor: str = Field(description="the sponsor, ResearchStudy.sponsor's display")
+    status: StudyStatus = Field(default="active", description="the R4 ResearchStudy.status code")
+    description: str = Field(default="", description="ResearchStudy.description")
+    conditions: list[str] = Field(default=[], description="ResearchStudy.condition texts")
+    url: str = Field(default="", description="the trial's public page (CDS Hooks cards link it)")
 
 
 class ParameterDoc(_Strict):
@@ -55,10 +59,11 @@ class ParameterDoc(_Strict):
     )
     one_of: list[str] | None = None
     min: float | None = Field(
-        default=None, description="the lowest value a run may set (``--set``), inclusive"
+        default=None, description="the lowest value a run may set (--set, whatif --vary), inclusive"
     )
     max: float | None = Field(
-        default=None, description="the highest value a run may set (``--set``), inclusive"
+        default=None,
+        description="the highest value a run may set (--set, whatif --vary), inclusive",
     )
     description: str = ""
 
@@ -89,37 +94,59 @@ class ParameterDoc(_Strict):
         return not isinstance(self.value, str)
 
 
+_EVIDENCE = "CEL: the list of 'Type/id' references (every record's ref) that support the result"
+_ARGS = "CEL expressions by name, filling the reason's {name} placeholders"
+_REASON = (
+    "the explanation shown with the result: text with {placeholders} from args, the "
+    "parameters, as_of and <window>_start"
+)
+
+
 class CaseDoc(_Strict):
     """One outcome of a criterion: when ``if`` holds, the criterion has ``result``."""
 
-    if_: str = Field(alias="if")
-    result: Result
-    reason: str
-    evidence: str = "[]"
-    args: dict[str, str] = {}
+    if_: str = Field(alias="if", description="CEL, true when this case decides the criterion")
+    result: Result = Field(description="the criterion's result when this case holds")
+    reason: str = Field(description=_REASON)
+    evidence: str = Field(default="[]", description=_EVIDENCE)
+    args: dict[str, str] = Field(default={}, description=_ARGS)
 
 
 class OtherwiseDoc(_Strict):
     """The outcome when no case holds."""
 
-    result: Result
-    reason: str
-    evidence: str = "[]"
-    args: dict[str, str] = {}
+    result: Result = Field(description="the criterion's result when no case holds")
+    reason: str = Field(description=_REASON)
+    evidence: str = Field(default="[]", description=_EVIDENCE)
+    args: dict[str, str] = Field(default={}, description=_ARGS)
 
 
 class CriterionDoc(_Strict):
-    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    kind: Kind
-    text: str
-    manual: bool = False
-    reason: str = "requires clinician review"
+    """One eligibility criterion and how its result is decided."""
+
+    id: str = Field(
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="the criterion's name in every output (lower case, digits, hyphens)",
+    )
+    kind: Kind = Field(
+        description="inclusion (not_met makes a patient ineligible) or exclusion (met does)"
+    )
+    text: str = Field(description="the criterion as the trial states it")
+    manual: bool = Field(
+        default=False,
+        description="decided by a clinician: always unknown, and no bar to a candidate verdict",
+    )
+    reason: str = Field(default="requires clinician review", description="manual: the reason shown")
     missing: CaseDoc | None = Field(
         default=None, description="evaluated first: the data is absent, and what that means"
     )
-    cases: list[CaseDoc] = []
-    otherwise: OtherwiseDoc | None = None
-    note: str = ""
+    cases: list[CaseDoc] = Field(
+        default=[], description="in order: the first whose if holds decides the criterion"
+    )
+    otherwise: OtherwiseDoc | None = Field(
+        default=None, description="the outcome when neither missing nor a case holds"
+    )
+    note: str = Field(default="", description="for the reader: choices made, sources")
 
     @model_validator(mode="after")
     def _shape(self) -> CriterionDoc:
@@ -132,10 +159,23 @@ class CriterionDoc(_Strict):
 
 
 class RuleSetDoc(_Strict):
-    id: str = Field(pattern=r"^[a-z][a-z0-9-]*$")
-    version: str
-    mapping: str
-    trial: TrialDoc
-    parameters: dict[str, ParameterDoc] = {}
-    derived: dict[str, str] = {}
-    criteria: list[CriterionDoc] = Field(min_length=1)
+    """A rule file: one trial's criteria as data."""
+
+    id: str = Field(
+        pattern=r"^[a-z][a-z0-9-]*$",
+        description="the trial's name on the command line and in every output (the file is "
+        "rules/<id>.yaml)",
+    )
+    version: str = Field(description="written into every verdict and ResearchSubject")
+    mapping: str = Field(description="the mapping the rules read: fhir_mappings/<mapping>.yaml")
+    trial: TrialDoc = Field(description="the trial itself")
+    parameters: dict[str, ParameterDoc] = Field(
+        default={},
+        description="thresholds, windows and options by name: CEL reads params.<name>",
+    )
+    derived: dict[str, str] = Field(
+        default={},
+        description="CEL values by name, computed once per patient in order; later values and "
+        "criteria read them by name",
+    )
+    criteria: list[CriterionDoc] = Field(min_length=1, description="the criteria, in order")

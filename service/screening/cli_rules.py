@@ -17,7 +17,7 @@ from service.console import (
     settings_for,
     stdout,
 )
-from service.errors import RuleSetError
+from service.errors import ConfigError, RuleSetError
 from service.ruleset.engines import ENGINE_NAMES, EngineName
 
 
@@ -43,9 +43,10 @@ def cmd_rules_check(args: argparse.Namespace) -> int:
     for trial in listed_trials(args, settings):
         try:
             ruleset = catalog.load_trial(trial, settings, every_engine=True)
-        except RuleSetError as exc:
+        except ConfigError as exc:  # every trial is checked, whatever one of them holds
             failed = True
-            for problem in exc.problems:
+            problems = exc.problems if isinstance(exc, RuleSetError) else [str(exc)]
+            for problem in problems:
                 stdout.print(f"[red]✗[/] {escape(problem)}")
             continue
         stdout.print(
@@ -73,7 +74,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                 f"[red]ENGINES DISAGREE[/] {trial}/{failure.test_id}: {escape(failure.message)}"
             )
         for missing in report.uncovered:
-            stdout.print(f"[yellow]NOT COVERED[/] {trial}: {missing}")
+            stdout.print(f"[yellow]NOT COVERED[/] {trial}: {missing} (no test expects it)")
+        if report.unconfirmed:
+            stdout.print(
+                f"[yellow]NOT YET COVERED[/] {trial}: {len(report.unconfirmed)} results are "
+                "expected only by tests that fail; they count once those tests pass"
+            )
         status = "[green]passed[/]" if report.ok else "[red]failed[/]"
         stdout.print(
             f"{trial}: {report.tests} tests on {', '.join(report.engines)}: {status}; "

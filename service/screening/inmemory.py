@@ -56,7 +56,8 @@ def evaluate_reporting(
                     f"Patient/{patient_id}",
                     0,
                     "evaluation-error",
-                    f"criterion '{criterion.id}' could not be evaluated",
+                    f"criterion '{criterion.id}' could not be evaluated"
+                    + (f": {criterion.detail}" if criterion.detail else ""),
                 )
             )
     return verdict

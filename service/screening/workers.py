@@ -350,7 +350,11 @@ def _load_for(
     engine: EngineName, rules: list[tuple[Path, Path]], overrides: list[Overrides]
 ) -> list[RuleSet]:
     """The rule sets, compiled for the one engine this run uses."""
-    loaded = [loader.load_ruleset(path, mappings, (engine,)) for path, mappings in rules]
+    # The parent loaded (and checked) the same files first.
+    loaded = [
+        loader.load_ruleset(path, mappings, (engine,), shapes_checked=True)
+        for path, mappings in rules
+    ]
     return [
         with_overrides(ruleset, dict(values))
         for ruleset, values in zip(loaded, overrides or [() for _ in loaded], strict=True)

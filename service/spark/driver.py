@@ -28,7 +28,9 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -592,6 +594,7 @@ def screen_portfolio_spark(
     progress: ProgressSink | None = None,
 ) -> PortfolioSummary:
     """screen_portfolio on Spark: the same files, read from a folder or any Hadoop URI."""
+    interrupt_handler = signal.getsignal(signal.SIGINT)
     session, started = start_session(master)
     try:
         run = SparkScreening(
@@ -601,3 +604,19 @@ def screen_portfolio_spark(
     finally:
         if started:
             session.stop()
+            _restore_interrupt_handler(interrupt_handler)
+
+
+def _restore_interrupt_handler(handler: Any) -> None:
+    """Put back the SIGINT handler a session started here replaced.
+
+    A SparkContext started in the main thread installs a SIGINT handler bound to itself (it
+    cancels the context's jobs, then raises KeyboardInterrupt) and leaves it installed when it
+    stops. A later Ctrl-C in this process then raises ``AttributeError: 'NoneType' object has
+    no attribute 'sc'`` wherever the process happens to be: in the test suite, a rule set
+    loading after a Spark run reported it as a rule problem of its own.
+    """
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return  # a handler not set from Python, or one only the main thread may set
+    if signal.getsignal(signal.SIGINT) is not handler:
+        signal.signal(signal.SIGINT, handler)

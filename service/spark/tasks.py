@@ -123,7 +123,10 @@ class Runtime:
         self.engine = plan.engine
         self._root = _rules_folder(plan.rule_files)
         self.rulesets: list[RuleSet] = [
-            load_ruleset(self._here(rules), self._here(mappings), (plan.engine,))
+            # The driver loaded (and checked) the same files first.
+            load_ruleset(
+                self._here(rules), self._here(mappings), (plan.engine,), shapes_checked=True
+            )
             for rules, mappings in plan.trials
         ]
         probe = LineParser([Collector(rs.mapper, plan.as_of, IssueLog()) for rs in self.rulesets])

@@ -179,7 +179,8 @@ def test_every_prescreen_code_written_is_in_a_published_code_system(writer: Writ
             assert coding["code"] in concept_codes(code_system), coding
 
 
-@pytest.mark.parametrize("trial", ["relieve", "ssrs"])
+@pytest.mark.every_trial
+@pytest.mark.parametrize("trial", catalog.available_trials(get_settings().rules_dir))
 def test_the_published_criterion_code_systems_are_the_rule_sets(trial: str) -> None:
     ruleset = catalog.load_trial(trial, get_settings())
     published = orjson.loads(published_criteria_file(ruleset).read_bytes())

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -19,7 +20,12 @@ import jwt
 import pytest
 from fastapi import HTTPException
 
+from service import catalog
 from service.api.cds import normalised_base, read_prefetch
+from service.ruleset.evaluate import Evaluator
+from service.ruleset.loader import RuleSet
+from service.screening.inmemory import evaluate_resources
+from service.settings import get_settings
 from service.state.cds_hooks import CdsStore
 from service.state.store import Store
 from tests.integration.conftest import LoadedPatients, fhir_get
@@ -120,6 +126,30 @@ def hook_request(patient: str, **fields: Any) -> dict[str, Any]:
 def summaries(answer: httpx.Response) -> list[str]:
     assert answer.status_code == 200, answer.text
     return sorted(card["summary"] for card in answer.json()["cards"])
+
+
+def served_rulesets() -> dict[str, RuleSet]:
+    """What the service serves with these settings: every rule set of the rules folder."""
+    settings = get_settings()
+    return {
+        trial: catalog.load_trial(trial, settings)
+        for trial in catalog.available_trials(settings.rules_dir)
+    }
+
+
+def expected_summaries(loaded: LoadedPatients, patient: str) -> list[str]:
+    """One card per configured trial the patient is not ineligible for, as an offline
+    screening of the same resources says (whatever trials the hospital added)."""
+    prefix = patient.rsplit("-", 1)[0] + "-"  # export_patients: <prefix><n>-<original id>
+    resources = [r for r in loaded.resources if str(r.get("id", "")).startswith(prefix)]
+    today = datetime.now(UTC).date()
+    found = []
+    for ruleset in served_rulesets().values():
+        (verdict,) = evaluate_resources(Evaluator(ruleset), resources, today)
+        if verdict.verdict != "ineligible":
+            trial = ruleset.trial
+            found.append(f"{trial.acronym} ({trial.nct_id}): {verdict.verdict.replace('-', ' ')}")
+    return sorted(found)
 
 
 def no_null_or_empty(value: Any, where: str = "$") -> None:
@@ -236,6 +266,7 @@ class Recorder:
         self.server.server_close()
 
 
+@pytest.mark.every_trial
 def test_fhir_server_must_be_a_configured_one(
     ehr: Ehr, sekmet: SekmetServer, candidate: str
 ) -> None:
@@ -259,7 +290,8 @@ def test_fhir_server_must_be_a_configured_one(
         fetched = ehr.call(
             hook_request(candidate, fhirServer=spelled, fhirAuthorization=authorization)
         )
-        assert summaries(fetched) == [
+        shipped = [s for s in summaries(fetched) if s.startswith(("RELIEVE", "SSRS"))]
+        assert shipped == [
             "RELIEVE (NCT06746103): potential candidate",
             "SSRS (NCT04218617): potential candidate",
         ]
@@ -293,14 +325,19 @@ def test_normalised_base_urls() -> None:
 # --- prefetch semantics --------------------------------------------------------------------------
 
 
-def test_null_means_no_data(ehr: Ehr, sekmet: SekmetServer, candidate: str) -> None:
+@pytest.mark.every_trial
+def test_null_means_no_data(
+    ehr: Ehr, sekmet: SekmetServer, candidate: str, loaded: LoadedPatients
+) -> None:
     prefetch = prefetch_as_an_ehr_would(ehr, sekmet.base_url, candidate)
     assert None in prefetch.values()  # the candidate has no ServiceRequest, for one
     # No fhirServer: everything the service needs is in the prefetch, nulls included.
     with_nulls = ehr.call(hook_request(candidate, prefetch=prefetch))
     fetched = ehr.call(hook_request(candidate, fhirServer=sekmet.base_url))
     assert summaries(with_nulls) == summaries(fetched)
-    assert len(summaries(fetched)) == 2
+    # A card for every trial served that does not exclude the patient, the shipped two among them.
+    assert summaries(fetched) == expected_summaries(loaded, candidate)
+    assert len([s for s in summaries(fetched) if s.startswith(("RELIEVE", "SSRS"))]) == 2
 
 
 def test_a_failed_prefetch_is_fetched_or_refused(
@@ -430,7 +467,11 @@ def test_reading_the_specification_example_prefetch() -> None:
 # --- cards ---------------------------------------------------------------------------------------
 
 
-def test_cards_follow_the_specification(ehr: Ehr, sekmet: SekmetServer, candidate: str) -> None:
+@pytest.mark.every_trial
+def test_cards_follow_the_specification(
+    ehr: Ehr, sekmet: SekmetServer, candidate: str, loaded: LoadedPatients
+) -> None:
+    trial_of = {rs.trial.nct_id: trial for trial, rs in served_rulesets().items()}
     first = ehr.call(hook_request(candidate, fhirServer=sekmet.base_url))
     # Keys the service did not ask for are ignored (the specification's example sends one).
     greeter = {"patientToGreet": {"resourceType": "Patient", "id": candidate}}
@@ -453,10 +494,11 @@ def test_cards_follow_the_specification(ehr: Ehr, sekmet: SekmetServer, candidat
             assert card["source"]["label"] == "prescreen"
             # The card opens the web worklist's page for this patient and trial.
             (link,) = card["links"]
-            trial = "relieve" if card["summary"].startswith("RELIEVE") else "ssrs"
+            trial = trial_of[topic["code"]]
             assert link["type"] == "absolute" and link["label"]
             assert link["url"] == (f"{ehr.url}/ui/patients/{candidate}?trial={trial}")
-    assert len(uuids) == 4 and len(set(uuids)) == 4  # a new uuid per card and per call
+    cards = len(expected_summaries(loaded, candidate))
+    assert cards >= 2 and len(uuids) == 2 * cards == len(set(uuids))  # new per card and call
 
 
 # --- feedback ------------------------------------------------------------------------------------

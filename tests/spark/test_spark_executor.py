@@ -5,6 +5,7 @@ sample and for a messy synthetic hospital whose every kind of problem is reporte
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -106,3 +107,17 @@ def test_without_pyspark_the_spark_executor_exits_2_and_says_what_to_install(
     assert screen("relieve", str(SAMPLE_DIR), tmp_path, "--executor", "spark") == 2
     assert "pip install 'prescreen[spark]'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_after_a_spark_run_an_interrupt_is_an_interrupt_again(tmp_path: Path) -> None:
+    # The SparkContext of a run installs its own SIGINT handler, which survived the context:
+    # a later Ctrl-C raised "AttributeError: 'NoneType' object has no attribute 'sc'" wherever
+    # this process was. Once it was loading the shipped rules for `prescreen demo`, and the
+    # engine reported "rules/ssrs.yaml: derived 'mri_region_levels': fails on a sample patient
+    # (cel): AttributeError: 'NoneType' object has no attribute 'sc'".
+    before = signal.getsignal(signal.SIGINT)
+    local = ["--executor", "spark", "--spark-master", "local[1]"]
+    assert screen("relieve", str(SAMPLE_DIR), tmp_path, *local) == 0
+    assert signal.getsignal(signal.SIGINT) is before
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)

@@ -15,7 +15,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import ConfigError
+from service.errors import ConfigError, RuleSetError
 from service.mapping.mapper import Mapper, load_mapping
 from service.screening.source import Collector, InputIssue, IssueLog, current_copy
 
@@ -133,6 +133,30 @@ def test_code_rules_match_variants_and_report_them(tmp_path: Path) -> None:
     prefilter = mapper.prefilters["Condition"]
     assert prefilter is not None
     assert prefilter.search(b'{"code": " C7951 "}') and prefilter.search(b'{"code":"C79.51"}')
+
+
+def test_an_unknown_value_set_names_the_mapping_line_and_the_closest_ids(tmp_path: Path) -> None:
+    facts = {
+        "conditions": {
+            "sources": [
+                {
+                    "resource": "Condition",
+                    "where": [{"path": "code", "in_valueset": ["tumour", "icd-tumor"]}],
+                    "fields": {"seen": {"type": "const", "value": True}},
+                }
+            ]
+        }
+    }
+    with pytest.raises(RuleSetError) as caught:
+        mapping(tmp_path, facts)
+    (problem,) = caught.value.problems
+    path = tmp_path / "demo.yaml"
+    line = next(n for n, text in enumerate(path.read_text().splitlines(), 1) if "icd-tumor" in text)
+    assert problem == (
+        f"{path}:{line}: fact 'conditions' source 1 (Condition) where 1: unknown value set "
+        "'icd-tumor' (none of the ValueSets in valuesets/ has this id); the closest ids: "
+        "icd-tumour, tumour"
+    )
 
 
 def test_a_coding_without_system_matches_nothing(tmp_path: Path) -> None:
@@ -611,3 +635,45 @@ def test_text_filters_case_free_lookups_and_translated_codes(tmp_path: Path) -> 
     assert (record["answer"], record["sex"], record["levels"]) == ("negative", "F", ["L1"])
     record, _ = record_of(mapper, observation(valueString="x", gender="female"))
     assert (record["answer"], record["sex"], record["levels"]) == ("", "female", [])
+
+
+def test_code_rules_apply_to_regex_value_sets_dotted_and_dotless(tmp_path: Path) -> None:
+    # ICD-10-CM written with or without its dot, against regex filters written either way.
+    folder = tmp_path / "valuesets"
+    folder.mkdir()
+    lymphoma = [
+        {"system": ICD, "filter": [{"property": "code", "op": "regex", "value": r"C8[1-8]\.\d+"}]}
+    ]
+    valueset(folder, "lymphoma-dotted", lymphoma)
+    myeloma = [
+        {"system": ICD, "filter": [{"property": "code", "op": "regex", "value": r"C90[0-9]{2}"}]}
+    ]
+    valueset(folder, "myeloma-dotless", myeloma)
+    facts = {
+        "conditions": {
+            "sources": [
+                {
+                    "resource": "Condition",
+                    "where": [
+                        {"path": "code", "in_valueset": ["lymphoma-dotted", "myeloma-dotless"]}
+                    ],
+                    "fields": {"code": {"type": "string", "path": "code.coding.code"}},
+                }
+            ]
+        }
+    }
+    mapper = mapping(tmp_path, facts, codes={"systems": {ICD: {"ignore_in_code": "."}}})
+
+    def mapped(code: str) -> tuple[list[str], list[str]]:
+        result = mapper.map_resource(condition("c", {"system": ICD, "code": code}), AS_OF)
+        assert result is not None
+        return [str(c.record["code"]) for c in result.contributions], [
+            i.kind for i in result.issues
+        ]
+
+    assert mapped("C83.30") == (["C83.30"], [])  # as the filter writes it
+    assert mapped("C8330") == (["C83.30"], ["noncanonical-code"])  # the dot put back
+    assert mapped(" C83.30 ") == (["C83.30"], ["noncanonical-code"])
+    assert mapped("C90.00") == (["C9000"], ["noncanonical-code"])  # the dot taken out
+    assert mapped("C9000") == (["C9000"], [])
+    assert mapped("C8O30") == ([], [])  # a letter O is no digit: no spelling matches

@@ -51,3 +51,44 @@ def test_ssrs_rule_tests_pass_on_both_engines_with_full_coverage() -> None:
     assert report.engines == ("cel", "celpy")
     assert report.failures == [] and report.disagreements == [] and report.uncovered == []
     assert report.tests >= 50
+
+
+def test_an_evaluation_error_names_the_criterion_the_expression_and_what_failed(
+    tmp_path: Path,
+) -> None:
+    # Patients without any NRS score have no pain_scores[0]: the sample patient has one, so
+    # only a real patient finds it.
+    doc = yaml.safe_load((RULES_DIR / "relieve.yaml").read_text())
+    pain = next(c for c in doc["criteria"] if c["id"] == "pain-nrs")
+    pain["cases"][0]["if"] = "pain_scores[0].score > 100.0 || size(nrs_above) > 0"
+    rules = tmp_path / "relieve.yaml"
+    rules.write_text(yaml.safe_dump(doc, sort_keys=False))
+    suite = yaml.safe_load(TESTS.read_text())
+    without_scores = ("entered-in-error-score-is-ignored", "vas-is-not-nrs")
+    suite["tests"] = [t for t in suite["tests"] if t["id"] in without_scores]
+    tests = tmp_path / "t.yaml"
+    tests.write_text(yaml.safe_dump(suite))
+    report = run_rule_tests(load_ruleset(rules, MAPPINGS_DIR), tests)
+    messages = {f.message for f in report.failures}
+    for engine in ("cel", "celpy"):
+        assert (
+            f"[{engine}] pain-nrs: could not be evaluated: case 1 'if' (pain_scores[0].score > "
+            "100.0 || size(nrs_above) > 0): an index past the end of a list (or another invalid "
+            "argument); expected unknown"
+        ) in messages
+
+
+def test_results_only_failing_tests_expect_are_not_yet_covered_rather_than_uncovered(
+    relieve: RuleSet, tmp_path: Path
+) -> None:
+    suite = yaml.safe_load(TESTS.read_text())
+    suite["tests"] = [t for t in suite["tests"] if _expects_confounder(t)] + suite["tests"][:3]
+    for test in suite["tests"]:
+        if _expects_confounder(test):
+            test["expect"]["verdict"] = "candidate"  # wrong: a confounder excludes
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    report = run_rule_tests(relieve, path)
+    assert report.failures and not report.ok
+    gap = "criterion 'confounding-pain' result 'met'"
+    assert gap in report.unconfirmed and gap not in report.uncovered

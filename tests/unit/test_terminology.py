@@ -49,3 +49,26 @@ def test_filters_that_need_a_terminology_server_are_refused(tmp_path: Path) -> N
     )
     with pytest.raises(ConfigError, match="cannot be expanded offline"):
         load_valueset(path)
+
+
+def test_a_url_that_does_not_name_the_id_is_reported_against_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "rtog-pain.json"
+    resource = {
+        "resourceType": "ValueSet",
+        "id": "rtog-pain",
+        "url": "urn:prescreen:fhir:ValueSet:rtog-pian",
+        "compose": {"include": [{"system": "http://loinc.org", "concept": [{"code": "72514-3"}]}]},
+    }
+    path.write_text(json.dumps(resource))
+    with pytest.raises(ConfigError) as caught:
+        load_valueset(path)
+    assert str(caught.value).startswith(
+        f"{path}: ValueSet url 'urn:prescreen:fhir:ValueSet:rtog-pian' does not end in its id "
+        "'rtog-pain'"
+    )
+    for url in (
+        "urn:prescreen:fhir:ValueSet:rtog-pain",
+        "https://example.org/fhir/ValueSet/rtog-pain",
+    ):
+        path.write_text(json.dumps({**resource, "url": url}))
+        assert load_valueset(path).url == url
