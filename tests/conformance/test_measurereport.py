@@ -37,3 +37,17 @@ def test_the_feasibility_measure_report_is_valid(
     (result,) = fhir_validator.validate_file(out / "MeasureReport.json")
     assert result.resource_type == "MeasureReport"
     assert errors_of([result]) == ""
+
+
+def test_a_population_code_outside_the_published_code_system_is_an_error(
+    fhir_validator: InstanceValidator, tmp_path: Path
+) -> None:
+    """The feasibility CodeSystem is loaded into the validator: a code it lacks is caught."""
+    out = tmp_path / "feasibility"
+    command = ["feasibility", "--trial", "relieve", "--source", str(REPO / "samples" / "hospital")]
+    command += ["--from", "2026-05-01", "--to", AS_OF, "--out", str(out), "--no-progress"]
+    assert main(command) == 0
+    report = json.loads((out / "MeasureReport.json").read_text())
+    report["group"][0]["population"][-1]["code"]["coding"][0]["code"] = "shoe-size"
+    (result,) = fhir_validator.validate([report], "measure-report-unknown-code")
+    assert "shoe-size" in errors_of([result])

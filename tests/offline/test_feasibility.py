@@ -141,3 +141,13 @@ def test_no_file_holds_a_hidden_count(report_files: Path, relieve: RuleSet) -> N
     for row in rows:
         if row["hidden"]:
             assert row["count"] == "" and row["shown"] in ("<5", "suppressed")
+
+
+def test_a_period_that_ends_before_it_starts_stops_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    command = ["feasibility", "--trial", "relieve", "--source", str(SAMPLE_DIR)]
+    command += ["--from", "2026-07-01", "--to", AS_OF, "--out", str(tmp_path / "out")]
+    assert main(command) == 2
+    assert "--from 2026-07-01 is after --to 2026-06-15" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -121,3 +121,14 @@ def test_bad_values_stop_the_command_with_exit_2(
     assert whatif(tmp_path / "out", *vary, trial=trial) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_without_matplotlib_everything_but_the_plot_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed: import fails
+    assert whatif(tmp_path, "nrs_threshold=4,6") == 0
+    assert (tmp_path / "whatif.json").is_file() and not (tmp_path / "whatif.png").exists()
+    assert "No plot: install the plot extra" in capsys.readouterr().err
