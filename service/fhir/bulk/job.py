@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
+from service.errors import SourceError
 from service.fhir.bulk.plan import ExportRequest
 
 STATE_FILE = "export.json"
@@ -191,3 +192,25 @@ class ExportState:
             for job in list(state.jobs):
                 state.drop(job)
         return state
+
+
+def export_notes(folder: Path) -> tuple[dict[str, str], frozenset[str]]:
+    """What the exports whose files are in the folder lack: the resource types they lost (with
+    why; the first reason given for a type is kept) and the Patients incremental exports list
+    as deleted."""
+    path = folder / STATE_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        # What the export lost cannot be known: screening it would be judging blind.
+        raise SourceError(
+            f"{path} cannot be read ({type(exc).__name__}): it says what the Bulk Data export "
+            "in this folder lacks; restore it or export again"
+        ) from exc
+    lost: dict[str, str] = {}
+    deleted: set[str] = set()
+    for job in data.get("jobs", []) if isinstance(data, dict) else []:
+        for rtype, why in (job.get("lost") or {}).items():
+            lost.setdefault(str(rtype), str(why))
+        deleted.update(str(pid) for pid in job.get("deleted_patients") or [])
+    return lost, frozenset(deleted)
