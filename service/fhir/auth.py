@@ -7,6 +7,7 @@ until shortly before it expires, and fetches a new one once if the server answer
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -113,6 +114,27 @@ class SmartBackendAuth(httpx.Auth):
             self._store((yield self._token_request()))
             request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
+
+
+_SCOPE = re.compile(r"(system|user|patient|\*)/(\*|[A-Za-z]+)\.([A-Za-z*]+)(\?.*)?")
+
+
+def scope_reads(granted: str, resource_type: str) -> bool:
+    """Whether granted SMART scopes (v1 ``system/X.read``, v2 ``system/X.rs``) let a backend
+    service read every resource of this type. A scope narrowed by a query (``?category=...``)
+    covers only part of them: not enough to decide by their absence."""
+    for scope in granted.split():
+        match = _SCOPE.fullmatch(scope)
+        if match is None:
+            continue
+        level, rtype, permissions, query = match.groups()
+        if level not in ("system", "*") or rtype not in ("*", resource_type) or query:
+            continue
+        if permissions in ("read", "*") or (
+            re.fullmatch(r"c?r?u?d?s?", permissions) and ("r" in permissions or "s" in permissions)
+        ):
+            return True
+    return False
 
 
 def _oauth_error(body: bytes) -> str:

@@ -197,3 +197,13 @@ def report_lost_sources(
     for entry in entries:
         issues.add(lost_source_issue(entry))
     return entries
+
+
+def report_lost_once(summary: ScreeningSummary, ruleset: RuleSet, lost: Mapping[str, str]) -> None:
+    """For a live run, which meets a lost type while it goes: the first time, its
+    ``source-unavailable`` issue and its entry of summary.json's section."""
+    reported = {entry["type"] for entry in summary.sources_unavailable}
+    for entry in lost_sources(ruleset, lost):
+        if entry["type"] not in reported:
+            summary.issues.add(lost_source_issue(entry))
+            summary.sources_unavailable.append(entry)

@@ -24,6 +24,7 @@ from service.state.cds_hooks import CdsStore
 from service.state.store import Store
 from tests.integration.conftest import LoadedPatients, fhir_get
 from tests.integration.servers import SekmetServer, free_port
+from tests.proxy import RefusingProxy
 from tests.service.conftest import Helpers, running_service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -553,3 +554,28 @@ def test_cors_for_browser_based_ehrs(ehr: Ehr) -> None:
     # The rest of the API is not opened to other origins.
     health = httpx.get(f"{ehr.url}/healthz", headers={"Origin": "https://ehr.example"})
     assert "access-control-allow-origin" not in health.headers
+
+
+def test_a_search_the_server_refuses_leaves_its_criteria_unknown(
+    sekmet: SekmetServer, helpers: Helpers, database_url: str, loaded: LoadedPatients
+) -> None:
+    """A fhirServer that refuses ServiceRequest searches: the card is still given, and the
+    treatment the refused search would have shown is to check, never a reason to exclude."""
+    candidate = next(pid for pid, test in loaded.tests.items() if test.id == "candidate")
+    proxy = RefusingProxy(sekmet.base_url, refuse={"ServiceRequest"})
+    port = free_port()
+    allowed = f"{sekmet.base_url},{proxy.url}"
+    settings = service_settings(sekmet, helpers, database_url, port, cds_fhir_servers=allowed)
+    try:
+        with running_service(settings, port) as running:
+            ehr = Ehr(running.url, helpers)
+            complete = summaries(ehr.call(hook_request(candidate, fhirServer=sekmet.base_url)))
+            answer = ehr.call(hook_request(candidate, fhirServer=proxy.url))
+    finally:
+        proxy.close()
+    assert "RELIEVE (NCT06746103): candidate" in complete
+    assert "RELIEVE (NCT06746103): potential candidate" in summaries(answer)
+    [card] = [c for c in answer.json()["cards"] if c["summary"].startswith("RELIEVE")]
+    detail = card["detail"]
+    assert "**treatment**" in detail and "ServiceRequest records are not available" in detail
+    assert any("ServiceRequest" in path for path in proxy.refused)

@@ -177,10 +177,11 @@ def test_polling_honours_retry_after_and_retries_429_and_5xx(
         ]
     )
     notes = Notes()
-    report = run(export(tmp_path, sleeps, progress=notes))
+    report = run(export(tmp_path, sleeps, progress=notes, poll=PollPolicy(min_interval=0.01)))
     assert status.call_count == 6
     assert sleeps.calls[:2] == [3.0, 7.0]
-    assert 0 <= sleeps.calls[2] <= 0.4 and 0 <= sleeps.calls[3] <= 0.8  # jittered back-off
+    # Jittered back-off, never below the minimum interval.
+    assert 0.01 <= sleeps.calls[2] <= 0.4 and 0.01 <= sleeps.calls[3] <= 0.8
     assert sleeps.calls[4] == 2.0  # no Retry-After: the default first wait
     assert notes.lines == ["10% [done]", "90%", "complete"]
     assert report.waited_seconds == pytest.approx(sum(sleeps.calls))
@@ -500,6 +501,7 @@ def test_smart_credentials_go_with_streamed_downloads(tmp_path: Path, sleeps: Sl
     tokens = respx.post(TOKEN).mock(
         return_value=httpx.Response(200, json={"access_token": "t1", "expires_in": 3600})
     )
+    respx.get(f"{BASE}/metadata").mock(return_value=httpx.Response(200, json={}))
     kick_off()
     respx.get(STATUS).mock(
         return_value=httpx.Response(

@@ -23,7 +23,8 @@ from service.fhir.bulk.plan import ExportRequest
 
 STATE_FILE = "export.json"
 ERRORS_FOLDER = "errors"
-FileKind = Literal["output", "error", "referenced"]
+DELETED_FOLDER = "deleted"  # an incremental export's lists of deleted resources (Bundles)
+FileKind = Literal["output", "error", "referenced", "deleted"]
 # running: kicked off or downloading; downloaded: every file is here, the consumer (a screening)
 # has not finished; finished: consumed (and deleted on the server unless kept); expired: the
 # server no longer has it, its files are dropped at the next run.
@@ -36,8 +37,8 @@ def utc_now() -> str:
 
 @dataclass
 class ExportFile:
-    """One file of an export: an output or error file of the manifest, or the resources
-    prescreen read by id because the files reference them."""
+    """One file of an export: an output, error or deleted file of the manifest, or the
+    resources prescreen read by id because the files reference them."""
 
     kind: FileKind
     type: str
@@ -52,7 +53,10 @@ class ExportFile:
 
     @property
     def stem(self) -> str:
-        prefix = f"{ERRORS_FOLDER}/" if self.kind == "error" else ""
+        # Error and deleted files go in folders of their own: the NDJSON reader never reads
+        # them as resources.
+        folder = {"error": ERRORS_FOLDER, "deleted": DELETED_FOLDER}.get(self.kind)
+        prefix = f"{folder}/" if folder else ""
         return f"{prefix}{self.type}.{self.index}"
 
     @property
@@ -107,6 +111,19 @@ class ExportJob:
     deleted: bool = False
     type_filter: str = ""  # whether _typeFilter was sent, and why
     notes: list[str] = field(default_factory=list)
+    method: str = "GET"  # the kick-off's method (POST for a server that refuses GET)
+    # Types asked for that this export does not carry, with why (refused at the kick-off, not
+    # granted by the token's scopes, a manifest entry prescreen could not read): the
+    # screening treats them as lost sources.
+    lost: dict[str, str] = field(default_factory=dict)
+    deletions_done: bool = False  # its deleted resources removed from the earlier exports
+    deleted_patients: list[str] = field(default_factory=list)  # Patients it lists as deleted
+    unreadable_errors: int = 0  # error entries of the manifest without a usable URL
+
+    @property
+    def asked_types(self) -> set[str]:
+        """The types the request asked for before any was dropped."""
+        return {*self.request.types, *self.lost}
 
     @property
     def requires_token(self) -> bool:
@@ -124,6 +141,11 @@ class ExportJob:
             "deleted": self.deleted,
             "type_filter": self.type_filter,
             "notes": self.notes,
+            "method": self.method,
+            "lost": self.lost,
+            "deletions_done": self.deletions_done,
+            "deleted_patients": self.deleted_patients,
+            "unreadable_errors": self.unreadable_errors,
         }
 
     @classmethod
@@ -139,7 +161,16 @@ class ExportJob:
             deleted=bool(data.get("deleted")),
             type_filter=str(data.get("type_filter", "")),
             notes=list(data.get("notes", [])),
+            method=str(data.get("method") or "GET"),
+            lost={str(k): str(v) for k, v in (data.get("lost") or {}).items()},
+            deletions_done=bool(data.get("deletions_done")),
+            deleted_patients=[str(p) for p in data.get("deleted_patients") or []],
+            unreadable_errors=int(data.get("unreadable_errors") or 0),
         )
+
+
+def _folder_of(kind: FileKind) -> str:
+    return kind if kind in ("error", "deleted") else ""
 
 
 @dataclass
@@ -159,7 +190,7 @@ class ExportState:
             f.index
             for job in self.jobs
             for f in job.files
-            if f.type == resource_type and (f.kind == "error") == (kind == "error")
+            if f.type == resource_type and _folder_of(f.kind) == _folder_of(kind)
         ]
         return max(used, default=0) + 1
 
