@@ -106,14 +106,52 @@ class SmartBackendAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not self._valid():
-            self._store((yield self._token_request()))
+            yield from self._fresh_token()
         request.headers["Authorization"] = f"Bearer {self._token}"
         response = yield request
         if response.status_code == 401:
             # Revoked or expired early: one fresh token, one more try.
-            self._store((yield self._token_request()))
+            yield from self._fresh_token()
             request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
+
+    def _fresh_token(self) -> Generator[httpx.Request, httpx.Response, None]:
+        """A token; a server that refuses scopes it names (``invalid_scope``: a resource type
+        it does not have) is asked again without them. What it then grants says which types
+        the run may read (the others are lost sources, see ``scope_reads``)."""
+        for _ in range(len(self.scope.split()) + 1):
+            response = yield self._token_request()
+            narrowed = self._without_refused(response)
+            if narrowed is None:
+                break
+            self.scope = narrowed
+        self._store(response)
+
+    def _without_refused(self, response: httpx.Response) -> str | None:
+        """The scope without what an ``invalid_scope`` refusal names; None if it names none
+        (or all)."""
+        if response.status_code != 400:
+            return None
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(body, dict) or body.get("error") != "invalid_scope":
+            return None
+        text = str(body.get("error_description") or "")
+        kept = []
+        for scope in self.scope.split():
+            match = _SCOPE.fullmatch(scope)
+            named = scope in text or (
+                match is not None
+                and match.group(2) != "*"
+                and re.search(rf"\b{re.escape(match.group(2))}\b", text) is not None
+            )
+            if not named:
+                kept.append(scope)
+        if not kept or len(kept) == len(self.scope.split()):
+            return None
+        return " ".join(kept)
 
 
 _SCOPE = re.compile(r"(system|user|patient|\*)/(\*|[A-Za-z]+)\.([A-Za-z*]+)(\?.*)?")

@@ -218,7 +218,13 @@ class Collector:
         self.spill_at = 0
 
     def _sourced_facts(self, resource_type: str) -> set[str]:
-        return {source.fact for source in self.mapper.sources.get(resource_type, ())}
+        # A patient screened has its Patient record: lost Patient records cost other patients
+        # (not screened, their records counted as without a Patient), not this one's facts.
+        return {
+            source.fact
+            for source in self.mapper.sources.get(resource_type, ())
+            if not self.mapper.facts[source.fact].one
+        }
 
     def resolve(self, reference: str) -> dict[str, Any] | None:
         copies = self.targets.get(reference)

@@ -170,21 +170,32 @@ def lost_sources(ruleset: RuleSet, lost: Mapping[str, str]) -> list[dict[str, An
     them (those criteria are ``unknown`` wherever they would rest on the absence of records)."""
     read = ruleset.mapper.resource_types
     return [
-        {"type": rtype, "reason": why, "criteria": ruleset.criteria_reading(rtype)}
+        {
+            "type": rtype,
+            "reason": why,
+            # Patient feeds the patient's own record, which a screened patient has.
+            "criteria": [] if rtype == "Patient" else ruleset.criteria_reading(rtype),
+        }
         for rtype, why in sorted(lost.items())
         if rtype in read
     ]
 
 
 def lost_source_issue(entry: Mapping[str, Any]) -> InputIssue:
-    criteria = ", ".join(entry["criteria"]) or "none"
+    if entry["criteria"]:
+        cost = (
+            "criteria that read them are unknown where they would rest on their absence: "
+            + ", ".join(entry["criteria"])
+        )
+    elif entry["type"] == "Patient":
+        cost = "a patient whose Patient record is missing is not screened"
+    else:
+        cost = "no criterion reads them"
     return InputIssue(
         "*",
         0,
         SOURCE_UNAVAILABLE,
-        f"{entry['type']} records are not available from the server ({entry['reason']}); "
-        f"criteria that read them are unknown where they would rest on their absence: "
-        f"{criteria}",
+        f"{entry['type']} records are not available from the server ({entry['reason']}); {cost}",
     )
 
 

@@ -365,8 +365,9 @@ def smart_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @respx.mock
+@pytest.mark.parametrize("server", ["grants fewer", "refuses a scope"])
 def test_an_export_asks_read_scopes_only_and_a_type_not_granted_is_lost(
-    tmp_path: Path, smart_settings: None
+    tmp_path: Path, smart_settings: None, server: str
 ) -> None:
     respx.get(f"{SMART_BASE}/.well-known/smart-configuration").mock(
         return_value=httpx.Response(
@@ -378,6 +379,14 @@ def test_an_export_asks_read_scopes_only_and_a_type_not_granted_is_lost(
     def grant(request: httpx.Request) -> httpx.Response:
         scope = parse_qs(request.content.decode())["scope"][0]
         asked.append(scope)
+        if server == "refuses a scope" and "ServiceRequest" in scope:
+            # The SMART reference server's answer for a type it does not have.
+            description = (
+                'Resources of type "ServiceRequest" do not exist on this server (requested by '
+                'scope "system/ServiceRequest.rs")'
+            )
+            error = {"error": "invalid_scope", "error_description": description}
+            return httpx.Response(400, json=error)
         granted = " ".join(s for s in scope.split() if "ServiceRequest" not in s)
         return httpx.Response(200, json={"access_token": "t", "expires_in": 300, "scope": granted})
 
@@ -404,9 +413,13 @@ def test_an_export_asks_read_scopes_only_and_a_type_not_granted_is_lost(
     respx.delete(f"{SMART_BASE}/status").mock(return_value=httpx.Response(202))
     command = ["export", "--trial", "relieve", "--fhir-url", SMART_BASE, "--out", str(tmp_path)]
     assert main([*command, "--no-progress"]) == 1  # a type lost
-    [scope] = asked
+    scope = asked[0]
     assert all(s.endswith(".rs") for s in scope.split())  # read-only: no write scope asked
     assert "system/ServiceRequest.rs" in scope
+    if server == "refuses a scope":  # asked again without what the refusal named
+        assert asked[1:] == [" ".join(s for s in scope.split() if "ServiceRequest" not in s)]
+    else:
+        assert len(asked) == 1
     types = parse_qs(urlsplit(str(kickoff.calls.last.request.url)).query)["_type"][0]
     assert "ServiceRequest" not in types.split(",") and "Condition" in types.split(",")
     state = json.loads((tmp_path / "export.json").read_text())

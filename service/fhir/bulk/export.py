@@ -207,6 +207,62 @@ def read_errors(folder: Path, job: ExportJob) -> list[ErrorEntry]:
     return entries
 
 
+def _lost_by_errors(folder: Path, job: ExportJob) -> None:
+    """Types the export's error files report a failure for (error or fatal) are lost sources:
+    some of their records did not make it into the files. A failure naming no type of the
+    request may have cost any of them: all are lost."""
+    unattributed = False
+    for file in job.files:
+        if file.kind != "error" or not file.done:
+            continue
+        try:
+            with open_ndjson(folder / file.name) as handle:
+                lines = list(handle)
+        except OSError:
+            unattributed = True
+            continue
+        for line in lines:
+            for issue in _error_issues(line):
+                named = named_types(issue, job.request.types)
+                for rtype in named:
+                    job.lost.setdefault(rtype, "the export's error file reports a failure")
+                unattributed = unattributed or not named
+    if unattributed or job.unreadable_errors:
+        for rtype in job.request.types:
+            if rtype != "Patient":
+                job.lost.setdefault(
+                    rtype,
+                    "the export's error file reports a failure it does not attribute to a type",
+                )
+
+
+def _error_issues(line: bytes) -> list[str]:
+    """The text of each error or fatal issue of one error-file line (unreadable: one issue)."""
+    if not line.strip():
+        return []
+    try:
+        outcome = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return [""]
+    issues = outcome.get("issue") if isinstance(outcome, dict) else None
+    if not isinstance(issues, list) or not issues:
+        return [""]
+    texts = []
+    for issue in issues:
+        issue = issue if isinstance(issue, dict) else {}
+        if str(issue.get("severity") or "error") not in ("error", "fatal"):
+            continue
+        details = issue.get("details")
+        expression = issue.get("expression")
+        parts = [
+            issue.get("diagnostics"),
+            details.get("text") if isinstance(details, dict) else None,
+            *(expression if isinstance(expression, list) else []),
+        ]
+        texts.append(" ".join(p for p in parts if isinstance(p, str)))
+    return texts
+
+
 async def _kick_off(bulk: BulkClient, job: ExportJob, notes: list[str]) -> None:
     """Kick the job's export off, adapting to what the server refuses: GET refused (405)
     becomes POST; types its refusal names are dropped (lost sources); else the kick-off goes
@@ -370,6 +426,7 @@ async def export_to_folder(
             status=exc.status,
             diagnostics=exc.diagnostics,
         ) from None
+    _lost_by_errors(folder, job)
     deleted = 0
     if not job.deletions_done:
         deleted = apply_deletions(state, job)
