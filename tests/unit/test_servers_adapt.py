@@ -157,6 +157,26 @@ def test_a_deleted_patient_is_not_screened(tmp_path: Path, fast_settings: None) 
     assert summary["records_without_patient"] == {}
 
 
+def test_a_resource_listed_both_changed_and_deleted_is_gone(
+    tmp_path: Path, fast_settings: None
+) -> None:
+    """The SMART reference server lists resources of an incremental export's output as
+    deleted too: the IG's deleted are resources that would have been returned but are gone."""
+    out = tmp_path / "out"
+    server = FakeBulkServer(sample_data(without=()), port=free_port())
+    with serving(server):
+        assert screen_bulk(server, out) == 0
+    metastasis = f'"{ONLY_BY_REQUEST}-c2"'.encode()
+    [line] = [line for line in server.data["Condition"] if metastasis in line]
+    server.changes = {"Condition": [line]}
+    server.deleted = [f"Condition/{ONLY_BY_REQUEST}-c2"]
+    with serving(server):
+        assert screen_bulk(server, out, "--since", "2026-06-14T00:00:00Z") == 0
+    for path in (out / "bulk").glob("Condition.*.ndjson"):
+        assert metastasis not in path.read_bytes(), path.name
+    assert verdicts_of(out)[ONLY_BY_REQUEST]["verdict"] == "ineligible"
+
+
 def test_a_server_refusing_the_kick_off_by_get_gets_a_post(
     tmp_path: Path, fast_settings: None
 ) -> None:
@@ -272,7 +292,7 @@ def test_the_cli_reports_a_bound_as_a_clear_error(
 ) -> None:
     monkeypatch.setenv("PRESCREEN_BULK_MAX_FILE_BYTES", "1000")
     get_settings.cache_clear()
-    with serving(FakeBulkServer(sample_data())) as server:
+    with serving(FakeBulkServer(sample_data(without=()))) as server:
         assert screen_bulk(server, tmp_path / "out") == 2
     assert not (tmp_path / "out" / "verdicts.ndjson").exists()
 

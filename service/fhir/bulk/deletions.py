@@ -2,7 +2,8 @@
 ``deleted``): each file holds Bundles whose entries say ``DELETE Type/id``.
 
 The folder keeps the full export and every incremental one after it; a resource an incremental
-export lists as deleted is removed from the files of the exports before it, so every reader of
+export lists as deleted is removed from the files of the exports before it (and from its own:
+a server listing a resource both ways is taken at its word that it is gone), so every reader of
 the folder (one process, several, Spark, ``prescreen screen --source``) sees the server's
 current records. A deleted Patient's own record stays, and the job lists its id: the screening
 treats it as a patient not to screen (its records stay unscreened, never orphans). Each file is
@@ -68,8 +69,9 @@ def _unreadable(file: ExportFile, number: int) -> SourceError:
 
 
 def apply_deletions(state: ExportState, job: ExportJob) -> int:
-    """Remove the job's deleted resources from the files of the exports before it; returns how
-    many lines were removed. Patients it recreates are no longer listed as deleted."""
+    """Remove the job's deleted resources from the files of the exports before it (and from
+    its own); returns how many lines were removed. Patients it recreates are no longer listed
+    as deleted by the exports before it."""
     folder = state.folder
     deleted = deleted_references(folder, job)
     earlier = state.jobs[: state.jobs.index(job)]
@@ -79,7 +81,9 @@ def apply_deletions(state: ExportState, job: ExportJob) -> int:
         for ref in deleted:
             rtype, _, rid = ref.partition("/")
             by_type.setdefault(rtype, set()).add(rid)
-        for other in earlier:
+        # The job's own files too: the IG lists as deleted what "would have been returned"
+        # but is gone at the export's time, so a copy in its own output is stale as well.
+        for other in [*earlier, job]:
             for file in other.files:
                 if file.done and file.kind in ("output", "referenced") and file.type in by_type:
                     if file.type == "Patient":
