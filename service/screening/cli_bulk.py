@@ -207,7 +207,7 @@ def _print_export(run: BulkExportRun) -> None:
         )
     if report.deleted:
         stdout.print(
-            f"{report.deleted} resources the server deleted were removed from the earlier "
+            f"{report.deleted} copies of resources the server deleted were removed from the "
             "export's files"
         )
     if report.errors:
