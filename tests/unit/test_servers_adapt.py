@@ -177,6 +177,35 @@ def test_a_resource_listed_both_changed_and_deleted_is_gone(
     assert verdicts_of(out)[ONLY_BY_REQUEST]["verdict"] == "ineligible"
 
 
+def test_a_referenced_type_the_server_cannot_search_leaves_its_records_undecided(
+    tmp_path: Path, fast_settings: None
+) -> None:
+    """A MedicationRequest names a Medication outside the Patient compartment; the server has
+    no search to read it by id (as the SMART reference server): Medication is lost, and the
+    record naming it never decides by its absence."""
+    order = {
+        "resourceType": "MedicationRequest",
+        "id": "mr1",
+        "status": "active",
+        "intent": "order",
+        "subject": {"reference": f"Patient/{ONLY_BY_REQUEST}"},
+        "authoredOn": "2026-06-01",
+        "medicationReference": {"reference": "Medication/m1"},
+    }
+    data = sample_data(without=())
+    data["MedicationRequest"] = [json.dumps(order).encode()]
+    out = tmp_path / "out"
+    with serving(FakeBulkServer(data)) as server:
+        assert screen_bulk(server, out) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["type"] for e in summary["sources_unavailable"]] == ["Medication"]
+    patient = verdicts_of(out)[ONLY_BY_REQUEST]
+    assert patient["verdict"] == "potential-candidate"
+    systemic = patient["criteria"]["systemic-only"]
+    assert systemic["result"] == "unknown"
+    assert "a MedicationRequest record could not be read" in systemic["reason"]
+
+
 def test_a_server_refusing_the_kick_off_by_get_gets_a_post(
     tmp_path: Path, fast_settings: None
 ) -> None:
