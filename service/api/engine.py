@@ -26,6 +26,7 @@ from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
+from service.screening.run import folder_notes
 from service.screening.source import Collector, IssueLog, SourceNotes
 from service.settings import Settings
 from service.state.leases import Lease, LeaseLostError, kept
@@ -238,7 +239,8 @@ class ScreeningService:
         ruleset = self.rulesets[trial]
 
         def read() -> Collector:
-            collector = Collector(ruleset.mapper, as_of, IssueLog())
+            # A folder a Bulk export wrote may say it lacks types: judged as a screening would.
+            collector = Collector(ruleset.mapper, as_of, IssueLog(), folder_notes(folder))
             read_folder(collector, folder)
             return collector
 

@@ -170,22 +170,21 @@ class PatientData:
 
     def facts(self) -> dict[str, list[Record]]:
         """The current copy's records of every resource, by fact."""
-        by_fact: dict[str, list[Record]] = {}
-        for copies in (self.resources or {}).values():
-            for fact, record in current_copy(copies)[3]:
-                if record is not None:  # None: a record that could not be read
-                    by_fact.setdefault(fact, []).append(record)
-        return by_fact
+        return self.records()[0]
 
-    def unreadable(self) -> dict[str, set[str]]:
-        """Facts some current resource may be a record of but could not be read as one, with
-        the resource types of those resources."""
-        found: dict[str, set[str]] = {}
+    def records(self) -> tuple[dict[str, list[Record]], dict[str, set[str]]]:
+        """The current copy's records of every resource, by fact; and the facts some current
+        resource may be a record of but could not be read as one (a None record), with the
+        resource types of those resources."""
+        by_fact: dict[str, list[Record]] = {}
+        unreadable: dict[str, set[str]] = {}
         for ref, copies in (self.resources or {}).items():
             for fact, record in current_copy(copies)[3]:
-                if record is None:
-                    found.setdefault(fact, set()).add(ref.partition("/")[0])
-        return found
+                if record is not None:
+                    by_fact.setdefault(fact, []).append(record)
+                else:
+                    unreadable.setdefault(fact, set()).add(ref.partition("/")[0])
+        return by_fact, unreadable
 
 
 class Collector:
@@ -329,18 +328,17 @@ class Collector:
                 continue
             patient = dict(zip(keys, values, strict=True))
             facts: dict[str, Any] = {one_fact: patient}
-            stored = data.facts()
+            stored, unreadable = data.records()
             for name in list_facts:
                 facts[name] = stored.get(name, [])
-            gaps = self._gaps(data)
-            if gaps:
-                facts[GAPS] = gaps
+            if unreadable or self._lost_facts:
+                facts[GAPS] = self._gaps(unreadable)
             yield patient_id, patient, facts
 
-    def _gaps(self, data: PatientData) -> dict[str, list[str]]:
+    def _gaps(self, unreadable: dict[str, set[str]]) -> dict[str, list[str]]:
         """The patient's facts that may be missing records, with why (service/ruleset/gaps)."""
         gaps = {fact: [phrase] for fact, phrase in self._lost_facts.items()}
-        for fact, types in data.unreadable().items():
+        for fact, types in unreadable.items():
             phrases = {*gaps.get(fact, ()), *(unreadable_phrase(t) for t in types)}
             gaps[fact] = sorted(phrases)
         return gaps
