@@ -67,8 +67,9 @@ class Settings(BaseSettings):
     )
     smart_scope: str | None = Field(
         default=None,
-        description="scopes requested with the SMART token; by default system/<Type>.read for "
-        "every resource type the mapping reads, plus the write-back scopes",
+        description="scopes requested with the SMART token; by default what the run does: "
+        "system/<Type>.rs (v1: .read) for every resource type the mappings read, plus write "
+        "scopes for the types a write-back writes (only when it writes back)",
     )
     fhir_timeout: float = Field(default=30.0, description="seconds per HTTP request")
     fhir_concurrency: int = Field(default=8, description="HTTP requests in flight at most")
@@ -110,6 +111,30 @@ class Settings(BaseSettings):
     )
     bulk_download_concurrency: int = Field(
         default=4, ge=1, description="export files downloaded at the same time"
+    )
+    bulk_poll_min_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="shortest wait before asking an export's server again, whatever its "
+        "Retry-After says (0 or a date in the past included)",
+    )
+    bulk_max_status_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="largest answer of an export's status URL other than the manifest "
+        "(progress, an error): a larger one stops the run (exit 2; the job is kept to resume)",
+    )
+    bulk_max_manifest_bytes: int = Field(
+        default=64 << 20,
+        gt=0,
+        description="largest export manifest read: a larger one stops the run (exit 2; the job "
+        "is kept to resume)",
+    )
+    bulk_max_file_bytes: int = Field(
+        default=32 << 30,
+        gt=0,
+        description="largest export file stored (as sent, gzip-encoded or not): a larger one "
+        "stops the run (exit 2) and its partial file is removed",
     )
 
     # --- the service (prescreen serve) ---

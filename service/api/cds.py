@@ -38,7 +38,7 @@ from service.fhir.auth import BearerAuth
 from service.fhir.client import FhirClient, Json, RetryPolicy
 from service.fhir.connect import ServerAbilities
 from service.fhir.ids import is_fhir_id
-from service.fhir.retrieval import PatientFetcher, chunked, search_plan
+from service.fhir.retrieval import SEARCH_REFUSED, Fetched, PatientFetcher, chunked, search_plan
 from service.links import patient_page_url
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
@@ -405,13 +405,14 @@ async def patient_view(request: Request) -> dict[str, Any]:
     plan = _plan(request, service)
     content = read_prefetch(body.prefetch, plan.templates)
     resources = content.resources
+    lost: dict[str, str] = {}  # types the FHIR server refused: never decided by their absence
     if content.to_fetch or server is not None:
-        resources = resources + await _fetch(service, plan, content, body, server, patient_id)
+        resources = resources + await _fetch(service, plan, content, body, server, patient_id, lost)
     today = datetime.now(UTC).date()
     cards: list[dict[str, Any]] = []
     issued: list[IssuedCard] = []
     for trial_id, ruleset in service.rulesets.items():
-        for contract in service.evaluate(trial_id, resources, today):
+        for contract in service.evaluate(trial_id, resources, today, lost):
             if (
                 contract["patient"] == f"Patient/{patient_id}"
                 and contract["verdict"] != "ineligible"
@@ -484,9 +485,10 @@ async def _fetch(
     body: HookRequest,
     server: str | None,
     patient_id: str,
+    lost: dict[str, str],
 ) -> list[Json]:
     """What the prefetch lacked, and the resources its resources refer to (Medications),
-    read from the EHR's FHIR server."""
+    read from the EHR's FHIR server; the types it refuses go to ``lost``."""
     if server is None:
         raise HTTPException(
             412,
@@ -507,7 +509,9 @@ async def _fetch(
                     if k in content.to_fetch
                 }
                 if missing:
-                    found += await _fetch_types(client, ruleset, missing, patient_id, settings)
+                    fetched = await _fetch_types(client, ruleset, missing, patient_id, settings)
+                    found += fetched.resources
+                    lost.update(fetched.lost)
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:
@@ -529,7 +533,7 @@ def _describe(content: PrefetchContent) -> str:
 
 async def _fetch_types(
     client: FhirClient, ruleset: RuleSet, types: set[str], patient_id: str, settings: Settings
-) -> list[Json]:
+) -> Fetched:
     """The trial's searches for these resource types (code-filtered like a live run), and the
     Patient; a Patient wanted alone is read with no other search."""
     fetcher = PatientFetcher(
@@ -557,7 +561,12 @@ async def _referenced(
     found: list[Json] = []
     for rtype, ids in sorted(wanted.items()):
         for chunk in chunked(sorted(ids), 50):
-            found += [r async for r in client.search(rtype, [("_id", ",".join(chunk))])]
+            try:
+                found += [r async for r in client.search(rtype, [("_id", ",".join(chunk))])]
+            except FhirServerError as exc:
+                if exc.status not in SEARCH_REFUSED:
+                    raise
+                break  # refused: each record naming one stays undecided, never excludes
     return found
 
 

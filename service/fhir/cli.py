@@ -50,7 +50,8 @@ def cmd_load(args: argparse.Namespace) -> int:
     plan = plan_load(readers)
 
     async def run() -> int:
-        client = await connect(settings, args.fhir_url)
+        # Each resource is written with an update (PUT), created if new.
+        client = await connect(settings, args.fhir_url, writes=dict.fromkeys(readers, "cu"))
         async with client:
             with RichProgress(enabled=not args.no_progress) as progress:
                 advance = progress.task("Loading resources", plan.resources)
@@ -78,7 +79,7 @@ def cmd_subscriptions_install(args: argparse.Namespace) -> int:
     resources = subscription_resources(rulesets, endpoint, headers, settings.fhir_codes_per_request)
 
     async def run() -> int:
-        client = await connect(settings, args.fhir_url)
+        client = await connect(settings, args.fhir_url, writes={"Subscription": "cu"})
         async with client:
             return await install(client, resources)
 

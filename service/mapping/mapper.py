@@ -129,6 +129,12 @@ class CompiledSource:
     def accepts_before_resolving(self, resource: Any) -> bool:
         return all(clause.passes(resource) for clause in self.where if not clause.uses_resolve)
 
+    def undecidable(self, resource: Any) -> bool:
+        """Whether this source refuses the resource only because a filter read an element in
+        the wrong JSON type: the resource may well be a record of the fact, nobody can tell."""
+        failing = [clause for clause in self.where if not clause.passes(resource)]
+        return bool(failing) and all(clause.wrong_types(resource) for clause in failing)
+
     def record(self, resource: Any, ref: str, as_of: date) -> tuple[Record, list[DataIssue]]:
         record: Record = {"ref": ref}
         issues: list[DataIssue] = []
@@ -209,6 +215,10 @@ class MappedResource:
     version_id: str | None = None
     last_updated: str | None = None
     not_screened: str | None = None  # a Patient not to screen: why
+    # Facts this resource may be a record of, though it could not be read as one (a filter
+    # met an element in the wrong JSON type, a reference it must follow is not in the
+    # source): the patient's fact may be missing a record (see service/ruleset/gaps.py).
+    undecided: list[str] = field(default_factory=list)
 
 
 def _compile_where(
@@ -330,6 +340,16 @@ class Mapper:
             target for srcs in self.sources.values() for s in srcs for _, target in s.resolve
         )
 
+    def facts_from(self, resource_type: str) -> frozenset[str]:
+        """Facts whose records come from this resource type, or follow a reference to it."""
+        return frozenset(
+            source.fact
+            for sources in self.sources.values()
+            for source in sources
+            if source.resource_type == resource_type
+            or any(target == resource_type for _, target in source.resolve)
+        )
+
     def references_to_resolve(self, resource: Mapping[str, Any]) -> list[str]:
         """``Type/id`` references this resource asks to resolve (for a live run to fetch)."""
         sources = self.sources.get(str(resource.get("resourceType")), ())
@@ -361,8 +381,11 @@ class Mapper:
             self.canonicalizer.canonicalize(resource) if resource_type in self.coded_types else []
         )
         attached: list[dict[str, Any]] = []
+        unresolved_facts: list[str] = []
         try:
-            unresolved = self._attach_references(resource, sources, resolve, attached)
+            unresolved = self._attach_references(
+                resource, sources, resolve, attached, unresolved_facts
+            )
             mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
             if mapped is None:
                 return None
@@ -373,6 +396,10 @@ class Mapper:
                         "references a resource that is not in the source; it cannot count",
                         "unresolved-reference",
                     )
+                )
+                counted = {c.fact for c in mapped.contributions}
+                mapped.undecided = sorted(
+                    {*mapped.undecided, *(f for f in unresolved_facts if f not in counted)}
                 )
             if changes and mapped.contributions:
                 restore_codings(changes)
@@ -403,9 +430,11 @@ class Mapper:
         sources: tuple[CompiledSource, ...],
         resolve: Resolver | None,
         attached: list[dict[str, Any]],
+        unresolved_facts: list[str],
     ) -> str | None:
         """Put each resolved target on its Reference (listed in ``attached``); the element left
-        unresolved, if any."""
+        unresolved, if any (the facts of the sources it leaves undecided go to
+        ``unresolved_facts``)."""
         unresolved = None
         for source in sources:
             for element, target in source.resolve:
@@ -418,6 +447,7 @@ class Mapper:
                     attached.append(reference)
                 elif source.accepts_before_resolving(resource):
                     unresolved = element
+                    unresolved_facts.append(source.fact)
         return unresolved
 
     def _map(
@@ -465,6 +495,16 @@ class Mapper:
             )
             for element, problem in problems
         )
+        if problems:
+            # ... and a resource refused only for it may be a record nobody could read.
+            counted = {source.fact for source in accepted}
+            mapped.undecided = sorted(
+                {
+                    source.fact
+                    for source in sources
+                    if source.fact not in counted and source.undecidable(resource)
+                }
+            )
         mapped.version_id, mapped.last_updated = version_of(resource)
         if resource_type == "Patient":
             mapped.not_screened = next(

@@ -69,6 +69,9 @@ class Criterion:
     source: str  # one CEL expression choosing the outcome; empty for manual criteria
     # (label, CEL, guard) of each part, for the dry run: a part runs where its guard holds.
     components: tuple[tuple[str, str, str | None], ...] = ()
+    # The facts it reads, directly or through derived values: a lost source or an unreadable
+    # record feeding one of them may leave it undecided (service/ruleset/gaps.py).
+    reads: frozenset[str] = frozenset()
 
     @property
     def possible_results(self) -> frozenset[Result]:
@@ -129,6 +132,11 @@ class RuleSet:
                 if found is None:
                     found = self._compiled[engine] = _compile_checked(self, (engine,))[engine]
         return found
+
+    def criteria_reading(self, resource_type: str) -> list[str]:
+        """Ids of the decidable criteria that read a fact fed by this resource type."""
+        facts = self.mapper.facts_from(resource_type)
+        return [c.id for c in self.criteria if not c.manual and c.reads & facts]
 
     def template_names(self) -> set[str]:
         return {"as_of", *self.parameters, *(f"{name}_start" for name in self.windows)}
@@ -245,6 +253,22 @@ class _Checker:
                 self.add(where, f"unknown window 'windows.{name}' (a parameter with window: true)")
 
 
+def _facts_read(
+    sources: Sequence[str], facts: set[str], facts_of: dict[str, frozenset[str]]
+) -> frozenset[str]:
+    """The facts these expressions read, directly or through the derived values they name."""
+    found: set[str] = set()
+    for source in sources:
+        try:
+            names = referenced_names(source)
+        except CelSyntaxError:
+            continue  # reported by the checker
+        found |= names & facts
+        for name in names:
+            found |= facts_of.get(name, frozenset())
+    return frozenset(found)
+
+
 def read_ruleset_doc(path: Path) -> RuleSetDoc:
     raw = read_yaml(path, "rule file")
     try:
@@ -307,10 +331,12 @@ def load_ruleset(
 
     fact_names = set(mapper.facts)
     known = fact_names | BUILTIN_NAMES
+    facts_of: dict[str, frozenset[str]] = {}  # derived value -> the facts it reads
     for name, source in doc.derived.items():
         if name in known:
             check.add(f"derived '{name}'", "name already used by a fact, built-in or derived value")
         check.expression(f"derived '{name}'", source, known, parameters, set(windows))
+        facts_of[name] = _facts_read([source], fact_names, facts_of)
         known = known | {name}
 
     if not shapes_checked:
@@ -337,6 +363,7 @@ def load_ruleset(
             )
         else:
             source, outcomes = _criterion_source(criterion)
+            components = tuple(_guarded_expressions(criterion))
             criteria.append(
                 Criterion(
                     criterion.id,
@@ -346,7 +373,8 @@ def load_ruleset(
                     "",
                     outcomes,
                     source,
-                    tuple(_guarded_expressions(criterion)),
+                    components,
+                    _facts_read([cel for _, cel, _guard in components], fact_names, facts_of),
                 )
             )
     if check.problems:

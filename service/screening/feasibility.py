@@ -33,7 +33,15 @@ from service.ruleset.loader import RuleSet
 from service.screening.facts import Facts, read_source, report_reading, screened_facts
 from service.screening.funnel import Step, attrition_of
 from service.screening.inmemory import evaluate_reporting
-from service.screening.source import Collector, IssueLog, PatientData, ReadStats
+from service.screening.run import folder_notes
+from service.screening.source import (
+    NO_NOTES,
+    Collector,
+    IssueLog,
+    PatientData,
+    ReadStats,
+    SourceNotes,
+)
 from service.screening.summary import ProgressSink
 
 MAX_MONTHS = 120
@@ -74,8 +82,15 @@ class AsOfCollector(Collector):
     resources whose records depend on it (and the reference targets they may resolve). Input
     issues are reported once, at the last as_of."""
 
-    def __init__(self, mapper: Any, as_of: date, issues: IssueLog, earlier: Sequence[date]):
-        super().__init__(mapper, as_of, issues)
+    def __init__(
+        self,
+        mapper: Any,
+        as_of: date,
+        issues: IssueLog,
+        earlier: Sequence[date],
+        notes: SourceNotes = NO_NOTES,
+    ):
+        super().__init__(mapper, as_of, issues, notes)
         self.again = mapper.as_of_types | mapper.join_targets if mapper.as_of_types else frozenset()
         self.earlier = {
             day: Collector(mapper, day, IssueLog(keep=0)) for day in earlier if day != as_of
@@ -92,7 +107,7 @@ class AsOfCollector(Collector):
         if as_of == self.as_of or not self.again:
             return screened_facts(self)  # no record depends on as_of: the same facts
         other = self.earlier[as_of]
-        view = Collector(self.mapper, as_of, IssueLog(keep=0))
+        view = Collector(self.mapper, as_of, IssueLog(keep=0), self.notes)
         types = self.mapper.as_of_types
         for patient_id, data in self.patients.items():
             view.patients[patient_id] = _merged(data, other.patients.get(patient_id), types)
@@ -204,8 +219,10 @@ def count_folder(
     periods = months(start, end)
     earlier = as_of_days(start, periods)
     logs = [IssueLog() for _ in rulesets]
+    notes = folder_notes(source)  # the types a Bulk export lost, as a screening reads them
     collectors = [
-        AsOfCollector(rs.mapper, end, log, earlier) for rs, log in zip(rulesets, logs, strict=True)
+        AsOfCollector(rs.mapper, end, log, earlier, notes)
+        for rs, log in zip(rulesets, logs, strict=True)
     ]
     stats, _ = read_source(collectors, source, progress)
     trials = []
@@ -261,9 +278,10 @@ async def count_server(
             advance = progress.task(f"Fetching ({ruleset.id})", len(ids)) if progress else None
             done = 0
             for group in groups:
-                resources = await fetcher.fetch(group)
-                stats.parsed += len(resources)
-                collector.read_resources(resources)
+                fetched = await fetcher.fetch(group)
+                stats.parsed += len(fetched.resources)
+                collector.note_lost(fetched.lost)
+                collector.read_resources(fetched.resources)
                 done += len(group)
                 if advance is not None:
                     advance(done)

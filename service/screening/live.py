@@ -20,7 +20,14 @@ import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError, error_kind
 from service.fhir.client import FhirClient, Json
-from service.fhir.connect import check_capabilities, connect, raise_for, read_capabilities
+from service.fhir.connect import (
+    DRY_RUN_PERMISSIONS,
+    WRITE_PERMISSIONS,
+    check_capabilities,
+    connect,
+    raise_for,
+    read_capabilities,
+)
 from service.fhir.retrieval import (
     PatientFetcher,
     changed_since,
@@ -36,8 +43,8 @@ from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_resources
 from service.screening.results import write_results
-from service.screening.source import InputIssue, IssueLog, ReadStats
-from service.screening.summary import ProgressSink, ScreeningSummary
+from service.screening.source import InputIssue, IssueLog, ReadStats, SourceNotes
+from service.screening.summary import ProgressSink, ScreeningSummary, report_lost_once
 from service.settings import Settings
 
 CHECKPOINT = "checkpoint.ndjson"
@@ -178,9 +185,18 @@ async def screen_url(
     echo: Callable[[Json], None] | None = None,
 ) -> LiveSummary:
     """Connect to the server (the configured one when ``fhir_url`` is None) and screen it."""
-    client = await connect(settings, fhir_url, ruleset.mapper.resource_types)
+    client = await connect(
+        settings, fhir_url, ruleset.mapper.resource_types, writes=writes_of(options)
+    )
     async with client:
         return await screen_server(ruleset, client, options, progress=progress, echo=echo)
+
+
+def writes_of(options: LiveOptions) -> dict[str, str]:
+    """What the run writes, as SMART permissions: nothing unless it writes back."""
+    if not options.write_back:
+        return {}
+    return DRY_RUN_PERMISSIONS if options.dry_run else WRITE_PERMISSIONS
 
 
 async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOptions) -> list[str]:
@@ -363,16 +379,18 @@ async def _screen_group(
     options: LiveOptions,
 ) -> tuple[list[PatientVerdict], list[str]]:
     """Verdicts of a group, and the patients of it the mapping says not to screen."""
-    resources = await fetcher.fetch(group)
-    summary.stats.parsed += len(resources)
+    fetched = await fetcher.fetch(group)
+    summary.stats.parsed += len(fetched.resources)
+    report_lost_once(summary, evaluator.ruleset, fetched.lost)
     skipped: dict[str, str] = {}
     verdicts = evaluate_resources(
         evaluator,
-        resources,
+        fetched.resources,
         options.as_of,
         issues=summary.issues,
         only=set(group),
         not_screened=skipped,
+        notes=SourceNotes(lost=fetched.lost),
     )
     summary.not_screened.update(skipped)
     found = {v.patient_id for v in verdicts} | set(skipped)

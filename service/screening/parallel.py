@@ -39,11 +39,12 @@ from service.screening.ndjson import reading_order
 from service.screening.partition import plan_spans, read_spill, span_size
 from service.screening.pool import WorkerPool, rule_files, rule_overrides
 from service.screening.results import ResultFiles, write_overview
-from service.screening.source import InputIssue, IssueLog, ReadStats
+from service.screening.source import NO_NOTES, InputIssue, IssueLog, ReadStats, SourceNotes
 from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
@@ -67,17 +68,18 @@ def screen_in_parallel(
     progress: ProgressSink | None,
     source_issues: Sequence[InputIssue] = (),
     workers: int | WorkerPool,
+    notes: SourceNotes = NO_NOTES,
 ) -> PortfolioSummary | None:
     """``screen_portfolio`` on worker processes; None when the source needs one process."""
     files = discover(source)
     if isinstance(workers, WorkerPool):
         if not workers.serves(rulesets, engine, as_of):
             raise ValueError("the worker pool was started for other rule sets, engine or date")
-        return _ParallelRun(rulesets, files, workers, engine, as_of, progress).screen(
+        return _ParallelRun(rulesets, files, workers, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
     with WorkerPool(workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets)) as pool:
-        return _ParallelRun(rulesets, files, pool, engine, as_of, progress).screen(
+        return _ParallelRun(rulesets, files, pool, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
 
@@ -91,8 +93,10 @@ class _ParallelRun:
         engine: EngineName,
         as_of: date,
         progress: ProgressSink | None,
+        notes: SourceNotes = NO_NOTES,
     ) -> None:
         self.rulesets = list(rulesets)
+        self.notes = notes
         self.pool = pool
         self.engine = engine
         self.as_of = as_of
@@ -133,7 +137,10 @@ class _ParallelRun:
             lines_before = self._lines_before(reads)
             started = time.perf_counter()
             screened = self.pool.run_all(
-                [(workers.screen_bucket, (b, spill, lines_before)) for b in range(self.buckets)],
+                [
+                    (workers.screen_bucket, (b, spill, lines_before, self.notes))
+                    for b in range(self.buckets)
+                ],
                 self._on_message,
             )
             evaluate_seconds = time.perf_counter() - started
@@ -232,9 +239,11 @@ class _ParallelRun:
             for ruleset in self.rulesets:
                 issue_file = outputs.ndjson(f"{self._folder(ruleset)}{output.ISSUES}")
                 logs.append(IssueLog(sink=_writer(issue_file)))
-            for trial_log in logs:
+            lost = []
+            for ruleset, trial_log in zip(self.rulesets, logs, strict=True):
                 for issue in source_issues:
                     trial_log.add(issue)
+                lost.append(report_lost_sources(trial_log, ruleset, self.notes.lost))
             self._replay_read_issues(spill, reads, lines_before, logs)
             verdicts_by_patient: dict[str, dict[str, str]] = {}
             summaries = []
@@ -252,6 +261,7 @@ class _ParallelRun:
                 )
                 summary.read_seconds = seconds[0]
                 summary.parameters_set = parameters_set(ruleset)
+                summary.sources_unavailable = lost[trial]
                 summary.orphans = _merged_orphans(b.orphans[trial] for b in screened)
                 report_orphans(summary)
                 report_not_screened(

@@ -162,6 +162,7 @@ EXAMPLES: dict[tuple[type[BaseModel], str], Any] = {
     (RuleTest, "as_of"): "2026-07-01",
     (RuleTest, "add"): [{"resourceType": "Patient", "id": "p"}],
     (RuleTest, "remove"): ["Condition/spine-lumbar"],
+    (RuleTest, "lost"): ["ServiceRequest"],
     (Expectation, "verdict"): "potential-candidate",
     (Expectation, "input_issues"): ["bad-value"],
     (ExpectedCriterion, "result"): "unknown",

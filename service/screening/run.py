@@ -23,17 +23,29 @@ from service.screening.ndjson import NdjsonReader
 from service.screening.parallel import screen_in_parallel
 from service.screening.pool import WorkerPool, needs_pool
 from service.screening.results import write_overview, write_results
-from service.screening.source import Collector, InputIssue, IssueLog
+from service.screening.source import NO_NOTES, Collector, InputIssue, IssueLog, SourceNotes
 from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
 
 # How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
 Workers = int | WorkerPool
+
+
+def folder_notes(source: Path) -> SourceNotes:
+    """What a folder says of its own completeness: nothing, unless a Bulk Data export wrote
+    its state there (types it lost, Patients an incremental export deleted)."""
+    from service.fhir.bulk.job import STATE_FILE, export_notes
+
+    if not (source / STATE_FILE).is_file():
+        return NO_NOTES
+    lost, deleted = export_notes(source)
+    return SourceNotes(lost, deleted)
 
 
 def screen_folder(
@@ -86,8 +98,12 @@ def screen_portfolio(
     ``workers`` above 1 (or a started ``WorkerPool``) splits the work by patient over that many
     processes (see parallel.py); so does one process for a source too large to hold in memory,
     bucket by bucket. The files written are the same, byte for byte.
+
+    A folder a Bulk Data export wrote may say it lacks some resource types (``folder_notes``):
+    each is a ``source-unavailable`` issue, and no criterion rests on its absence.
     """
     files = discover(source)
+    notes = folder_notes(source)
     if not isinstance(workers, int) or needs_pool(sum(f.size for f in files), workers):
         parallel = screen_in_parallel(
             rulesets,
@@ -99,6 +115,7 @@ def screen_portfolio(
             progress=progress,
             source_issues=source_issues,
             workers=workers,
+            notes=notes,
         )
         if parallel is not None:
             return parallel
@@ -108,11 +125,19 @@ def screen_portfolio(
         for ruleset in rulesets:
             folder = f"{ruleset.id}/" if several else ""
             trials.append(
-                _Trial(ruleset, Evaluator(ruleset, engine, memoize=True), outputs, folder, as_of)
+                _Trial(
+                    ruleset,
+                    Evaluator(ruleset, engine, memoize=True),
+                    outputs,
+                    folder,
+                    as_of,
+                    notes,
+                )
             )
         for trial in trials:
             for issue in source_issues:
                 trial.issues.add(issue)
+            trial.lost = report_lost_sources(trial.issues, trial.ruleset, notes.lost)
         reader = NdjsonReader([trial.collector for trial in trials])
         started = time.perf_counter()
         total_bytes = sum(f.size for f in files)
@@ -134,6 +159,7 @@ def screen_portfolio(
             )
             summary.read_seconds = read_seconds
             summary.parameters_set = parameters_set(trial.ruleset)
+            summary.sources_unavailable = trial.lost
             trial.screen(summary, subject_identifier_system, progress, verdicts_by_patient)
             outputs.json(f"{trial.folder}{output.SUMMARY}", summary.as_json())
             summaries.append(summary)
@@ -153,6 +179,7 @@ class _Trial:
         outputs: output.OutputSet,
         folder: str,
         as_of: date,
+        notes: SourceNotes = NO_NOTES,
     ) -> None:
         self.ruleset = ruleset
         self.evaluator = evaluator
@@ -161,7 +188,8 @@ class _Trial:
         self.as_of = as_of
         issue_file = outputs.ndjson(f"{folder}{output.ISSUES}")
         self.issues = IssueLog(sink=lambda issue: issue_file.write(issue.as_json()))
-        self.collector = Collector(ruleset.mapper, as_of, self.issues)
+        self.collector = Collector(ruleset.mapper, as_of, self.issues, notes)
+        self.lost: list[dict[str, Any]] = []  # summary.json's sources_unavailable
 
     def screen(
         self,

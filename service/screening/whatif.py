@@ -22,6 +22,7 @@ from service.errors import ConfigError
 from service.ruleset.dependencies import dependent_criteria, facts_read, restricted
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import VERDICTS, CriterionResult, Evaluator, decide
+from service.ruleset.gaps import GAPS
 from service.ruleset.loader import RuleSet
 from service.ruleset.overrides import (
     Value,
@@ -34,6 +35,7 @@ from service.ruleset.overrides import (
 from service.screening.facts import Facts, doubtful, read_source, report_reading, screened_facts
 from service.screening.funnel import rules_out
 from service.screening.inmemory import evaluate_reporting
+from service.screening.run import folder_notes
 from service.screening.source import Collector, IssueLog, ReadStats
 from service.screening.summary import ProgressSink
 
@@ -244,7 +246,8 @@ def evaluate_combinations(
         failed = set(errors)
         row.verdicts = dict.fromkeys(own.verdicts, "ineligible")
         for patient_id, facts in undecided:
-            needed = {name: value for name, value in facts.items() if name in read}
+            # The facts those criteria read, and what the source says may be missing of them.
+            needed = {name: value for name, value in facts.items() if name in read or name == GAPS}
             changed = partial.evaluate_safely(patient_id, needed, as_of).criteria
             row.verdicts[patient_id] = decide((*unchanged[patient_id], *changed))
             if any(c.error for c in changed):
@@ -268,7 +271,8 @@ def what_if(
 ) -> WhatIf:
     """Read ``source`` once, then evaluate every combination."""
     issues = IssueLog()
-    collector = Collector(ruleset.mapper, as_of, issues)
+    # A folder a Bulk export wrote may say it lacks types: judged as a screening judges it.
+    collector = Collector(ruleset.mapper, as_of, issues, folder_notes(source))
     stats, read_seconds = read_source([collector], source, progress)
     report_reading(collector, issues)
     patients = screened_facts(collector)

@@ -33,6 +33,7 @@ from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.partition import Span, bucket_of, read_spill, write_spill
 from service.screening.source import (
+    NO_NOTES,
     Collector,
     Copies,
     Copy,
@@ -40,6 +41,7 @@ from service.screening.source import (
     IssueLog,
     PatientData,
     ReadStats,
+    SourceNotes,
     add_copy,
 )
 from service.screening.tally import Counted, counted
@@ -198,12 +200,17 @@ class Worker:
     # --- phase 2 --------------------------------------------------------------------------
 
     def screen(
-        self, bucket: int, spill: Path, lines_before: list[int], progress: Progress
+        self,
+        bucket: int,
+        spill: Path,
+        lines_before: list[int],
+        progress: Progress,
+        notes: SourceNotes = NO_NOTES,
     ) -> BucketScreened:
         patients, first_seen = _merge_bucket(spill, bucket, lines_before, len(self.rulesets))
         screened = BucketScreened(bucket)
         for trial, ruleset in enumerate(self.rulesets):
-            collector = Collector(ruleset.mapper, self.as_of, IssueLog())
+            collector = Collector(ruleset.mapper, self.as_of, IssueLog(), notes)
             collector.patients = patients[trial]
             screened.orphans.append(_orphans(collector.patients, first_seen[trial]))
             screened.not_screened.append(collector.not_screened())
@@ -394,6 +401,8 @@ def read_span(span: Span, spill: Path, buckets: int, targets: Path | None) -> Sp
     return _worker.read(span, spill, buckets, _send)
 
 
-def screen_bucket(bucket: int, spill: Path, lines_before: list[int]) -> BucketScreened:
+def screen_bucket(
+    bucket: int, spill: Path, lines_before: list[int], notes: SourceNotes = NO_NOTES
+) -> BucketScreened:
     assert _worker is not None, "the pool initializer did not run"
-    return _worker.screen(bucket, spill, lines_before, _send)
+    return _worker.screen(bucket, spill, lines_before, _send, notes)

@@ -46,11 +46,14 @@ from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.results import write_overview, write_results
+from service.screening.run import folder_notes
 from service.screening.source import (
+    NO_NOTES,
     Copies,
     InputIssue,
     IssueLog,
     ReadStats,
+    SourceNotes,
     current_copy,
     is_fhir_resource_type,
 )
@@ -58,6 +61,7 @@ from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
@@ -349,15 +353,18 @@ class SparkScreening:
             self.engine,
             self.as_of,
             tuple(files),
+            notes=self.notes(),
         ).with_key()
         plan_bc = self.session.sparkContext.broadcast(plan)
         started = time.perf_counter()
         read, table = self._read(files, plan_bc)
         with output.OutputSet(self.out) as outputs:
             logs = []
+            lost = []
             for ruleset in self.rulesets:
                 issue_file = outputs.ndjson(f"{self.folder(ruleset)}{output.ISSUES}")
                 logs.append(IssueLog(sink=partial(_write_issue, issue_file)))
+                lost.append(report_lost_sources(logs[-1], ruleset, plan.notes.lost))
             self._report_read_issues(read, table, files, logs)
             read_seconds = time.perf_counter() - started
             evaluated = self._evaluate(read, plan_bc)
@@ -378,6 +385,7 @@ class SparkScreening:
                     logs[trial],
                 )
                 summary.read_seconds = read_seconds
+                summary.sources_unavailable = lost[trial]
                 self._write_trial(
                     trial, summary, others, evaluated, table, outputs, verdicts_by_patient
                 )
@@ -388,6 +396,12 @@ class SparkScreening:
                     self.rulesets, self.as_of, verdicts_by_patient, outputs
                 )
         return portfolio
+
+    def notes(self) -> SourceNotes:
+        """What a local folder a Bulk Data export wrote says it lacks (as for local runs);
+        a source elsewhere (hdfs://, s3a://) says nothing."""
+        folder = Path(self.source.removeprefix("file://"))
+        return folder_notes(folder) if folder.is_dir() else NO_NOTES
 
     def _read(self, files: list[SourceFile], plan_bc: Any) -> tuple[DataFrame | None, SplitTable]:
         """Targets first, then every file: the reading's rows (kept for the steps after) and

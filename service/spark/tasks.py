@@ -41,6 +41,7 @@ from service.screening.inmemory import evaluate_reporting
 from service.screening.lines import BLOCK_BYTES, LineParser, constant
 from service.screening.ndjson import NdjsonReader
 from service.screening.source import (
+    NO_NOTES,
     Collector,
     Copies,
     Copy,
@@ -48,6 +49,7 @@ from service.screening.source import (
     IssueLog,
     PatientData,
     ReadStats,
+    SourceNotes,
     add_copy,
 )
 
@@ -107,12 +109,15 @@ class Plan:
     as_of: date
     files: tuple[SourceFile, ...]
     key: str = field(default="", compare=False)
+    notes: SourceNotes = NO_NOTES  # what the source lacks (lost types, deleted Patients)
 
     def with_key(self) -> Plan:
         digest = hashlib.sha256(
             pickle.dumps((sorted(self.rule_files.items()), self.trials, self.engine, self.as_of))
         ).hexdigest()
-        return Plan(self.rule_files, self.trials, self.engine, self.as_of, self.files, digest)
+        return Plan(
+            self.rule_files, self.trials, self.engine, self.as_of, self.files, digest, self.notes
+        )
 
 
 class Runtime:
@@ -643,7 +648,7 @@ class PatientScreener:
         self.as_of = plan.as_of
         self.evaluators = self.runtime.evaluators()
         self.collectors = [
-            Collector(rs.mapper, self.as_of, IssueLog()) for rs in self.runtime.rulesets
+            Collector(rs.mapper, self.as_of, IssueLog(), plan.notes) for rs in self.runtime.rulesets
         ]
         self.rows: list[Row] = []
         # Per trial: fact -> [records, (read order the patient was first met, place among

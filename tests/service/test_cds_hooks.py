@@ -30,6 +30,7 @@ from service.state.cds_hooks import CdsStore
 from service.state.store import Store
 from tests.integration.conftest import LoadedPatients, fhir_get
 from tests.integration.servers import SekmetServer, free_port
+from tests.proxy import RefusingProxy
 from tests.service.conftest import Helpers, running_service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -595,3 +596,35 @@ def test_cors_for_browser_based_ehrs(ehr: Ehr) -> None:
     # The rest of the API is not opened to other origins.
     health = httpx.get(f"{ehr.url}/healthz", headers={"Origin": "https://ehr.example"})
     assert "access-control-allow-origin" not in health.headers
+
+
+def test_a_search_the_server_refuses_leaves_its_criteria_unknown(
+    sekmet: SekmetServer, helpers: Helpers, database_url: str, loaded: LoadedPatients
+) -> None:
+    """A fhirServer that refuses ServiceRequest searches: the card is still given, and the
+    treatment the refused search would have shown is to check, never a reason to exclude."""
+    candidate = next(pid for pid, test in loaded.tests.items() if test.id == "candidate")
+    proxy = RefusingProxy(sekmet.base_url, refuse={"ServiceRequest"})
+    port = free_port()
+    allowed = f"{sekmet.base_url},{proxy.url}"
+    settings = service_settings(sekmet, helpers, database_url, port, cds_fhir_servers=allowed)
+    try:
+        with running_service(settings, port) as running:
+            ehr = Ehr(running.url, helpers)
+            complete = ehr.call(hook_request(candidate, fhirServer=sekmet.base_url))
+            answer = ehr.call(hook_request(candidate, fhirServer=proxy.url))
+    finally:
+        proxy.close()
+
+    def relieve_detail(response: httpx.Response) -> str:
+        summaries(response)  # a 200 with cards
+        [card] = [c for c in response.json()["cards"] if c["summary"].startswith("RELIEVE")]
+        return str(card["detail"])
+
+    # Today's date is the reference of a hook: the windows may leave other criteria to check;
+    # the treatment (a ServiceRequest) is met when the server gives it, to check when it
+    # refuses it, never a reason to drop the card.
+    assert "**treatment**" not in relieve_detail(complete)
+    detail = relieve_detail(answer)
+    assert "**treatment**" in detail and "ServiceRequest records are not available" in detail
+    assert any("ServiceRequest" in path for path in proxy.refused)

@@ -121,3 +121,32 @@ def test_after_a_spark_run_an_interrupt_is_an_interrupt_again(tmp_path: Path) ->
     assert signal.getsignal(signal.SIGINT) is before
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
+
+
+def test_a_bulk_export_folder_that_lost_types_gives_the_local_files_in_local_mode(
+    tmp_path: Path,
+) -> None:
+    """A folder whose export.json says the export lost types and a Patient was deleted: Spark
+    reads it as the local run does (lost sources, the deleted Patient not screened)."""
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    for file in SAMPLE_DIR.glob("*.ndjson"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    job = {
+        "request": {"level": "patient"},
+        "lost": {"ServiceRequest": "the server refused the $export kick-off naming it"},
+        "deleted_patients": ["p0000001"],
+    }
+    (folder / "export.json").write_text(json.dumps({"base_url": "x", "jobs": [job]}))
+    local, spark = tmp_path / "local", tmp_path / "spark"
+    assert screen("relieve,ssrs", str(folder), local) == 1
+    assert (
+        screen(
+            "relieve,ssrs", str(folder), spark, "--executor", "spark", "--spark-master", "local[2]"
+        )
+        == 1
+    )
+    assert_same_files(local, spark)
+    summary = json.loads((spark / "relieve" / "summary.json").read_text())
+    assert [e["type"] for e in summary["sources_unavailable"]] == ["ServiceRequest"]
+    assert [p["patient"] for p in summary["not_screened"]] == ["Patient/p0000001"]

@@ -28,7 +28,14 @@ import httpx
 
 from service.errors import FhirUnavailableError, PrescreenError
 from service.fhir.bulk.job import ExportFile
-from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneError, is_transient
+from service.fhir.bulk.kickoff import (
+    BulkClient,
+    BulkExportError,
+    ExportGoneError,
+    TooLargeError,
+    is_transient,
+    read_bounded,
+)
 from service.fhir.bulk.plan import NDJSON
 from service.fhir.client import operation_outcome_text
 from service.fhir.client import retry_after_seconds as parse_retry_after
@@ -126,6 +133,12 @@ class FileDownloader:
                     outcome = await self._receive(file, part, response, offset)
             except httpx.TransportError as exc:
                 outcome = _Outcome("retry", type(exc).__name__)
+            except TooLargeError:
+                # Nothing half-written stays behind, and nothing passes for complete.
+                part.unlink(missing_ok=True)
+                file.bytes = 0
+                self.save()
+                raise
             if outcome.kind == "done":
                 break
             if outcome.kind == "restart":
@@ -139,8 +152,9 @@ class FileDownloader:
                     f"{outcome.problem}"
                 )
             wait = outcome.retry_after
-            limit = self.bulk.poll.max_retry_after
-            await self.bulk.wait(self.bulk.backoff(failures) if wait is None else min(wait, limit))
+            await self.bulk.wait(
+                self.bulk.poll.bounded(self.bulk.backoff(failures) if wait is None else wait)
+            )
         final = self.folder / file.name
         part.replace(final)
         file.bytes = final.stat().st_size
@@ -152,22 +166,28 @@ class FileDownloader:
         self, file: ExportFile, part: Path, response: httpx.Response, offset: int
     ) -> _Outcome:
         status = response.status_code
+        limits = self.bulk.limits
         if status >= 400:
-            await response.aread()
+            body = await read_bounded(
+                response,
+                limits.status,
+                "the error answer to an export file's download",
+                "PRESCREEN_BULK_MAX_STATUS_BYTES",
+            )
             if status in (404, 410):
                 raise ExportGoneError(
                     f"a file of the export is no longer available on the server (HTTP {status}): "
                     "the export expired or was deleted",
                     status=status,
-                    diagnostics=operation_outcome_text(response.content),
+                    diagnostics=operation_outcome_text(body),
                 )
-            if is_transient(response):
+            if is_transient(status, body):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return _Outcome("retry", f"HTTP {status}", retry_after)
             raise BulkExportError(
                 f"a file of the export could not be downloaded: HTTP {status}",
                 status=status,
-                diagnostics=operation_outcome_text(response.content),
+                diagnostics=operation_outcome_text(body),
             )
         if response.headers.get("Content-Type", "").startswith(("application/fhir+json",)):
             raise BulkExportError(
@@ -194,9 +214,15 @@ class FileDownloader:
         else:
             raise BulkExportError(f"a file of the export answered HTTP {status}", status=status)
         expected = response.headers.get("Content-Length")
+        what, setting = "an export file", "PRESCREEN_BULK_MAX_FILE_BYTES"
+        before = offset if mode == "ab" else 0  # bytes already in the part file
+        if expected is not None and expected.isdigit() and before + int(expected) > limits.file:
+            raise TooLargeError(what, limits.file, setting)
         received = 0
         with part.open(mode) as out:
             async for chunk in response.aiter_raw():
+                if before + received + len(chunk) > limits.file:
+                    raise TooLargeError(what, limits.file, setting)
                 out.write(chunk)
                 received += len(chunk)
         if expected is not None and expected.isdigit() and received != int(expected):

@@ -4,7 +4,8 @@ A mapping may follow a reference (``medicationReference.resolve()``) to a type o
 Patient compartment (Medication); a patient- or group-level export does not carry those. As a
 live run does, prescreen reads the ones the files name, by ``_id`` in short lists, and writes
 them beside the export's files as ``<Type>.<n>.ndjson``; what cannot be found stays
-unresolved and is reported by the screening as ``unresolved-reference``.
+unresolved and is reported by the screening as ``unresolved-reference``. A server that refuses
+the search loses the type for the export (the records naming one stay undecided).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import orjson
 
+from service.errors import FhirServerError
 from service.fhir.bulk.job import ExportFile, ExportJob, ExportState
 from service.fhir.bulk.plan import referenced_types
 from service.fhir.client import FhirClient
 from service.fhir.ids import is_fhir_id
-from service.fhir.retrieval import chunked
+from service.fhir.retrieval import SEARCH_REFUSED, chunked
 from service.mapping.mapper import Mapper
 from service.ndjson_files import open_ndjson
 
@@ -92,11 +94,19 @@ async def fetch_references(
     found = 0
     for rtype, ids in sorted(wanted_references(folder, state, job, mappers).items()):
         lines: list[bytes] = []
-        for chunk in chunked(sorted(ids), ids_per_request):
-            params = [("_id", ",".join(chunk)), ("_count", str(page_size))]
-            async for resource in client.search(rtype, params):
-                if resource.get("resourceType") == rtype:
-                    lines.append(orjson.dumps(resource))
+        try:
+            for chunk in chunked(sorted(ids), ids_per_request):
+                params = [("_id", ",".join(chunk)), ("_count", str(page_size))]
+                async for resource in client.search(rtype, params):
+                    if resource.get("resourceType") == rtype:
+                        lines.append(orjson.dumps(resource))
+        except FhirServerError as exc:
+            if exc.status not in SEARCH_REFUSED:
+                raise
+            # A server without that search (the SMART reference server has no REST search):
+            # a lost source; each record naming one stays unresolved, never decides by absence.
+            job.lost.setdefault(rtype, f"the server refused its search (HTTP {exc.status})")
+            lines = []
         if not lines:
             continue
         file = ExportFile("referenced", rtype, state.next_index(rtype, "referenced"))
