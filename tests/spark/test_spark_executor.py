@@ -115,12 +115,16 @@ def test_after_a_spark_run_an_interrupt_is_an_interrupt_again(tmp_path: Path) ->
     # this process was. Once it was loading the shipped rules for `prescreen demo`, and the
     # engine reported "rules/ssrs.yaml: derived 'mri_region_levels': fails on a sample patient
     # (cel): AttributeError: 'NoneType' object has no attribute 'sc'".
-    before = signal.getsignal(signal.SIGINT)
-    local = ["--executor", "spark", "--spark-master", "local[1]"]
-    assert screen("relieve", str(SAMPLE_DIR), tmp_path, *local) == 0
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    # Python's own handler, whatever an earlier test of the session left installed.
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        local = ["--executor", "spark", "--spark-master", "local[1]"]
+        assert screen("relieve", str(SAMPLE_DIR), tmp_path, *local) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, earlier)
 
 
 def test_a_bulk_export_folder_that_lost_types_gives_the_local_files_in_local_mode(
