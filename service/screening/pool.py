@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
 from service.screening import workers
 
@@ -76,7 +76,12 @@ class WorkerPool:
     """
 
     def __init__(
-        self, count: int, rules: list[tuple[Path, Path]], engine: EngineName, as_of: date
+        self,
+        count: int,
+        rules: list[tuple[Path, Path]],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         if count < 1:
             raise ValueError("a pool has one process or more")
@@ -85,6 +90,7 @@ class WorkerPool:
         self.rules = [(Path(path).resolve(), Path(maps).resolve()) for path, maps in rules]
         self.engine = engine
         self.as_of = as_of
+        self.max_line = max_line
         self.messages: Any = context.Queue()
         # Progress of the tasks this process runs itself (see ``run_all``).
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -95,14 +101,25 @@ class WorkerPool:
                 self._processes,
                 mp_context=context,
                 initializer=workers.start,
-                initargs=(self.rules, engine, as_of, self.messages),
+                initargs=(self.rules, engine, as_of, self.messages, max_line),
             )
             for _ in range(self._processes):  # one is spawned per task while none is idle
                 self._executor.submit(workers.ready)
 
-    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+    def serves(
+        self,
+        rulesets: Sequence[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> bool:
         rules = [(Path(p).resolve(), Path(m).resolve()) for p, m in rule_files(rulesets)]
-        return rules == self.rules and engine == self.engine and as_of == self.as_of
+        return (rules, engine, as_of, max_line) == (
+            self.rules,
+            self.engine,
+            self.as_of,
+            self.max_line,
+        )
 
     def run_all(
         self,

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
@@ -45,6 +45,7 @@ def screen_folder(
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> ScreeningSummary:
     """One trial: its files straight in ``out``."""
     portfolio = screen_portfolio(
@@ -56,6 +57,7 @@ def screen_folder(
         subject_identifier_system=subject_identifier_system,
         progress=progress,
         workers=workers,
+        max_line=max_line,
     )
     return portfolio.summaries[0]
 
@@ -71,6 +73,7 @@ def screen_portfolio(
     progress: ProgressSink | None = None,
     source_issues: Sequence[InputIssue] = (),
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary:
     """Screen every trial on one reading of the source.
 
@@ -85,6 +88,9 @@ def screen_portfolio(
     ``workers`` above 1 (or a started ``WorkerPool``) splits the work by patient over that many
     processes (see parallel.py); so does one process for a source too large to hold in memory,
     bucket by bucket. The files written are the same, byte for byte.
+
+    ``max_line``: the longest line read (PRESCREEN_MAX_LINE_BYTES); a longer one is skipped
+    and reported as ``line-too-long``.
     """
     files = discover(source)
     if not isinstance(workers, int) or needs_pool(sum(f.size for f in files), workers):
@@ -98,6 +104,7 @@ def screen_portfolio(
             progress=progress,
             source_issues=source_issues,
             workers=workers,
+            max_line=max_line,
         )
         if parallel is not None:
             return parallel
@@ -112,7 +119,7 @@ def screen_portfolio(
         for trial in trials:
             for issue in source_issues:
                 trial.issues.add(issue)
-        reader = NdjsonReader([trial.collector for trial in trials])
+        reader = NdjsonReader([trial.collector for trial in trials], max_line)
         started = time.perf_counter()
         total_bytes = sum(f.size for f in files)
         advance = progress.task("Reading NDJSON", total_bytes, unit="bytes") if progress else None

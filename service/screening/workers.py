@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from service.ndjson_files import MAX_LINE_BYTES
 from service.ruleset import loader
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
@@ -109,12 +110,18 @@ class BucketScreened:
 class Worker:
     """One process's rule sets, collectors and reader, kept from task to task."""
 
-    def __init__(self, rulesets: list[RuleSet], engine: EngineName, as_of: date) -> None:
+    def __init__(
+        self,
+        rulesets: list[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> None:
         self.rulesets = rulesets
         self.engine = engine
         self.as_of = as_of
         self.collectors = [Collector(rs.mapper, as_of, IssueLog()) for rs in rulesets]
-        self.reader = NdjsonReader(self.collectors)
+        self.reader = NdjsonReader(self.collectors, max_line)
         self._targets_from: Path | None = None
         self._evaluators: list[Evaluator] = []
 
@@ -328,14 +335,20 @@ _worker: Worker | None = None
 _progress: Any = None  # a multiprocessing queue to the parent, or None
 
 
-def start(rules: list[tuple[Path, Path]], engine: EngineName, as_of: date, queue: Any) -> None:
+def start(
+    rules: list[tuple[Path, Path]],
+    engine: EngineName,
+    as_of: date,
+    queue: Any,
+    max_line: int = MAX_LINE_BYTES,
+) -> None:
     """Pool initializer: load the rule sets (and compile the CEL) once for this process."""
     global _worker, _progress
     _progress = queue
     if queue is not None:
         # Progress is best effort: a process ending never waits for its last messages.
         queue.cancel_join_thread()
-    _worker = Worker(_load_for(engine, rules), engine, as_of)
+    _worker = Worker(_load_for(engine, rules), engine, as_of, max_line)
 
 
 def _load_for(engine: EngineName, rules: list[tuple[Path, Path]]) -> list[RuleSet]:

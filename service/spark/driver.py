@@ -20,18 +20,27 @@ split, turned into a line number once all splits are counted, and they are sorte
 of one reading (by file, then by the 4 MB block the local reader would have read the line in,
 its parsed lines' problems before its shape checks, then by line).
 
+A line too long to read (PRESCREEN_MAX_LINE_BYTES) is skipped by Spark's text source itself
+(Hadoop's ``mapreduce.input.linerecordreader.line.maxlength``, set to the limit plus one): no
+executor holds it. The skip is silent, but it shows in the counts: a file whose lines add up to
+fewer bytes than it has is read once more here, in 4 MB pieces, to find where those lines were;
+they are then counted and numbered as the local reader counts them, and reported as
+``line-too-long`` in its order.
+
 PySpark is optional (``pip install 'prescreen[spark]'``): nothing here imports it at module level.
 """
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import os
 import pickle
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date
 from functools import partial, reduce
 from pathlib import Path
@@ -39,7 +48,14 @@ from typing import TYPE_CHECKING, Any
 
 from service.errors import PrescreenError, SourceError
 from service.mapping.spec import read_mapping_doc
-from service.ndjson_files import _NDJSON_NAME, discover
+from service.ndjson_files import (
+    _NDJSON_NAME,
+    BLOCK_BYTES,
+    LINE_TOO_LONG,
+    MAX_LINE_BYTES,
+    discover,
+    too_long_message,
+)
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.screening import output
@@ -63,6 +79,7 @@ from service.spark.tasks import (
     EVALUATE_SCHEMA,
     ISSUE,
     KEYED_SCHEMA,
+    LAST_BLOCK,
     NOT_SCREENED,
     ORPHAN,
     PATIENT,
@@ -88,6 +105,9 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 INSTALL_HINT = "--executor spark needs PySpark: pip install 'prescreen[spark]'"
+# Hadoop's line reader skips a line of this many bytes or more, its line end included.
+MAX_LENGTH_OPTION = "mapreduce.input.linerecordreader.line.maxlength"
+BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 PATIENTS_PER_PARTITION = 25_000
 ISSUES_IN_MEMORY = 500_000  # problems sorted on the driver; beyond, sorted by Spark
 
@@ -185,7 +205,11 @@ def rule_files(rulesets: Sequence[RuleSet]) -> dict[str, bytes]:
 
 
 def _read_frame(
-    session: SparkSession, files: list[SourceFile], wanted: frozenset[str], tasks: Any
+    session: SparkSession,
+    files: list[SourceFile],
+    wanted: frozenset[str],
+    tasks: Any,
+    max_line: int,
 ) -> DataFrame | None:
     """The reading tasks' rows (READ_SCHEMA) for these files; None when all are empty.
 
@@ -205,7 +229,13 @@ def _read_frame(
     frames = []
     plain = [f for f in files if not f.gzipped and f.size > 0]
     if plain:
-        lines = session.read.option("lineSep", "\n").text([f.uri for f in plain])
+        # A line longer than the limit (its line end included) is skipped unread by Hadoop's
+        # line reader: never held by an executor. SplitTable finds and reports it.
+        lines = (
+            session.read.option("lineSep", "\n")
+            .option(MAX_LENGTH_OPTION, str(max_line + 1))
+            .text([f.uri for f in plain])
+        )
         # Lines of types no trial reads are counted, never looked at: not shipped.
         read = [f.index for f in plain if f.resource_type in wanted]
         value = F.when(place(plain).isin(read), F.col("value").cast("binary"))
@@ -222,14 +252,71 @@ def _read_frame(
     return reduce(lambda a, b: a.union(b), frames) if frames else None
 
 
-class SplitTable:
-    """Every split's counts: the read statistics, and where each split's lines start."""
+@dataclass(frozen=True)
+class LongLine:
+    """A line Spark's text source skipped as too long: its number and where it lies (bytes of
+    the file: its first byte, and its line end or the file's end)."""
 
-    def __init__(self, rows: list[Any], files: list[SourceFile], trials: int) -> None:
+    number: int
+    start: int
+    end: int
+    has_end: bool
+
+    @property
+    def size(self) -> int:
+        """Its bytes as a split counts its lines: each with a line end."""
+        return self.end - self.start + 1
+
+
+def long_lines(chunks: Iterable[bytes], max_line: int) -> list[LongLine]:
+    """The lines of more than ``max_line`` bytes (line end included) in a file read as
+    ``chunks`` of at most ``max_line`` bytes each, numbered as the local reader numbers lines.
+
+    Only the first line end of a chunk can end a long line: a line between two line ends of
+    one chunk is shorter than the chunk.
+    """
+    found: list[LongLine] = []
+    position = line_start = content_start = number = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if position == 0 and chunk.startswith(BYTE_ORDER_MARK):
+            content_start = 3  # not part of the first line (the local reader drops it)
+        first = chunk.find(b"\n")
+        if first != -1:
+            end = position + first
+            if end - content_start + 1 > max_line:
+                found.append(LongLine(number + 1, line_start, end, True))
+            number += chunk.count(b"\n")
+            line_start = content_start = position + chunk.rfind(b"\n") + 1
+        position += len(chunk)
+    if position > line_start:  # a last line without a line end
+        number += 1
+        if position - content_start > max_line:
+            found.append(LongLine(number, line_start, position, False))
+    return found
+
+
+class SplitTable:
+    """Every split's counts: the read statistics, and where each split's lines start.
+
+    ``scan`` reads a plain file whose lines came short of its size (Spark skipped lines too
+    long to read) and gives those lines: they are counted, placed in their splits and reported
+    (``skipped_issues``, sort keys of ``LinePlaces.key``)."""
+
+    def __init__(
+        self,
+        rows: list[Any],
+        files: list[SourceFile],
+        trials: int,
+        max_line: int = MAX_LINE_BYTES,
+        scan: Callable[[SourceFile], list[LongLine]] | None = None,
+    ) -> None:
         self.stats = ReadStats(files=len(files))
         self.records = [0] * trials
         self.problems = 0
         self.stray = False
+        self.skipped_issues: list[tuple[Any, ...]] = []
         splits: dict[int, list[tuple[int, int, int]]] = {}
         for row in rows:
             if row.kind == SPLIT:
@@ -247,21 +334,46 @@ class SplitTable:
                 self.stray = True
         bases: dict[tuple[int, int], tuple[int, int]] = {}
         open_last: dict[int, int] = {}
-        for file, parts in splits.items():
-            if files[file].gzipped:
+        skipped: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+        for file in files:
+            if file.gzipped or file.size == 0:
                 continue  # read whole by the local reader: its line numbers are right
-            parts.sort()
+            parts = sorted(splits.get(file.index, []))
             # Each line was counted with a line end: the file's size tells whether the last
-            # one had none, and whether a byte-order mark (which Spark drops) came first.
-            missing = files[file].size - sum(part_size for _, _, part_size in parts)
-            lines, size = 0, (3 if missing in (2, 3) else 0)
+            # one had none, whether a byte-order mark (which Spark drops) came first, and
+            # whether lines too long to read were skipped.
+            missing = file.size - sum(part_size for _, _, part_size in parts)
+            long = scan(file) if scan is not None and missing not in (-1, 0, 2, 3) else []
+            missing -= sum(line.size for line in long)
+            self.stats.lines += len(long)
+            self.skipped_issues += self._issues(file, long, trials, max_line)
+            # Each long line follows the rows of the split that would have read it: Hadoop
+            # gives a line starting at byte p to the split starting before p (p > 0).
+            starts = [block for block, _, _ in parts]
+            leading: list[LongLine] = []
+            owned: dict[int, list[LongLine]] = {}
+            for line in long:
+                at = 0 if line.start == 0 else bisect.bisect_left(starts, line.start) - 1
+                if at < 0 or not starts or (line.start == 0 and starts[0] != 0):
+                    leading.append(line)
+                else:
+                    owned.setdefault(starts[at], []).append(line)
+            lines = len(leading)
+            size = sum(line.size for line in leading) + (3 if missing in (2, 3) else 0)
             for block, count, part_size in parts:
-                bases[(file, block)] = (lines, size)
-                lines += count
-                size += part_size
-            if missing in (-1, 2):
-                open_last[file] = lines
-        self.places = LinePlaces(bases, open_last, frozenset(f.index for f in files if f.gzipped))
+                bases[(file.index, block)] = (lines, size)
+                own = owned.get(block, [])
+                if own:
+                    skipped[(file.index, block)] = tuple(
+                        (line.number - lines - 1, line.size) for line in own
+                    )
+                lines += count + len(own)
+                size += part_size + sum(line.size for line in own)
+            if missing in (-1, 2) and parts:
+                open_last[file.index] = lines
+        self.places = LinePlaces(
+            bases, open_last, frozenset(f.index for f in files if f.gzipped), skipped
+        )
         self._by_name = {f.name: f for f in files}
 
     def where(self, where: str) -> str:
@@ -278,26 +390,75 @@ class SplitTable:
         stats.records = self.records[trial]
         return stats
 
+    @staticmethod
+    def _issues(
+        file: SourceFile, long: list[LongLine], trials: int, max_line: int
+    ) -> list[tuple[Any, ...]]:
+        """Sort keys and payloads of the skipped lines' problems, for every trial: in the local
+        reader's order, first of the block of the read holding their line end."""
+        payload = pickle.dumps((file.name, LINE_TOO_LONG, too_long_message(max_line)))
+        return [
+            (
+                trial,
+                file.index,
+                line.end // BLOCK_BYTES if line.has_end else LAST_BLOCK,
+                0,
+                line.number,
+                0,
+                line.number,
+                payload,
+            )
+            for trial in range(trials)
+            for line in long
+        ]
+
 
 def _issue_rows(session: SparkSession, read: DataFrame, table: SplitTable) -> Iterator[Any]:
     """The reading's problems as (trial, file, line, payload), in the order one reading
-    reports them: sorted here when they fit in memory, else by Spark."""
+    reports them: sorted here when they fit in memory, else by Spark (and merged here with
+    the lines Spark skipped as too long)."""
     from pyspark.sql import functions as F  # noqa: N812
 
+    skipped = sorted(table.skipped_issues)
     if table.problems == 0:
-        return iter(())
+        return iter([(k[0], k[1], k[6], k[7]) for k in skipped])
     found = read.filter(F.col("kind") == ISSUE)
     if table.problems <= ISSUES_IN_MEMORY:
-        keyed = sorted((*table.places.key(row), row.payload) for row in found.collect())
+        keyed = sorted(
+            [*((*table.places.key(row), row.payload) for row in found.collect()), *skipped]
+        )
         return iter([(k[0], k[1], k[6], k[7]) for k in keyed])
     places = session.sparkContext.broadcast(table.places)
     rows = found.mapInArrow(partial(keyed_issues, places), KEYED_SCHEMA).orderBy(
         "trial", "file", "k_block", "phase", "k_line", "seq"
     )
-    return (
-        (row.trial, row.file, row.line, row.payload)
-        for row in rows.toLocalIterator(prefetchPartitions=True)
+    sorted_rows = (
+        (r.trial, r.file, r.k_block, r.phase, r.k_line, r.seq, r.line, r.payload)
+        for r in rows.toLocalIterator(prefetchPartitions=True)
     )
+    return ((k[0], k[1], k[6], k[7]) for k in heapq.merge(sorted_rows, skipped))
+
+
+def raw_chunks(session: SparkSession, file: SourceFile) -> Iterator[bytes]:
+    """A source file's bytes, BLOCK_BYTES at a time: a local file directly, any other through
+    Hadoop's file system (as Spark reads it)."""
+    if file.uri.startswith("file:"):
+        path = file.uri.removeprefix("file:")
+        while path.startswith("//"):
+            path = path[1:]
+        with Path(path).open("rb") as handle:
+            while chunk := handle.read(BLOCK_BYTES):
+                yield chunk
+        return
+    jvm: Any = session.sparkContext._jvm
+    conf = session.sparkContext._jsc.hadoopConfiguration()
+    hadoop_path = jvm.org.apache.hadoop.fs.Path(file.uri)
+    stream = hadoop_path.getFileSystem(conf).open(hadoop_path)
+    try:
+        while chunk := stream.readNBytes(BLOCK_BYTES):  # a byte[] comes back as bytes
+            yield bytes(chunk)
+    finally:
+        stream.close()
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -316,8 +477,10 @@ class SparkScreening:
         engine: EngineName,
         subject_identifier_system: str,
         progress: ProgressSink | None,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         self.session = session
+        self.max_line = max_line
         self.rulesets = list(rulesets)
         self.source = source
         self.as_of = as_of
@@ -347,6 +510,7 @@ class SparkScreening:
             self.engine,
             self.as_of,
             tuple(files),
+            self.max_line,
         ).with_key()
         plan_bc = self.session.sparkContext.broadcast(plan)
         started = time.perf_counter()
@@ -401,11 +565,17 @@ class SparkScreening:
             partial(read_plain, plan_bc, targets_bc, "main"),
             partial(read_gzipped, plan_bc, targets_bc, "main"),
         )
-        read = _read_frame(self.session, files, self.wanted, tasks)
+        read = _read_frame(self.session, files, self.wanted, tasks, self.max_line)
         if read is not None:
             read = read.persist()
         counts = read.filter(F.col("kind").isin(SPLIT, RECORDS, STRAY)).collect() if read else []
-        table = SplitTable(counts, files, len(self.rulesets))
+        table = SplitTable(
+            counts,
+            files,
+            len(self.rulesets),
+            self.max_line,
+            lambda file: long_lines(raw_chunks(self.session, file), self.max_line),
+        )
         if table.stray:
             raise PrescreenError(
                 "a file holds resources of a type references are resolved to (such as "
@@ -456,7 +626,9 @@ class SparkScreening:
             partial(read_gzipped, plan_bc, None, "targets"),
         )
         frame = (
-            _read_frame(self.session, target_files, self.wanted, tasks) if target_files else None
+            _read_frame(self.session, target_files, self.wanted, tasks, self.max_line)
+            if target_files
+            else None
         )
         for row in frame.collect() if frame is not None else []:
             if row.kind != TARGET:
@@ -590,12 +762,21 @@ def screen_portfolio_spark(
     subject_identifier_system: str,
     master: str | None = None,
     progress: ProgressSink | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary:
     """screen_portfolio on Spark: the same files, read from a folder or any Hadoop URI."""
     session, started = start_session(master)
     try:
         run = SparkScreening(
-            session, rulesets, source, as_of, out, engine, subject_identifier_system, progress
+            session,
+            rulesets,
+            source,
+            as_of,
+            out,
+            engine,
+            subject_identifier_system,
+            progress,
+            max_line,
         )
         return run.run()
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -33,12 +34,12 @@ from functools import partial
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from service.ndjson_files import NdjsonFile
+from service.ndjson_files import BLOCK_BYTES, MAX_LINE_BYTES, NdjsonFile
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import CriterionResult, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening.inmemory import evaluate_reporting
-from service.screening.lines import BLOCK_BYTES, LineParser, constant
+from service.screening.lines import LineParser, constant
 from service.screening.ndjson import NdjsonReader
 from service.screening.source import (
     Collector,
@@ -106,13 +107,15 @@ class Plan:
     engine: EngineName
     as_of: date
     files: tuple[SourceFile, ...]
+    max_line: int = MAX_LINE_BYTES  # the longest line read (PRESCREEN_MAX_LINE_BYTES)
     key: str = field(default="", compare=False)
 
     def with_key(self) -> Plan:
+        """The plan with the key its loaded rule sets are kept under in a worker process."""
         digest = hashlib.sha256(
             pickle.dumps((sorted(self.rule_files.items()), self.trials, self.engine, self.as_of))
         ).hexdigest()
-        return Plan(self.rule_files, self.trials, self.engine, self.as_of, self.files, digest)
+        return dataclasses.replace(self, key=digest)
 
 
 class Runtime:
@@ -245,7 +248,7 @@ class PartitionReader:
         self._seq = 0
         self._stray = False
         # The lines are parsed, counted and checked as by the local reader.
-        self.parser = LineParser(self.collectors)
+        self.parser = LineParser(self.collectors, plan.max_line)
 
     # Problems, in the order one reading reports them: the driver sorts by (file, 4 MB block
     # of the local reader, phase, line, seq); see driver.py.
@@ -353,7 +356,7 @@ class PartitionReader:
             path.write_bytes(content)
             for collector in self.collectors:
                 collector.place(read_order(file.index, 0, 0) + 1)
-            reader = NdjsonReader(self.collectors)
+            reader = NdjsonReader(self.collectors, self.plan.max_line)
             reader.read_files([NdjsonFile(path, file.resource_type)])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -518,9 +521,22 @@ class LinePlaces:
     bases: dict[tuple[int, int], tuple[int, int]]  # (file, split start) -> lines, bytes before
     open_last: dict[int, int]  # file -> its last line, when that has no line end
     whole: frozenset[int]  # gzipped files, read whole: their problems carry line numbers
+    # (file, split start) -> the lines Spark skipped in that split as too long to read: their
+    # places among all the split's lines, and their bytes, in order (see driver.SplitTable).
+    skipped: dict[tuple[int, int], tuple[tuple[int, int], ...]] = field(default_factory=dict)
+
+    def _shift(self, file: int, block: int, index: int) -> tuple[int, int]:
+        """Lines and bytes skipped in the split before its row ``index``."""
+        place, extra = index, 0
+        for at, size in self.skipped.get((file, block), ()):
+            if at > place:
+                break
+            place += 1
+            extra += size
+        return place - index, extra
 
     def line(self, file: int, block: int, index: int) -> int:
-        return self.bases[(file, block)][0] + index + 1
+        return self.bases[(file, block)][0] + index + self._shift(file, block, index)[0] + 1
 
     def key(self, row: Any) -> tuple[int, ...]:
         """(trial, file, block, phase, line, seq, line number) of a problem row. The local
@@ -530,11 +546,12 @@ class LinePlaces:
         if row.file in self.whole:
             return (row.trial, row.file, 0, 0, 0, row.seq, row.idx)
         before, size = self.bases[(row.file, row.block)]
-        line = before + row.idx + 1
+        lines, extra = self._shift(row.file, row.block, row.idx)
+        line = before + row.idx + lines + 1
         if self.open_last.get(row.file) == line:
             block = LAST_BLOCK  # a last line without a line end is a block of its own
         else:
-            block = (size + row.pos) // BLOCK_BYTES  # the block holding its line end
+            block = (size + extra + row.pos) // BLOCK_BYTES  # the block holding its line end
         return (row.trial, row.file, block, row.phase, line, row.seq, line)
 
 

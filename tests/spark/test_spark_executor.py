@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.screening.lines import BLOCK_BYTES
+from service.ndjson_files import BLOCK_BYTES
 from service.spark import driver as spark_executor
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import AS_OF, read_ndjson

@@ -23,7 +23,7 @@ from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneErr
 from service.fhir.bulk.plan import ExportRequest, valid_output_type
 from service.fhir.bulk.references import fetch_references
 from service.mapping.mapper import Mapper
-from service.ndjson_files import open_ndjson
+from service.ndjson_files import LINE_TOO_LONG, MAX_LINE_BYTES, numbered_lines, open_ndjson
 
 # Kick-off answers meaning "not with these parameters": tried once more without _typeFilter,
 # which the IG lets servers refuse (prescreen filters locally anyway).
@@ -78,6 +78,7 @@ class ExportOptions:
     page_size: int = 200
     type_filter_note: str = ""
     require_base: bool = False  # a _since export must add to an earlier full one (screening)
+    max_line: int = MAX_LINE_BYTES  # longest line read back from the files (the screening's)
 
 
 def _covers(base: ExportRequest, delta: ExportRequest) -> bool:
@@ -121,7 +122,7 @@ def plan_files(state: ExportState, manifest: dict[str, object]) -> list[ExportFi
     return files
 
 
-def read_errors(folder: Path, job: ExportJob) -> list[ErrorEntry]:
+def read_errors(folder: Path, job: ExportJob, max_line: int = MAX_LINE_BYTES) -> list[ErrorEntry]:
     """Every issue in the job's error files (OperationOutcome NDJSON), never raising."""
     entries: list[ErrorEntry] = []
     for file in job.files:
@@ -129,11 +130,14 @@ def read_errors(folder: Path, job: ExportJob) -> list[ErrorEntry]:
             continue
         try:
             with open_ndjson(folder / file.name) as handle:
-                lines = list(handle)
+                lines = list(numbered_lines(handle, max_line))
         except OSError:
             entries.append(ErrorEntry(file.name, 0, "error", "unreadable"))
             continue
-        for number, line in enumerate(lines, 1):
+        for number, line in lines:
+            if line is None:
+                entries.append(ErrorEntry(file.name, number, "error", LINE_TOO_LONG))
+                continue
             if not line.strip():
                 continue
             try:
@@ -274,6 +278,7 @@ async def export_to_folder(
             mappers,
             ids_per_request=options.ids_per_request,
             page_size=options.page_size,
+            max_line=options.max_line,
         )
     if job.phase == "running":
         job.phase = "downloaded"
@@ -291,7 +296,7 @@ async def export_to_folder(
         resources=sum(c for c in counts if c is not None) if None not in counts else None,
         downloaded=downloader.fetched,
         referenced=referenced,
-        errors=read_errors(folder, job),
+        errors=read_errors(folder, job, options.max_line),
         type_filter=job.type_filter or options.type_filter_note,
         waited_seconds=bulk.waited,
         requests=bulk.fhir.stats.requests - requests_before,
