@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from service.roles import Access, RoleError
 from service.state.models import Candidate
 from service.state.store import Store, migrate
 from service.state.worklist import WorklistStore
@@ -165,15 +166,18 @@ def test_sessions_end_at_sign_out_expiry_and_when_the_person_changes(
     stores: tuple[Store, WorklistStore],
 ) -> None:
     _store, worklist = stores
-    worklist.save_user("ann", "coordinator", ["relieve"], None)
-    first = worklist.open_session("ann", "coordinator", "relieve", hours=1)
-    second = worklist.open_session("ann", "coordinator", "relieve", hours=1)
-    expired = worklist.open_session("ann", "coordinator", "relieve", hours=-1)
+    coordinator = Access.of(["coordinator"], ["relieve"])
+    worklist.save_user("ann", coordinator, None)
+    first = worklist.open_session("ann", coordinator, hours=1)
+    second = worklist.open_session("ann", coordinator, hours=1)
+    expired = worklist.open_session("ann", coordinator, hours=-1)
     assert worklist.find_session(first) is not None and worklist.find_session(expired) is None
     worklist.close_session(first)
     assert worklist.find_session(first) is None and worklist.find_session(second) is not None
-    worklist.save_user("ann", "viewer", [], None)  # a new role: sign in again
+    worklist.save_user("ann", Access.of(["viewer"]), None)  # a new role: sign in again
     assert worklist.find_session(second) is None
+    with pytest.raises(RoleError):
+        worklist.save_user("ann", Access.of(["superuser"]), None)
     with pytest.raises(ValueError):
-        worklist.save_user("ann", "admin", [], None)
+        worklist.save_user("ann", Access.of([]), None)
     assert worklist.remove_user("ann") and not worklist.remove_user("ann")
