@@ -20,27 +20,29 @@ split, turned into a line number once all splits are counted, and they are sorte
 of one reading (by file, then by the 4 MB block the local reader would have read the line in,
 its parsed lines' problems before its shape checks, then by line).
 
-A line too long to read (PRESCREEN_MAX_LINE_BYTES) is skipped by Spark's text source itself
-(Hadoop's ``mapreduce.input.linerecordreader.line.maxlength``, set to the limit plus one): no
-executor holds it. The skip is silent, but it shows in the counts: a file whose lines add up to
-fewer bytes than it has is read once more here, in 4 MB pieces, to find where those lines were;
-they are then counted and numbered as the local reader counts them, and reported as
-``line-too-long`` in its order.
+A line too long to read (PRESCREEN_MAX_LINE_BYTES) never reaches an executor whole: Hadoop's
+line reader, under Spark's text source, is given the limit (``line.maxlength``). It skips such a
+line, or hands on a piece of it where the line crosses a split, without saying so; but then the
+file's lines do not add up to its size, or a row is longer than the limit. Such a file is read
+again, whole, by the local reader on the driver (streamed, in bounded memory: the line is
+skipped, counted and reported as ``line-too-long`` exactly as locally), and the reading's other
+files again by Spark.
 
 PySpark is optional (``pip install 'prescreen[spark]'``): nothing here imports it at module level.
 """
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import os
 import pickle
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from functools import partial, reduce
 from pathlib import Path
@@ -51,11 +53,10 @@ from service.mapping.spec import read_mapping_doc
 from service.ndjson_files import (
     _NDJSON_NAME,
     BLOCK_BYTES,
-    LINE_TOO_LONG,
     MAX_LINE_BYTES,
     discover,
-    too_long_message,
 )
+from service.private_files import open_private
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.screening import output
@@ -79,7 +80,6 @@ from service.spark.tasks import (
     EVALUATE_SCHEMA,
     ISSUE,
     KEYED_SCHEMA,
-    LAST_BLOCK,
     NOT_SCREENED,
     ORPHAN,
     PATIENT,
@@ -91,6 +91,7 @@ from service.spark.tasks import (
     TARGET,
     VERDICT,
     LinePlaces,
+    PartitionReader,
     Plan,
     SourceFile,
     evaluate_patients,
@@ -105,9 +106,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 INSTALL_HINT = "--executor spark needs PySpark: pip install 'prescreen[spark]'"
-# Hadoop's line reader skips a line of this many bytes or more, its line end included.
+# Hadoop's line reader holds at most this many bytes of a line (given the limit plus one).
 MAX_LENGTH_OPTION = "mapreduce.input.linerecordreader.line.maxlength"
-BYTE_ORDER_MARK = b"\xef\xbb\xbf"
 PATIENTS_PER_PARTITION = 25_000
 ISSUES_IN_MEMORY = 500_000  # problems sorted on the driver; beyond, sorted by Spark
 
@@ -229,8 +229,8 @@ def _read_frame(
     frames = []
     plain = [f for f in files if not f.gzipped and f.size > 0]
     if plain:
-        # A line longer than the limit (its line end included) is skipped unread by Hadoop's
-        # line reader: never held by an executor. SplitTable finds and reports it.
+        # A line longer than the limit (its line end included) never reaches an executor
+        # whole (see the module's docstring).
         lines = (
             session.read.option("lineSep", "\n")
             .option(MAX_LENGTH_OPTION, str(max_line + 1))
@@ -240,7 +240,10 @@ def _read_frame(
         read = [f.index for f in plain if f.resource_type in wanted]
         value = F.when(place(plain).isin(read), F.col("value").cast("binary"))
         rows = lines.select(
-            place(plain), F.col("_metadata.file_block_start").alias("block"), value.alias("value")
+            place(plain),
+            F.col("_metadata.file_block_start").alias("block"),
+            value.alias("value"),
+            F.length(F.col("value").cast("binary")).alias("size"),  # bytes, every line's
         )
         frames.append(rows.mapInArrow(tasks[0], READ_SCHEMA))
     gzipped = [f for f in files if f.gzipped and f.size > 0]
@@ -252,136 +255,73 @@ def _read_frame(
     return reduce(lambda a, b: a.union(b), frames) if frames else None
 
 
-@dataclass(frozen=True)
-class LongLine:
-    """A line Spark's text source skipped as too long: its number and where it lies (bytes of
-    the file: its first byte, and its line end or the file's end)."""
-
-    number: int
-    start: int
-    end: int
-    has_end: bool
-
-    @property
-    def size(self) -> int:
-        """Its bytes as a split counts its lines: each with a line end."""
-        return self.end - self.start + 1
-
-
-def long_lines(chunks: Iterable[bytes], max_line: int) -> list[LongLine]:
-    """The lines of more than ``max_line`` bytes (line end included) in a file read as
-    ``chunks`` of at most ``max_line`` bytes each, numbered as the local reader numbers lines.
-
-    Only the first line end of a chunk can end a long line: a line between two line ends of
-    one chunk is shorter than the chunk.
-    """
-    found: list[LongLine] = []
-    position = line_start = content_start = number = 0
-    for chunk in chunks:
-        if not chunk:
-            continue
-        if position == 0 and chunk.startswith(BYTE_ORDER_MARK):
-            content_start = 3  # not part of the first line (the local reader drops it)
-        first = chunk.find(b"\n")
-        if first != -1:
-            end = position + first
-            if end - content_start + 1 > max_line:
-                found.append(LongLine(number + 1, line_start, end, True))
-            number += chunk.count(b"\n")
-            line_start = content_start = position + chunk.rfind(b"\n") + 1
-        position += len(chunk)
-    if position > line_start:  # a last line without a line end
-        number += 1
-        if position - content_start > max_line:
-            found.append(LongLine(number, line_start, position, False))
-    return found
-
-
 class SplitTable:
     """Every split's counts: the read statistics, and where each split's lines start.
 
-    ``scan`` reads a plain file whose lines came short of its size (Spark skipped lines too
-    long to read) and gives those lines: they are counted, placed in their splits and reported
-    (``skipped_issues``, sort keys of ``LinePlaces.key``)."""
+    ``flagged``: plain files whose lines do not add up to their size, or that gave a row longer
+    than the limit: Spark's text source met a line too long to read there, and the file is to
+    be read whole (see the module's docstring). ``whole``: files read whole already."""
 
     def __init__(
         self,
         rows: list[Any],
         files: list[SourceFile],
         trials: int,
-        max_line: int = MAX_LINE_BYTES,
-        scan: Callable[[SourceFile], list[LongLine]] | None = None,
+        whole: frozenset[int] = frozenset(),
     ) -> None:
         self.stats = ReadStats(files=len(files))
         self.records = [0] * trials
         self.problems = 0
         self.stray = False
-        self.skipped_issues: list[tuple[Any, ...]] = []
         splits: dict[int, list[tuple[int, int, int]]] = {}
+        long_rows: set[int] = set()
         for row in rows:
             if row.kind == SPLIT:
-                parsed, skipped_type, skipped_prefilter = pickle.loads(row.payload)
+                parsed, skipped_type, skipped_prefilter, long = pickle.loads(row.payload)
                 self.stats.lines += row.idx
                 self.stats.parsed += parsed
                 self.stats.skipped_type += skipped_type
                 self.stats.skipped_prefilter += skipped_prefilter
                 splits.setdefault(row.file, []).append((row.block, row.idx, row.pos))
+                if long:
+                    long_rows.add(row.file)
             elif row.kind == RECORDS:
                 records, problems = pickle.loads(row.payload)
                 self.records = [a + b for a, b in zip(self.records, records, strict=True)]
                 self.problems += problems
             elif row.kind == STRAY:
                 self.stray = True
+        whole = whole | {f.index for f in files if f.gzipped}
         bases: dict[tuple[int, int], tuple[int, int]] = {}
         open_last: dict[int, int] = {}
-        skipped: dict[tuple[int, int], tuple[tuple[int, int], ...]] = {}
+        flagged: set[int] = set()
         for file in files:
-            if file.gzipped or file.size == 0:
+            if file.index in whole or file.size == 0:
                 continue  # read whole by the local reader: its line numbers are right
             parts = sorted(splits.get(file.index, []))
             # Each line was counted with a line end: the file's size tells whether the last
-            # one had none, whether a byte-order mark (which Spark drops) came first, and
-            # whether lines too long to read were skipped.
+            # one had none, and whether a byte-order mark (which Spark drops) came first.
             missing = file.size - sum(part_size for _, _, part_size in parts)
-            long = scan(file) if scan is not None and missing not in (-1, 0, 2, 3) else []
-            missing -= sum(line.size for line in long)
-            self.stats.lines += len(long)
-            self.skipped_issues += self._issues(file, long, trials, max_line)
-            # Each long line follows the rows of the split that would have read it: Hadoop
-            # gives a line starting at byte p to the split starting before p (p > 0).
-            starts = [block for block, _, _ in parts]
-            leading: list[LongLine] = []
-            owned: dict[int, list[LongLine]] = {}
-            for line in long:
-                at = 0 if line.start == 0 else bisect.bisect_left(starts, line.start) - 1
-                if at < 0 or not starts or (line.start == 0 and starts[0] != 0):
-                    leading.append(line)
-                else:
-                    owned.setdefault(starts[at], []).append(line)
-            lines = len(leading)
-            size = sum(line.size for line in leading) + (3 if missing in (2, 3) else 0)
+            if missing not in (-1, 0, 2, 3) or file.index in long_rows:
+                flagged.add(file.index)
+                continue
+            lines, size = 0, (3 if missing in (2, 3) else 0)
             for block, count, part_size in parts:
                 bases[(file.index, block)] = (lines, size)
-                own = owned.get(block, [])
-                if own:
-                    skipped[(file.index, block)] = tuple(
-                        (line.number - lines - 1, line.size) for line in own
-                    )
-                lines += count + len(own)
-                size += part_size + sum(line.size for line in own)
-            if missing in (-1, 2) and parts:
+                lines += count
+                size += part_size
+            if missing in (-1, 2):
                 open_last[file.index] = lines
-        self.places = LinePlaces(
-            bases, open_last, frozenset(f.index for f in files if f.gzipped), skipped
-        )
+        self.flagged = frozenset(flagged)
+        self.places = LinePlaces(bases, open_last, frozenset(whole))
         self._by_name = {f.name: f for f in files}
 
     def where(self, where: str) -> str:
         """``file:line`` of a Patient not to screen: a place in a split becomes its line."""
         name, _, place = where.rpartition(":")
         file = self._by_name.get(name)
-        if file is None or file.gzipped or not place.isdigit():
-            return where  # a gzipped file is read whole: its line numbers are already right
+        if file is None or file.index in self.places.whole or not place.isdigit():
+            return where  # a file read whole: its line numbers are already right
         index, block, row = split_of(int(place))
         return f"{name}:{self.places.line(index, block, row)}"
 
@@ -390,75 +330,54 @@ class SplitTable:
         stats.records = self.records[trial]
         return stats
 
-    @staticmethod
-    def _issues(
-        file: SourceFile, long: list[LongLine], trials: int, max_line: int
-    ) -> list[tuple[Any, ...]]:
-        """Sort keys and payloads of the skipped lines' problems, for every trial: in the local
-        reader's order, first of the block of the read holding their line end."""
-        payload = pickle.dumps((file.name, LINE_TOO_LONG, too_long_message(max_line)))
-        return [
-            (
-                trial,
-                file.index,
-                line.end // BLOCK_BYTES if line.has_end else LAST_BLOCK,
-                0,
-                line.number,
-                0,
-                line.number,
-                payload,
-            )
-            for trial in range(trials)
-            for line in long
-        ]
-
 
 def _issue_rows(session: SparkSession, read: DataFrame, table: SplitTable) -> Iterator[Any]:
     """The reading's problems as (trial, file, line, payload), in the order one reading
-    reports them: sorted here when they fit in memory, else by Spark (and merged here with
-    the lines Spark skipped as too long)."""
+    reports them: sorted here when they fit in memory, else by Spark."""
     from pyspark.sql import functions as F  # noqa: N812
 
-    skipped = sorted(table.skipped_issues)
     if table.problems == 0:
-        return iter([(k[0], k[1], k[6], k[7]) for k in skipped])
+        return iter(())
     found = read.filter(F.col("kind") == ISSUE)
     if table.problems <= ISSUES_IN_MEMORY:
-        keyed = sorted(
-            [*((*table.places.key(row), row.payload) for row in found.collect()), *skipped]
-        )
+        keyed = sorted((*table.places.key(row), row.payload) for row in found.collect())
         return iter([(k[0], k[1], k[6], k[7]) for k in keyed])
     places = session.sparkContext.broadcast(table.places)
     rows = found.mapInArrow(partial(keyed_issues, places), KEYED_SCHEMA).orderBy(
         "trial", "file", "k_block", "phase", "k_line", "seq"
     )
-    sorted_rows = (
-        (r.trial, r.file, r.k_block, r.phase, r.k_line, r.seq, r.line, r.payload)
-        for r in rows.toLocalIterator(prefetchPartitions=True)
+    return (
+        (row.trial, row.file, row.line, row.payload)
+        for row in rows.toLocalIterator(prefetchPartitions=True)
     )
-    return ((k[0], k[1], k[6], k[7]) for k in heapq.merge(sorted_rows, skipped))
 
 
-def raw_chunks(session: SparkSession, file: SourceFile) -> Iterator[bytes]:
-    """A source file's bytes, BLOCK_BYTES at a time: a local file directly, any other through
-    Hadoop's file system (as Spark reads it)."""
+@contextmanager
+def local_copy(session: SparkSession, file: SourceFile) -> Iterator[Path]:
+    """A local path holding the source file: its own for a local file, else a temporary copy
+    streamed from Hadoop's file system (as Spark reads it) 4 MB at a time."""
     if file.uri.startswith("file:"):
         path = file.uri.removeprefix("file:")
         while path.startswith("//"):
             path = path[1:]
-        with Path(path).open("rb") as handle:
-            while chunk := handle.read(BLOCK_BYTES):
-                yield chunk
+        yield Path(path)
         return
-    jvm: Any = session.sparkContext._jvm
-    conf = session.sparkContext._jsc.hadoopConfiguration()
-    hadoop_path = jvm.org.apache.hadoop.fs.Path(file.uri)
-    stream = hadoop_path.getFileSystem(conf).open(hadoop_path)
+    folder = Path(tempfile.mkdtemp(prefix="prescreen-whole-"))
     try:
-        while chunk := stream.readNBytes(BLOCK_BYTES):  # a byte[] comes back as bytes
-            yield bytes(chunk)
+        copy = folder / file.name
+        jvm: Any = session.sparkContext._jvm
+        conf = session.sparkContext._jsc.hadoopConfiguration()
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(file.uri)
+        stream = hadoop_path.getFileSystem(conf).open(hadoop_path)
+        try:
+            with open_private(copy) as out:
+                while chunk := stream.readNBytes(BLOCK_BYTES):  # a byte[] comes back as bytes
+                    out.write(chunk)
+        finally:
+            stream.close()
+        yield copy
     finally:
-        stream.close()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -481,6 +400,7 @@ class SparkScreening:
     ) -> None:
         self.session = session
         self.max_line = max_line
+        self._targets_bc: Any = None
         self.rulesets = list(rulesets)
         self.source = source
         self.as_of = as_of
@@ -561,6 +481,7 @@ class SparkScreening:
             self.progress.task("Reading NDJSON (Spark)", total, "bytes") if self.progress else None
         )
         targets_bc = self.session.sparkContext.broadcast(self._read_targets(files, plan_bc))
+        self._targets_bc = targets_bc
         tasks = (
             partial(read_plain, plan_bc, targets_bc, "main"),
             partial(read_gzipped, plan_bc, targets_bc, "main"),
@@ -569,13 +490,18 @@ class SparkScreening:
         if read is not None:
             read = read.persist()
         counts = read.filter(F.col("kind").isin(SPLIT, RECORDS, STRAY)).collect() if read else []
-        table = SplitTable(
-            counts,
-            files,
-            len(self.rulesets),
-            self.max_line,
-            lambda file: long_lines(raw_chunks(self.session, file), self.max_line),
-        )
+        table = SplitTable(counts, files, len(self.rulesets))
+        if table.flagged:
+            # Lines too long to read: those files whole, here; the others by Spark again.
+            if read is not None:
+                read.unpersist()
+            rest = [f for f in files if f.index not in table.flagged]
+            spark_read = _read_frame(self.session, rest, self.wanted, tasks, self.max_line)
+            whole = self._read_whole([f for f in files if f.index in table.flagged], plan_bc)
+            read = whole if spark_read is None else spark_read.union(whole)
+            read = read.persist()
+            counts = read.filter(F.col("kind").isin(SPLIT, RECORDS, STRAY)).collect()
+            table = SplitTable(counts, files, len(self.rulesets), table.flagged)
         if table.stray:
             raise PrescreenError(
                 "a file holds resources of a type references are resolved to (such as "
@@ -585,6 +511,21 @@ class SparkScreening:
         if advance is not None:
             advance(total)
         return read, table
+
+    def _read_whole(self, files: list[SourceFile], plan_bc: Any) -> DataFrame:
+        """Files read whole by the local reader here, as a task reads a gzipped file: the
+        reading's rows (READ_SCHEMA), for the steps after."""
+        import pyarrow as pa
+
+        targets = self._targets_bc.value if self._targets_bc is not None else None
+        reader = PartitionReader(plan_bc.value, targets, "main")
+        for file in files:
+            before = [c.target_count() for c in reader.collectors]
+            with local_copy(self.session, file) as path:
+                reader.whole_file(file, path)
+            reader.note_strays(file, before)
+        table = pa.Table.from_batches(list(reader.output()))
+        return self.session.createDataFrame(table, schema=READ_SCHEMA)
 
     def _write_trial(
         self,
@@ -657,7 +598,7 @@ class SparkScreening:
             for f in files
             if f.resource_type not in self.wanted
             and not is_fhir_resource_type(f.resource_type)
-            and (not f.gzipped or f.size == 0)
+            and (f.index not in table.places.whole or f.size == 0)
         ]
         rows = _issue_rows(self.session, read, table) if read is not None else iter(())
         found = (

@@ -224,6 +224,7 @@ class SplitTally(ReadStats):
     with its line end)."""
 
     size: int = 0
+    long_rows: int = 0  # rows longer than the limit: pieces of a line too long to read
 
 
 Row = tuple[Any, ...]
@@ -281,8 +282,9 @@ class PartitionReader:
         blocks = batch.column("block")
         block_range = pc.min_max(blocks)
         file_range = pc.min_max(files)
+        values, sizes = batch.column("value"), batch.column("size")
         if block_range["min"] == block_range["max"] and file_range["min"] == file_range["max"]:
-            self._plain_rows(files[0].as_py(), blocks[0].as_py(), batch.column("value"))
+            self._plain_rows(files[0].as_py(), blocks[0].as_py(), values, sizes)
             return
         # Rare: one task reading several splits. Cut the batch where the split changes.
         keys = list(zip(files.to_pylist(), blocks.to_pylist(), strict=True))
@@ -290,18 +292,29 @@ class PartitionReader:
         for end in range(1, len(keys) + 1):
             if end == len(keys) or keys[end] != keys[start]:
                 file, block = keys[start]
-                self._plain_rows(file, block, batch.column("value").slice(start, end - start))
+                length = end - start
+                self._plain_rows(
+                    file, block, values.slice(start, length), sizes.slice(start, length)
+                )
                 start = end
 
-    def _plain_rows(self, file_index: int, block: int, values: pa.Array) -> None:
+    def _plain_rows(self, file_index: int, block: int, values: pa.Array, sizes: pa.Array) -> None:
+        import pyarrow.compute as pc
+
         file = self.plan.files[file_index]
         tally = self._tally(file_index, block)
         count = len(values)
-        if file.resource_type not in self.runtime.wanted:
-            tally.lines += count
+        # Every line's bytes, the types no trial reads included: lines that do not add up to
+        # the file's size, or a row longer than the limit, show a line too long to read there
+        # (see driver.SplitTable: the file is then read whole, by the local reader).
+        total = pc.sum(sizes).as_py() or 0
+        tally.long_rows += pc.sum(pc.greater(sizes, self.plan.max_line)).as_py() or 0
+        if file.resource_type in self.runtime.wanted:
+            self._plain_lines(file, block, values, tally)
+        else:
             tally.skipped_type += count
-            return
-        self._plain_lines(file, block, values, tally)
+        tally.lines += count
+        tally.size += total + count
 
     def _plain_lines(
         self, file: SourceFile, block: int, values: pa.Array, tally: SplitTally
@@ -342,8 +355,6 @@ class PartitionReader:
             self._phase = 1  # the local reader checks shapes after a block's parsed lines
             parser.check_shape(bytes(data[offsets[i] : offsets[i + 1]]), file.name, 0)
         self._at = None
-        tally.lines += count
-        tally.size += offsets[count] - base + count
 
     # --- gzipped files: read whole, by the local reader ---
 
@@ -354,12 +365,18 @@ class PartitionReader:
         try:
             path = folder / file.name
             path.write_bytes(content)
-            for collector in self.collectors:
-                collector.place(read_order(file.index, 0, 0) + 1)
-            reader = NdjsonReader(self.collectors, self.plan.max_line)
-            reader.read_files([NdjsonFile(path, file.resource_type)])
+            self.whole_file(file, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def whole_file(self, file: SourceFile, path: Path) -> None:
+        """One file read whole by the local reader (its lines numbered as one reading numbers
+        them, lines too long to read skipped in bounded memory): a gzipped file, or a plain one
+        in which Spark's text source met a line too long to read."""
+        for collector in self.collectors:
+            collector.place(read_order(file.index, 0, 0) + 1)
+        reader = NdjsonReader(self.collectors, self.plan.max_line)
+        reader.read_files([NdjsonFile(path, file.resource_type)])
         tally = self._tally(file.index, 0)
         stats: ReadStats = reader.stats
         tally.lines += stats.lines
@@ -389,7 +406,8 @@ class PartitionReader:
             yield from _batches(rows, READ_SCHEMA)
             return
         for (file, block), tally in self.tallies.items():
-            payload = pickle.dumps((tally.parsed, tally.skipped_type, tally.skipped_prefilter))
+            counts = (tally.parsed, tally.skipped_type, tally.skipped_prefilter, tally.long_rows)
+            payload = pickle.dumps(counts)
             rows.append((SPLIT, None, 0, file, block, tally.lines, tally.size, 0, 0, payload))
         records = [c.stats.records for c in self.collectors]
         problems = sum(1 for row in rows if row[0] == ISSUE)
@@ -520,23 +538,10 @@ class LinePlaces:
 
     bases: dict[tuple[int, int], tuple[int, int]]  # (file, split start) -> lines, bytes before
     open_last: dict[int, int]  # file -> its last line, when that has no line end
-    whole: frozenset[int]  # gzipped files, read whole: their problems carry line numbers
-    # (file, split start) -> the lines Spark skipped in that split as too long to read: their
-    # places among all the split's lines, and their bytes, in order (see driver.SplitTable).
-    skipped: dict[tuple[int, int], tuple[tuple[int, int], ...]] = field(default_factory=dict)
-
-    def _shift(self, file: int, block: int, index: int) -> tuple[int, int]:
-        """Lines and bytes skipped in the split before its row ``index``."""
-        place, extra = index, 0
-        for at, size in self.skipped.get((file, block), ()):
-            if at > place:
-                break
-            place += 1
-            extra += size
-        return place - index, extra
+    whole: frozenset[int]  # files read whole (gzipped...): their problems carry line numbers
 
     def line(self, file: int, block: int, index: int) -> int:
-        return self.bases[(file, block)][0] + index + self._shift(file, block, index)[0] + 1
+        return self.bases[(file, block)][0] + index + 1
 
     def key(self, row: Any) -> tuple[int, ...]:
         """(trial, file, block, phase, line, seq, line number) of a problem row. The local
@@ -546,12 +551,11 @@ class LinePlaces:
         if row.file in self.whole:
             return (row.trial, row.file, 0, 0, 0, row.seq, row.idx)
         before, size = self.bases[(row.file, row.block)]
-        lines, extra = self._shift(row.file, row.block, row.idx)
-        line = before + row.idx + lines + 1
+        line = before + row.idx + 1
         if self.open_last.get(row.file) == line:
             block = LAST_BLOCK  # a last line without a line end is a block of its own
         else:
-            block = (size + extra + row.pos) // BLOCK_BYTES  # the block holding its line end
+            block = (size + row.pos) // BLOCK_BYTES  # the block holding its line end
         return (row.trial, row.file, block, row.phase, line, row.seq, line)
 
 
