@@ -21,6 +21,7 @@ from service.api.decisions import (
     record_decision,
 )
 from service.api.engine import ScreeningService
+from service.errors import FhirServerError, error_kind
 from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
@@ -488,6 +489,12 @@ async def decide(request: Request, patient_id: str) -> Response:
     except DecisionError as error:
         return await _patient_page(
             request, person, patient_id, trial, {trial: (error.message, "error")}, error.status
+        )
+    except FhirServerError as error:  # the server is down or failing: nothing was written
+        log.warning("recording a decision failed: %s", error_kind(error))
+        problem = "Not saved: the FHIR server could not be reached. Try again in a moment."
+        return await _patient_page(
+            request, person, patient_id, trial, {trial: (problem, "error")}, 502
         )
     request.session[auth.FLASH] = {
         "trial": trial,

@@ -286,10 +286,12 @@ class EveryTaskInAFreshProcess(WorkerPool):
     caches), as if every task went to another process: scheduling must not matter."""
 
     def __init__(self, rulesets: list[RuleSet], count: int) -> None:  # no processes
-        self.rulesets, self.count = rulesets, count
+        self.rulesets, self.count, self.max_line = rulesets, count, LINE_LIMIT
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
-    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+    def serves(
+        self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date, max_line: int = 0
+    ) -> bool:
         return True
 
     def run_all(
@@ -299,7 +301,9 @@ class EveryTaskInAFreshProcess(WorkerPool):
     ) -> list[T]:
         results: list[T] = []
         for fn, args in reversed(calls):
-            workers._worker = workers.Worker(self.rulesets, "cel", date.fromisoformat(AS_OF))
+            workers._worker = workers.Worker(
+                self.rulesets, "cel", date.fromisoformat(AS_OF), LINE_LIMIT
+            )
             results.append(fn(*args))
         return results[::-1]
 
@@ -315,6 +319,7 @@ def test_the_order_of_tasks_and_processes_does_not_matter(
         tmp_path,
         subject_identifier_system="urn:prescreen:research-subject",
         workers=EveryTaskInAFreshProcess(rulesets, 3),
+        max_line=LINE_LIMIT,
     )
     assert portfolio.exit_code == 1
     assert_same_files(one_process, tmp_path)

@@ -3,6 +3,9 @@ passwords and the ineligibility reasons."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
 from service.state.models import WebUser
+from service.ui import passwords
 from service.ui.auth import (
     Identity,
     Person,
@@ -27,7 +31,7 @@ from service.ui.auth import (
 )
 from service.ui.evidence import Displays, summarise
 from service.ui.funnel import attrition, funnel_svg
-from service.ui.passwords import hash_password, verify_password
+from service.ui.passwords import PasswordChecker, hash_password, verify_password
 from service.ui.vocabulary import GENERAL_REASONS, ineligible_reasons
 from tests.conftest import MAPPINGS_DIR
 
@@ -307,3 +311,34 @@ def test_the_demo_says_how_to_open_the_web_worklist(
     told = " ".join(capsys.readouterr().err.split())
     assert "make demo-ui" in told and "http://127.0.0.1:8000/ui/" in told
     assert "demo-password" in told
+
+
+def test_password_checks_run_a_few_at_a_time_on_threads_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N4: 16 anonymous sign-ins hashed at once on the threads the database calls use."""
+    lock = threading.Lock()
+    seen: dict[str, Any] = {"running": 0, "peak": 0, "threads": set()}
+
+    def counted_verify(_stored: str | None, _password: str) -> bool:
+        with lock:
+            seen["running"] += 1
+            seen["peak"] = max(seen["peak"], seen["running"])
+            seen["threads"].add(threading.current_thread().name)
+        time.sleep(0.05)  # holds its slot a moment: unbounded, the others would pile in
+        with lock:
+            seen["running"] -= 1
+        return False
+
+    monkeypatch.setattr(passwords, "verify_password", counted_verify)
+    checker = PasswordChecker(2)
+
+    async def flood() -> list[bool]:
+        return list(await asyncio.gather(*(checker.verify(None, "x") for _ in range(16))))
+
+    try:
+        assert asyncio.run(flood()) == [False] * 16
+    finally:
+        checker.close()
+    assert seen["peak"] <= 2
+    assert seen["threads"] and all(name.startswith("password") for name in seen["threads"])
