@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -187,7 +188,8 @@ def oidc_person(
 
 
 def link_command(identity: Identity, user: str = "NAME") -> str:
+    """The command an administrator runs to link this account to the user (shell-quoted)."""
     return (
-        f"prescreen users link {user} --oidc-issuer {identity.issuer} "
-        f"--oidc-subject {identity.subject}"
+        f"prescreen users link {shlex.quote(user)} --oidc-issuer {shlex.quote(identity.issuer)} "
+        f"--oidc-subject {shlex.quote(identity.subject)}"
     )

@@ -138,8 +138,8 @@ HUGE = str(2**63)
         # F10: a NUL reached PostgreSQL (500, or a dropped connection).
         ("GET", "/candidates", {"trial": "\x00"}, None),
         ("GET", "/candidates", {"status": "open\x00"}, None),
-        ("GET", "/runs/a\x00b", None, None),
-        ("GET", "/runs/a\x00b/results", None, None),
+        ("GET", "/runs/a%00b", None, None),
+        ("GET", "/runs/a%00b/results", None, None),
         ("POST", "/candidates/1/decision", None, {"status": "eligible", "note": "a\x00b"}),
     ],
 )
