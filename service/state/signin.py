@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import case, delete, func, or_, select, update
+from sqlalchemy import case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
 from service.state.models import SignInFailures
 from service.state.store import now
+
+MEMORY_KEYS = 10_000  # waits one process remembers at most
 
 
 @dataclass(frozen=True)
@@ -56,20 +58,42 @@ def _key(kind: str, value: str) -> str:
 
 
 class SignInLimits:
+    """The counts in the database, and what this process learnt of them: a wait read from the
+    database is remembered until it ends, so a flood of tries that must wait is refused
+    without a database call each (a wait only ever ends by time, so the memory is never
+    wrong by more than a success on another replica, at most ``longest_wait_seconds``)."""
+
     def __init__(self, engine: Engine, policy: SignInPolicy) -> None:
         self.engine = engine
         self.policy = policy
+        self._known: dict[str, datetime] = {}  # key -> until when it waits
+
+    def known_wait(self, keys: Sequence[str], at: datetime | None = None) -> float:
+        """The wait this process already knows of for these keys (no database call)."""
+        stamp = at or now()
+        until = max((self._known.get(key, stamp) for key in keys), default=stamp)
+        return max(0.0, (until - stamp).total_seconds())
 
     def wait_seconds(self, keys: Sequence[str], at: datetime | None = None) -> float:
         """How long a try with these keys must still wait (0: it may go on)."""
         stamp = at or now()
         with self.engine.connect() as connection:
-            until = connection.scalar(
-                select(func.max(SignInFailures.locked_until)).where(
-                    SignInFailures.key.in_(list(keys))
+            rows = connection.execute(
+                select(SignInFailures.key, SignInFailures.locked_until).where(
+                    SignInFailures.key.in_(list(keys)), SignInFailures.locked_until > stamp
                 )
-            )
-        return max(0.0, (until - stamp).total_seconds()) if until is not None else 0.0
+            ).all()
+        waits: dict[str, datetime] = {key: until for key, until in rows if until is not None}
+        self._remember(waits, stamp)
+        latest = max(waits.values(), default=stamp)
+        return max(0.0, (latest - stamp).total_seconds())
+
+    def _remember(self, waits: dict[str, datetime], stamp: datetime) -> None:
+        if len(self._known) > MEMORY_KEYS:  # a spray of names: keep only live waits
+            self._known = {k: t for k, t in self._known.items() if t > stamp}
+            if len(self._known) > MEMORY_KEYS:
+                self._known.clear()
+        self._known.update(waits)
 
     def record_failure(self, keys: Sequence[str], at: datetime | None = None) -> None:
         stamp = at or now()
@@ -105,6 +129,7 @@ class SignInLimits:
                 wait = self.policy.wait_after(int(failures or 0))
                 if wait > 0:
                     until = stamp + timedelta(seconds=wait)
+                    self._remember({key: max(until, self._known.get(key, until))}, stamp)
                     connection.execute(
                         update(table)
                         .where(
@@ -116,5 +141,6 @@ class SignInLimits:
 
     def record_success(self, key: str) -> None:
         """A name signed in: its failures are forgiven (its address's are not)."""
+        self._known.pop(key, None)
         with self.engine.begin() as connection:
             connection.execute(delete(SignInFailures).where(SignInFailures.key == key))

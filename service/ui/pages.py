@@ -48,6 +48,8 @@ MAX_PAGE = (2**31 - 1) // PAGE_SIZE
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
+# A sign-in that must wait is refused after this pause: a flood of tries slows down by itself.
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 # --- what every page needs ----------------------------------------------------------------------
@@ -534,22 +536,42 @@ def _too_many(request: Request, name: str, wait: float) -> Response:
     return response
 
 
+def _sign_in_limits(request: Request) -> SignInLimits:
+    """One per web worklist (it remembers the waits it has read)."""
+    limits: SignInLimits | None = getattr(request.app.state, "sign_in_limits", None)
+    if limits is None:
+        policy = request.app.state.sign_in_policy
+        limits = request.app.state.sign_in_limits = SignInLimits(
+            _service(request).store.engine, policy
+        )
+    return limits
+
+
 @router.post("/login", name="login_submit")
 async def login_submit(request: Request) -> Response:
-    form = await auth.checked_form(request)
     settings = _settings(request)
     if settings.ui_mode != "local":
         raise HTTPException(404, "Sign in with the hospital account.")
+    limits = _sign_in_limits(request)
+    address = address_key(_client_address(request))
+    # An address known to wait is refused before its form is even read: a flood from one
+    # place costs next to nothing.
+    known = limits.known_wait([address])
+    if known > 0:
+        # Answered after a pause: a client that asks again at once asks a second later.
+        await asyncio.sleep(min(known, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, "", max(known - REFUSAL_PAUSE_SECONDS, 1))
+    form = await auth.checked_form(request)
     name = _text(form.get("username")).strip()
     password = _text(form.get("password"))
     store = _store(request)
-    limits = SignInLimits(_service(request).store.engine, request.app.state.sign_in_policy)
     checker: PasswordChecker = request.app.state.passwords
-    keys = [name_key(name), address_key(_client_address(request))]
-    # Waiting now: refused before it queues for a hash (a flood from one place costs nothing).
-    wait = await asyncio.to_thread(limits.wait_seconds, keys)
+    keys = [name_key(name), address]
+    # Waiting now: refused before it queues for a hash.
+    wait = limits.known_wait(keys) or await asyncio.to_thread(limits.wait_seconds, keys)
     if wait > 0:
-        return _too_many(request, name, wait)
+        await asyncio.sleep(min(wait, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, name, max(wait - REFUSAL_PAUSE_SECONDS, 1))
     async with checker.slot():
         # Again once it is this attempt's turn: the attempts queued meanwhile all count.
         wait = await asyncio.to_thread(limits.wait_seconds, keys)
