@@ -210,7 +210,11 @@ def measure(label: str, posters: int, seconds: float) -> list[dict[str, Any]]:
                     )
                 scenario = f"{posters} posters, limits {'on' if limits else 'off'}"
                 rows.append(
-                    {"code": label, "scenario": scenario, **flood(url, process.pid, posters, seconds)}
+                    {
+                        "code": label,
+                        "scenario": scenario,
+                        **flood(url, process.pid, posters, seconds),
+                    }
                 )
             finally:
                 stop(process)
