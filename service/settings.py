@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.ndjson_files import BLOCK_BYTES, MAX_LINE_BYTES
 from service.ruleset.engines import EngineName
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +45,13 @@ class Settings(BaseSettings):
         ge=1,
         description="feasibility reports show counts below this as <N (and hide as many others "
         "as it takes for none of them to be worked out)",
+    )
+    max_line_bytes: int = Field(
+        default=MAX_LINE_BYTES,
+        ge=BLOCK_BYTES,
+        description="longest NDJSON line read, in bytes with its line end (at least 4 MiB): a "
+        "longer line is skipped unread, in bounded memory, and reported as the input issue "
+        "line-too-long",
     )
 
     # --- the FHIR server (live screening and write-back) ---
@@ -155,6 +163,12 @@ class Settings(BaseSettings):
     oauth_jwks_url: str | None = Field(default=None, description="JWKS for OAuth2 bearer JWTs")
     oauth_issuer: str | None = Field(default=None, description="required iss of those JWTs")
     oauth_audience: str | None = Field(default=None, description="required aud of those JWTs")
+    oauth_max_token_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="longest life accepted for those JWTs: a token whose exp lies further "
+        "ahead (or further after its iat) is refused",
+    )
     cds_issuers: str = Field(
         default="{}", description='JSON {"EHR iss": "its JWKS URL"}: EHRs trusted for CDS Hooks'
     )
@@ -165,8 +179,8 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         default="",
-        description="comma-separated origins of browser-based EHRs allowed to call the CDS Hooks "
-        "endpoints (CORS), or * for any; default: none",
+        description="comma-separated origins (https://ehr.example) of browser-based EHRs allowed "
+        "to call the CDS Hooks endpoints (CORS, preflight included); never *; default: none",
     )
     jwks_timeout_seconds: float = Field(
         default=3.0,
@@ -230,13 +244,14 @@ class Settings(BaseSettings):
     oidc_scope: str = Field(default="openid profile email", description="scopes asked at sign-in")
     oidc_username_claim: str = Field(
         default="preferred_username",
-        description="ID token claim naming the person (falls back to sub); matched against "
-        "`prescreen users add` names for their role",
+        description="ID token claim giving the name shown and recorded for a person not linked "
+        "to a `prescreen users` entry (falls back to sub); never used to find a user: people "
+        "are linked by issuer and subject (`prescreen users link`)",
     )
     oidc_roles_claim: str | None = Field(
         default=None,
-        description="ID token claim listing roles for people not added with `prescreen users "
-        "add`: coordinator, viewer, or coordinator:<trial>",
+        description="ID token claim listing roles for people not linked to a `prescreen users` "
+        "entry: viewer, coordinator, coordinator:<trial>, research, admin",
     )
     session_secret: SecretStr | None = Field(
         default=None,
@@ -244,6 +259,29 @@ class Settings(BaseSettings):
         "for several replicas)",
     )
     session_hours: float = Field(default=8.0, description="a /ui sign-in lasts this many hours")
+    sign_in_failures_allowed: int = Field(
+        default=10,
+        ge=1,
+        description="failed password sign-ins of one name, or from one address, before each "
+        "further try has to wait (429 with Retry-After)",
+    )
+    sign_in_window_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="failed sign-ins are counted over this long from the first one",
+    )
+    sign_in_longest_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=900,
+        description="the wait after each further failure grows (1 s, 2 s, 4 s...) up to this",
+    )
+    password_hash_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="password checks (Argon2id, 64 MiB each) run at the same time, on threads "
+        "of their own; more sign-ins wait their turn",
+    )
 
 
 @lru_cache(maxsize=1)

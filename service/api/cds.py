@@ -26,14 +26,13 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.engine import ScreeningService
 from service.api.security import Authenticator
-from service.errors import FhirServerError
+from service.errors import FhirServerError, PrescreenError
 from service.fhir.auth import BearerAuth
 from service.fhir.client import FhirClient, Json, RetryPolicy
 from service.fhir.connect import ServerAbilities
@@ -329,14 +328,18 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
-    """The body, read only after the JWT was accepted (an unauthenticated caller gets no 422)."""
+    """The body, read only after the JWT was accepted (an unauthenticated caller learns nothing
+    of it). A malformed one is a 400, as in the CDS Hooks specification's examples; the errors
+    say where and what, never quoting the input."""
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
-        ) from exc
+        detail = [
+            {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            for error in errors
+        ]
+        raise HTTPException(400, detail) from exc
 
 
 def _audience_base(request: Request, service: ScreeningService) -> str:
@@ -574,12 +577,22 @@ async def _referenced(
 
 
 def cors_origins(settings: Settings) -> list[str]:
-    return [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    """The EHR origins of PRESCREEN_CORS_ORIGINS; ``*`` is refused: the CDS Hooks endpoints
+    read the EHR's FHIR server with the token it sends, for named EHRs only."""
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if "*" in origins:
+        raise PrescreenError(
+            "PRESCREEN_CORS_ORIGINS lists the origins of the EHRs allowed (https://ehr.example); "
+            "* is not accepted"
+        )
+    return origins
 
 
 class CdsCors:
     """CORS on the CDS Hooks endpoints only (browser-based EHRs call them), answered before
-    anything else: a preflight carries no credentials. The rest of the API stays same-origin."""
+    anything else: a preflight carries no credentials. A preflight from an origin not listed
+    (or with none listed) is answered too, without the CORS headers (400), never passed on to
+    the routes (405). The rest of the API stays same-origin."""
 
     def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
         self.app = app
@@ -594,7 +607,7 @@ class CdsCors:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if self.origins and (path == CDS_PREFIX or path.startswith(CDS_PREFIX + "/")):
+        if path == CDS_PREFIX or path.startswith(CDS_PREFIX + "/"):
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.alerts import Alerter
+from service.api.folders import OUTSIDE_ROOTS, files_within_roots
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
 from service.fhir.client import FhirClient, Json
@@ -27,7 +28,7 @@ from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
 from service.screening.run import folder_notes
-from service.screening.source import Collector, IssueLog, SourceNotes
+from service.screening.source import Collector, InputIssue, IssueLog, SourceNotes
 from service.settings import Settings
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
@@ -241,10 +242,20 @@ class ScreeningService:
         def read() -> Collector:
             # A folder a Bulk export wrote may say it lacks types: judged as a screening would.
             collector = Collector(ruleset.mapper, as_of, IssueLog(), folder_notes(folder))
-            read_folder(collector, folder)
+            # Checked again now (links may have changed since the request): a file whose real
+            # place is outside the allowed folders is not read.
+            files, outside = files_within_roots(folder, self.settings.ndjson_roots)
+            for name in outside:
+                collector.issues.add(
+                    InputIssue(name, 0, OUTSIDE_ROOTS, "the file links outside the allowed folders")
+                )
+            read_folder(collector, folder, self.settings.max_line_bytes, files)
             return collector
 
         collector = await asyncio.to_thread(read)
+        await asyncio.to_thread(
+            self.store.record_input_issues, run_id, dict(collector.issues.counts)
+        )
         ids = [pid for pid, data in collector.patients.items() if data.patient is not None]
         if not await asyncio.to_thread(self.store.has_patients, run_id):
             await asyncio.to_thread(self.store.select_patients, run_id, sorted(ids))

@@ -155,6 +155,7 @@ def _run_json(run: Any) -> dict[str, Any]:
         "status": run.status,
         "progress": {"done": run.done, "total": run.total},
         "counts": run.counts,
+        "input_issues": run.input_issues or {},
         "error": run.error,
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
@@ -355,6 +356,13 @@ class Decision(BaseModel):
         description="the ResearchSubject versionId the decision was made on: "
         "if it changed meanwhile, 409 with the other decision instead of overwriting it",
     )
+
+    @field_validator("note", "expected_version")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not hold a NUL character")
+        return value
 
 
 @router.post(

@@ -143,6 +143,7 @@ def _options(settings: Settings, note: str, require_base: bool) -> ExportOptions
         page_size=settings.fhir_page_size,
         type_filter_note=note,
         require_base=require_base,
+        max_line=settings.max_line_bytes,
     )
 
 
@@ -229,6 +230,7 @@ async def screen_bulk(
             progress=progress,
             source_issues=export_issues(report.errors),
             workers=auto_workers(source_bytes(folder)) if workers is None else workers,
+            max_line=settings.max_line_bytes,
         )
         deleted = await finish_export(bulk, folder, keep=keep_export)
     return BulkScreening(report, deleted, portfolio)

@@ -146,6 +146,7 @@ def _cmd_screen(
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
             workers=workers if workers is not None else _worker_count(args),
+            max_line=settings.max_line_bytes,
         )
     for summary in portfolio.summaries:
         print_summary(summary)
@@ -206,7 +207,9 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
         (catalog.rule_file(trial, settings), settings.mappings_dir)
         for trial in trial_names(args.trial, settings)
     ]
-    return WorkerPool(count, rules, settings.cel_engine, parse_as_of(args.as_of))
+    return WorkerPool(
+        count, rules, settings.cel_engine, parse_as_of(args.as_of), max_line=settings.max_line_bytes
+    )
 
 
 def _worker_count(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from service.fhir.retrieval import (
     reads_needed,
 )
 from service.fhir.writeback import WriteBack, WriteStats
+from service.private_files import open_private, private_folder
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
@@ -137,7 +138,7 @@ class Checkpoint:
                 except orjson.JSONDecodeError:
                     continue  # the line a crash cut short: that patient is simply redone
                 self.done[line["verdict"]["patient"].removeprefix("Patient/")] = line
-        self._handle: IO[bytes] = path.open("ab" if resume else "wb")
+        self._handle: IO[bytes] = open_private(path, "ab" if resume else "wb")
 
     def record(self, verdict: PatientVerdict, contract: dict[str, Any]) -> None:
         line = {"verdict": contract, "rule_errors": [c.id for c in verdict.criteria if c.error]}
@@ -228,7 +229,7 @@ async def screen_server(
     echo: Callable[[Json], None] | None = None,
 ) -> LiveSummary:
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    private_folder(out)
     abilities = read_capabilities(await client.capabilities())
     reads = reads_needed(ruleset.mapper)
     if options.selection.kind == "since":
@@ -240,7 +241,7 @@ async def screen_server(
     )
     raise_for(capability)
 
-    issue_file = (out / output.ISSUES).open("ab" if options.resume else "wb")
+    issue_file = open_private(out / output.ISSUES, "ab" if options.resume else "wb")
 
     def record_issue(issue: InputIssue) -> None:
         issue_file.write(orjson.dumps(issue.as_json()) + b"\n")

@@ -30,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from service.ndjson_files import NdjsonFile, discover
+from service.ndjson_files import MAX_LINE_BYTES, NdjsonFile, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.ruleset.overrides import parameters_set
@@ -69,16 +69,21 @@ def screen_in_parallel(
     source_issues: Sequence[InputIssue] = (),
     workers: int | WorkerPool,
     notes: SourceNotes = NO_NOTES,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary | None:
     """``screen_portfolio`` on worker processes; None when the source needs one process."""
     files = discover(source)
     if isinstance(workers, WorkerPool):
-        if not workers.serves(rulesets, engine, as_of):
-            raise ValueError("the worker pool was started for other rule sets, engine or date")
+        if not workers.serves(rulesets, engine, as_of, max_line):
+            raise ValueError(
+                "the worker pool was started for other rule sets, engine, date or line limit"
+            )
         return _ParallelRun(rulesets, files, workers, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
-    with WorkerPool(workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets)) as pool:
+    with WorkerPool(
+        workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets), max_line
+    ) as pool:
         return _ParallelRun(rulesets, files, pool, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
@@ -109,7 +114,8 @@ class _ParallelRun:
             pool.count * BUCKETS_PER_WORKER, -(-self.total_bytes // BUCKET_INPUT_BYTES)
         )
         self.several = len(self.rulesets) > 1
-        self.here = workers.Worker(self.rulesets, engine, as_of)  # this process's share
+        # This process's share, read with the pool's line limit.
+        self.here = workers.Worker(self.rulesets, engine, as_of, pool.max_line)
         self._read_done = [0] * len(self.spans)
         self._advance_read: Callable[[int], None] | None = None
         trials = len(self.rulesets)

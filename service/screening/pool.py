@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.overrides import Overrides
 from service.screening import workers
@@ -89,6 +89,7 @@ class WorkerPool:
         engine: EngineName,
         as_of: date,
         overrides: Sequence[Overrides] = (),
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         if count < 1:
             raise ValueError("a pool has one process or more")
@@ -98,6 +99,7 @@ class WorkerPool:
         self.engine = engine
         self.as_of = as_of
         self.overrides = list(overrides) or [() for _ in rules]
+        self.max_line = max_line
         self.messages: Any = context.Queue()
         # Progress of the tasks this process runs itself (see ``run_all``).
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -108,18 +110,25 @@ class WorkerPool:
                 self._processes,
                 mp_context=context,
                 initializer=workers.start,
-                initargs=(self.rules, engine, as_of, self.messages, self.overrides),
+                initargs=(self.rules, engine, as_of, self.messages, self.overrides, max_line),
             )
             for _ in range(self._processes):  # one is spawned per task while none is idle
                 self._executor.submit(workers.ready)
 
-    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+    def serves(
+        self,
+        rulesets: Sequence[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> bool:
         rules = [(Path(p).resolve(), Path(m).resolve()) for p, m in rule_files(rulesets)]
         return (
             rules == self.rules
             and rule_overrides(rulesets) == self.overrides
             and engine == self.engine
             and as_of == self.as_of
+            and max_line == self.max_line
         )
 
     def run_all(

@@ -12,7 +12,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
@@ -58,6 +58,7 @@ def screen_folder(
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> ScreeningSummary:
     """One trial: its files straight in ``out``."""
     portfolio = screen_portfolio(
@@ -69,6 +70,7 @@ def screen_folder(
         subject_identifier_system=subject_identifier_system,
         progress=progress,
         workers=workers,
+        max_line=max_line,
     )
     return portfolio.summaries[0]
 
@@ -84,6 +86,7 @@ def screen_portfolio(
     progress: ProgressSink | None = None,
     source_issues: Sequence[InputIssue] = (),
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary:
     """Screen every trial on one reading of the source.
 
@@ -101,6 +104,8 @@ def screen_portfolio(
 
     A folder a Bulk Data export wrote may say it lacks some resource types (``folder_notes``):
     each is a ``source-unavailable`` issue, and no criterion rests on its absence.
+    ``max_line``: the longest line read (PRESCREEN_MAX_LINE_BYTES); a longer one is skipped
+    and reported as ``line-too-long``.
     """
     files = discover(source)
     notes = folder_notes(source)
@@ -116,6 +121,7 @@ def screen_portfolio(
             source_issues=source_issues,
             workers=workers,
             notes=notes,
+            max_line=max_line,
         )
         if parallel is not None:
             return parallel
@@ -138,7 +144,7 @@ def screen_portfolio(
             for issue in source_issues:
                 trial.issues.add(issue)
             trial.lost = report_lost_sources(trial.issues, trial.ruleset, notes.lost)
-        reader = NdjsonReader([trial.collector for trial in trials])
+        reader = NdjsonReader([trial.collector for trial in trials], max_line)
         started = time.perf_counter()
         total_bytes = sum(f.size for f in files)
         advance = progress.task("Reading NDJSON", total_bytes, unit="bytes") if progress else None

@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from service.ndjson_files import MAX_LINE_BYTES
 from service.ruleset import loader
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
@@ -112,12 +113,18 @@ class BucketScreened:
 class Worker:
     """One process's rule sets, collectors and reader, kept from task to task."""
 
-    def __init__(self, rulesets: list[RuleSet], engine: EngineName, as_of: date) -> None:
+    def __init__(
+        self,
+        rulesets: list[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> None:
         self.rulesets = rulesets
         self.engine = engine
         self.as_of = as_of
         self.collectors = [Collector(rs.mapper, as_of, IssueLog()) for rs in rulesets]
-        self.reader = NdjsonReader(self.collectors)
+        self.reader = NdjsonReader(self.collectors, max_line)
         self._targets_from: Path | None = None
         self._evaluators: list[Evaluator] = []
 
@@ -342,6 +349,7 @@ def start(
     as_of: date,
     queue: Any,
     overrides: list[Overrides] | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> None:
     """Pool initializer: load the rule sets (and compile the CEL) once for this process, with
     the parameters the run set (``--set``; checked in the parent already)."""
@@ -350,7 +358,7 @@ def start(
     if queue is not None:
         # Progress is best effort: a process ending never waits for its last messages.
         queue.cancel_join_thread()
-    _worker = Worker(_load_for(engine, rules, overrides or []), engine, as_of)
+    _worker = Worker(_load_for(engine, rules, overrides or []), engine, as_of, max_line)
 
 
 def _load_for(

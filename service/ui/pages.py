@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -20,14 +21,17 @@ from service.api.decisions import (
     record_decision,
 )
 from service.api.engine import ScreeningService
+from service.errors import FhirServerError, error_kind
+from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
 from service.state.models import Candidate
+from service.state.signin import SignInLimits, address_key, name_key
 from service.state.worklist import HistoryEntry, WorklistRow, WorklistStore, criterion_results
 from service.ui import auth
 from service.ui.evidence import Displays, Evidence, read_evidence, unavailable
 from service.ui.funnel import Step, attrition, funnel_svg
-from service.ui.passwords import verify_password
+from service.ui.passwords import PasswordChecker
 from service.ui.vocabulary import (
     DECISION_CHOICES,
     OPEN_STATUSES,
@@ -40,9 +44,12 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 PAGE_SIZE = 25
+MAX_PAGE = (2**31 - 1) // PAGE_SIZE
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
+# A sign-in that must wait is refused after this pause: a flood of tries slows down by itself.
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 # --- what every page needs ----------------------------------------------------------------------
@@ -69,6 +76,14 @@ async def _person(request: Request) -> auth.Person:
     return person
 
 
+async def _reader_of_patients(request: Request) -> auth.Person:
+    """The person signed in, if their roles show patients (viewer, coordinator)."""
+    person = await _person(request)
+    if not person.access.may_see_patients():
+        raise HTTPException(403, "Your role shows counts only, not patients.")
+    return person
+
+
 def render(
     request: Request,
     template: str,
@@ -89,6 +104,12 @@ def render(
         status_code=status_code,
     )
     return response
+
+
+def _text(value: Any) -> str:
+    """A form field as text: an uploaded file where text was expected counts as empty, and a
+    NUL character (which no name or note holds, and PostgreSQL refuses) is dropped."""
+    return value.replace("\x00", "") if isinstance(value, str) else ""
 
 
 def when(value: datetime | None) -> str:
@@ -200,7 +221,7 @@ async def worklist(
     sort: str = "newest",
     page: int = 1,
 ) -> Response:
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     service = _service(request)
     problems = []
     trial = trial if trial in service.rulesets else ""
@@ -211,7 +232,7 @@ async def worklist(
         problems.append("“Flagged since” must be a date (YYYY-MM-DD); it was ignored.")
         since = ""
     statuses = list(OPEN_STATUSES) if status == "open" else [] if status == "any" else [status]
-    page = max(page, 1)
+    page = min(max(page, 1), MAX_PAGE)  # an offset the databases' integers hold
     result = await asyncio.to_thread(
         _store(request).worklist,
         person.name,
@@ -405,7 +426,7 @@ async def _patient_page(
 
 @router.get("/patients/{patient_id}", name="patient")
 async def patient(request: Request, patient_id: str, trial: str = "") -> Response:
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     return await _patient_page(request, person, patient_id, trial)
 
 
@@ -424,14 +445,14 @@ def _conflict_text(conflict: DecisionConflictError) -> str:
 
 @router.post("/patients/{patient_id}/decision", name="decide")
 async def decide(request: Request, patient_id: str) -> Response:
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     form = await auth.checked_form(request)
     service = _service(request)
-    trial = str(form.get("trial", ""))
-    status = str(form.get("status", ""))
-    reason = str(form.get("reason", "")).strip()
-    note = str(form.get("note", "")).strip()
-    expected = str(form.get("expected_version", "")) or None
+    trial = _text(form.get("trial"))
+    status = _text(form.get("status"))
+    reason = _text(form.get("reason")).strip()
+    note = _text(form.get("note")).strip()
+    expected = _text(form.get("expected_version")) or None
     ruleset = service.rulesets.get(trial)
     if ruleset is None:
         raise HTTPException(404, "This trial is not served here.")
@@ -471,6 +492,12 @@ async def decide(request: Request, patient_id: str) -> Response:
         return await _patient_page(
             request, person, patient_id, trial, {trial: (error.message, "error")}, error.status
         )
+    except FhirServerError as error:  # the server is down or failing: nothing was written
+        log.warning("recording a decision failed: %s", error_kind(error))
+        problem = "Not saved: the FHIR server could not be reached. Try again in a moment."
+        return await _patient_page(
+            request, person, patient_id, trial, {trial: (problem, "error")}, 502
+        )
     request.session[auth.FLASH] = {
         "trial": trial,
         "text": f"Recorded for {ruleset.trial.acronym}: {status_label(status)}.",
@@ -489,17 +516,73 @@ async def login_page(request: Request) -> Response:
     return render(request, "login.html", None, page="login", problem="")
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many(request: Request, name: str, wait: float) -> Response:
+    seconds = max(1, math.ceil(wait))
+    response = render(
+        request,
+        "login.html",
+        None,
+        status_code=429,
+        page="login",
+        problem=f"Too many failed sign-ins. Try again in {seconds} second"
+        f"{'' if seconds == 1 else 's'}.",
+        username=name,
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _sign_in_limits(request: Request) -> SignInLimits:
+    """One per web worklist (it remembers the waits it has read)."""
+    limits: SignInLimits | None = getattr(request.app.state, "sign_in_limits", None)
+    if limits is None:
+        policy = request.app.state.sign_in_policy
+        limits = request.app.state.sign_in_limits = SignInLimits(
+            _service(request).store.engine, policy
+        )
+    return limits
+
+
 @router.post("/login", name="login_submit")
 async def login_submit(request: Request) -> Response:
-    form = await auth.checked_form(request)
     settings = _settings(request)
     if settings.ui_mode != "local":
         raise HTTPException(404, "Sign in with the hospital account.")
-    name = str(form.get("username", "")).strip()
-    password = str(form.get("password", ""))
+    limits = _sign_in_limits(request)
+    address = address_key(_client_address(request))
+    # An address known to wait is refused before its form is even read: a flood from one
+    # place costs next to nothing.
+    known = limits.known_wait([address])
+    if known > 0:
+        # Answered after a pause: a client that asks again at once asks a second later.
+        await asyncio.sleep(min(known, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, "", max(known - REFUSAL_PAUSE_SECONDS, 1))
+    form = await auth.checked_form(request)
+    name = _text(form.get("username")).strip()
+    password = _text(form.get("password"))
     store = _store(request)
-    user = await asyncio.to_thread(store.user, name) if name else None
-    valid = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
+    checker: PasswordChecker = request.app.state.passwords
+    keys = [name_key(name), address]
+    # Waiting now: refused before it queues for a hash.
+    wait = limits.known_wait(keys) or await asyncio.to_thread(limits.wait_seconds, keys)
+    if wait > 0:
+        await asyncio.sleep(min(wait, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, name, max(wait - REFUSAL_PAUSE_SECONDS, 1))
+    async with checker.slot():
+        # Again once it is this attempt's turn: the attempts queued meanwhile all count.
+        wait = await asyncio.to_thread(limits.wait_seconds, keys)
+        if wait > 0:
+            return _too_many(request, name, wait)
+        user = await asyncio.to_thread(store.user, name) if name else None
+        valid = await checker.verify(user.password_hash if user else None, password)
+        if user is None or not valid:
+            await asyncio.to_thread(limits.record_failure, keys)
+        else:
+            await asyncio.to_thread(limits.record_success, keys[0])
     if user is None or not valid:
         return render(
             request,
@@ -510,9 +593,11 @@ async def login_submit(request: Request) -> Response:
             problem="Unknown name or wrong password.",
             username=name,
         )
-    target = await auth.sign_in(
-        request, store, user.name, user.role, user.trials, settings.session_hours
-    )
+    try:
+        access = Access.stored(user.role, user.trials)
+    except RoleError:
+        raise HTTPException(403, "Your account has roles this version does not know.") from None
+    target = await auth.sign_in(request, store, user.name, access, settings.session_hours)
     return RedirectResponse(target, status_code=303)
 
 
@@ -544,13 +629,35 @@ async def auth_callback(request: Request) -> Response:
         log.warning("identity provider sign-in failed: %s", error.error)
         raise HTTPException(401, "The identity provider did not sign you in.") from error
     claims = dict(token.get("userinfo") or {})
+    identity = auth.identity_of(claims, settings)
+    if identity is None:
+        log.warning("identity provider sign-in refused: the ID token has no iss or sub")
+        raise HTTPException(401, "The identity provider did not say who you are.")
     store = _store(request)
-    name = auth.person_name(claims, settings)
-    known = await asyncio.to_thread(store.user, name) if name else None
-    granted = auth.oidc_person(claims, known, settings) if name else None
-    if granted is None:
-        raise HTTPException(403, "Your account has no access to prescreen. Ask its administrator.")
-    target = await auth.sign_in(request, store, *granted, settings.session_hours)
+    linked = await asyncio.to_thread(store.user_by_identity, identity.issuer, identity.subject)
+    same_name = None if linked else await asyncio.to_thread(store.user, identity.name)
+    granted = auth.oidc_person(identity, claims, linked, same_name, settings)
+    if isinstance(granted, auth.Refusal):
+        if granted.unlinked_user is not None:
+            # For the administrator: the one command that lets this person in again.
+            log.warning(
+                "sign-in refused: %s; if this account is theirs, link it with: %s",
+                granted.log,
+                auth.link_command(identity, granted.unlinked_user),
+            )
+        else:
+            log.warning("sign-in refused: %s", granted.log)
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=403,
+            page="login",
+            problem="Your account has no access to prescreen. Ask its administrator.",
+            link_command=auth.link_command(identity),
+        )
+    name, access = granted
+    target = await auth.sign_in(request, store, name, access, settings.session_hours)
     return RedirectResponse(target, status_code=303)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.screening.lines import BLOCK_BYTES
+from service.ndjson_files import BLOCK_BYTES
 from service.spark import driver as spark_executor
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import AS_OF, read_ndjson
@@ -76,8 +76,21 @@ def test_a_messy_hospital_on_a_standalone_cluster_gives_the_local_files_and_prob
         "unknown-resource-type",
         "no-patient",
         "not-screened",
+        "line-too-long",
     }
     assert (messy_source / "Observation.ndjson").stat().st_size > 3 * BLOCK_BYTES
+    # The long lines Spark's text source skipped, numbered as the local reader numbers them:
+    # one amid the Observations, two in a row, a Patient, an open last line, a first line.
+    too_long = sorted((i["file"], i["line"]) for i in issues if i["kind"] == "line-too-long")
+    assert [file for file, _ in too_long] == [
+        "Condition.ndjson",
+        "Observation.ndjson",
+        "Observation.ndjson",
+        "Observation.ndjson",
+        "Patient.ndjson",
+        "Practitioner.ndjson",
+    ]
+    assert ("Practitioner.ndjson", 1) in too_long
     lines = [i["line"] for i in issues if i["file"] == "Observation.ndjson"]
     assert lines != sorted(lines)  # a block's parsed lines are reported before its shapes
     summary = json.loads((spark / "relieve" / "summary.json").read_text())

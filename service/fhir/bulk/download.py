@@ -39,6 +39,7 @@ from service.fhir.bulk.kickoff import (
 from service.fhir.bulk.plan import NDJSON
 from service.fhir.client import operation_outcome_text
 from service.fhir.client import retry_after_seconds as parse_retry_after
+from service.private_files import open_private, private_folder
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
@@ -116,7 +117,7 @@ class FileDownloader:
         if file.url is None:
             raise PrescreenError("an export file without a URL cannot be downloaded")
         part = self.folder / file.part_name
-        part.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(part.parent)
         ranged = True  # False once the server has shown it cannot continue this file
         failures = 0
         while True:
@@ -219,7 +220,7 @@ class FileDownloader:
         if expected is not None and expected.isdigit() and before + int(expected) > limits.file:
             raise TooLargeError(what, limits.file, setting)
         received = 0
-        with part.open(mode) as out:
+        with open_private(part, mode) as out:
             async for chunk in response.aiter_raw():
                 if before + received + len(chunk) > limits.file:
                     raise TooLargeError(what, limits.file, setting)

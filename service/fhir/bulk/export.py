@@ -25,7 +25,7 @@ from service.fhir.bulk.plan import ExportRequest, declared_types, named_types, v
 from service.fhir.bulk.references import fetch_references
 from service.fhir.connect import ungranted_reads
 from service.mapping.mapper import Mapper
-from service.ndjson_files import open_ndjson
+from service.ndjson_files import LINE_TOO_LONG, MAX_LINE_BYTES, numbered_lines, open_ndjson
 
 # Kick-off answers meaning "not with these parameters": the types the server's answer names are
 # dropped (lost sources); else it is tried without _typeFilter, which the IG lets servers refuse
@@ -87,6 +87,7 @@ class ExportOptions:
     page_size: int = 200
     type_filter_note: str = ""
     require_base: bool = False  # a _since export must add to an earlier full one (screening)
+    max_line: int = MAX_LINE_BYTES  # longest line read back from the files (the screening's)
 
 
 def _covers(base: ExportJob, delta: ExportRequest) -> bool:
@@ -168,7 +169,7 @@ def plan_files(state: ExportState, manifest: dict[str, object], job: ExportJob) 
     return files
 
 
-def read_errors(folder: Path, job: ExportJob) -> list[ErrorEntry]:
+def read_errors(folder: Path, job: ExportJob, max_line: int = MAX_LINE_BYTES) -> list[ErrorEntry]:
     """Every issue in the job's error files (OperationOutcome NDJSON), never raising; an error
     entry of the manifest that could not be read counts as one error."""
     entries: list[ErrorEntry] = [
@@ -179,11 +180,14 @@ def read_errors(folder: Path, job: ExportJob) -> list[ErrorEntry]:
             continue
         try:
             with open_ndjson(folder / file.name) as handle:
-                lines = list(handle)
+                lines = list(numbered_lines(handle, max_line))
         except OSError:
             entries.append(ErrorEntry(file.name, 0, "error", "unreadable"))
             continue
-        for number, line in enumerate(lines, 1):
+        for number, line in lines:
+            if line is None:
+                entries.append(ErrorEntry(file.name, number, "error", LINE_TOO_LONG))
+                continue
             if not line.strip():
                 continue
             try:
@@ -439,6 +443,7 @@ async def export_to_folder(
             mappers,
             ids_per_request=options.ids_per_request,
             page_size=options.page_size,
+            max_line=options.max_line,
         )
     if job.phase == "running":
         job.phase = "downloaded"
@@ -456,7 +461,7 @@ async def export_to_folder(
         resources=sum(c for c in counts if c is not None) if None not in counts else None,
         downloaded=downloader.fetched,
         referenced=referenced,
-        errors=read_errors(folder, job),
+        errors=read_errors(folder, job, options.max_line),
         type_filter=job.type_filter or options.type_filter_note,
         waited_seconds=bulk.waited,
         requests=bulk.fhir.stats.requests - requests_before,

@@ -20,6 +20,7 @@ import orjson
 
 from service.errors import SourceError
 from service.fhir.bulk.plan import ExportRequest
+from service.private_files import private_folder, write_private
 
 STATE_FILE = "export.json"
 ERRORS_FOLDER = "errors"
@@ -195,11 +196,11 @@ class ExportState:
         return max(used, default=0) + 1
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
         document = {"base_url": self.base_url, "jobs": [job.as_json() for job in self.jobs]}
         path = self.folder / STATE_FILE
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        write_private(tmp, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
         tmp.replace(path)
 
     def drop(self, job: ExportJob) -> None:

@@ -22,13 +22,16 @@ from service.fhir.client import FhirClient
 from service.fhir.ids import is_fhir_id
 from service.fhir.retrieval import SEARCH_REFUSED, chunked
 from service.mapping.mapper import Mapper
-from service.ndjson_files import open_ndjson
+from service.ndjson_files import MAX_LINE_BYTES, numbered_lines, open_ndjson
+from service.private_files import write_private
 
 
-def _ids_in(path: Path) -> set[str]:
+def _ids_in(path: Path, max_line: int) -> set[str]:
     found: set[str] = set()
     with open_ndjson(path) as handle:
-        for line in handle:
+        for _, line in numbered_lines(handle, max_line):
+            if line is None:
+                continue  # too long to read: the screening reports it
             try:
                 resource = orjson.loads(line)
             except orjson.JSONDecodeError:
@@ -39,7 +42,11 @@ def _ids_in(path: Path) -> set[str]:
 
 
 def wanted_references(
-    folder: Path, state: ExportState, job: ExportJob, mappers: list[Mapper]
+    folder: Path,
+    state: ExportState,
+    job: ExportJob,
+    mappers: list[Mapper],
+    max_line: int = MAX_LINE_BYTES,
 ) -> dict[str, set[str]]:
     """``{type: ids}`` the job's files reference (through the mappings' ``resolve``) and that
     no file in the folder holds yet."""
@@ -56,14 +63,14 @@ def wanted_references(
     for other in state.jobs:
         for file in other.files:
             if file.done and file.kind != "error" and file.type in targets:
-                have.setdefault(file.type, set()).update(_ids_in(folder / file.name))
+                have.setdefault(file.type, set()).update(_ids_in(folder / file.name, max_line))
     wanted: dict[str, set[str]] = {}
     for file in job.files:
         if not (file.done and file.kind == "output" and file.type in needles):
             continue
         with open_ndjson(folder / file.name) as handle:
-            for line in handle:
-                if not any(needle in line for needle in needles[file.type]):
+            for _, line in numbered_lines(handle, max_line):
+                if line is None or not any(needle in line for needle in needles[file.type]):
                     continue
                 try:
                     resource = orjson.loads(line)
@@ -87,12 +94,14 @@ async def fetch_references(
     *,
     ids_per_request: int,
     page_size: int,
+    max_line: int = MAX_LINE_BYTES,
 ) -> int:
     """Read the referenced resources missing from the folder; returns how many were found."""
     mappers = list(mappers)
     folder = state.folder
     found = 0
-    for rtype, ids in sorted(wanted_references(folder, state, job, mappers).items()):
+    wanted = wanted_references(folder, state, job, mappers, max_line)
+    for rtype, ids in sorted(wanted.items()):
         lines: list[bytes] = []
         try:
             for chunk in chunked(sorted(ids), ids_per_request):
@@ -111,7 +120,7 @@ async def fetch_references(
             continue
         file = ExportFile("referenced", rtype, state.next_index(rtype, "referenced"))
         part = folder / file.part_name
-        part.write_bytes(b"\n".join(lines) + b"\n")
+        write_private(part, b"\n".join(lines) + b"\n")
         part.replace(folder / file.name)
         file.done, file.count, file.bytes = True, len(lines), (folder / file.name).stat().st_size
         job.files.append(file)
