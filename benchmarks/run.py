@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bulk_rest, engines, floor, live, offline, spark, workers, worklist
+from benchmarks import bulk_rest, engines, floor, live, offline, spark, whatif, workers, worklist
 
 
 def main() -> None:
@@ -15,7 +15,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="offline population sizes")
     parser.add_argument(
         "--only",
-        default="offline,floor,workers,engines,live",
+        default="offline,floor,workers,engines,live,whatif",
         help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster, "
         "worklist the service with the web worklist at 5,000 patients)",
     )
@@ -41,6 +41,9 @@ def main() -> None:
     if "live" in chosen:
         print("live screening vs download floor")
         live.report(live.measure())
+    if "whatif" in chosen:
+        print("what-if of 10 combinations vs one screening, whole processes")
+        whatif.report(whatif.measure(10_000, 5))
     if "bulk_rest" in chosen:
         print("bulk export + screen vs REST screen on HAPI FHIR")
         bulk_rest.report(*bulk_rest.measure())

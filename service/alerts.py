@@ -1,10 +1,12 @@
 """Telling coordinators: a signed JSON webhook and an e-mail, once per new or upgraded candidate.
 
-Exactly once: an alert row (unique per trial, patient, status reached and channel) is claimed
-before sending, and a failed delivery is retried later rather than re-claimed. A delivery holds
-a lease on its row while in flight (renewed until it ends), and a retry first claims that lease:
-a slow webhook is not sent again by the retry loop, nor by another replica's. The webhook
-carries ``X-Prescreen-Event`` (the claim id, for receivers that de-duplicate) and
+Exactly once per (trial, patient, status reached, channel): a patient flagged by two trials is
+alerted once for each, since each trial has its own coordinators. An alert row (unique on that
+key) is claimed before sending, and a failed delivery is retried later rather than re-claimed.
+A delivery holds a lease on its row while in flight and until its outcome is recorded (renewed
+until then; the outcome's write is retried while the database fails), and a retry first claims
+that lease: a slow webhook is not sent again by the retry loop, nor by another replica's. The
+webhook carries ``X-Prescreen-Event`` (the claim id, for receivers that de-duplicate) and
 ``X-Prescreen-Signature: sha256=<hex>``, an HMAC of the body with the shared secret.
 Messages name the trial, the status and the patient reference, never clinical details.
 """
@@ -38,6 +40,8 @@ ALERTING = {
     "ineligible": {"candidate", "potential-candidate"},
 }
 ATTEMPTS = 5  # deliveries tried per alert, the first one included
+RECORD_ATTEMPTS = 6  # writes of a delivery's outcome tried before giving up
+RECORD_PAUSE_SECONDS = 0.2  # the first pause between two of them (doubling)
 
 
 @dataclass(frozen=True)
@@ -121,19 +125,41 @@ class Alerter:
         if page is not None:
             payload["page"] = page
         renew = functools.partial(self.store.renew_alert, alert_id, self.settings.lease_seconds)
-        try:
-            async with kept(renew, self.settings.lease_seconds):
+        # The lease is held until the outcome is recorded, not only while sending: a delivery
+        # whose "sent" could not be written yet must not look unsent to another replica.
+        async with kept(renew, self.settings.lease_seconds):
+            try:
                 if channel == "webhook":
                     await self._webhook(alert_id, payload)
                 else:
                     await asyncio.to_thread(self._email, payload)
-        except Exception as exc:
-            log.warning("alert %s over %s failed: %s", alert_id, channel, error_kind(exc))
-            self.failed[channel] += 1
-            await asyncio.to_thread(self.store.mark_alert, alert_id, "failed")
-            return
-        self.sent[channel] += 1
-        await asyncio.to_thread(self.store.mark_alert, alert_id, "sent")
+            except Exception as exc:
+                log.warning("alert %s over %s failed: %s", alert_id, channel, error_kind(exc))
+                self.failed[channel] += 1
+                outcome = "failed"
+            else:
+                self.sent[channel] += 1
+                outcome = "sent"
+            await self._record(alert_id, outcome)
+
+    async def _record(self, alert_id: int, outcome: str) -> None:
+        """Write a delivery's outcome, trying again while the database fails (a delivered
+        alert recorded as unsent would be delivered again)."""
+        for attempt in range(RECORD_ATTEMPTS):
+            try:
+                await asyncio.to_thread(self.store.mark_alert, alert_id, outcome)
+                return
+            except Exception as exc:
+                if attempt + 1 == RECORD_ATTEMPTS:
+                    log.warning(
+                        "alert %s: its outcome (%s) could not be recorded (%s); if it was sent, "
+                        "it may be sent again with the same X-Prescreen-Event",
+                        alert_id,
+                        outcome,
+                        error_kind(exc),
+                    )
+                    raise
+                await asyncio.sleep(min(RECORD_PAUSE_SECONDS * 2**attempt, 10.0))
 
     async def _webhook(self, alert_id: int, payload: dict[str, Any]) -> None:
         assert self.settings.webhook_url is not None

@@ -7,6 +7,7 @@ Each command lives beside the package that does its work (``register_*`` adds it
 - screen, demo: ``service/screening/cli.py`` (REST runs in ``cli_live.py``, ``--bulk`` in
   ``cli_bulk.py``; ``--executor spark`` in ``service/spark/cli.py``)
 - export: ``service/screening/cli_bulk.py``
+- whatif, feasibility: ``service/screening/cli_whatif.py``, ``cli_feasibility.py``
 - rules check, rules test: ``service/screening/cli_rules.py``
 - trial new: ``service/screening/cli_trial.py``
 - load, subscriptions install: ``service/fhir/cli.py``
@@ -33,7 +34,7 @@ from service.errors import PrescreenError, RuleSetError
 from service.fhir import cli as fhir_cli
 from service.ruleset.engines import ENGINE_NAMES
 from service.screening import cli as screening_cli
-from service.screening import cli_bulk, cli_rules, cli_trial
+from service.screening import cli_bulk, cli_feasibility, cli_rules, cli_trial, cli_whatif
 from service.spark import cli as spark_cli
 from service.ui import cli as ui_cli
 
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli_bulk.register_export(sub, common)
     fhir_cli.register_load(sub, common)
     screening_cli.register_demo(sub, common)
+    cli_whatif.register_whatif(sub, common)
+    cli_feasibility.register_feasibility(sub, common)
     cli_rules.register_rules(sub, common)
     cli_trial.register_trial(sub, common)
     web_cli.register_serve(sub, common)

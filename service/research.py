@@ -15,6 +15,7 @@ from fhir.resources.R4B.researchstudy import ResearchStudy
 from fhir.resources.R4B.researchsubject import ResearchSubject
 
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import protocol_values, value_text
 
 # Verdicts that become ResearchSubjects; ineligible patients get none (spec).
 SUBJECT_STATUSES = frozenset({"candidate", "potential-candidate"})
@@ -54,7 +55,25 @@ def research_study(ruleset: RuleSet) -> dict[str, Any]:
         resource["condition"] = [{"text": text} for text in trial.conditions]
     if trial.url:
         resource["relatedArtifact"] = [{"type": "documentation", "url": trial.url}]
+    if ruleset.overrides:
+        resource["note"] = [{"text": parameters_note(ruleset)}]
     return validated(ResearchStudy, resource)
+
+
+def parameters_note(ruleset: RuleSet) -> str:
+    """What a run with parameters set (``--set``) says of itself beside the study."""
+    changes = ", ".join(
+        f"{name} {value_text(value)} (rule file: {value_text(protocol)})"
+        for (name, value), protocol in zip(
+            ruleset.overrides,
+            protocol_values(ruleset, (name for name, _ in ruleset.overrides)).values(),
+            strict=True,
+        )
+    )
+    return (
+        f"Pre-screened with rule set {ruleset.id} {ruleset.run_version}: parameters set for "
+        f"this run, not the protocol's: {changes}."
+    )
 
 
 def research_subject(

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.ndjson_files import BLOCK_BYTES, MAX_LINE_BYTES
 from service.ruleset.engines import EngineName
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -39,6 +40,19 @@ class Settings(BaseSettings):
         description="ResearchSubject.identifier.system of the subjects prescreen writes",
     )
     log_level: str = Field(default="INFO", description="logging level (never logs PHI)")
+    feasibility_suppress_below: int = Field(
+        default=5,
+        ge=1,
+        description="feasibility reports show counts below this as <N (and hide as many others "
+        "as it takes for none of them to be worked out)",
+    )
+    max_line_bytes: int = Field(
+        default=MAX_LINE_BYTES,
+        ge=BLOCK_BYTES,
+        description="longest NDJSON line read, in bytes with its line end (at least 4 MiB): a "
+        "longer line is skipped unread, in bounded memory, and reported as the input issue "
+        "line-too-long",
+    )
 
     # --- the FHIR server (live screening and write-back) ---
     fhir_url: str | None = Field(default=None, description="FHIR R4 base URL")
@@ -61,8 +75,9 @@ class Settings(BaseSettings):
     )
     smart_scope: str | None = Field(
         default=None,
-        description="scopes requested with the SMART token; by default system/<Type>.read for "
-        "every resource type the mapping reads, plus the write-back scopes",
+        description="scopes requested with the SMART token; by default what the run does: "
+        "system/<Type>.rs (v1: .read) for every resource type the mappings read, plus write "
+        "scopes for the types a write-back writes (only when it writes back)",
     )
     fhir_timeout: float = Field(default=30.0, description="seconds per HTTP request")
     fhir_concurrency: int = Field(default=8, description="HTTP requests in flight at most")
@@ -105,6 +120,30 @@ class Settings(BaseSettings):
     bulk_download_concurrency: int = Field(
         default=4, ge=1, description="export files downloaded at the same time"
     )
+    bulk_poll_min_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="shortest wait before asking an export's server again, whatever its "
+        "Retry-After says (0 or a date in the past included)",
+    )
+    bulk_max_status_bytes: int = Field(
+        default=1 << 20,
+        gt=0,
+        description="largest answer of an export's status URL other than the manifest "
+        "(progress, an error): a larger one stops the run (exit 2; the job is kept to resume)",
+    )
+    bulk_max_manifest_bytes: int = Field(
+        default=64 << 20,
+        gt=0,
+        description="largest export manifest read: a larger one stops the run (exit 2; the job "
+        "is kept to resume)",
+    )
+    bulk_max_file_bytes: int = Field(
+        default=32 << 30,
+        gt=0,
+        description="largest export file stored (as sent, gzip-encoded or not): a larger one "
+        "stops the run (exit 2) and its partial file is removed",
+    )
 
     # --- the service (prescreen serve) ---
     database_url: str = Field(
@@ -124,6 +163,12 @@ class Settings(BaseSettings):
     oauth_jwks_url: str | None = Field(default=None, description="JWKS for OAuth2 bearer JWTs")
     oauth_issuer: str | None = Field(default=None, description="required iss of those JWTs")
     oauth_audience: str | None = Field(default=None, description="required aud of those JWTs")
+    oauth_max_token_seconds: float = Field(
+        default=86_400.0,
+        gt=0,
+        description="longest life accepted for those JWTs: a token whose exp lies further "
+        "ahead (or further after its iat) is refused",
+    )
     cds_issuers: str = Field(
         default="{}", description='JSON {"EHR iss": "its JWKS URL"}: EHRs trusted for CDS Hooks'
     )
@@ -134,8 +179,8 @@ class Settings(BaseSettings):
     )
     cors_origins: str = Field(
         default="",
-        description="comma-separated origins of browser-based EHRs allowed to call the CDS Hooks "
-        "endpoints (CORS), or * for any; default: none",
+        description="comma-separated origins (https://ehr.example) of browser-based EHRs allowed "
+        "to call the CDS Hooks endpoints (CORS, preflight included); never *; default: none",
     )
     jwks_timeout_seconds: float = Field(
         default=3.0,
@@ -199,13 +244,14 @@ class Settings(BaseSettings):
     oidc_scope: str = Field(default="openid profile email", description="scopes asked at sign-in")
     oidc_username_claim: str = Field(
         default="preferred_username",
-        description="ID token claim naming the person (falls back to sub); matched against "
-        "`prescreen users add` names for their role",
+        description="ID token claim giving the name shown and recorded for a person not linked "
+        "to a `prescreen users` entry (falls back to sub); never used to find a user: people "
+        "are linked by issuer and subject (`prescreen users link`)",
     )
     oidc_roles_claim: str | None = Field(
         default=None,
-        description="ID token claim listing roles for people not added with `prescreen users "
-        "add`: coordinator, viewer, or coordinator:<trial>",
+        description="ID token claim listing roles for people not linked to a `prescreen users` "
+        "entry: viewer, coordinator, coordinator:<trial>, research, admin",
     )
     session_secret: SecretStr | None = Field(
         default=None,
@@ -218,6 +264,29 @@ class Settings(BaseSettings):
         description="Identifier.system of the hospital's medical record numbers: the MRN shown "
         "and searched is the Patient identifier of this system among those the mapping's "
         "display section reads (typed MR); empty: the first of them in use",
+    )
+    sign_in_failures_allowed: int = Field(
+        default=10,
+        ge=1,
+        description="failed password sign-ins of one name, or from one address, before each "
+        "further try has to wait (429 with Retry-After)",
+    )
+    sign_in_window_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="failed sign-ins are counted over this long from the first one",
+    )
+    sign_in_longest_wait_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=900,
+        description="the wait after each further failure grows (1 s, 2 s, 4 s...) up to this",
+    )
+    password_hash_concurrency: int = Field(
+        default=2,
+        ge=1,
+        description="password checks (Argon2id, 64 MiB each) run at the same time, on threads "
+        "of their own; more sign-ins wait their turn",
     )
 
 

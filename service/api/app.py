@@ -21,10 +21,12 @@ from service.api import cds, routes
 from service.api.engine import ScreeningService
 from service.api.guard import Authenticate, RequestGuard, is_public
 from service.api.security import Authenticator, JwksWarmup
+from service.fhir.client import RetryPolicy
 from service.settings import Settings
 from service.state.store import Store, migrate
 
 log = logging.getLogger(__name__)
+READINESS_RETRY = RetryPolicy(attempts=1)  # a readiness probe asks once; its caller repeats
 
 
 def load_rulesets(settings: Settings) -> dict[str, Any]:
@@ -145,7 +147,16 @@ def create_api(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    fhir_check: dict[str, Any] = {"at": None, "outcome": ""}
+    fhir_check: dict[str, Any] = {"at": None, "outcome": "", "running": None}
+
+    async def check_fhir(service: ScreeningService) -> None:
+        try:
+            client = await service.client()
+            await client.get("metadata", kind="readiness", retry=READINESS_RETRY)
+            outcome = "ok"
+        except Exception as exc:
+            outcome = type(exc).__name__
+        fhir_check.update(at=time.monotonic(), outcome=outcome, running=None)
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> JSONResponse:
@@ -157,16 +168,14 @@ def create_api(settings: Settings) -> FastAPI:
         except Exception as exc:
             checks["database"] = type(exc).__name__
         # /readyz needs no credentials: without a cache, every probe (or anyone) would make
-        # the service send a request to the FHIR server.
+        # the service send a request to the FHIR server. One check at a time, shared by every
+        # call that comes while it runs; one attempt, no retries (a probe asks again anyway).
         checked_at = fhir_check["at"]
         if checked_at is None or time.monotonic() - checked_at >= settings.readiness_cache_seconds:
-            try:
-                client = await service.client()
-                await client.get("metadata", kind="readiness")
-                fhir_check["outcome"] = "ok"
-            except Exception as exc:
-                fhir_check["outcome"] = type(exc).__name__
-            fhir_check["at"] = time.monotonic()
+            running = fhir_check["running"]
+            if running is None:
+                running = fhir_check["running"] = asyncio.ensure_future(check_fhir(service))
+            await asyncio.shield(running)  # a caller gone does not stop the others' check
         checks["fhir"] = fhir_check["outcome"]
         ready = all(v == "ok" for v in checks.values())
         return JSONResponse(checks, status_code=200 if ready else 503)

@@ -26,19 +26,18 @@ from urllib.parse import unquote, urlencode, urlsplit
 
 import httpx
 from fastapi import APIRouter, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.engine import ScreeningService
 from service.api.security import Authenticator
-from service.errors import FhirServerError
+from service.errors import FhirServerError, PrescreenError
 from service.fhir.auth import BearerAuth
 from service.fhir.client import FhirClient, Json, RetryPolicy
 from service.fhir.connect import ServerAbilities
 from service.fhir.ids import is_fhir_id
-from service.fhir.retrieval import PatientFetcher, chunked, search_plan
+from service.fhir.retrieval import SEARCH_REFUSED, Fetched, PatientFetcher, chunked, search_plan
 from service.links import patient_page_url
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
@@ -329,14 +328,18 @@ def _body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 async def _parse(request: Request, model: type[M]) -> M:
-    """The body, read only after the JWT was accepted (an unauthenticated caller gets no 422)."""
+    """The body, read only after the JWT was accepted (an unauthenticated caller learns nothing
+    of it). A malformed one is a 400, as in the CDS Hooks specification's examples; the errors
+    say where and what, never quoting the input."""
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])} for error in errors]
-        ) from exc
+        detail = [
+            {"loc": ["body", *error["loc"]], "msg": error["msg"], "type": error["type"]}
+            for error in errors
+        ]
+        raise HTTPException(400, detail) from exc
 
 
 def _audience_base(request: Request, service: ScreeningService) -> str:
@@ -405,13 +408,14 @@ async def patient_view(request: Request) -> dict[str, Any]:
     plan = _plan(request, service)
     content = read_prefetch(body.prefetch, plan.templates)
     resources = content.resources
+    lost: dict[str, str] = {}  # types the FHIR server refused: never decided by their absence
     if content.to_fetch or server is not None:
-        resources = resources + await _fetch(service, plan, content, body, server, patient_id)
+        resources = resources + await _fetch(service, plan, content, body, server, patient_id, lost)
     today = datetime.now(UTC).date()
     cards: list[dict[str, Any]] = []
     issued: list[IssuedCard] = []
     for trial_id, ruleset in service.rulesets.items():
-        for contract in service.evaluate(trial_id, resources, today):
+        for contract in service.evaluate(trial_id, resources, today, lost):
             if (
                 contract["patient"] == f"Patient/{patient_id}"
                 and contract["verdict"] != "ineligible"
@@ -484,9 +488,10 @@ async def _fetch(
     body: HookRequest,
     server: str | None,
     patient_id: str,
+    lost: dict[str, str],
 ) -> list[Json]:
     """What the prefetch lacked, and the resources its resources refer to (Medications),
-    read from the EHR's FHIR server."""
+    read from the EHR's FHIR server; the types it refuses go to ``lost``."""
     if server is None:
         raise HTTPException(
             412,
@@ -507,7 +512,9 @@ async def _fetch(
                     if k in content.to_fetch
                 }
                 if missing:
-                    found += await _fetch_types(client, ruleset, missing, patient_id, settings)
+                    fetched = await _fetch_types(client, ruleset, missing, patient_id, settings)
+                    found += fetched.resources
+                    lost.update(fetched.lost)
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:
@@ -529,7 +536,7 @@ def _describe(content: PrefetchContent) -> str:
 
 async def _fetch_types(
     client: FhirClient, ruleset: RuleSet, types: set[str], patient_id: str, settings: Settings
-) -> list[Json]:
+) -> Fetched:
     """The trial's searches for these resource types (code-filtered like a live run), and the
     Patient; a Patient wanted alone is read with no other search."""
     fetcher = PatientFetcher(
@@ -557,7 +564,12 @@ async def _referenced(
     found: list[Json] = []
     for rtype, ids in sorted(wanted.items()):
         for chunk in chunked(sorted(ids), 50):
-            found += [r async for r in client.search(rtype, [("_id", ",".join(chunk))])]
+            try:
+                found += [r async for r in client.search(rtype, [("_id", ",".join(chunk))])]
+            except FhirServerError as exc:
+                if exc.status not in SEARCH_REFUSED:
+                    raise
+                break  # refused: each record naming one stays undecided, never excludes
     return found
 
 
@@ -565,12 +577,22 @@ async def _referenced(
 
 
 def cors_origins(settings: Settings) -> list[str]:
-    return [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    """The EHR origins of PRESCREEN_CORS_ORIGINS; ``*`` is refused: the CDS Hooks endpoints
+    read the EHR's FHIR server with the token it sends, for named EHRs only."""
+    origins = [o.strip().rstrip("/") for o in settings.cors_origins.split(",") if o.strip()]
+    if "*" in origins:
+        raise PrescreenError(
+            "PRESCREEN_CORS_ORIGINS lists the origins of the EHRs allowed (https://ehr.example); "
+            "* is not accepted"
+        )
+    return origins
 
 
 class CdsCors:
     """CORS on the CDS Hooks endpoints only (browser-based EHRs call them), answered before
-    anything else: a preflight carries no credentials. The rest of the API stays same-origin."""
+    anything else: a preflight carries no credentials. A preflight from an origin not listed
+    (or with none listed) is answered too, without the CORS headers (400), never passed on to
+    the routes (405). The rest of the API stays same-origin."""
 
     def __init__(self, app: ASGIApp, origins: Sequence[str]) -> None:
         self.app = app
@@ -585,7 +607,7 @@ class CdsCors:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if self.origins and (path == CDS_PREFIX or path.startswith(CDS_PREFIX + "/")):
+        if path == CDS_PREFIX or path.startswith(CDS_PREFIX + "/"):
             await self.cors(scope, receive, send)
         else:
             await self.app(scope, receive, send)

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from service.alerts import Alerter
+from service.api.folders import OUTSIDE_ROOTS, files_within_roots
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
 from service.fhir.client import FhirClient, Json
-from service.fhir.connect import ServerAbilities, connect, read_capabilities
+from service.fhir.connect import WRITE_PERMISSIONS, ServerAbilities, connect, read_capabilities
 from service.fhir.ids import is_fhir_id, is_resource_type
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
 from service.fhir.writeback import WriteBack
@@ -27,7 +28,8 @@ from service.ruleset.loader import RuleSet
 from service.screening.details import DetailsCollector, details_of
 from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
-from service.screening.source import IssueLog
+from service.screening.run import folder_notes
+from service.screening.source import InputIssue, IssueLog, SourceNotes
 from service.settings import Settings
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
@@ -70,7 +72,10 @@ class ScreeningService:
         async with self._lock:
             if self._client is None:
                 read_types = {t for r in self.rulesets.values() for t in r.mapper.resource_types}
-                self._client = await connect(self.settings, read_types=read_types)
+                # The service may write subjects back (an API screening asks for it per call).
+                self._client = await connect(
+                    self.settings, read_types=read_types, writes=WRITE_PERMISSIONS
+                )
             return self._client
 
     async def abilities(self) -> ServerAbilities:
@@ -92,9 +97,14 @@ class ScreeningService:
 
     # --- screening ------------------------------------------------------------------------------
 
-    def evaluate(self, trial: str, resources: list[Json], as_of: date) -> list[dict[str, Any]]:
-        """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch)."""
-        verdicts = evaluate_resources(self.evaluators[trial], resources, as_of)
+    def evaluate(
+        self, trial: str, resources: list[Json], as_of: date, lost: dict[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch); ``lost``:
+        types the fetch could not read (criteria never rest on their absence)."""
+        verdicts = evaluate_resources(
+            self.evaluators[trial], resources, as_of, notes=SourceNotes(lost=dict(lost or {}))
+        )
         for verdict in verdicts:
             self.metrics.screenings[(trial, verdict.verdict)] += 1
         return [v.as_contract(self.rulesets[trial], as_of) for v in verdicts]
@@ -113,12 +123,22 @@ class ScreeningService:
             codes_per_request=self.settings.fhir_codes_per_request,
             page_size=self.settings.fhir_page_size,
         )
-        resources = []
+        resources: list[Json] = []
+        lost: dict[str, str] = {}
         for group in chunked(patient_ids, self.settings.fhir_patients_per_request):
-            resources += await fetcher.fetch(group)
+            fetched = await fetcher.fetch(group)
+            resources += fetched.resources
+            lost.update(fetched.lost)
+        for rtype in sorted(lost):
+            log.warning("%s: the FHIR server would not give its records (%s)", rtype, lost[rtype])
         skipped: dict[str, str] = {}
         verdicts = evaluate_resources(
-            self.evaluators[trial], resources, as_of, only=set(patient_ids), not_screened=skipped
+            self.evaluators[trial],
+            resources,
+            as_of,
+            only=set(patient_ids),
+            not_screened=skipped,
+            notes=SourceNotes(lost=lost),
         )
         if write_back and (verdicts or skipped):
             touched = [v.patient_id for v in verdicts] + sorted(skipped)
@@ -226,14 +246,26 @@ class ScreeningService:
         ruleset = self.rulesets[trial]
 
         def read() -> DetailsCollector:
+            # A folder a Bulk export wrote may say it lacks types: judged as a screening would.
+            # The collector also keeps who each patient is (the mapping's display section).
             collector = DetailsCollector(
-                ruleset.mapper, as_of, IssueLog(), self.settings.mrn_system
+                ruleset.mapper, as_of, IssueLog(), folder_notes(folder), self.settings.mrn_system
             )
-            read_folder(collector, folder)
+            # Checked again now (links may have changed since the request): a file whose real
+            # place is outside the allowed folders is not read.
+            files, outside = files_within_roots(folder, self.settings.ndjson_roots)
+            for name in outside:
+                collector.issues.add(
+                    InputIssue(name, 0, OUTSIDE_ROOTS, "the file links outside the allowed folders")
+                )
+            read_folder(collector, folder, self.settings.max_line_bytes, files)
             return collector
 
         collector = await asyncio.to_thread(read)
         details = collector.keeper.details()
+        await asyncio.to_thread(
+            self.store.record_input_issues, run_id, dict(collector.issues.counts)
+        )
         ids = [pid for pid, data in collector.patients.items() if data.patient is not None]
         if not await asyncio.to_thread(self.store.has_patients, run_id):
             await asyncio.to_thread(self.store.select_patients, run_id, sorted(ids))

@@ -1,5 +1,5 @@
-"""The first thing every HTTP request meets: credentials before any body, and a byte limit on
-what is actually received.
+"""The first thing every HTTP request meets: credentials before any body, a byte limit on what
+is actually received, and no NUL character in a path or query.
 
 Why an ASGI middleware rather than FastAPI dependencies: FastAPI reads and validates a request
 body before it resolves dependencies, so an unauthenticated caller could make the service buffer
@@ -54,6 +54,10 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if _has_nul(scope):
+            # No id, name or filter holds one; PostgreSQL refuses them in text (a 500 before).
+            await _answer(send, 400, "the request's path or query holds a NUL character")
+            return
         declared = _declared_length(scope)
         if declared is not None and declared > self.max_body_bytes:
             await _answer(send, 413, "request body too large")
@@ -96,6 +100,11 @@ class RequestGuard:
 
         with contextlib.suppress(BodyTooLargeError):
             await self.app(scope, counted_receive, tracked_send)
+
+
+def _has_nul(scope: Scope) -> bool:
+    query = scope.get("query_string", b"")
+    return "\x00" in scope.get("path", "") or b"\x00" in query or b"%00" in query
 
 
 def _declared_length(scope: Scope) -> int | None:

@@ -10,7 +10,14 @@ import orjson
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from service.api.decisions import (
     DECISIONS,
@@ -77,6 +84,23 @@ def _reasonable_as_of(value: date | None) -> date | None:
     return value
 
 
+# Rule parameters are the protocol's in the service: what it screens may be written to the EHR,
+# and verdicts under other parameters never are (``prescreen screen --set`` is offline only).
+# A request that tries is refused rather than silently screened with the protocol's values.
+PARAMETER_KEYS = frozenset({"set", "parameters", "params", "overrides"})
+
+
+def _refuse_parameters(data: Any) -> Any:
+    if isinstance(data, dict):
+        given = sorted(PARAMETER_KEYS & set(data))
+        if given:
+            raise ValueError(
+                f"'{given[0]}': rule parameters cannot be set through the service; it screens "
+                "with the protocol's values (prescreen screen --set is for offline runs)"
+            )
+    return data
+
+
 # --- on-demand screening ---------------------------------------------------------------------
 
 
@@ -87,6 +111,7 @@ class ScreeningRequest(BaseModel):
     write_back: bool = Field(default=True, description="write ResearchSubjects back")
 
     _as_of_range = field_validator("as_of")(_reasonable_as_of)
+    _no_parameters = model_validator(mode="before")(_refuse_parameters)
 
 
 @router.post("/screenings", summary="Screen one or a few patients now (live from FHIR)")
@@ -120,6 +145,7 @@ class RunRequest(BaseModel):
     write_back: bool = True
 
     _as_of_range = field_validator("as_of")(_reasonable_as_of)
+    _no_parameters = model_validator(mode="before")(_refuse_parameters)
 
 
 def _run_json(run: Any) -> dict[str, Any]:
@@ -131,6 +157,7 @@ def _run_json(run: Any) -> dict[str, Any]:
         "status": run.status,
         "progress": {"done": run.done, "total": run.total},
         "counts": run.counts,
+        "input_issues": run.input_issues or {},
         "error": run.error,
         "created_at": run.created_at.isoformat(),
         "updated_at": run.updated_at.isoformat(),
@@ -381,6 +408,13 @@ class Decision(BaseModel):
         description="the ResearchSubject versionId the decision was made on: "
         "if it changed meanwhile, 409 with the other decision instead of overwriting it",
     )
+
+    @field_validator("note", "expected_version")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not hold a NUL character")
+        return value
 
 
 @router.post(

@@ -35,6 +35,8 @@ JWT_ALGORITHMS = ["RS256", "RS384", "RS512", "ES256", "ES384", "ES512"]
 # CDS Hooks 2.0 recommends that the EHR's JWT live no longer than five minutes; a longer-lived
 # one would widen the replay window the jti store has to cover.
 CDS_MAX_TOKEN_SECONDS = 300
+# Clock difference tolerated between the token issuer and this host.
+LEEWAY_SECONDS = 60
 # A JWK Set is a few kilobytes; anything far larger is not one (and must not fill memory).
 MAX_JWKS_BYTES = 1_000_000
 
@@ -246,6 +248,7 @@ class Authenticator:
                     issuer=self.settings.oauth_issuer,
                     options={"require": ["exp", "iss", "aud"]},
                 )
+                _check_lifetime(claims, self.settings.oauth_max_token_seconds)
             except jwt.PyJWTError as exc:
                 raise HTTPException(
                     401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"}
@@ -297,6 +300,20 @@ class Authenticator:
                 401, f"invalid CDS Hooks JWT: {exc}", headers={"WWW-Authenticate": "Bearer"}
             ) from exc
         return claims
+
+
+def _check_lifetime(claims: Mapping[str, Any], longest: float) -> None:
+    """A bearer token may live ``longest`` seconds at most: counted from now to its exp, and
+    from its iat (when it has one) to its exp. A token valid for years is a stolen key's
+    dream."""
+    try:
+        expires = float(claims["exp"])
+        issued = float(claims["iat"]) if "iat" in claims else None
+    except (TypeError, ValueError) as exc:
+        raise jwt.InvalidTokenError("exp and iat must be numbers") from exc
+    ahead = expires - time.time()
+    if ahead > longest + LEEWAY_SECONDS or (issued is not None and expires - issued > longest):
+        raise jwt.InvalidTokenError(f"the token lives longer than {longest:.0f} s")
 
 
 def _check_cds_claims(claims: Mapping[str, Any]) -> None:

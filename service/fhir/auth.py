@@ -7,6 +7,7 @@ until shortly before it expires, and fetches a new one once if the server answer
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -105,14 +106,73 @@ class SmartBackendAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if not self._valid():
-            self._store((yield self._token_request()))
+            yield from self._fresh_token()
         request.headers["Authorization"] = f"Bearer {self._token}"
         response = yield request
         if response.status_code == 401:
             # Revoked or expired early: one fresh token, one more try.
-            self._store((yield self._token_request()))
+            yield from self._fresh_token()
             request.headers["Authorization"] = f"Bearer {self._token}"
             yield request
+
+    def _fresh_token(self) -> Generator[httpx.Request, httpx.Response, None]:
+        """A token; a server that refuses scopes it names (``invalid_scope``: a resource type
+        it does not have) is asked again without them. What it then grants says which types
+        the run may read (the others are lost sources, see ``scope_reads``)."""
+        for _ in range(len(self.scope.split()) + 1):
+            response = yield self._token_request()
+            narrowed = self._without_refused(response)
+            if narrowed is None:
+                break
+            self.scope = narrowed
+        self._store(response)
+
+    def _without_refused(self, response: httpx.Response) -> str | None:
+        """The scope without what an ``invalid_scope`` refusal names; None if it names none
+        (or all)."""
+        if response.status_code != 400:
+            return None
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(body, dict) or body.get("error") != "invalid_scope":
+            return None
+        text = str(body.get("error_description") or "")
+        kept = []
+        for scope in self.scope.split():
+            match = _SCOPE.fullmatch(scope)
+            named = scope in text or (
+                match is not None
+                and match.group(2) != "*"
+                and re.search(rf"\b{re.escape(match.group(2))}\b", text) is not None
+            )
+            if not named:
+                kept.append(scope)
+        if not kept or len(kept) == len(self.scope.split()):
+            return None
+        return " ".join(kept)
+
+
+_SCOPE = re.compile(r"(system|user|patient|\*)/(\*|[A-Za-z]+)\.([A-Za-z*]+)(\?.*)?")
+
+
+def scope_reads(granted: str, resource_type: str) -> bool:
+    """Whether granted SMART scopes (v1 ``system/X.read``, v2 ``system/X.rs``) let a backend
+    service read every resource of this type. A scope narrowed by a query (``?category=...``)
+    covers only part of them: not enough to decide by their absence."""
+    for scope in granted.split():
+        match = _SCOPE.fullmatch(scope)
+        if match is None:
+            continue
+        level, rtype, permissions, query = match.groups()
+        if level not in ("system", "*") or rtype not in ("*", resource_type) or query:
+            continue
+        if permissions in ("read", "*") or (
+            re.fullmatch(r"c?r?u?d?s?", permissions) and ("r" in permissions or "s" in permissions)
+        ):
+            return True
+    return False
 
 
 def _oauth_error(body: bytes) -> str:

@@ -6,8 +6,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rich.markup import escape
+
 from service import catalog
-from service.console import EXIT_OK, RichProgress, listed_trials, settings_for, stdout
+from service.console import (
+    EXIT_OK,
+    EXIT_PARTIAL,
+    RichProgress,
+    console,
+    listed_trials,
+    settings_for,
+    stdout,
+)
 from service.errors import PrescreenError
 
 
@@ -41,16 +51,18 @@ def cmd_load(args: argparse.Namespace) -> int:
     import asyncio
 
     from service.fhir.connect import connect
-    from service.fhir.loader import folder_readers, load_readers, plan_load
+    from service.fhir.loader import SkippedLine, folder_readers, load_readers, plan_load
 
     settings = settings_for(args)
     # Read as a stream, twice before the first request: which types reference which, and the
     # ids of conditionally referenced resources (see service/fhir/loader.py).
-    readers = folder_readers(Path(args.source))
+    skipped: set[SkippedLine] = set()
+    readers = folder_readers(Path(args.source), settings.max_line_bytes, skipped)
     plan = plan_load(readers)
 
     async def run() -> int:
-        client = await connect(settings, args.fhir_url)
+        # Each resource is written with an update (PUT), created if new.
+        client = await connect(settings, args.fhir_url, writes=dict.fromkeys(readers, "cu"))
         async with client:
             with RichProgress(enabled=not args.no_progress) as progress:
                 advance = progress.task("Loading resources", plan.resources)
@@ -60,6 +72,12 @@ def cmd_load(args: argparse.Namespace) -> int:
 
     written = asyncio.run(run())
     stdout.print(f"Loaded {written} resources into {args.fhir_url or settings.fhir_url}")
+    if skipped:
+        # Left out, the rest loaded: the input was doubtful (exit 1), as a screening says.
+        for line in sorted(skipped):
+            console.print(f"[yellow]{line.kind}[/] {escape(line.file)}:{line.line}: {line.message}")
+        console.print(f"{len(skipped)} line(s) left out")
+        return EXIT_PARTIAL
     return EXIT_OK
 
 
@@ -78,7 +96,7 @@ def cmd_subscriptions_install(args: argparse.Namespace) -> int:
     resources = subscription_resources(rulesets, endpoint, headers, settings.fhir_codes_per_request)
 
     async def run() -> int:
-        client = await connect(settings, args.fhir_url)
+        client = await connect(settings, args.fhir_url, writes={"Subscription": "cu"})
         async with client:
             return await install(client, resources)
 

@@ -153,13 +153,16 @@ class FhirClient:
         headers: dict[str, str] | None = None,
         kind: str = "",
         ok_statuses: frozenset[int] = frozenset(),
+        retry: RetryPolicy | None = None,
     ) -> tuple[httpx.Response, Any]:
-        """Send with retries; returns the response and its parsed JSON body (or None)."""
+        """Send with retries (the client's policy, or ``retry`` for this request); returns the
+        response and its parsed JSON body (or None)."""
+        policy = retry or self.retry
         url = self.url(path)
         content = orjson.dumps(json) if json is not None else None
         send_headers = {"Content-Type": FHIR_JSON, **(headers or {})} if content else headers
         last_problem = ""
-        for attempt in range(self.retry.attempts):
+        for attempt in range(policy.attempts):
             if attempt:
                 self.stats.retries += 1
             started = time.perf_counter()
@@ -172,17 +175,17 @@ class FhirClient:
                     )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last_problem = f"{type(exc).__name__}"
-                await self._sleep(self.retry.backoff(attempt))
+                await self._sleep(policy.backoff(attempt))
                 continue
             finally:
                 self.stats.seconds += time.perf_counter() - started
-            if response.status_code in self.retry.statuses:
+            if response.status_code in policy.statuses:
                 last_problem = f"HTTP {response.status_code}"
                 wait = retry_after_seconds(response.headers.get("Retry-After"))
                 delay = (
-                    min(wait, self.retry.max_retry_after)
+                    min(wait, policy.max_retry_after)
                     if wait is not None
-                    else self.retry.backoff(attempt)
+                    else policy.backoff(attempt)
                 )
                 await self._sleep(delay)
                 continue
@@ -200,16 +203,18 @@ class FhirClient:
                 except orjson.JSONDecodeError:
                     # A cut connection can deliver half a body with a 200: worth another try.
                     last_problem = "truncated or malformed JSON"
-                    await self._sleep(self.retry.backoff(attempt))
+                    await self._sleep(policy.backoff(attempt))
                     continue
             return response, body
         self.stats.errors += 1
         raise FhirUnavailableError(
-            f"{method} {_redact(path)} failed after {self.retry.attempts} attempts: {last_problem}"
+            f"{method} {_redact(path)} failed after {policy.attempts} attempts: {last_problem}"
         )
 
-    async def get(self, path: str, params: Any = None, *, kind: str = "") -> Json:
-        _response, body = await self.request("GET", path, params=params, kind=kind)
+    async def get(
+        self, path: str, params: Any = None, *, kind: str = "", retry: RetryPolicy | None = None
+    ) -> Json:
+        _response, body = await self.request("GET", path, params=params, kind=kind, retry=retry)
         if not isinstance(body, dict):
             raise FhirServerError(f"GET {_redact(path)} returned no JSON object")
         return body

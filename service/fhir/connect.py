@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from service.errors import ConfigError, FhirServerError
-from service.fhir.auth import SmartBackendAuth, basic_auth, bearer_auth, discover_smart
+from service.fhir.auth import (
+    SmartBackendAuth,
+    basic_auth,
+    bearer_auth,
+    discover_smart,
+    scope_reads,
+)
 from service.fhir.client import FhirClient, RetryPolicy
 from service.settings import Settings
 
@@ -22,33 +28,42 @@ WRITE_PERMISSIONS = {
     "Provenance": "c",
     "CodeSystem": "crs",
 }
-# The same in SMART v1 syntax, for servers that do not declare permission-v2.
-WRITE_SCOPES_V1 = {
-    "ResearchStudy": "*",
-    "ResearchSubject": "*",
-    "Observation": "write",
-    "Provenance": "write",
-    "CodeSystem": "*",
-}
+# A dry run of write-back reads what a write would change, and writes nothing.
+DRY_RUN_PERMISSIONS = {"ResearchStudy": "rs", "ResearchSubject": "rs", "CodeSystem": "rs"}
 
 
-def default_scope(read_types: Iterable[str], v2: bool = True) -> str:
-    """SMART scopes for reading these resource types (and Patient) and for write-back, in v2
-    syntax (``system/Patient.rs``) or, for a server without permission-v2, v1 (``.read``)."""
-    reads = sorted({"Patient", *read_types})
-    if v2:
-        scopes = [f"system/{rtype}.rs" for rtype in reads]
-        scopes += [f"system/{rtype}.{perm}" for rtype, perm in WRITE_PERMISSIONS.items()]
-    else:
-        scopes = [f"system/{rtype}.read" for rtype in reads]
-        scopes += [f"system/{rtype}.{perm}" for rtype, perm in WRITE_SCOPES_V1.items()]
+def default_scope(
+    read_types: Iterable[str], v2: bool = True, writes: Mapping[str, str] | None = None
+) -> str:
+    """SMART scopes for what a run does: reading these resource types (and Patient), and the
+    permissions ``writes`` gives per type (v2 letters ``cruds``) for the types it writes. In
+    v2 syntax (``system/Patient.rs``) or, for a server without permission-v2, v1 (``.read``,
+    ``.write``). A read-only run asks for no write scope: a server may refuse a token asked
+    for more than it grants."""
+    permissions: dict[str, set[str]] = {rtype: set("rs") for rtype in {"Patient", *read_types}}
+    for rtype, written in (writes or {}).items():
+        permissions.setdefault(rtype, set()).update(written)
+    scopes = []
+    for rtype in sorted(permissions):
+        granted = permissions[rtype]
+        if v2:
+            scopes.append(f"system/{rtype}.{''.join(c for c in 'cruds' if c in granted)}")
+            continue
+        if granted & set("rs"):
+            scopes.append(f"system/{rtype}.read")
+        if granted & set("cud"):
+            scopes.append(f"system/{rtype}.write")
     return " ".join(scopes)
 
 
 async def connect(
-    settings: Settings, base_url: str | None = None, read_types: Iterable[str] = ()
+    settings: Settings,
+    base_url: str | None = None,
+    read_types: Iterable[str] = (),
+    writes: Mapping[str, str] | None = None,
 ) -> FhirClient:
-    """A client for the server; ``read_types`` (the mapping's) set the default SMART scopes."""
+    """A client for the server; what the run reads (``read_types``, the mappings') and writes
+    (``writes``: v2 permissions per type) set the default SMART scopes."""
     url = base_url or settings.fhir_url
     if not url:
         raise ConfigError("no FHIR server: give --fhir-url or set PRESCREEN_FHIR_URL")
@@ -82,7 +97,8 @@ async def connect(
             kid=settings.smart_kid,
             token_url=token_url,
             algorithm=settings.smart_algorithm,
-            scope=settings.smart_scope or default_scope(read_types, v2=smart.scopes_v2),
+            scope=settings.smart_scope
+            or default_scope(read_types, v2=smart.scopes_v2, writes=writes),
         )
     return FhirClient(
         url,
@@ -178,3 +194,19 @@ def raise_for(report: CapabilityReport) -> None:
         raise FhirServerError(
             "the FHIR server cannot serve this run: " + "; ".join(report.problems)
         )
+
+
+async def ungranted_reads(client: FhirClient, resource_types: Iterable[str]) -> list[str]:
+    """The types the SMART access token's granted scopes do not let the run read (none with
+    any other authentication: the server says so by refusing). The token is fetched first if
+    no request has fetched one yet."""
+    auth = client.auth
+    if not isinstance(auth, SmartBackendAuth):
+        return []
+    if auth.tokens_fetched == 0:
+        try:
+            await client.capabilities()  # any request fetches the token
+        except FhirServerError:
+            if auth.tokens_fetched == 0:
+                raise  # the token itself was refused
+    return sorted(t for t in set(resource_types) if not scope_reads(auth.granted_scope, t))

@@ -35,7 +35,15 @@ import orjson
 
 from service.errors import SourceError
 from service.fhir.client import FhirClient, Json
-from service.ndjson_files import discover, open_ndjson
+from service.fhir.ids import is_fhir_id, is_resource_type
+from service.ndjson_files import (
+    LINE_TOO_LONG,
+    MAX_LINE_BYTES,
+    discover,
+    numbered_lines,
+    open_ndjson,
+    too_long_message,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +55,21 @@ Identifier = tuple[str, str, str]  # (resource type, identifier system, identifi
 # --- sources ----------------------------------------------------------------------------------
 
 
-def folder_readers(folder: Path) -> dict[str, Reader]:
-    """Per resource type (by file name), its files read line by line, in discovery order."""
+@dataclass(frozen=True, order=True)
+class SkippedLine:
+    """A line ``prescreen load`` left out (a line too long to read): it never quotes it."""
+
+    file: str
+    line: int
+    kind: str
+    message: str
+
+
+def folder_readers(
+    folder: Path, max_line: int = MAX_LINE_BYTES, skipped: set[SkippedLine] | None = None
+) -> dict[str, Reader]:
+    """Per resource type (by file name), its files read line by line, in discovery order.
+    A line longer than ``max_line`` is left out and added to ``skipped`` (at every pass)."""
     files: dict[str, list[Path]] = {}
     for file in discover(folder):
         files.setdefault(file.resource_type, []).append(file.path)
@@ -56,16 +77,21 @@ def folder_readers(folder: Path) -> dict[str, Reader]:
     def reader(paths: list[Path]) -> Reader:
         def read() -> Iterator[Json]:
             for path in paths:
-                yield from _read_file(path)
+                yield from _read_file(path, max_line, skipped)
 
         return read
 
     return {rtype: reader(paths) for rtype, paths in files.items()}
 
 
-def _read_file(path: Path) -> Iterator[Json]:
+def _read_file(path: Path, max_line: int, skipped: set[SkippedLine] | None) -> Iterator[Json]:
     with open_ndjson(path) as handle:
-        for number, raw in enumerate(handle, 1):
+        for number, raw in numbered_lines(handle, max_line):
+            if raw is None:
+                if skipped is not None:
+                    message = too_long_message(max_line)
+                    skipped.add(SkippedLine(path.name, number, LINE_TOO_LONG, message))
+                continue
             if not raw.strip():
                 continue
             try:
@@ -78,7 +104,19 @@ def _read_file(path: Path) -> Iterator[Json]:
                 and isinstance(resource.get("id"), str)
             ):
                 raise SourceError(f"{path.name}:{number}: not a resource with a type and an id")
+            problem = _url_problem(resource)
+            if problem:
+                raise SourceError(f"{path.name}:{number}: {problem}")
             yield resource
+
+
+def _url_problem(resource: Json) -> str:
+    """Why the resource's type and id cannot make its ``PUT [type]/[id]`` URL, or ''."""
+    if not is_resource_type(resource.get("resourceType")):
+        return "the resourceType is not a FHIR resource type name"
+    if not is_fhir_id(resource.get("id")):
+        return "the id is not a FHIR id (letters, digits, '-' and '.', at most 64)"
+    return ""
 
 
 def memory_readers(resources: Iterable[Json]) -> dict[str, Reader]:
@@ -298,6 +336,10 @@ class _Transactions:
     async def flush(self) -> None:
         if not self.batch:
             return
+        for resource in self.batch:
+            problem = _url_problem(resource)  # resources handed in memory are checked here
+            if problem:
+                raise SourceError(f"a resource cannot be loaded: {problem}")
         entries = [
             {
                 "resource": r,

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
 from service.errors import FhirServerError
 from service.fhir.client import FhirClient, Json
-from service.fhir.connect import ServerAbilities
+from service.fhir.connect import ServerAbilities, ungranted_reads
 from service.mapping.mapper import Mapper
 from service.mapping.resources import patient_of
 
@@ -101,6 +101,36 @@ def reads_needed(mapper: Mapper) -> dict[str, set[str]]:
 
 # Answers meaning "not this way" rather than "not now": fall back to plain searches.
 BATCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
+# A search answered so is refused for its type: tried again without the code and status filters
+# (the mapper applies them anyway), then the type is a lost source for the run: the criteria
+# reading it are never decided by its absence (service/ruleset/gaps.py).
+SEARCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
+OUTCOME_ERRORS = frozenset({"error", "fatal"})
+
+
+@dataclass
+class Fetched:
+    """What one fetch gave: the resources, and the types it could not read (with why)."""
+
+    resources: list[Json]
+    lost: dict[str, str] = field(default_factory=dict)
+
+
+def _refusal(page: Json) -> bool:
+    """A searchset whose outcome entry reports an error: the server did not run the search."""
+    for entry in page.get("entry") or []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if (
+            isinstance(resource, dict)
+            and resource.get("resourceType") == "OperationOutcome"
+            and (entry.get("search") or {}).get("mode") == "outcome"
+            and any(
+                isinstance(issue, dict) and issue.get("severity") in OUTCOME_ERRORS
+                for issue in resource.get("issue") or []
+            )
+        ):
+            return True
+    return False
 
 
 class PatientFetcher:
@@ -121,6 +151,10 @@ class PatientFetcher:
         self.plan = search_plan(mapper)
         self.codes_per_request = codes_per_request
         self.page_size = page_size
+        # Types the server would not give this run (refused searches, scopes not granted),
+        # with why: not asked again, and lost sources for the screening.
+        self.lost: dict[str, str] = {}
+        self._scopes_checked = False
 
     def requests_for(self, patient_ids: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
         requests = [("Patient", [("_id", ",".join(patient_ids)), ("_count", str(self.page_size))])]
@@ -131,10 +165,12 @@ class PatientFetcher:
                 requests.append((spec.resource_type, params))
         return requests
 
-    async def fetch(self, patient_ids: list[str]) -> list[Json]:
-        """Every mapped resource of these patients (Patients included)."""
-        requests = self.requests_for(patient_ids)
-        firsts: list[Json] | None = None
+    async def fetch(self, patient_ids: list[str]) -> Fetched:
+        """Every mapped resource of these patients (Patients included), and the types the
+        server would not give (their searches refused, or no scope granted to read them)."""
+        await self._check_scopes()
+        requests = [(t, p) for t, p in self.requests_for(patient_ids) if t not in self.lost]
+        firsts: list[Json | None] | None = None
         if self.use_batch:
             try:
                 firsts = await self._batch(requests)
@@ -145,17 +181,60 @@ class PatientFetcher:
                 # base): plain searches from now on.
                 self.use_batch = False
         if firsts is None:
-            firsts = await asyncio.gather(
-                *(
-                    self.client.get(rtype, params, kind=f"search {rtype}")
-                    for rtype, params in requests
-                )
+            firsts = [None] * len(requests)
+        # A search the batch could not run is sent on its own, where a refusal is told apart.
+        firsts = await asyncio.gather(
+            *(
+                self._search(rtype, params) if first is None else _given(first)
+                for (rtype, params), first in zip(requests, firsts, strict=True)
             )
+        )
         resources: list[Json] = []
         for first in firsts:
-            resources.extend(await self._entries(first))
+            if first is not None:
+                resources.extend(await self._entries(first))
         resources.extend(await self._referenced(resources))
-        return resources
+        wanted = {t for t, _ in self.requests_for(patient_ids)} | self.mapper.join_targets
+        return Fetched(resources, {t: why for t, why in self.lost.items() if t in wanted})
+
+    async def _check_scopes(self) -> None:
+        """Once: the types the access token does not let the run read are lost sources."""
+        if self._scopes_checked:
+            return
+        self._scopes_checked = True
+        types = {spec.resource_type for spec in self.plan} | self.mapper.join_targets
+        for rtype in await ungranted_reads(self.client, types):
+            self.lost.setdefault(rtype, "the server did not grant a scope to read them")
+
+    async def _search(self, rtype: str, params: list[tuple[str, str]]) -> Json | None:
+        """A search's first page; None when the server refuses the type (then lost)."""
+        if rtype in self.lost:
+            return None
+        try:
+            first = await self.client.get(rtype, params, kind=f"search {rtype}")
+            if not _refusal(first):
+                return first
+            status = "an OperationOutcome error"
+        except FhirServerError as exc:
+            if exc.status not in SEARCH_REFUSED or rtype == "Patient":
+                raise
+            status = f"HTTP {exc.status}"
+        plain = [(k, v) for k, v in params if k in (self._patient_param(rtype), "_id", "_count")]
+        if plain != params:
+            # Perhaps a filter it does not take: the type's records unfiltered (the mapper
+            # filters them here).
+            try:
+                first = await self.client.get(rtype, plain, kind=f"search {rtype}")
+                if not _refusal(first):
+                    return first
+            except FhirServerError as exc:
+                if exc.status not in SEARCH_REFUSED:
+                    raise
+        self.lost.setdefault(rtype, f"the server refused its search ({status})")
+        return None
+
+    def _patient_param(self, rtype: str) -> str:
+        return next((s.patient_param for s in self.plan if s.resource_type == rtype), "patient")
 
     async def _entries(self, first: Json) -> list[Json]:
         found: list[Json] = []
@@ -168,7 +247,8 @@ class PatientFetcher:
 
     async def _referenced(self, resources: list[Json]) -> list[Json]:
         """Resources the mapping resolves references to (a MedicationRequest's Medication),
-        read by id in as few searches as the id lists allow."""
+        read by id in as few searches as the id lists allow. A type whose search is refused
+        is lost: each record whose reference stays unresolved is then undecided."""
         have = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
         wanted: dict[str, set[str]] = {}
         for resource in resources:
@@ -180,28 +260,34 @@ class PatientFetcher:
         for rtype, ids in sorted(wanted.items()):
             for chunk in chunked(sorted(ids), self.codes_per_request):  # URLs stay short
                 params = [("_id", ",".join(chunk)), ("_count", str(self.page_size))]
-                first = await self.client.get(rtype, params, kind=f"search {rtype}")
-                found.extend(await self._entries(first))
+                first = await self._search(rtype, params)
+                if first is not None:
+                    found.extend(await self._entries(first))
         return found
 
-    async def _batch(self, requests: list[tuple[str, list[tuple[str, str]]]]) -> list[Json]:
+    async def _batch(self, requests: list[tuple[str, list[tuple[str, str]]]]) -> list[Json | None]:
         entries = [
             {"request": {"method": "GET", "url": f"{rtype}?{urlencode(params)}"}}
             for rtype, params in requests
         ]
         answer = await self.client.bundle("batch", entries)
-        bundles = []
+        bundles: list[Json | None] = []
         for entry in answer.get("entry", []):
             status = str(entry.get("response", {}).get("status", ""))
-            if not status.startswith("2"):
-                raise FhirServerError(f"a search in the batch failed with {status or 'no status'}")
             resource = entry.get("resource")
+            if not status.startswith("2"):
+                bundles.append(None)  # sent again on its own (a refusal is told apart there)
+                continue
             if not isinstance(resource, dict) or resource.get("resourceType") != "Bundle":
                 raise FhirServerError("a batch search answered without a searchset Bundle")
-            bundles.append(resource)
+            bundles.append(None if _refusal(resource) else resource)
         if len(bundles) != len(requests):
             raise FhirServerError("the batch answer has a different number of entries")
         return bundles
+
+
+async def _given(first: Json) -> Json:
+    return first
 
 
 async def _patients_of(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> set[str]:

@@ -48,6 +48,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
+from urllib.parse import quote
 
 import orjson
 from fhir.resources.R4B.observation import Observation
@@ -147,6 +148,13 @@ class WriteStats:
     code_systems_created: int = 0
     code_systems_refused: bool = False
     failed: list[str] = field(default_factory=list)
+
+
+def ruleset_policy(ruleset: RuleSet) -> str:
+    """Provenance.policy: the rule set and the version it ran as (with the parameters a run
+    set, ``--dry-run --set``), as a URI: characters a URI may not hold (``>``) escaped."""
+    version = quote(ruleset.run_version, safe="+=.,-_~!$&'()*;:@")
+    return f"urn:prescreen:ruleset:{ruleset.id}:{version}"
 
 
 def fingerprint(verdict: PatientVerdict, ruleset: RuleSet) -> str:
@@ -499,7 +507,7 @@ class WriteBack:
             "target": [{"reference": target} for target in targets],
             "occurredDateTime": self.as_of.isoformat(),
             "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
-            "policy": [f"urn:prescreen:ruleset:{self.ruleset.id}:{self.ruleset.version}"],
+            "policy": [ruleset_policy(self.ruleset)],
             "reason": [
                 {"text": f"pre-screening for {self.ruleset.trial.nct_id}: {verdict.verdict}"}
             ],
@@ -513,7 +521,7 @@ class WriteBack:
                             }
                         ]
                     },
-                    "who": {"display": f"prescreen {self.ruleset.id} {self.ruleset.version}"},
+                    "who": {"display": f"prescreen {self.ruleset.id} {self.ruleset.run_version}"},
                 }
             ],
         }

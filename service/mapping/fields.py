@@ -23,6 +23,9 @@ from service.terminology import ValueSet, codings
 
 FactValue = str | float | bool | list[str]
 
+# Field types whose value depends on as_of as well as on the resource (ages).
+AS_OF_FIELD_TYPES = frozenset({"age_min_years", "age_max_years"})
+
 # The value a field has when the resource does not carry it: facts never hold nulls.
 NATURAL_DEFAULTS: dict[str, FactValue] = {
     "string": "",

@@ -14,6 +14,7 @@ from typing import Any
 from service.errors import ConfigError, RuleSetError
 from service.mapping.display import DisplayReader
 from service.mapping.fields import (
+    AS_OF_FIELD_TYPES,
     Absent,
     DataIssue,
     Extractor,
@@ -66,6 +67,7 @@ class CompiledField:
     path_source: str = ""
     unusable_of: str | None = None  # an "unusable" field: another field's value was unusable
     path: FhirPath | None = None  # to explain an absent value held in the wrong JSON type
+    reads_as_of: bool = False  # the value depends on as_of (an age), not on the resource alone
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,12 @@ class CompiledSource:
 
     def accepts_before_resolving(self, resource: Any) -> bool:
         return all(clause.passes(resource) for clause in self.where if not clause.uses_resolve)
+
+    def undecidable(self, resource: Any) -> bool:
+        """Whether this source refuses the resource only because a filter read an element in
+        the wrong JSON type: the resource may well be a record of the fact, nobody can tell."""
+        failing = [clause for clause in self.where if not clause.passes(resource)]
+        return bool(failing) and all(clause.wrong_types(resource) for clause in failing)
 
     def record(self, resource: Any, ref: str, as_of: date) -> tuple[Record, list[DataIssue]]:
         record: Record = {"ref": ref}
@@ -209,6 +217,10 @@ class MappedResource:
     version_id: str | None = None
     last_updated: str | None = None
     not_screened: str | None = None  # a Patient not to screen: why
+    # Facts this resource may be a record of, though it could not be read as one (a filter
+    # met an element in the wrong JSON type, a reference it must follow is not in the
+    # source): the patient's fact may be missing a record (see service/ruleset/gaps.py).
+    undecided: list[str] = field(default_factory=list)
 
 
 def _compile_where(
@@ -315,10 +327,30 @@ class Mapper:
         return frozenset(self.sources) | self.join_targets
 
     @functools.cached_property
+    def as_of_types(self) -> frozenset[str]:
+        """Resource types whose records depend on as_of (a Patient's age): mapped at another
+        as_of, only these give other records."""
+        return frozenset(
+            rtype
+            for rtype, srcs in self.sources.items()
+            if any(f.reads_as_of for s in srcs for f in s.fields)
+        )
+
+    @functools.cached_property
     def join_targets(self) -> frozenset[str]:
         """Resource types that paths reach with resolve() (Medication, for instance)."""
         return frozenset(
             target for srcs in self.sources.values() for s in srcs for _, target in s.resolve
+        )
+
+    def facts_from(self, resource_type: str) -> frozenset[str]:
+        """Facts whose records come from this resource type, or follow a reference to it."""
+        return frozenset(
+            source.fact
+            for sources in self.sources.values()
+            for source in sources
+            if source.resource_type == resource_type
+            or any(target == resource_type for _, target in source.resolve)
         )
 
     def references_to_resolve(self, resource: Mapping[str, Any]) -> list[str]:
@@ -352,8 +384,11 @@ class Mapper:
             self.canonicalizer.canonicalize(resource) if resource_type in self.coded_types else []
         )
         attached: list[dict[str, Any]] = []
+        unresolved_facts: list[str] = []
         try:
-            unresolved = self._attach_references(resource, sources, resolve, attached)
+            unresolved = self._attach_references(
+                resource, sources, resolve, attached, unresolved_facts
+            )
             mapped = self._map(resource, resource_type, sources, as_of)  # type: ignore[arg-type]
             if mapped is None:
                 return None
@@ -364,6 +399,10 @@ class Mapper:
                         "references a resource that is not in the source; it cannot count",
                         "unresolved-reference",
                     )
+                )
+                counted = {c.fact for c in mapped.contributions}
+                mapped.undecided = sorted(
+                    {*mapped.undecided, *(f for f in unresolved_facts if f not in counted)}
                 )
             if changes and mapped.contributions:
                 restore_codings(changes)
@@ -394,9 +433,11 @@ class Mapper:
         sources: tuple[CompiledSource, ...],
         resolve: Resolver | None,
         attached: list[dict[str, Any]],
+        unresolved_facts: list[str],
     ) -> str | None:
         """Put each resolved target on its Reference (listed in ``attached``); the element left
-        unresolved, if any."""
+        unresolved, if any (the facts of the sources it leaves undecided go to
+        ``unresolved_facts``)."""
         unresolved = None
         for source in sources:
             for element, target in source.resolve:
@@ -409,6 +450,7 @@ class Mapper:
                     attached.append(reference)
                 elif source.accepts_before_resolving(resource):
                     unresolved = element
+                    unresolved_facts.append(source.fact)
         return unresolved
 
     def _map(
@@ -456,6 +498,16 @@ class Mapper:
             )
             for element, problem in problems
         )
+        if problems:
+            # ... and a resource refused only for it may be a record nobody could read.
+            counted = {source.fact for source in accepted}
+            mapped.undecided = sorted(
+                {
+                    source.fact
+                    for source in sources
+                    if source.fact not in counted and source.undecidable(resource)
+                }
+            )
         mapped.version_id, mapped.last_updated = version_of(resource)
         if resource_type == "Patient":
             mapped.not_screened = next(
@@ -632,6 +684,7 @@ def _compile_source(
             spec.path or "",
             spec.field if spec.type == "unusable" else None,
             compile_path(spec.path, valuesets, where) if spec.path else None,
+            spec.type in AS_OF_FIELD_TYPES,
         )
         for name, spec in source.fields.items()
     )

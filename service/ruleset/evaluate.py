@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any, Literal
 
 import orjson
 
 from service.ruleset.engines import CelEvaluationError, EngineName, failure_summary
+from service.ruleset.gaps import GAPS, Gaps, noted_reason, undecided_reason, why
 from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
 from service.ruleset.model import Kind, Result
 
@@ -74,7 +75,7 @@ class PatientVerdict:
             "as_of": as_of.isoformat(),
             "verdict": self.verdict,
             "criteria": {c.id: c.as_contract() for c in self.criteria},
-            "ruleset": {"id": ruleset.id, "version": ruleset.version},
+            "ruleset": {"id": ruleset.id, "version": ruleset.run_version},
         }
 
 
@@ -126,7 +127,7 @@ _MARK = "\x00ref:"
 
 
 def _memo_key(
-    facts: dict[str, Any], as_of: date
+    facts: dict[str, Any], as_of: date, gaps: Gaps | None
 ) -> tuple[bytes, dict[str, Any], dict[str, str]] | None:
     """The facts with every ``ref`` replaced by a placeholder, as a cache key; None if large."""
     refs: dict[str, str] = {}
@@ -147,7 +148,9 @@ def _memo_key(
             refs[mark] = record["ref"]
             records.append({**record, "ref": mark})
         normalized[name] = records
-    key = orjson.dumps([as_of.isoformat(), normalized], option=orjson.OPT_SORT_KEYS)
+    # What may be missing decides as much as what is there: part of the pattern.
+    pattern = [as_of.isoformat(), normalized, gaps] if gaps else [as_of.isoformat(), normalized]
+    key = orjson.dumps(pattern, option=orjson.OPT_SORT_KEYS)
     return key, normalized, refs
 
 
@@ -156,7 +159,9 @@ class Evaluator:
 
     Evaluation is a pure function of the facts and as_of, so with ``memoize`` patients whose
     facts differ only in resource ids share one evaluation; evidence is mapped back to each
-    patient's own ids.
+    patient's own ids. The parameters are the third input: they are fixed for an evaluator
+    (its rule set's), so its cache holds one set of parameter values only. Another set of
+    values is another rule set (``overrides.with_overrides``) and so another evaluator.
     """
 
     def __init__(
@@ -216,17 +221,22 @@ class Evaluator:
             return PatientVerdict(patient_id, decide(criteria), criteria)
 
     def evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
+        """The patient's verdict. ``facts`` may hold, under ``GAPS``, the facts that may be
+        missing records and why (see service/ruleset/gaps.py)."""
+        gaps: Gaps | None = facts.get(GAPS)
+        if gaps is not None:
+            facts = {name: value for name, value in facts.items() if name != GAPS}
         if self._memo is None:
-            return self._evaluate(patient_id, facts, as_of)
-        keyed = _memo_key(facts, as_of)
+            return self._evaluate(patient_id, facts, as_of, gaps)
+        keyed = _memo_key(facts, as_of, gaps)
         if keyed is None:
-            return self._evaluate(patient_id, facts, as_of)
+            return self._evaluate(patient_id, facts, as_of, gaps)
         key, normalized, refs = keyed
         shared = self._memo.get(key)
         if shared is None:
-            shared = self._evaluate("", normalized, as_of)
+            shared = self._evaluate("", normalized, as_of, gaps)
             if any(_MARK in c.reason for c in shared.criteria):
-                return self._evaluate(patient_id, facts, as_of)  # a reason quotes an id
+                return self._evaluate(patient_id, facts, as_of, gaps)  # a reason quotes an id
             if len(self._memo) < MEMO_MAX_ENTRIES:
                 self._memo[key] = shared
         else:
@@ -248,7 +258,9 @@ class Evaluator:
         )
         return PatientVerdict(patient_id, shared.verdict, criteria)
 
-    def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
+    def _evaluate(
+        self, patient_id: str, facts: dict[str, Any], as_of: date, gaps: Gaps | None = None
+    ) -> PatientVerdict:
         constants, failed_derived = self._constants(as_of)
         activation = self.engine.activation({**self.ruleset.variables(facts, as_of), **constants})
         derived_failure = ""
@@ -269,6 +281,11 @@ class Evaluator:
             self._criterion(criterion, activation, names, failed_derived, derived_failure)
             for criterion in self.ruleset.criteria
         )
+        if gaps:
+            results = tuple(
+                _with_gaps(result, criterion, gaps)
+                for result, criterion in zip(results, self.ruleset.criteria, strict=True)
+            )
         return PatientVerdict(patient_id, decide(results), results)
 
     def _failure_detail(
@@ -337,3 +354,17 @@ class Evaluator:
 def _expression_text(source: str, limit: int = 160) -> str:
     text = " ".join(source.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _with_gaps(result: CriterionResult, criterion: Criterion, gaps: Gaps) -> CriterionResult:
+    """A result judged by the records present only (service/ruleset/gaps.py): where it rests
+    on the absence of records that may be missing, ``unknown``."""
+    if result.manual or result.error:
+        return result
+    reasons = why(criterion.reads, gaps)
+    if not reasons:
+        return result
+    favourable = result.result == ("met" if criterion.kind == "inclusion" else "not_met")
+    if result.result == "unknown" or (favourable and result.evidence):
+        return replace(result, reason=noted_reason(reasons, result.reason))
+    return replace(result, result="unknown", reason=undecided_reason(reasons, result.reason))

@@ -30,7 +30,8 @@ from service.ruleset.engines import (
     make_engine,
     referenced_names,
 )
-from service.ruleset.model import CriterionDoc, Kind, Result, RuleSetDoc, TrialDoc
+from service.ruleset.model import CriterionDoc, Kind, ParameterDoc, Result, RuleSetDoc, TrialDoc
+from service.ruleset.overrides import version_suffix
 from service.ruleset.shapes import (
     STRING,
     CelType,
@@ -68,6 +69,9 @@ class Criterion:
     source: str  # one CEL expression choosing the outcome; empty for manual criteria
     # (label, CEL, guard) of each part, for the dry run: a part runs where its guard holds.
     components: tuple[tuple[str, str, str | None], ...] = ()
+    # The facts it reads, directly or through derived values: a lost source or an unreadable
+    # record feeding one of them may leave it undecided (service/ruleset/gaps.py).
+    reads: frozenset[str] = frozenset()
 
     @property
     def possible_results(self) -> frozenset[Result]:
@@ -106,6 +110,17 @@ class RuleSet:
     derived: tuple[tuple[str, str], ...]
     criteria: tuple[Criterion, ...]
     _compiled: dict[EngineName, CompiledRules] = field(default_factory=dict, repr=False)
+    # The parameters as the rule file declares them (kind, window, one_of, min/max), and those
+    # a run set otherwise (``--set``; ``overrides.py``), by name: the rule set then no longer
+    # follows the protocol, and says so in its ``run_version``.
+    declared: dict[str, ParameterDoc] = field(default_factory=dict, repr=False)
+    overrides: tuple[tuple[str, float | str], ...] = ()
+
+    @property
+    def run_version(self) -> str:
+        """The version written with every result: the rule file's, followed by the parameters
+        set for the run (``1.1.0+min_survival_months=2``); the rule file's alone without."""
+        return f"{self.version}{version_suffix(self.overrides)}"
 
     def compiled(self, engine: EngineName) -> CompiledRules:
         """The rules compiled for ``engine``; compiled (and checked) on first use when the
@@ -117,6 +132,11 @@ class RuleSet:
                 if found is None:
                     found = self._compiled[engine] = _compile_checked(self, (engine,))[engine]
         return found
+
+    def criteria_reading(self, resource_type: str) -> list[str]:
+        """Ids of the decidable criteria that read a fact fed by this resource type."""
+        facts = self.mapper.facts_from(resource_type)
+        return [c.id for c in self.criteria if not c.manual and c.reads & facts]
 
     def template_names(self) -> set[str]:
         return {"as_of", *self.parameters, *(f"{name}_start" for name in self.windows)}
@@ -233,6 +253,22 @@ class _Checker:
                 self.add(where, f"unknown window 'windows.{name}' (a parameter with window: true)")
 
 
+def _facts_read(
+    sources: Sequence[str], facts: set[str], facts_of: dict[str, frozenset[str]]
+) -> frozenset[str]:
+    """The facts these expressions read, directly or through the derived values they name."""
+    found: set[str] = set()
+    for source in sources:
+        try:
+            names = referenced_names(source)
+        except CelSyntaxError:
+            continue  # reported by the checker
+        found |= names & facts
+        for name in names:
+            found |= facts_of.get(name, frozenset())
+    return frozenset(found)
+
+
 def read_ruleset_doc(path: Path) -> RuleSetDoc:
     raw = read_yaml(path, "rule file")
     try:
@@ -295,10 +331,12 @@ def load_ruleset(
 
     fact_names = set(mapper.facts)
     known = fact_names | BUILTIN_NAMES
+    facts_of: dict[str, frozenset[str]] = {}  # derived value -> the facts it reads
     for name, source in doc.derived.items():
         if name in known:
             check.add(f"derived '{name}'", "name already used by a fact, built-in or derived value")
         check.expression(f"derived '{name}'", source, known, parameters, set(windows))
+        facts_of[name] = _facts_read([source], fact_names, facts_of)
         known = known | {name}
 
     if not shapes_checked:
@@ -325,6 +363,7 @@ def load_ruleset(
             )
         else:
             source, outcomes = _criterion_source(criterion)
+            components = tuple(_guarded_expressions(criterion))
             criteria.append(
                 Criterion(
                     criterion.id,
@@ -334,7 +373,8 @@ def load_ruleset(
                     "",
                     outcomes,
                     source,
-                    tuple(_guarded_expressions(criterion)),
+                    components,
+                    _facts_read([cel for _, cel, _guard in components], fact_names, facts_of),
                 )
             )
     if check.problems:
@@ -350,6 +390,7 @@ def load_ruleset(
         windows=windows,
         derived=tuple(doc.derived.items()),
         criteria=tuple(criteria),
+        declared=dict(doc.parameters),
     )
     ruleset._compiled.update(_compile_checked(ruleset, engines))
     return ruleset

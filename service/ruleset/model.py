@@ -58,6 +58,13 @@ class ParameterDoc(_Strict):
         description="a number of days before as_of; rules also get windows.<name>, its first day",
     )
     one_of: list[str] | None = None
+    min: float | None = Field(
+        default=None, description="the lowest value a run may set (--set, whatif --vary), inclusive"
+    )
+    max: float | None = Field(
+        default=None,
+        description="the highest value a run may set (--set, whatif --vary), inclusive",
+    )
     description: str = ""
 
     @model_validator(mode="after")
@@ -66,7 +73,25 @@ class ParameterDoc(_Strict):
             raise ValueError("a window is a non-negative number of days")
         if self.one_of is not None and self.value not in self.one_of:
             raise ValueError(f"value must be one of {self.one_of}")
+        self._check_range()
         return self
+
+    def _check_range(self) -> None:
+        """``min``/``max`` bound a number, and hold the rule file's own value."""
+        if self.min is None and self.max is None:
+            return
+        if isinstance(self.value, str):
+            raise ValueError("min and max bound a number, not a text value")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}")
+        if (self.min is not None and self.value < self.min) or (
+            self.max is not None and self.value > self.max
+        ):
+            raise ValueError(f"value {self.value:g} lies outside min/max")
+
+    @property
+    def is_number(self) -> bool:
+        return not isinstance(self.value, str)
 
 
 _EVIDENCE = "CEL: the list of 'Type/id' references (every record's ref) that support the result"

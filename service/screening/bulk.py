@@ -24,7 +24,7 @@ from service.fhir.bulk.export import (
     export_to_folder,
     finish_export,
 )
-from service.fhir.bulk.kickoff import BulkClient, PollPolicy
+from service.fhir.bulk.kickoff import BodyLimits, BulkClient, PollPolicy
 from service.fhir.bulk.plan import (
     ExportLevel,
     ExportRequest,
@@ -126,6 +126,12 @@ def bulk_client(client: FhirClient, settings: Settings) -> BulkClient:
             cap=settings.bulk_poll_max_seconds,
             max_wait=settings.bulk_max_wait_seconds,
             max_retry_after=settings.bulk_retry_after_max_seconds,
+            min_interval=settings.bulk_poll_min_seconds,
+        ),
+        limits=BodyLimits(
+            status=settings.bulk_max_status_bytes,
+            manifest=settings.bulk_max_manifest_bytes,
+            file=settings.bulk_max_file_bytes,
         ),
     )
 
@@ -137,6 +143,7 @@ def _options(settings: Settings, note: str, require_base: bool) -> ExportOptions
         page_size=settings.fhir_page_size,
         type_filter_note=note,
         require_base=require_base,
+        max_line=settings.max_line_bytes,
     )
 
 
@@ -223,6 +230,7 @@ async def screen_bulk(
             progress=progress,
             source_issues=export_issues(report.errors),
             workers=auto_workers(source_bytes(folder)) if workers is None else workers,
+            max_line=settings.max_line_bytes,
         )
         deleted = await finish_export(bulk, folder, keep=keep_export)
     return BulkScreening(report, deleted, portfolio)

@@ -54,6 +54,17 @@ def workers_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def set_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a rule parameter for this run only (TRIAL.NAME=VALUE in a portfolio; repeatable); "
+        "recorded in the outputs; not with --write-back",
+    )
+
+
 def register_screen(
     sub: argparse._SubParsersAction[argparse.ArgumentParser],
     common: argparse.ArgumentParser,
@@ -68,6 +79,7 @@ def register_screen(
     screen.add_argument("--source", help="folder of <ResourceType>.ndjson files (offline)")
     screen.add_argument("--fhir-url", help="FHIR R4 base URL to screen live (PRESCREEN_FHIR_URL)")
     screen.add_argument("--as-of", help="reference date YYYY-MM-DD (default: today, UTC)")
+    set_argument(screen)
     screen.add_argument("--out", required=True, help="output folder")
     screen.add_argument("--no-progress", action="store_true", help="no progress bars")
     workers_argument(screen)
@@ -100,10 +112,14 @@ def cmd_screen(args: argparse.Namespace, executor: Executor | None = None) -> in
 def _cmd_screen(
     args: argparse.Namespace, workers: WorkerPool | None, executor: Executor | None
 ) -> int:
+    from service.ruleset.overrides import apply_settings
     from service.screening.run import screen_portfolio
 
     settings = settings_for(args)
+    parameters = getattr(args, "set", [])  # `demo` screens with the rule files' values
+    _check_settings_allowed(args, parameters, executor)
     rulesets = [catalog.load_trial(trial, settings) for trial in trial_names(args.trial, settings)]
+    rulesets = apply_settings(rulesets, parameters)
     as_of = parse_as_of(args.as_of)
     fhir_url = getattr(args, "fhir_url", None)  # `demo` screens files and has no such option
     if getattr(args, "bulk", False):
@@ -129,13 +145,39 @@ def _cmd_screen(
             engine=settings.cel_engine,
             subject_identifier_system=settings.subject_identifier_system,
             progress=progress,
-            workers=workers if workers is not None else 1,
+            workers=workers if workers is not None else _worker_count(args),
+            max_line=settings.max_line_bytes,
         )
     for summary in portfolio.summaries:
         print_summary(summary)
     if portfolio.overview:
         print_overlap(portfolio.overview, Path(args.out))
     return portfolio.exit_code
+
+
+def _check_settings_allowed(
+    args: argparse.Namespace, parameters: list[str], executor: Executor | None
+) -> None:
+    """``--set`` changes the protocol: its verdicts are never written to the EHR."""
+    if not parameters:
+        return
+    from service.ruleset.overrides import split_assignment
+
+    names = ", ".join(
+        f"{trial}.{name}" if trial else name
+        for trial, name, _ in (split_assignment(text, "--set") for text in parameters)
+    )
+    if getattr(args, "write_back", False):
+        raise PrescreenError(
+            f"--set {names}: verdicts under parameters other than the protocol's are never "
+            "written to the EHR, so --set cannot be used with --write-back (--dry-run shows "
+            "what would be written)"
+        )
+    if executor is not None and _elsewhere(args):
+        raise PrescreenError(
+            f"--set {names}: not available with --executor {args.executor}; screen on this "
+            "machine (--workers N) instead"
+        )
 
 
 def _elsewhere(args: argparse.Namespace) -> bool:
@@ -147,23 +189,38 @@ def _offline_workers(args: argparse.Namespace) -> AbstractContextManager[WorkerP
     """Worker processes for an offline run (``--source``) on more than one, started now."""
     from contextlib import nullcontext
 
-    from service.screening.pool import WorkerPool, auto_workers, source_bytes
+    from service.screening.pool import WorkerPool
 
     if args.source is None or getattr(args, "bulk", False) or getattr(args, "fhir_url", None):
         return nullcontext()
     if _elsewhere(args):
         return nullcontext()  # the other executor (Spark) does the work
-    if args.workers is not None and args.workers < 1:
-        raise PrescreenError("--workers must be 1 or more")
-    count = auto_workers(source_bytes(Path(args.source))) if args.workers is None else args.workers
+    count = _worker_count(args)
     if count == 1:
         return nullcontext()  # the run itself decides whether one process spills (run.py)
+    if getattr(args, "set", None):
+        # Parameters set for the run are checked against the loaded rule sets first; the
+        # workers start after that (parallel.py), with the checked values.
+        return nullcontext()
     settings = settings_for(args)
     rules = [
         (catalog.rule_file(trial, settings), settings.mappings_dir)
         for trial in trial_names(args.trial, settings)
     ]
-    return WorkerPool(count, rules, settings.cel_engine, parse_as_of(args.as_of))
+    return WorkerPool(
+        count, rules, settings.cel_engine, parse_as_of(args.as_of), max_line=settings.max_line_bytes
+    )
+
+
+def _worker_count(args: argparse.Namespace) -> int:
+    """--workers, or the default for the size of --source."""
+    from service.screening.pool import auto_workers, source_bytes
+
+    if args.workers is not None and args.workers < 1:
+        raise PrescreenError("--workers must be 1 or more")
+    if args.workers is not None:
+        return int(args.workers)
+    return auto_workers(source_bytes(Path(args.source)))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

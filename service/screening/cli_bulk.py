@@ -181,7 +181,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
     _print_export(run)
     stdout.print(f"Wrote {out}/ (screen it with: prescreen screen --source {out} …)")
-    return EXIT_PARTIAL if any(entry.is_error for entry in run.report.errors) else EXIT_OK
+    doubtful = run.report.lost or any(entry.is_error for entry in run.report.errors)
+    return EXIT_PARTIAL if doubtful else EXIT_OK
 
 
 def _print_export(run: BulkExportRun) -> None:
@@ -199,6 +200,16 @@ def _print_export(run: BulkExportRun) -> None:
     )
     for note in report.notes:
         stdout.print(f"[yellow]note:[/] {escape(note)}")
+    for rtype, why in sorted(report.lost.items()):
+        stdout.print(
+            f"[yellow]not exported:[/] {rtype}: {escape(why)} (the criteria reading it are "
+            "unknown wherever they would rest on its absence)"
+        )
+    if report.deleted:
+        stdout.print(
+            f"{report.deleted} copies of resources the server deleted were removed from the "
+            "export's files"
+        )
     if report.errors:
         errors = sum(entry.is_error for entry in report.errors)
         stdout.print(

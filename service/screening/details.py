@@ -15,7 +15,15 @@ from typing import Any
 from service.mapping.display import DisplayReader, PatientDetails
 from service.mapping.mapper import Mapper
 from service.mapping.resources import version_of
-from service.screening.source import Collector, Copies, IssueLog, add_copy, current_copy
+from service.screening.source import (
+    NO_NOTES,
+    Collector,
+    Copies,
+    IssueLog,
+    SourceNotes,
+    add_copy,
+    current_copy,
+)
 
 
 class DetailsKeeper:
@@ -66,8 +74,15 @@ class DetailsCollector(Collector):
     """A Collector that also keeps the details of each Patient it reads (a few strings per
     patient: the service's NDJSON runs)."""
 
-    def __init__(self, mapper: Mapper, as_of: date, issues: IssueLog, mrn_system: str = "") -> None:
-        super().__init__(mapper, as_of, issues)
+    def __init__(
+        self,
+        mapper: Mapper,
+        as_of: date,
+        issues: IssueLog,
+        notes: SourceNotes = NO_NOTES,
+        mrn_system: str = "",
+    ) -> None:
+        super().__init__(mapper, as_of, issues, notes)
         self.keeper = DetailsKeeper(mapper.display, mrn_system)
 
     def add_resource(self, resource: Any, where: str, line: int | Callable[[], int]) -> None:

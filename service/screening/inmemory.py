@@ -8,7 +8,14 @@ from datetime import date
 from typing import Any
 
 from service.ruleset.evaluate import Evaluator, PatientVerdict
-from service.screening.source import NOT_SCREENED, Collector, InputIssue, IssueLog
+from service.screening.source import (
+    NO_NOTES,
+    NOT_SCREENED,
+    Collector,
+    InputIssue,
+    IssueLog,
+    SourceNotes,
+)
 
 
 def evaluate_resources(
@@ -19,14 +26,17 @@ def evaluate_resources(
     issues: IssueLog | None = None,
     only: set[str] | None = None,
     not_screened: dict[str, str] | None = None,
+    notes: SourceNotes = NO_NOTES,
 ) -> list[PatientVerdict]:
     """Verdicts of the patients among ``resources`` (restricted to ``only`` when given).
 
     Each resource is located in issue reports by its reference, as it has no file and line.
     Patients the mapping says not to screen get no verdict; ``not_screened`` collects them.
+    ``notes.lost``: resource types the fetch could not read (criteria never rest on their
+    absence).
     """
     log = issues or IssueLog()
-    collector = Collector(evaluator.ruleset.mapper, as_of, log)
+    collector = Collector(evaluator.ruleset.mapper, as_of, log, notes)
     collector.read_resources(resources)
     for pid, reason, where in collector.not_screened():
         if only is None or pid in only:

@@ -1,4 +1,4 @@
-"""NDJSON lines: where they are split and parsed, for every reader.
+"""NDJSON lines: where they are parsed, counted and reported, for every screening.
 
 Every screening reads its lines through here: the local reader (``ndjson.py``: one process, or
 the spans of a file in the ``--workers`` processes) and Spark's reading tasks
@@ -6,136 +6,37 @@ the spans of a file in the ``--workers`` processes) and Spark's reading tasks
 command line, of a Bulk Data download and of the service all split, parse, count and report a
 line alike.
 
-- Splitting: ``blocks`` reads a file in blocks of whole lines, ``span_blocks`` the same blocks
-  for a span of it, ``split_points`` where a file may be cut into spans.
+- Splitting is in ``service/ndjson_files.py`` (``blocks``, ``span_blocks``, ``split_points``),
+  below this package, because two readers outside a screening split lines too: ``prescreen
+  load`` (``service/fhir/loader.py``) and the scan for referenced ids after a Bulk Data download
+  (``service/fhir/bulk/references.py``). It keeps the one limit on a line's length: a longer
+  line is dropped as it is read.
 - Parsing: ``LineParser`` knows which collectors read a resource type (each with the line test
   it needs in a portfolio), parses a line (orjson), counts it, reports one that is not valid
   JSON, hands the resource to the collectors, and checks the shape of the lines left unparsed
   (``{`` first, ``}`` last, else "not a JSON object").
 
-A rule about single lines belongs here, written once: a limit on a line's length, for instance,
-is kept by the splitting (a block never grows past it; the rest of the long line is skipped)
-and reported by a ``LineParser`` method that Spark's tasks call too, for the rows of its text
-source. A new kind of input issue about a line is reported by ``LineParser`` as well. (Two
-readers outside a screening still iterate a file's lines themselves: ``prescreen load``, in
-``service/fhir/loader.py``, and the scan for referenced ids after a Bulk Data download, in
-``service/fhir/bulk/references.py``.)
+A rule about single lines belongs here, written once: a line too long to read is reported by
+``LineParser.too_long`` (Spark's driver reports the lines Spark's text source skipped with the
+same kind and message: ``service/spark/driver.py``). A new kind of input issue about a line is
+reported by ``LineParser`` as well.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from functools import cached_property
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from service.mapping.mapper import code_prefilter
+from service.ndjson_files import LINE_TOO_LONG, MAX_LINE_BYTES, too_long_message
 from service.screening.source import Collector, InputIssue, ReadStats
-
-BLOCK_BYTES = 4 << 20
 
 # A collector reading a resource type, with the line test it needs (None: every parsed line).
 Taker = tuple[Collector, re.Pattern[bytes] | None]
-
-
-# --- splitting -------------------------------------------------------------------------------
-
-
-def blocks(handle: IO[bytes]) -> Iterator[tuple[bytearray, int]]:
-    """(buffer, end): whole lines in ``buffer[:end]``, about BLOCK_BYTES at a time.
-
-    One buffer is reused and filled in place (``readinto``): copying 4 MB blocks around cost
-    more than scanning them. The buffer is only valid until the next block is asked for.
-    """
-    buffer = bytearray(BLOCK_BYTES * 2)
-    view = memoryview(buffer)
-    filled = 0
-    first = True
-    while True:
-        if len(buffer) - filled < BLOCK_BYTES:  # one line longer than a block: grow
-            view.release()
-            buffer.extend(bytes(len(buffer)))
-            view = memoryview(buffer)
-        read = handle.readinto(view[filled : filled + BLOCK_BYTES])  # type: ignore[attr-defined]
-        if first and buffer.startswith(b"\xef\xbb\xbf"):
-            # A UTF-8 byte-order mark, which some Windows exporters write: not part of the JSON.
-            buffer[: read - 3] = buffer[3:read]
-            read -= 3
-        first = False
-        if not read:
-            if filled:
-                yield buffer, filled
-            return
-        filled += read
-        cut = buffer.rfind(b"\n", 0, filled) + 1
-        if cut == 0:
-            continue
-        yield buffer, cut
-        tail = filled - cut
-        buffer[:tail] = buffer[cut:filled]
-        filled = tail
-
-
-def span_blocks(handle: IO[bytes], start: int, end: int) -> Iterator[tuple[bytearray, int]]:
-    """The blocks ``blocks`` would give for the bytes ``start..end`` of a whole-file reading.
-
-    ``blocks`` reads BLOCK_BYTES at a time and cuts each block after the last line end read so
-    far, so its blocks end at the last line end before each multiple of BLOCK_BYTES (or at the
-    end of the file). A span between two such cuts is read with the same cuts, so the lines of
-    each block, and the order in which their problems are reported, are those of a whole-file
-    reading (see ``split_points``). One buffer is filled in place, as in ``blocks``.
-    """
-    handle.seek(start)
-    buffer = bytearray(BLOCK_BYTES * 2)
-    view = memoryview(buffer)
-    filled = 0
-    position = start
-    while position < end:
-        wanted = min((position // BLOCK_BYTES + 1) * BLOCK_BYTES, end) - position
-        if len(buffer) - filled < wanted:  # one line longer than a block: grow
-            view.release()
-            buffer.extend(bytes(len(buffer)))
-            view = memoryview(buffer)
-        read = handle.readinto(view[filled : filled + wanted])  # type: ignore[attr-defined]
-        if not read:
-            break  # the file is shorter than it was
-        if position == 0 and buffer.startswith(b"\xef\xbb\xbf"):
-            # A UTF-8 byte-order mark, as in blocks.
-            buffer[: read - 3] = buffer[3:read]
-            filled -= 3
-        position += read
-        filled += read
-        cut = buffer.rfind(b"\n", 0, filled) + 1
-        if cut:
-            yield buffer, cut
-            tail = filled - cut
-            buffer[:tail] = buffer[cut:filled]
-            filled = tail
-    if filled:
-        yield buffer, filled
-
-
-def split_points(path: Path, size: int, every: int) -> list[int]:
-    """Offsets about ``every`` bytes apart where a reading of the file may be split in spans.
-
-    Each is a cut ``blocks`` makes: just after the last line end before a multiple of
-    BLOCK_BYTES. A multiple with no line end in the block before it gives no point.
-    """
-    points: list[int] = []
-    step = max(1, round(every / BLOCK_BYTES))
-    with path.open("rb") as handle:
-        for multiple in range(step * BLOCK_BYTES, size, step * BLOCK_BYTES):
-            handle.seek(multiple - BLOCK_BYTES)
-            before = handle.read(BLOCK_BYTES)
-            cut = before.rfind(b"\n")
-            if cut != -1:
-                point = multiple - BLOCK_BYTES + cut + 1
-                if point < size and (not points or point > points[-1]):
-                    points.append(point)
-    return points
 
 
 def constant(number: int) -> Callable[[], int]:
@@ -160,8 +61,9 @@ class LineParser:
     the lines before one costs a pass over its block.
     """
 
-    def __init__(self, collectors: Sequence[Collector]) -> None:
+    def __init__(self, collectors: Sequence[Collector], max_line: int = MAX_LINE_BYTES) -> None:
         self.collectors = list(collectors)
+        self.max_line = max_line
         self.stats = ReadStats()
         self.wanted = frozenset(
             rtype for collector in collectors for rtype in collector.mapper.resource_types
@@ -225,6 +127,12 @@ class LineParser:
             if own_codes is None or own_codes.search(line):
                 collector.add_resource(resource, name, locate)
         return resource
+
+    def too_long(self, name: str, number: int) -> None:
+        """A line too long to read, skipped unread by the splitting (the reader counts it as
+        a line): reported to every trial. Spark's driver reports the lines Spark's text source
+        skipped with the same kind and message."""
+        self.report(InputIssue(name, number, LINE_TOO_LONG, too_long_message(self.max_line)))
 
     def check_shape(self, line: bytes, name: str, number: int) -> None:
         """One line left unparsed: reported when it is not plainly one JSON object."""

@@ -20,7 +20,14 @@ import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError, error_kind
 from service.fhir.client import FhirClient, Json
-from service.fhir.connect import check_capabilities, connect, raise_for, read_capabilities
+from service.fhir.connect import (
+    DRY_RUN_PERMISSIONS,
+    WRITE_PERMISSIONS,
+    check_capabilities,
+    connect,
+    raise_for,
+    read_capabilities,
+)
 from service.fhir.retrieval import (
     PatientFetcher,
     changed_since,
@@ -29,14 +36,16 @@ from service.fhir.retrieval import (
     reads_needed,
 )
 from service.fhir.writeback import WriteBack, WriteStats
+from service.private_files import open_private, private_folder
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_resources
 from service.screening.results import write_results
-from service.screening.source import InputIssue, IssueLog, ReadStats
-from service.screening.summary import ProgressSink, ScreeningSummary
+from service.screening.source import InputIssue, IssueLog, ReadStats, SourceNotes
+from service.screening.summary import ProgressSink, ScreeningSummary, report_lost_once
 from service.settings import Settings
 
 CHECKPOINT = "checkpoint.ndjson"
@@ -129,7 +138,7 @@ class Checkpoint:
                 except orjson.JSONDecodeError:
                     continue  # the line a crash cut short: that patient is simply redone
                 self.done[line["verdict"]["patient"].removeprefix("Patient/")] = line
-        self._handle: IO[bytes] = path.open("ab" if resume else "wb")
+        self._handle: IO[bytes] = open_private(path, "ab" if resume else "wb")
 
     def record(self, verdict: PatientVerdict, contract: dict[str, Any]) -> None:
         line = {"verdict": contract, "rule_errors": [c.id for c in verdict.criteria if c.error]}
@@ -177,9 +186,18 @@ async def screen_url(
     echo: Callable[[Json], None] | None = None,
 ) -> LiveSummary:
     """Connect to the server (the configured one when ``fhir_url`` is None) and screen it."""
-    client = await connect(settings, fhir_url, ruleset.mapper.resource_types)
+    client = await connect(
+        settings, fhir_url, ruleset.mapper.resource_types, writes=writes_of(options)
+    )
     async with client:
         return await screen_server(ruleset, client, options, progress=progress, echo=echo)
+
+
+def writes_of(options: LiveOptions) -> dict[str, str]:
+    """What the run writes, as SMART permissions: nothing unless it writes back."""
+    if not options.write_back:
+        return {}
+    return DRY_RUN_PERMISSIONS if options.dry_run else WRITE_PERMISSIONS
 
 
 async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOptions) -> list[str]:
@@ -211,7 +229,7 @@ async def screen_server(
     echo: Callable[[Json], None] | None = None,
 ) -> LiveSummary:
     out = options.out
-    out.mkdir(parents=True, exist_ok=True)
+    private_folder(out)
     abilities = read_capabilities(await client.capabilities())
     reads = reads_needed(ruleset.mapper)
     if options.selection.kind == "since":
@@ -223,7 +241,7 @@ async def screen_server(
     )
     raise_for(capability)
 
-    issue_file = (out / output.ISSUES).open("ab" if options.resume else "wb")
+    issue_file = open_private(out / output.ISSUES, "ab" if options.resume else "wb")
 
     def record_issue(issue: InputIssue) -> None:
         issue_file.write(orjson.dumps(issue.as_json()) + b"\n")
@@ -231,7 +249,7 @@ async def screen_server(
     issues = IssueLog(sink=record_issue)
     summary = LiveSummary(
         ruleset.id,
-        ruleset.version,
+        ruleset.run_version,
         options.engine,
         options.as_of,
         Path(client.base_url),
@@ -240,6 +258,7 @@ async def screen_server(
         issues,
     )
     summary.capability_warnings = capability.warnings
+    summary.parameters_set = parameters_set(ruleset)
     started = time.perf_counter()
     checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
     try:
@@ -361,16 +380,18 @@ async def _screen_group(
     options: LiveOptions,
 ) -> tuple[list[PatientVerdict], list[str]]:
     """Verdicts of a group, and the patients of it the mapping says not to screen."""
-    resources = await fetcher.fetch(group)
-    summary.stats.parsed += len(resources)
+    fetched = await fetcher.fetch(group)
+    summary.stats.parsed += len(fetched.resources)
+    report_lost_once(summary, evaluator.ruleset, fetched.lost)
     skipped: dict[str, str] = {}
     verdicts = evaluate_resources(
         evaluator,
-        resources,
+        fetched.resources,
         options.as_of,
         issues=summary.issues,
         only=set(group),
         not_screened=skipped,
+        notes=SourceNotes(lost=fetched.lost),
     )
     summary.not_screened.update(skipped)
     found = {v.patient_id for v in verdicts} | set(skipped)

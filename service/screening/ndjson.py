@@ -18,9 +18,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from service.ndjson_files import NdjsonFile, discover, open_ndjson
+from service.ndjson_files import (
+    MAX_LINE_BYTES,
+    NdjsonFile,
+    blocks,
+    discover,
+    open_ndjson,
+    span_blocks,
+)
 from service.screening.blockscan import BlockScanner, block_scanner
-from service.screening.lines import LineParser, blocks, span_blocks
+from service.screening.lines import LineParser
 from service.screening.source import Collector, InputIssue, ReadStats, is_fhir_resource_type
 
 
@@ -32,9 +39,9 @@ def reading_order(files: list[NdjsonFile], targets: frozenset[str]) -> list[Ndjs
 class NdjsonReader:
     """Reads files once and hands every parsed resource to each collector."""
 
-    def __init__(self, collectors: Sequence[Collector]) -> None:
+    def __init__(self, collectors: Sequence[Collector], max_line: int = MAX_LINE_BYTES) -> None:
         self.collectors = list(collectors)
-        self.parser = LineParser(collectors)
+        self.parser = LineParser(collectors, max_line)
         self.wanted = self.parser.wanted
         self.targets = self.parser.targets
         self._scanners: dict[str, BlockScanner] = {}
@@ -104,11 +111,23 @@ class NdjsonReader:
         try:
             with open_ndjson(file.path) as handle:
                 raw_handle: Any = handle.fileobj if isinstance(handle, gzip.GzipFile) else handle
-                read = blocks(handle) if span is None else span_blocks(handle, *span)
-                for block, end in read:
+                max_line = parser.max_line
+                read = (
+                    blocks(handle, max_line)
+                    if span is None
+                    else span_blocks(handle, *span, max_line)
+                )
+                name = file.path.name
+                for block, end, skipped in read:
+                    if skipped:  # a line too long to read, before the block's lines
+                        stats.lines += 1
+                        lines_before += 1
+                        parser.too_long(name, lines_before)
+                    if not end:
+                        progress(raw_handle.tell())
+                        continue
                     lines = block.count(b"\n", 0, end) + (block[end - 1 : end] != b"\n")
                     stats.lines += lines
-                    name = file.path.name
                     if not wanted:
                         stats.skipped_type += lines
                     elif prefilter is None:
@@ -142,8 +161,16 @@ class NdjsonReader:
         return self._scanners[resource_type]
 
 
-def read_folder(collectors: Collector | Sequence[Collector], folder: Path) -> ReadStats:
-    """Every NDJSON file of a folder, read once into the collectors, without progress."""
-    reader = NdjsonReader([collectors] if isinstance(collectors, Collector) else collectors)
-    reader.read_files(discover(folder))
+def read_folder(
+    collectors: Collector | Sequence[Collector],
+    folder: Path,
+    max_line: int = MAX_LINE_BYTES,
+    files: list[NdjsonFile] | None = None,
+) -> ReadStats:
+    """Every NDJSON file of a folder (or these of its files), read once into the collectors,
+    without progress."""
+    reader = NdjsonReader(
+        [collectors] if isinstance(collectors, Collector) else collectors, max_line
+    )
+    reader.read_files(discover(folder) if files is None else files)
     return reader.stats

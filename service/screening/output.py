@@ -1,7 +1,8 @@
 """Writing a screening's files: verdicts, FHIR resources, issues and a summary.
 
 Each file is written under a temporary name and renamed into place when complete, so a reader
-never sees half a file and an interrupted run leaves the previous outputs intact.
+never sees half a file and an interrupted run leaves the previous outputs intact. They hold
+patient data: created 0600 in folders created 0700 (service/private_files.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from types import TracebackType
 from typing import IO, Any
 
 import orjson
+
+from service.private_files import open_private, private_folder, write_private
 
 VERDICTS = "verdicts.ndjson"
 STUDIES = "ResearchStudy.ndjson"
@@ -30,8 +33,8 @@ class AtomicNdjson:
         self.count = 0
 
     def open(self) -> AtomicNdjson:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = self._tmp.open("wb")
+        private_folder(self.path.parent)
+        self._handle = open_private(self._tmp)
         return self
 
     def write(self, item: Any) -> None:
@@ -78,6 +81,7 @@ class OutputSet:
         self.out = out
         self._files: list[AtomicNdjson] = []
         self._documents: list[tuple[Path, Any]] = []
+        self._texts: list[tuple[Path, str]] = []
 
     def ndjson(self, name: str) -> AtomicNdjson:
         file = AtomicNdjson(self.out / name).open()
@@ -88,8 +92,12 @@ class OutputSet:
         """A JSON document, written when the set is committed."""
         self._documents.append((self.out / name, item))
 
+    def text(self, name: str, content: str) -> None:
+        """A text file (CSV, HTML), written when the set is committed."""
+        self._texts.append((self.out / name, content))
+
     def __enter__(self) -> OutputSet:
-        self.out.mkdir(parents=True, exist_ok=True)
+        private_folder(self.out)
         return self
 
     def __exit__(
@@ -108,9 +116,13 @@ class OutputSet:
             file.commit()
         for path, item in self._documents:
             write_json(path, item)
+        for path, content in self._texts:
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(content, encoding="utf-8")
+            tmp.replace(path)
 
 
 def write_json(path: Path, item: Any) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(orjson.dumps(item, option=orjson.OPT_INDENT_2) + b"\n")
+    write_private(tmp, orjson.dumps(item, option=orjson.OPT_INDENT_2) + b"\n")
     tmp.replace(path)

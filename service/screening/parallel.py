@@ -30,19 +30,21 @@ from typing import Any
 
 import orjson
 
-from service.ndjson_files import NdjsonFile, discover
+from service.ndjson_files import MAX_LINE_BYTES, NdjsonFile, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output, workers
 from service.screening.ndjson import reading_order
 from service.screening.partition import plan_spans, read_spill, span_size
-from service.screening.pool import WorkerPool, rule_files
+from service.screening.pool import WorkerPool, rule_files, rule_overrides
 from service.screening.results import ResultFiles, write_overview
-from service.screening.source import InputIssue, IssueLog, ReadStats
+from service.screening.source import NO_NOTES, InputIssue, IssueLog, ReadStats, SourceNotes
 from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
@@ -66,17 +68,23 @@ def screen_in_parallel(
     progress: ProgressSink | None,
     source_issues: Sequence[InputIssue] = (),
     workers: int | WorkerPool,
+    notes: SourceNotes = NO_NOTES,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary | None:
     """``screen_portfolio`` on worker processes; None when the source needs one process."""
     files = discover(source)
     if isinstance(workers, WorkerPool):
-        if not workers.serves(rulesets, engine, as_of):
-            raise ValueError("the worker pool was started for other rule sets, engine or date")
-        return _ParallelRun(rulesets, files, workers, engine, as_of, progress).screen(
+        if not workers.serves(rulesets, engine, as_of, max_line):
+            raise ValueError(
+                "the worker pool was started for other rule sets, engine, date or line limit"
+            )
+        return _ParallelRun(rulesets, files, workers, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
-    with WorkerPool(workers, rule_files(rulesets), engine, as_of) as pool:
-        return _ParallelRun(rulesets, files, pool, engine, as_of, progress).screen(
+    with WorkerPool(
+        workers, rule_files(rulesets), engine, as_of, rule_overrides(rulesets), max_line
+    ) as pool:
+        return _ParallelRun(rulesets, files, pool, engine, as_of, progress, notes).screen(
             source, out, subject_identifier_system, source_issues
         )
 
@@ -90,8 +98,10 @@ class _ParallelRun:
         engine: EngineName,
         as_of: date,
         progress: ProgressSink | None,
+        notes: SourceNotes = NO_NOTES,
     ) -> None:
         self.rulesets = list(rulesets)
+        self.notes = notes
         self.pool = pool
         self.engine = engine
         self.as_of = as_of
@@ -104,7 +114,8 @@ class _ParallelRun:
             pool.count * BUCKETS_PER_WORKER, -(-self.total_bytes // BUCKET_INPUT_BYTES)
         )
         self.several = len(self.rulesets) > 1
-        self.here = workers.Worker(self.rulesets, engine, as_of)  # this process's share
+        # This process's share, read with the pool's line limit.
+        self.here = workers.Worker(self.rulesets, engine, as_of, pool.max_line)
         self._read_done = [0] * len(self.spans)
         self._advance_read: Callable[[int], None] | None = None
         trials = len(self.rulesets)
@@ -132,7 +143,10 @@ class _ParallelRun:
             lines_before = self._lines_before(reads)
             started = time.perf_counter()
             screened = self.pool.run_all(
-                [(workers.screen_bucket, (b, spill, lines_before)) for b in range(self.buckets)],
+                [
+                    (workers.screen_bucket, (b, spill, lines_before, self.notes))
+                    for b in range(self.buckets)
+                ],
                 self._on_message,
             )
             evaluate_seconds = time.perf_counter() - started
@@ -231,9 +245,11 @@ class _ParallelRun:
             for ruleset in self.rulesets:
                 issue_file = outputs.ndjson(f"{self._folder(ruleset)}{output.ISSUES}")
                 logs.append(IssueLog(sink=_writer(issue_file)))
-            for trial_log in logs:
+            lost = []
+            for ruleset, trial_log in zip(self.rulesets, logs, strict=True):
                 for issue in source_issues:
                     trial_log.add(issue)
+                lost.append(report_lost_sources(trial_log, ruleset, self.notes.lost))
             self._replay_read_issues(spill, reads, lines_before, logs)
             verdicts_by_patient: dict[str, dict[str, str]] = {}
             summaries = []
@@ -241,7 +257,7 @@ class _ParallelRun:
                 started = time.perf_counter()
                 summary = ScreeningSummary(
                     ruleset.id,
-                    ruleset.version,
+                    ruleset.run_version,
                     self.engine,
                     self.as_of,
                     source,
@@ -250,6 +266,8 @@ class _ParallelRun:
                     logs[trial],
                 )
                 summary.read_seconds = seconds[0]
+                summary.parameters_set = parameters_set(ruleset)
+                summary.sources_unavailable = lost[trial]
                 summary.orphans = _merged_orphans(b.orphans[trial] for b in screened)
                 report_orphans(summary)
                 report_not_screened(

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from service import ndjson_files
 from service.ndjson_files import NdjsonFile
-from service.screening import lines
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +43,12 @@ def plan_spans(files: list[NdjsonFile], every: int) -> list[Span]:
 
     A gzipped file cannot be entered in the middle: it stays whole, as does a small file.
     """
-    every = max(every, lines.BLOCK_BYTES)
+    every = max(every, ndjson_files.BLOCK_BYTES)
     spans: list[Span] = []
     for file in files:
         size = file.size
-        points = [] if file.path.suffix == ".gz" else lines.split_points(file.path, size, every)
+        gzipped = file.path.suffix == ".gz"
+        points = [] if gzipped else ndjson_files.split_points(file.path, size, every)
         if not points:
             spans.append(Span(len(spans), file, None))
             continue
@@ -60,7 +61,7 @@ def plan_spans(files: list[NdjsonFile], every: int) -> list[Span]:
 def span_size(total_bytes: int, workers: int) -> int:
     """Spans small enough that every worker gets several (a slow one holds up less), large
     enough that each costs little to hand out: at most 64 MB."""
-    return min(64 << 20, max(lines.BLOCK_BYTES, total_bytes // (workers * 4)))
+    return min(64 << 20, max(ndjson_files.BLOCK_BYTES, total_bytes // (workers * 4)))
 
 
 def bucket_of(patient_id: str, buckets: int) -> int:

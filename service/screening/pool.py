@@ -23,8 +23,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
+from service.ruleset.overrides import Overrides
 from service.screening import workers
 
 if TYPE_CHECKING:
@@ -65,6 +66,12 @@ def rule_files(rulesets: Sequence[RuleSet]) -> list[tuple[Path, Path]]:
     return [(rs.path, rs.mapper.source_file.parent) for rs in rulesets]
 
 
+def rule_overrides(rulesets: Sequence[RuleSet]) -> list[Overrides]:
+    """The parameters set for the run (``--set``) of each rule set, which a worker applies to
+    the rule set it loads."""
+    return [rs.overrides for rs in rulesets]
+
+
 class WorkerPool:
     """``count`` processes screening together: this one and ``count - 1`` worker processes,
     each with the rule sets loaded. A pool of one is this process alone, running the tasks in
@@ -76,7 +83,13 @@ class WorkerPool:
     """
 
     def __init__(
-        self, count: int, rules: list[tuple[Path, Path]], engine: EngineName, as_of: date
+        self,
+        count: int,
+        rules: list[tuple[Path, Path]],
+        engine: EngineName,
+        as_of: date,
+        overrides: Sequence[Overrides] = (),
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         if count < 1:
             raise ValueError("a pool has one process or more")
@@ -85,6 +98,8 @@ class WorkerPool:
         self.rules = [(Path(path).resolve(), Path(maps).resolve()) for path, maps in rules]
         self.engine = engine
         self.as_of = as_of
+        self.overrides = list(overrides) or [() for _ in rules]
+        self.max_line = max_line
         self.messages: Any = context.Queue()
         # Progress of the tasks this process runs itself (see ``run_all``).
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
@@ -95,14 +110,26 @@ class WorkerPool:
                 self._processes,
                 mp_context=context,
                 initializer=workers.start,
-                initargs=(self.rules, engine, as_of, self.messages),
+                initargs=(self.rules, engine, as_of, self.messages, self.overrides, max_line),
             )
             for _ in range(self._processes):  # one is spawned per task while none is idle
                 self._executor.submit(workers.ready)
 
-    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+    def serves(
+        self,
+        rulesets: Sequence[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> bool:
         rules = [(Path(p).resolve(), Path(m).resolve()) for p, m in rule_files(rulesets)]
-        return rules == self.rules and engine == self.engine and as_of == self.as_of
+        return (
+            rules == self.rules
+            and rule_overrides(rulesets) == self.overrides
+            and engine == self.engine
+            and as_of == self.as_of
+            and max_line == self.max_line
+        )
 
     def run_all(
         self,

@@ -24,7 +24,7 @@ from service.ruleset.evaluate import VERDICTS, Evaluator, PatientVerdict, Verdic
 from service.ruleset.loader import RuleSet
 from service.ruleset.model import Result
 from service.screening.inmemory import evaluate_resources
-from service.screening.source import InputIssue, IssueLog
+from service.screening.source import InputIssue, IssueLog, SourceNotes
 from service.yamlfiles import read_model
 
 
@@ -81,6 +81,11 @@ class RuleTest(_Strict):
         "replaces it, several copies of one resource are all kept, in order",
     )
     remove: list[str] = Field(default=[], description="base resources removed, as 'Type/id'")
+    lost: list[str] = Field(
+        default=[],
+        description="resource types the run could not read (refused by the server, lost by "
+        "the export): the criteria must not rest on their absence",
+    )
     expect: Expectation = Field(description="what the patient must give")
 
 
@@ -166,12 +171,17 @@ def export_patients(
 
 
 def evaluate_test_patient(
-    evaluator: Evaluator, resources: list[dict[str, Any]], as_of: date
+    evaluator: Evaluator,
+    resources: list[dict[str, Any]],
+    as_of: date,
+    lost: list[str] | tuple[str, ...] = (),
 ) -> tuple[list[PatientVerdict], list[InputIssue]]:
-    """Map and evaluate a test patient exactly as the runs do, keeping the input issues."""
+    """Map and evaluate a test patient exactly as the runs do, keeping the input issues;
+    ``lost``: resource types the run lost (service/ruleset/gaps.py)."""
     captured: list[InputIssue] = []
+    notes = SourceNotes(lost=dict.fromkeys(lost, "lost in this rule test"))
     verdicts = evaluate_resources(
-        evaluator, resources, as_of, issues=IssueLog(sink=captured.append)
+        evaluator, resources, as_of, issues=IssueLog(sink=captured.append), notes=notes
     )
     return verdicts, captured
 
@@ -207,7 +217,7 @@ def run_rule_tests(
         resources = patient_resources(suite, test)
         outputs: dict[str, dict[str, Any]] = {}
         for engine_name, evaluator in evaluators.items():
-            verdicts, issues = evaluate_test_patient(evaluator, resources, as_of)
+            verdicts, issues = evaluate_test_patient(evaluator, resources, as_of, test.lost)
             if test.expect.verdict == "not-screened":
                 kinds = sorted(i.kind for i in issues)
                 if verdicts or kinds != sorted(test.expect.input_issues):

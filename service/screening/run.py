@@ -12,27 +12,40 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from service.ndjson_files import discover
+from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.parallel import screen_in_parallel
 from service.screening.pool import WorkerPool, needs_pool
 from service.screening.results import write_overview, write_results
-from service.screening.source import Collector, InputIssue, IssueLog
+from service.screening.source import NO_NOTES, Collector, InputIssue, IssueLog, SourceNotes
 from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
 
 # How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
 Workers = int | WorkerPool
+
+
+def folder_notes(source: Path) -> SourceNotes:
+    """What a folder says of its own completeness: nothing, unless a Bulk Data export wrote
+    its state there (types it lost, Patients an incremental export deleted)."""
+    from service.fhir.bulk.job import STATE_FILE, export_notes
+
+    if not (source / STATE_FILE).is_file():
+        return NO_NOTES
+    lost, deleted = export_notes(source)
+    return SourceNotes(lost, deleted)
 
 
 def screen_folder(
@@ -45,6 +58,7 @@ def screen_folder(
     subject_identifier_system: str,
     progress: ProgressSink | None = None,
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> ScreeningSummary:
     """One trial: its files straight in ``out``."""
     portfolio = screen_portfolio(
@@ -56,6 +70,7 @@ def screen_folder(
         subject_identifier_system=subject_identifier_system,
         progress=progress,
         workers=workers,
+        max_line=max_line,
     )
     return portfolio.summaries[0]
 
@@ -71,6 +86,7 @@ def screen_portfolio(
     progress: ProgressSink | None = None,
     source_issues: Sequence[InputIssue] = (),
     workers: Workers = 1,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary:
     """Screen every trial on one reading of the source.
 
@@ -85,8 +101,14 @@ def screen_portfolio(
     ``workers`` above 1 (or a started ``WorkerPool``) splits the work by patient over that many
     processes (see parallel.py); so does one process for a source too large to hold in memory,
     bucket by bucket. The files written are the same, byte for byte.
+
+    A folder a Bulk Data export wrote may say it lacks some resource types (``folder_notes``):
+    each is a ``source-unavailable`` issue, and no criterion rests on its absence.
+    ``max_line``: the longest line read (PRESCREEN_MAX_LINE_BYTES); a longer one is skipped
+    and reported as ``line-too-long``.
     """
     files = discover(source)
+    notes = folder_notes(source)
     if not isinstance(workers, int) or needs_pool(sum(f.size for f in files), workers):
         parallel = screen_in_parallel(
             rulesets,
@@ -98,6 +120,8 @@ def screen_portfolio(
             progress=progress,
             source_issues=source_issues,
             workers=workers,
+            notes=notes,
+            max_line=max_line,
         )
         if parallel is not None:
             return parallel
@@ -107,12 +131,20 @@ def screen_portfolio(
         for ruleset in rulesets:
             folder = f"{ruleset.id}/" if several else ""
             trials.append(
-                _Trial(ruleset, Evaluator(ruleset, engine, memoize=True), outputs, folder, as_of)
+                _Trial(
+                    ruleset,
+                    Evaluator(ruleset, engine, memoize=True),
+                    outputs,
+                    folder,
+                    as_of,
+                    notes,
+                )
             )
         for trial in trials:
             for issue in source_issues:
                 trial.issues.add(issue)
-        reader = NdjsonReader([trial.collector for trial in trials])
+            trial.lost = report_lost_sources(trial.issues, trial.ruleset, notes.lost)
+        reader = NdjsonReader([trial.collector for trial in trials], max_line)
         started = time.perf_counter()
         total_bytes = sum(f.size for f in files)
         advance = progress.task("Reading NDJSON", total_bytes, unit="bytes") if progress else None
@@ -123,7 +155,7 @@ def screen_portfolio(
         for trial in trials:
             summary = ScreeningSummary(
                 trial.ruleset.id,
-                trial.ruleset.version,
+                trial.ruleset.run_version,
                 engine,
                 as_of,
                 source,
@@ -132,6 +164,8 @@ def screen_portfolio(
                 trial.issues,
             )
             summary.read_seconds = read_seconds
+            summary.parameters_set = parameters_set(trial.ruleset)
+            summary.sources_unavailable = trial.lost
             trial.screen(summary, subject_identifier_system, progress, verdicts_by_patient)
             outputs.json(f"{trial.folder}{output.SUMMARY}", summary.as_json())
             summaries.append(summary)
@@ -151,6 +185,7 @@ class _Trial:
         outputs: output.OutputSet,
         folder: str,
         as_of: date,
+        notes: SourceNotes = NO_NOTES,
     ) -> None:
         self.ruleset = ruleset
         self.evaluator = evaluator
@@ -159,7 +194,8 @@ class _Trial:
         self.as_of = as_of
         issue_file = outputs.ndjson(f"{folder}{output.ISSUES}")
         self.issues = IssueLog(sink=lambda issue: issue_file.write(issue.as_json()))
-        self.collector = Collector(ruleset.mapper, as_of, self.issues)
+        self.collector = Collector(ruleset.mapper, as_of, self.issues, notes)
+        self.lost: list[dict[str, Any]] = []  # summary.json's sources_unavailable
 
     def screen(
         self,

@@ -17,8 +17,32 @@ from typing import Any
 
 from service.mapping.mapper import Mapper, Record
 from service.mapping.resources import UnattributableResourceError, version_of
+from service.ruleset.gaps import GAPS, lost_phrase, unreadable_phrase
 
 NOT_SCREENED = "not-screened"  # the issue kind of a patient the mapping says not to screen
+SOURCE_UNAVAILABLE = "source-unavailable"  # the issue kind of a resource type the run lost
+DELETED_PATIENT = "the patient record was deleted on the server (an incremental export lists it)"
+
+
+@dataclass(frozen=True)
+class SourceNotes:
+    """What a source says about its own completeness, beside its records.
+
+    ``lost``: resource types the run could not read, with why (the server refused them, the
+    export lost their files, a scope was not granted): every fact they feed may be missing
+    records, for every patient. ``deleted_patients``: Patients an incremental Bulk export
+    lists as deleted, not screened. An NDJSON folder has none unless a Bulk export wrote
+    them into it (service/fhir/bulk/job.py).
+    """
+
+    lost: dict[str, str] = field(default_factory=dict)
+    deleted_patients: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.lost or self.deleted_patients)
+
+
+NO_NOTES = SourceNotes()
 
 
 @lru_cache(maxsize=512)
@@ -146,20 +170,35 @@ class PatientData:
 
     def facts(self) -> dict[str, list[Record]]:
         """The current copy's records of every resource, by fact."""
+        return self.records()[0]
+
+    def records(self) -> tuple[dict[str, list[Record]], dict[str, set[str]]]:
+        """The current copy's records of every resource, by fact; and the facts some current
+        resource may be a record of but could not be read as one (a None record), with the
+        resource types of those resources."""
         by_fact: dict[str, list[Record]] = {}
-        for copies in (self.resources or {}).values():
+        unreadable: dict[str, set[str]] = {}
+        for ref, copies in (self.resources or {}).items():
             for fact, record in current_copy(copies)[3]:
-                by_fact.setdefault(fact, []).append(record)
-        return by_fact
+                if record is not None:
+                    by_fact.setdefault(fact, []).append(record)
+                else:
+                    unreadable.setdefault(fact, set()).add(ref.partition("/")[0])
+        return by_fact, unreadable
 
 
 class Collector:
     """Feeds parsed resources through the mapper and groups the records by patient."""
 
-    def __init__(self, mapper: Mapper, as_of: date, issues: IssueLog) -> None:
+    def __init__(
+        self, mapper: Mapper, as_of: date, issues: IssueLog, notes: SourceNotes = NO_NOTES
+    ) -> None:
         self.mapper = mapper
         self.as_of = as_of
         self.issues = issues
+        self.notes = notes
+        self._lost_facts: dict[str, str] = {}
+        self.note_lost(notes.lost)
         self.patients: dict[str, PatientData] = {}
         self.targets: dict[str, Copies] = {}  # resolve() targets by reference
         one_fact = next(schema for schema in mapper.facts.values() if schema.one)
@@ -170,6 +209,30 @@ class Collector:
         # patients are held, to move them out of memory (workers.py).
         self.spill: Callable[[], None] | None = None
         self.spill_at = 0
+
+    def _sourced_facts(self, resource_type: str) -> set[str]:
+        # A patient screened has its Patient record: lost Patient records cost other patients
+        # (not screened, their records counted as without a Patient), not this one's facts.
+        return {
+            source.fact
+            for source in self.mapper.sources.get(resource_type, ())
+            if not self.mapper.facts[source.fact].one
+        }
+
+    def note_lost(self, lost: dict[str, str]) -> None:
+        """Resource types the run could not read (also learnt while reading, as a live fetch
+        learns them): every fact they feed may be missing records, for every patient. A lost
+        type only reached through resolve() (Medication) is left out: each record whose
+        reference stays unresolved makes its own patient's fact undecided."""
+        if not lost:
+            return
+        merged = {**self.notes.lost, **lost}
+        self.notes = SourceNotes(lost=merged, deleted_patients=self.notes.deleted_patients)
+        lost_types: dict[str, set[str]] = {}
+        for rtype in merged:
+            for fact in self._sourced_facts(rtype):
+                lost_types.setdefault(fact, set()).add(rtype)
+        self._lost_facts = {fact: lost_phrase(types) for fact, types in lost_types.items()}
 
     def resolve(self, reference: str) -> dict[str, Any] | None:
         copies = self.targets.get(reference)
@@ -227,7 +290,9 @@ class Collector:
             location = f"{where}:{at()}" if skip else ""
             data.patient_copies = add_copy(data.patient_copies, (*stamp, (values, skip, location)))
             return
-        records = tuple((c.fact, c.record) for c in mapped.contributions)
+        records: tuple[tuple[str, Record | None], ...] = tuple(
+            (c.fact, c.record) for c in mapped.contributions
+        ) + tuple((fact, None) for fact in mapped.undecided)
         if data.resources is None:
             data.resources = {}
         data.resources[mapped.ref] = add_copy(data.resources.get(mapped.ref), (*stamp, records))
@@ -264,25 +329,40 @@ class Collector:
         list_facts = [name for name, schema in self.mapper.facts.items() if not schema.one]
         one_fact = next(name for name, schema in self.mapper.facts.items() if schema.one)
         keys = self._patient_keys
+        deleted = self.notes.deleted_patients
         for patient_id in sorted(self.patients):
             data = self.patients[patient_id]
             values = data.patient
-            if values is None:
+            if values is None or patient_id in deleted:
                 continue
             patient = dict(zip(keys, values, strict=True))
             facts: dict[str, Any] = {one_fact: patient}
-            stored = data.facts()
+            stored, unreadable = data.records()
             for name in list_facts:
                 facts[name] = stored.get(name, [])
+            if unreadable or self._lost_facts:
+                facts[GAPS] = self._gaps(unreadable)
             yield patient_id, patient, facts
+
+    def _gaps(self, unreadable: dict[str, set[str]]) -> dict[str, list[str]]:
+        """The patient's facts that may be missing records, with why (service/ruleset/gaps)."""
+        gaps = {fact: [phrase] for fact, phrase in self._lost_facts.items()}
+        for fact, types in unreadable.items():
+            phrases = {*gaps.get(fact, ()), *(unreadable_phrase(t) for t in types)}
+            gaps[fact] = sorted(phrases)
+        return gaps
 
     def not_screened(self) -> list[tuple[str, str, str]]:
         """(patient id, reason, where read) for every patient the mapping says not to screen."""
         found = []
+        deleted = self.notes.deleted_patients
         for patient_id in sorted(self.patients):
-            skipped = self.patients[patient_id].not_screened
+            data = self.patients[patient_id]
+            skipped = data.not_screened
             if skipped is not None:
                 found.append((patient_id, *skipped))
+            elif patient_id in deleted and data.patient_copies is not None:
+                found.append((patient_id, DELETED_PATIENT, "*:0"))
         return found
 
     def orphans(self) -> Counter[str]:

@@ -7,7 +7,7 @@ the same ``ScreeningSummary`` and so write the same summary.json.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -15,7 +15,14 @@ from typing import Any, Protocol
 
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import VERDICTS, PatientVerdict
-from service.screening.source import NOT_SCREENED, InputIssue, IssueLog, ReadStats
+from service.ruleset.loader import RuleSet
+from service.screening.source import (
+    NOT_SCREENED,
+    SOURCE_UNAVAILABLE,
+    InputIssue,
+    IssueLog,
+    ReadStats,
+)
 from service.screening.tally import Counted, counted
 
 
@@ -41,8 +48,13 @@ class ScreeningSummary:
     rule_errors: Counter[str] = field(default_factory=Counter)
     orphans: Counter[str] = field(default_factory=Counter)
     not_screened: dict[str, str] = field(default_factory=dict)
+    # Resource types the run could not read: {"type", "reason", "criteria"} each.
+    sources_unavailable: list[dict[str, Any]] = field(default_factory=list)
     read_seconds: float = 0.0
     evaluate_seconds: float = 0.0
+    # The rule parameters set for the run (``--set``), each with the rule file's value; empty
+    # for a run that follows the protocol, whose summary.json then has no such key.
+    parameters_set: dict[str, dict[str, float | str]] = field(default_factory=dict)
 
     @property
     def patients(self) -> int:
@@ -77,6 +89,8 @@ class ScreeningSummary:
         return {}
 
     def as_json(self) -> dict[str, Any]:
+        # Only when some type was lost: the summary of a complete source stays as it was.
+        lost = {"sources_unavailable": self.sources_unavailable} if self.sources_unavailable else {}
         return {
             "trial": self.trial,
             "ruleset_version": self.ruleset_version,
@@ -106,6 +120,8 @@ class ScreeningSummary:
                 "evaluate": round(self.evaluate_seconds, 3),
             },
             "exit_code": self.exit_code,
+            **({"parameters_set": self.parameters_set} if self.parameters_set else {}),
+            **lost,
             **self.extra_json(),
         }
 
@@ -151,3 +167,58 @@ def report_not_screened(
                 f"Patient/{patient_id} is not screened: {reason}",
             )
         )
+
+
+def lost_sources(ruleset: RuleSet, lost: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The lost types this trial's mapping reads, each with why and the criteria that read
+    them (those criteria are ``unknown`` wherever they would rest on the absence of records)."""
+    read = ruleset.mapper.resource_types
+    return [
+        {
+            "type": rtype,
+            "reason": why,
+            # Patient feeds the patient's own record, which a screened patient has.
+            "criteria": [] if rtype == "Patient" else ruleset.criteria_reading(rtype),
+        }
+        for rtype, why in sorted(lost.items())
+        if rtype in read
+    ]
+
+
+def lost_source_issue(entry: Mapping[str, Any]) -> InputIssue:
+    if entry["criteria"]:
+        cost = (
+            "criteria that read them are unknown where they would rest on their absence: "
+            + ", ".join(entry["criteria"])
+        )
+    elif entry["type"] == "Patient":
+        cost = "a patient whose Patient record is missing is not screened"
+    else:
+        cost = "no criterion reads them"
+    return InputIssue(
+        "*",
+        0,
+        SOURCE_UNAVAILABLE,
+        f"{entry['type']} records are not available from the server ({entry['reason']}); {cost}",
+    )
+
+
+def report_lost_sources(
+    issues: IssueLog, ruleset: RuleSet, lost: Mapping[str, str]
+) -> list[dict[str, Any]]:
+    """Lost types: one ``source-unavailable`` issue each (reported before the problems of the
+    lines, as a source's own problems are); returns summary.json's section."""
+    entries = lost_sources(ruleset, lost)
+    for entry in entries:
+        issues.add(lost_source_issue(entry))
+    return entries
+
+
+def report_lost_once(summary: ScreeningSummary, ruleset: RuleSet, lost: Mapping[str, str]) -> None:
+    """For a live run, which meets a lost type while it goes: the first time, its
+    ``source-unavailable`` issue and its entry of summary.json's section."""
+    reported = {entry["type"] for entry in summary.sources_unavailable}
+    for entry in lost_sources(ruleset, lost):
+        if entry["type"] not in reported:
+            summary.issues.add(lost_source_issue(entry))
+            summary.sources_unavailable.append(entry)

@@ -24,14 +24,17 @@ from typing import Any
 
 import orjson
 
+from service.ndjson_files import MAX_LINE_BYTES
 from service.ruleset import loader
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
+from service.ruleset.overrides import Overrides, with_overrides
 from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.partition import Span, bucket_of, read_spill, write_spill
 from service.screening.source import (
+    NO_NOTES,
     Collector,
     Copies,
     Copy,
@@ -39,6 +42,7 @@ from service.screening.source import (
     IssueLog,
     PatientData,
     ReadStats,
+    SourceNotes,
     add_copy,
 )
 from service.screening.tally import Counted, counted
@@ -109,12 +113,18 @@ class BucketScreened:
 class Worker:
     """One process's rule sets, collectors and reader, kept from task to task."""
 
-    def __init__(self, rulesets: list[RuleSet], engine: EngineName, as_of: date) -> None:
+    def __init__(
+        self,
+        rulesets: list[RuleSet],
+        engine: EngineName,
+        as_of: date,
+        max_line: int = MAX_LINE_BYTES,
+    ) -> None:
         self.rulesets = rulesets
         self.engine = engine
         self.as_of = as_of
         self.collectors = [Collector(rs.mapper, as_of, IssueLog()) for rs in rulesets]
-        self.reader = NdjsonReader(self.collectors)
+        self.reader = NdjsonReader(self.collectors, max_line)
         self._targets_from: Path | None = None
         self._evaluators: list[Evaluator] = []
 
@@ -197,12 +207,17 @@ class Worker:
     # --- phase 2 --------------------------------------------------------------------------
 
     def screen(
-        self, bucket: int, spill: Path, lines_before: list[int], progress: Progress
+        self,
+        bucket: int,
+        spill: Path,
+        lines_before: list[int],
+        progress: Progress,
+        notes: SourceNotes = NO_NOTES,
     ) -> BucketScreened:
         patients, first_seen = _merge_bucket(spill, bucket, lines_before, len(self.rulesets))
         screened = BucketScreened(bucket)
         for trial, ruleset in enumerate(self.rulesets):
-            collector = Collector(ruleset.mapper, self.as_of, IssueLog())
+            collector = Collector(ruleset.mapper, self.as_of, IssueLog(), notes)
             collector.patients = patients[trial]
             screened.orphans.append(_orphans(collector.patients, first_seen[trial]))
             screened.not_screened.append(collector.not_screened())
@@ -328,22 +343,36 @@ _worker: Worker | None = None
 _progress: Any = None  # a multiprocessing queue to the parent, or None
 
 
-def start(rules: list[tuple[Path, Path]], engine: EngineName, as_of: date, queue: Any) -> None:
-    """Pool initializer: load the rule sets (and compile the CEL) once for this process."""
+def start(
+    rules: list[tuple[Path, Path]],
+    engine: EngineName,
+    as_of: date,
+    queue: Any,
+    overrides: list[Overrides] | None = None,
+    max_line: int = MAX_LINE_BYTES,
+) -> None:
+    """Pool initializer: load the rule sets (and compile the CEL) once for this process, with
+    the parameters the run set (``--set``; checked in the parent already)."""
     global _worker, _progress
     _progress = queue
     if queue is not None:
         # Progress is best effort: a process ending never waits for its last messages.
         queue.cancel_join_thread()
-    _worker = Worker(_load_for(engine, rules), engine, as_of)
+    _worker = Worker(_load_for(engine, rules, overrides or []), engine, as_of, max_line)
 
 
-def _load_for(engine: EngineName, rules: list[tuple[Path, Path]]) -> list[RuleSet]:
+def _load_for(
+    engine: EngineName, rules: list[tuple[Path, Path]], overrides: list[Overrides]
+) -> list[RuleSet]:
     """The rule sets, compiled for the one engine this run uses."""
     # The parent loaded (and checked) the same files first.
-    return [
+    loaded = [
         loader.load_ruleset(path, mappings, (engine,), shapes_checked=True)
         for path, mappings in rules
+    ]
+    return [
+        with_overrides(ruleset, dict(values))
+        for ruleset, values in zip(loaded, overrides or [() for _ in loaded], strict=True)
     ]
 
 
@@ -380,6 +409,8 @@ def read_span(span: Span, spill: Path, buckets: int, targets: Path | None) -> Sp
     return _worker.read(span, spill, buckets, _send)
 
 
-def screen_bucket(bucket: int, spill: Path, lines_before: list[int]) -> BucketScreened:
+def screen_bucket(
+    bucket: int, spill: Path, lines_before: list[int], notes: SourceNotes = NO_NOTES
+) -> BucketScreened:
     assert _worker is not None, "the pool initializer did not run"
-    return _worker.screen(bucket, spill, lines_before, _send)
+    return _worker.screen(bucket, spill, lines_before, _send, notes)

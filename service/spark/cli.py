@@ -49,6 +49,7 @@ def screen_on_spark(
             subject_identifier_system=settings.subject_identifier_system,
             master=args.spark_master,
             progress=progress,
+            max_line=settings.max_line_bytes,
         )
     for summary in portfolio.summaries:
         print_summary(summary)

@@ -20,6 +20,14 @@ split, turned into a line number once all splits are counted, and they are sorte
 of one reading (by file, then by the 4 MB block the local reader would have read the line in,
 its parsed lines' problems before its shape checks, then by line).
 
+A line too long to read (PRESCREEN_MAX_LINE_BYTES) never reaches an executor whole: Hadoop's
+line reader, under Spark's text source, is given the limit (``line.maxlength``). It skips such a
+line, or hands on a piece of it where the line crosses a split, without saying so; but then the
+file's lines do not add up to its size, or a row is longer than the limit. Such a file is read
+again, whole, by the local reader on the driver (streamed, in bounded memory: the line is
+skipped, counted and reported as ``line-too-long`` exactly as locally), and the reading's other
+files again by Spark.
+
 PySpark is optional (``pip install 'prescreen[spark]'``): nothing here imports it at module level.
 """
 
@@ -28,12 +36,15 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date
 from functools import partial, reduce
 from pathlib import Path
@@ -41,16 +52,25 @@ from typing import TYPE_CHECKING, Any
 
 from service.errors import PrescreenError, SourceError
 from service.mapping.spec import read_mapping_doc
-from service.ndjson_files import _NDJSON_NAME, discover
+from service.ndjson_files import (
+    _NDJSON_NAME,
+    BLOCK_BYTES,
+    MAX_LINE_BYTES,
+    discover,
+)
+from service.private_files import open_private
 from service.ruleset.engines import EngineName
 from service.ruleset.loader import RuleSet
 from service.screening import output
 from service.screening.results import write_overview, write_results
+from service.screening.run import folder_notes
 from service.screening.source import (
+    NO_NOTES,
     Copies,
     InputIssue,
     IssueLog,
     ReadStats,
+    SourceNotes,
     current_copy,
     is_fhir_resource_type,
 )
@@ -58,6 +78,7 @@ from service.screening.summary import (
     PortfolioSummary,
     ProgressSink,
     ScreeningSummary,
+    report_lost_sources,
     report_not_screened,
     report_orphans,
 )
@@ -76,6 +97,7 @@ from service.spark.tasks import (
     TARGET,
     VERDICT,
     LinePlaces,
+    PartitionReader,
     Plan,
     SourceFile,
     evaluate_patients,
@@ -90,6 +112,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 INSTALL_HINT = "--executor spark needs PySpark: pip install 'prescreen[spark]'"
+# Hadoop's line reader holds at most this many bytes of a line (given the limit plus one).
+MAX_LENGTH_OPTION = "mapreduce.input.linerecordreader.line.maxlength"
 PATIENTS_PER_PARTITION = 25_000
 ISSUES_IN_MEMORY = 500_000  # problems sorted on the driver; beyond, sorted by Spark
 
@@ -187,7 +211,11 @@ def rule_files(rulesets: Sequence[RuleSet]) -> dict[str, bytes]:
 
 
 def _read_frame(
-    session: SparkSession, files: list[SourceFile], wanted: frozenset[str], tasks: Any
+    session: SparkSession,
+    files: list[SourceFile],
+    wanted: frozenset[str],
+    tasks: Any,
+    max_line: int,
 ) -> DataFrame | None:
     """The reading tasks' rows (READ_SCHEMA) for these files; None when all are empty.
 
@@ -207,12 +235,21 @@ def _read_frame(
     frames = []
     plain = [f for f in files if not f.gzipped and f.size > 0]
     if plain:
-        lines = session.read.option("lineSep", "\n").text([f.uri for f in plain])
+        # A line longer than the limit (its line end included) never reaches an executor
+        # whole (see the module's docstring).
+        lines = (
+            session.read.option("lineSep", "\n")
+            .option(MAX_LENGTH_OPTION, str(max_line + 1))
+            .text([f.uri for f in plain])
+        )
         # Lines of types no trial reads are counted, never looked at: not shipped.
         read = [f.index for f in plain if f.resource_type in wanted]
         value = F.when(place(plain).isin(read), F.col("value").cast("binary"))
         rows = lines.select(
-            place(plain), F.col("_metadata.file_block_start").alias("block"), value.alias("value")
+            place(plain),
+            F.col("_metadata.file_block_start").alias("block"),
+            value.alias("value"),
+            F.length(F.col("value").cast("binary")).alias("size"),  # bytes, every line's
         )
         frames.append(rows.mapInArrow(tasks[0], READ_SCHEMA))
     gzipped = [f for f in files if f.gzipped and f.size > 0]
@@ -225,53 +262,72 @@ def _read_frame(
 
 
 class SplitTable:
-    """Every split's counts: the read statistics, and where each split's lines start."""
+    """Every split's counts: the read statistics, and where each split's lines start.
 
-    def __init__(self, rows: list[Any], files: list[SourceFile], trials: int) -> None:
+    ``flagged``: plain files whose lines do not add up to their size, or that gave a row longer
+    than the limit: Spark's text source met a line too long to read there, and the file is to
+    be read whole (see the module's docstring). ``whole``: files read whole already."""
+
+    def __init__(
+        self,
+        rows: list[Any],
+        files: list[SourceFile],
+        trials: int,
+        whole: frozenset[int] = frozenset(),
+    ) -> None:
         self.stats = ReadStats(files=len(files))
         self.records = [0] * trials
         self.problems = 0
         self.stray = False
         splits: dict[int, list[tuple[int, int, int]]] = {}
+        long_rows: set[int] = set()
         for row in rows:
             if row.kind == SPLIT:
-                parsed, skipped_type, skipped_prefilter = pickle.loads(row.payload)
+                parsed, skipped_type, skipped_prefilter, long = pickle.loads(row.payload)
                 self.stats.lines += row.idx
                 self.stats.parsed += parsed
                 self.stats.skipped_type += skipped_type
                 self.stats.skipped_prefilter += skipped_prefilter
                 splits.setdefault(row.file, []).append((row.block, row.idx, row.pos))
+                if long:
+                    long_rows.add(row.file)
             elif row.kind == RECORDS:
                 records, problems = pickle.loads(row.payload)
                 self.records = [a + b for a, b in zip(self.records, records, strict=True)]
                 self.problems += problems
             elif row.kind == STRAY:
                 self.stray = True
+        whole = whole | {f.index for f in files if f.gzipped}
         bases: dict[tuple[int, int], tuple[int, int]] = {}
         open_last: dict[int, int] = {}
-        for file, parts in splits.items():
-            if files[file].gzipped:
+        flagged: set[int] = set()
+        for file in files:
+            if file.index in whole or file.size == 0:
                 continue  # read whole by the local reader: its line numbers are right
-            parts.sort()
+            parts = sorted(splits.get(file.index, []))
             # Each line was counted with a line end: the file's size tells whether the last
             # one had none, and whether a byte-order mark (which Spark drops) came first.
-            missing = files[file].size - sum(part_size for _, _, part_size in parts)
+            missing = file.size - sum(part_size for _, _, part_size in parts)
+            if missing not in (-1, 0, 2, 3) or file.index in long_rows:
+                flagged.add(file.index)
+                continue
             lines, size = 0, (3 if missing in (2, 3) else 0)
             for block, count, part_size in parts:
-                bases[(file, block)] = (lines, size)
+                bases[(file.index, block)] = (lines, size)
                 lines += count
                 size += part_size
             if missing in (-1, 2):
-                open_last[file] = lines
-        self.places = LinePlaces(bases, open_last, frozenset(f.index for f in files if f.gzipped))
+                open_last[file.index] = lines
+        self.flagged = frozenset(flagged)
+        self.places = LinePlaces(bases, open_last, frozenset(whole))
         self._by_name = {f.name: f for f in files}
 
     def where(self, where: str) -> str:
         """``file:line`` of a Patient not to screen: a place in a split becomes its line."""
         name, _, place = where.rpartition(":")
         file = self._by_name.get(name)
-        if file is None or file.gzipped or not place.isdigit():
-            return where  # a gzipped file is read whole: its line numbers are already right
+        if file is None or file.index in self.places.whole or not place.isdigit():
+            return where  # a file read whole: its line numbers are already right
         index, block, row = split_of(int(place))
         return f"{name}:{self.places.line(index, block, row)}"
 
@@ -302,6 +358,34 @@ def _issue_rows(session: SparkSession, read: DataFrame, table: SplitTable) -> It
     )
 
 
+@contextmanager
+def local_copy(session: SparkSession, file: SourceFile) -> Iterator[Path]:
+    """A local path holding the source file: its own for a local file, else a temporary copy
+    streamed from Hadoop's file system (as Spark reads it) 4 MB at a time."""
+    if file.uri.startswith("file:"):
+        path = file.uri.removeprefix("file:")
+        while path.startswith("//"):
+            path = path[1:]
+        yield Path(path)
+        return
+    folder = Path(tempfile.mkdtemp(prefix="prescreen-whole-"))
+    try:
+        copy = folder / file.name
+        jvm: Any = session.sparkContext._jvm
+        conf = session.sparkContext._jsc.hadoopConfiguration()
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(file.uri)
+        stream = hadoop_path.getFileSystem(conf).open(hadoop_path)
+        try:
+            with open_private(copy) as out:
+                while chunk := stream.readNBytes(BLOCK_BYTES):  # a byte[] comes back as bytes
+                    out.write(chunk)
+        finally:
+            stream.close()
+        yield copy
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -318,8 +402,11 @@ class SparkScreening:
         engine: EngineName,
         subject_identifier_system: str,
         progress: ProgressSink | None,
+        max_line: int = MAX_LINE_BYTES,
     ) -> None:
         self.session = session
+        self.max_line = max_line
+        self._targets_bc: Any = None
         self.rulesets = list(rulesets)
         self.source = source
         self.as_of = as_of
@@ -349,15 +436,19 @@ class SparkScreening:
             self.engine,
             self.as_of,
             tuple(files),
+            self.max_line,
+            notes=self.notes(),
         ).with_key()
         plan_bc = self.session.sparkContext.broadcast(plan)
         started = time.perf_counter()
         read, table = self._read(files, plan_bc)
         with output.OutputSet(self.out) as outputs:
             logs = []
+            lost = []
             for ruleset in self.rulesets:
                 issue_file = outputs.ndjson(f"{self.folder(ruleset)}{output.ISSUES}")
                 logs.append(IssueLog(sink=partial(_write_issue, issue_file)))
+                lost.append(report_lost_sources(logs[-1], ruleset, plan.notes.lost))
             self._report_read_issues(read, table, files, logs)
             read_seconds = time.perf_counter() - started
             evaluated = self._evaluate(read, plan_bc)
@@ -378,6 +469,7 @@ class SparkScreening:
                     logs[trial],
                 )
                 summary.read_seconds = read_seconds
+                summary.sources_unavailable = lost[trial]
                 self._write_trial(
                     trial, summary, others, evaluated, table, outputs, verdicts_by_patient
                 )
@@ -389,6 +481,12 @@ class SparkScreening:
                 )
         return portfolio
 
+    def notes(self) -> SourceNotes:
+        """What a local folder a Bulk Data export wrote says it lacks (as for local runs);
+        a source elsewhere (hdfs://, s3a://) says nothing."""
+        folder = Path(self.source.removeprefix("file://"))
+        return folder_notes(folder) if folder.is_dir() else NO_NOTES
+
     def _read(self, files: list[SourceFile], plan_bc: Any) -> tuple[DataFrame | None, SplitTable]:
         """Targets first, then every file: the reading's rows (kept for the steps after) and
         the splits' counts."""
@@ -399,15 +497,27 @@ class SparkScreening:
             self.progress.task("Reading NDJSON (Spark)", total, "bytes") if self.progress else None
         )
         targets_bc = self.session.sparkContext.broadcast(self._read_targets(files, plan_bc))
+        self._targets_bc = targets_bc
         tasks = (
             partial(read_plain, plan_bc, targets_bc, "main"),
             partial(read_gzipped, plan_bc, targets_bc, "main"),
         )
-        read = _read_frame(self.session, files, self.wanted, tasks)
+        read = _read_frame(self.session, files, self.wanted, tasks, self.max_line)
         if read is not None:
             read = read.persist()
         counts = read.filter(F.col("kind").isin(SPLIT, RECORDS, STRAY)).collect() if read else []
         table = SplitTable(counts, files, len(self.rulesets))
+        if table.flagged:
+            # Lines too long to read: those files whole, here; the others by Spark again.
+            if read is not None:
+                read.unpersist()
+            rest = [f for f in files if f.index not in table.flagged]
+            spark_read = _read_frame(self.session, rest, self.wanted, tasks, self.max_line)
+            whole = self._read_whole([f for f in files if f.index in table.flagged], plan_bc)
+            read = whole if spark_read is None else spark_read.union(whole)
+            read = read.persist()
+            counts = read.filter(F.col("kind").isin(SPLIT, RECORDS, STRAY)).collect()
+            table = SplitTable(counts, files, len(self.rulesets), table.flagged)
         if table.stray:
             raise PrescreenError(
                 "a file holds resources of a type references are resolved to (such as "
@@ -417,6 +527,21 @@ class SparkScreening:
         if advance is not None:
             advance(total)
         return read, table
+
+    def _read_whole(self, files: list[SourceFile], plan_bc: Any) -> DataFrame:
+        """Files read whole by the local reader here, as a task reads a gzipped file: the
+        reading's rows (READ_SCHEMA), for the steps after."""
+        import pyarrow as pa
+
+        targets = self._targets_bc.value if self._targets_bc is not None else None
+        reader = PartitionReader(plan_bc.value, targets, "main")
+        for file in files:
+            before = [c.target_count() for c in reader.collectors]
+            with local_copy(self.session, file) as path:
+                reader.whole_file(file, path)
+            reader.note_strays(file, before)
+        table = pa.Table.from_batches(list(reader.output()))
+        return self.session.createDataFrame(table, schema=READ_SCHEMA)
 
     def _write_trial(
         self,
@@ -458,7 +583,9 @@ class SparkScreening:
             partial(read_gzipped, plan_bc, None, "targets"),
         )
         frame = (
-            _read_frame(self.session, target_files, self.wanted, tasks) if target_files else None
+            _read_frame(self.session, target_files, self.wanted, tasks, self.max_line)
+            if target_files
+            else None
         )
         for row in frame.collect() if frame is not None else []:
             if row.kind != TARGET:
@@ -487,7 +614,7 @@ class SparkScreening:
             for f in files
             if f.resource_type not in self.wanted
             and not is_fhir_resource_type(f.resource_type)
-            and (not f.gzipped or f.size == 0)
+            and (f.index not in table.places.whole or f.size == 0)
         ]
         rows = _issue_rows(self.session, read, table) if read is not None else iter(())
         found = (
@@ -592,13 +719,22 @@ def screen_portfolio_spark(
     subject_identifier_system: str,
     master: str | None = None,
     progress: ProgressSink | None = None,
+    max_line: int = MAX_LINE_BYTES,
 ) -> PortfolioSummary:
     """screen_portfolio on Spark: the same files, read from a folder or any Hadoop URI."""
     interrupt_handler = signal.getsignal(signal.SIGINT)
     session, started = start_session(master)
     try:
         run = SparkScreening(
-            session, rulesets, source, as_of, out, engine, subject_identifier_system, progress
+            session,
+            rulesets,
+            source,
+            as_of,
+            out,
+            engine,
+            subject_identifier_system,
+            progress,
+            max_line,
         )
         return run.run()
     finally:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import bisect
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -33,14 +34,15 @@ from functools import partial
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
-from service.ndjson_files import NdjsonFile
+from service.ndjson_files import BLOCK_BYTES, MAX_LINE_BYTES, NdjsonFile
 from service.ruleset.engines import EngineName
 from service.ruleset.evaluate import CriterionResult, Evaluator, PatientVerdict
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening.inmemory import evaluate_reporting
-from service.screening.lines import BLOCK_BYTES, LineParser, constant
+from service.screening.lines import LineParser, constant
 from service.screening.ndjson import NdjsonReader
 from service.screening.source import (
+    NO_NOTES,
     Collector,
     Copies,
     Copy,
@@ -48,6 +50,7 @@ from service.screening.source import (
     IssueLog,
     PatientData,
     ReadStats,
+    SourceNotes,
     add_copy,
 )
 
@@ -106,13 +109,16 @@ class Plan:
     engine: EngineName
     as_of: date
     files: tuple[SourceFile, ...]
+    max_line: int = MAX_LINE_BYTES  # the longest line read (PRESCREEN_MAX_LINE_BYTES)
     key: str = field(default="", compare=False)
+    notes: SourceNotes = NO_NOTES  # what the source lacks (lost types, deleted Patients)
 
     def with_key(self) -> Plan:
+        """The plan with the key its loaded rule sets are kept under in a worker process."""
         digest = hashlib.sha256(
             pickle.dumps((sorted(self.rule_files.items()), self.trials, self.engine, self.as_of))
         ).hexdigest()
-        return Plan(self.rule_files, self.trials, self.engine, self.as_of, self.files, digest)
+        return dataclasses.replace(self, key=digest)
 
 
 class Runtime:
@@ -224,6 +230,7 @@ class SplitTally(ReadStats):
     with its line end)."""
 
     size: int = 0
+    long_rows: int = 0  # rows longer than the limit: pieces of a line too long to read
 
 
 Row = tuple[Any, ...]
@@ -248,7 +255,7 @@ class PartitionReader:
         self._seq = 0
         self._stray = False
         # The lines are parsed, counted and checked as by the local reader.
-        self.parser = LineParser(self.collectors)
+        self.parser = LineParser(self.collectors, plan.max_line)
 
     # Problems, in the order one reading reports them: the driver sorts by (file, 4 MB block
     # of the local reader, phase, line, seq); see driver.py.
@@ -281,8 +288,9 @@ class PartitionReader:
         blocks = batch.column("block")
         block_range = pc.min_max(blocks)
         file_range = pc.min_max(files)
+        values, sizes = batch.column("value"), batch.column("size")
         if block_range["min"] == block_range["max"] and file_range["min"] == file_range["max"]:
-            self._plain_rows(files[0].as_py(), blocks[0].as_py(), batch.column("value"))
+            self._plain_rows(files[0].as_py(), blocks[0].as_py(), values, sizes)
             return
         # Rare: one task reading several splits. Cut the batch where the split changes.
         keys = list(zip(files.to_pylist(), blocks.to_pylist(), strict=True))
@@ -290,18 +298,29 @@ class PartitionReader:
         for end in range(1, len(keys) + 1):
             if end == len(keys) or keys[end] != keys[start]:
                 file, block = keys[start]
-                self._plain_rows(file, block, batch.column("value").slice(start, end - start))
+                length = end - start
+                self._plain_rows(
+                    file, block, values.slice(start, length), sizes.slice(start, length)
+                )
                 start = end
 
-    def _plain_rows(self, file_index: int, block: int, values: pa.Array) -> None:
+    def _plain_rows(self, file_index: int, block: int, values: pa.Array, sizes: pa.Array) -> None:
+        import pyarrow.compute as pc
+
         file = self.plan.files[file_index]
         tally = self._tally(file_index, block)
         count = len(values)
-        if file.resource_type not in self.runtime.wanted:
-            tally.lines += count
+        # Every line's bytes, the types no trial reads included: lines that do not add up to
+        # the file's size, or a row longer than the limit, show a line too long to read there
+        # (see driver.SplitTable: the file is then read whole, by the local reader).
+        total = pc.sum(sizes).as_py() or 0
+        tally.long_rows += pc.sum(pc.greater(sizes, self.plan.max_line)).as_py() or 0
+        if file.resource_type in self.runtime.wanted:
+            self._plain_lines(file, block, values, tally)
+        else:
             tally.skipped_type += count
-            return
-        self._plain_lines(file, block, values, tally)
+        tally.lines += count
+        tally.size += total + count
 
     def _plain_lines(
         self, file: SourceFile, block: int, values: pa.Array, tally: SplitTally
@@ -342,8 +361,6 @@ class PartitionReader:
             self._phase = 1  # the local reader checks shapes after a block's parsed lines
             parser.check_shape(bytes(data[offsets[i] : offsets[i + 1]]), file.name, 0)
         self._at = None
-        tally.lines += count
-        tally.size += offsets[count] - base + count
 
     # --- gzipped files: read whole, by the local reader ---
 
@@ -354,12 +371,18 @@ class PartitionReader:
         try:
             path = folder / file.name
             path.write_bytes(content)
-            for collector in self.collectors:
-                collector.place(read_order(file.index, 0, 0) + 1)
-            reader = NdjsonReader(self.collectors)
-            reader.read_files([NdjsonFile(path, file.resource_type)])
+            self.whole_file(file, path)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def whole_file(self, file: SourceFile, path: Path) -> None:
+        """One file read whole by the local reader (its lines numbered as one reading numbers
+        them, lines too long to read skipped in bounded memory): a gzipped file, or a plain one
+        in which Spark's text source met a line too long to read."""
+        for collector in self.collectors:
+            collector.place(read_order(file.index, 0, 0) + 1)
+        reader = NdjsonReader(self.collectors, self.plan.max_line)
+        reader.read_files([NdjsonFile(path, file.resource_type)])
         tally = self._tally(file.index, 0)
         stats: ReadStats = reader.stats
         tally.lines += stats.lines
@@ -389,7 +412,8 @@ class PartitionReader:
             yield from _batches(rows, READ_SCHEMA)
             return
         for (file, block), tally in self.tallies.items():
-            payload = pickle.dumps((tally.parsed, tally.skipped_type, tally.skipped_prefilter))
+            counts = (tally.parsed, tally.skipped_type, tally.skipped_prefilter, tally.long_rows)
+            payload = pickle.dumps(counts)
             rows.append((SPLIT, None, 0, file, block, tally.lines, tally.size, 0, 0, payload))
         records = [c.stats.records for c in self.collectors]
         problems = sum(1 for row in rows if row[0] == ISSUE)
@@ -520,7 +544,7 @@ class LinePlaces:
 
     bases: dict[tuple[int, int], tuple[int, int]]  # (file, split start) -> lines, bytes before
     open_last: dict[int, int]  # file -> its last line, when that has no line end
-    whole: frozenset[int]  # gzipped files, read whole: their problems carry line numbers
+    whole: frozenset[int]  # files read whole (gzipped...): their problems carry line numbers
 
     def line(self, file: int, block: int, index: int) -> int:
         return self.bases[(file, block)][0] + index + 1
@@ -643,7 +667,7 @@ class PatientScreener:
         self.as_of = plan.as_of
         self.evaluators = self.runtime.evaluators()
         self.collectors = [
-            Collector(rs.mapper, self.as_of, IssueLog()) for rs in self.runtime.rulesets
+            Collector(rs.mapper, self.as_of, IssueLog(), plan.notes) for rs in self.runtime.rulesets
         ]
         self.rows: list[Row] = []
         # Per trial: fact -> [records, (read order the patient was first met, place among

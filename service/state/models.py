@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -29,6 +29,8 @@ class Run(Base):
     done: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # NDJSON runs: input issues by kind (line-too-long...), as a screening reports them.
+    input_issues: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime())
     updated_at: Mapped[datetime] = mapped_column(DateTime())
     # The replica executing the run, until lease_until (renewed while it runs): another replica
@@ -110,15 +112,20 @@ class WriteBackClaim(Base):
 
 
 class WebUser(Base):
-    """A person who may sign in to the web worklist: a role, the trials they decide on, and a
-    password hash in the local-users mode (none when the hospital's identity provider signs in)."""
+    """A person who may sign in to the web worklist: roles (service.roles), the trials they
+    decide on, a password hash in the local-users mode, and the identity-provider account
+    (issuer and subject, migration 0005) that signs in as them in the OIDC mode."""
 
     __tablename__ = "web_users"
+    # One local user per identity-provider account (NULLs, not linked, are never equal).
+    __table_args__ = (Index("uq_web_users_identity", "oidc_issuer", "oidc_subject", unique=True),)
 
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
-    role: Mapped[str] = mapped_column(String(16))  # coordinator | viewer
+    role: Mapped[str] = mapped_column(String(64))  # comma-separated roles (service.roles)
     trials: Mapped[str] = mapped_column(Text, default="")  # comma-separated; empty: every trial
     password_hash: Mapped[str | None] = mapped_column(Text, nullable=True)
+    oidc_issuer: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    oidc_subject: Mapped[str | None] = mapped_column(String(255), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime())
     updated_at: Mapped[datetime] = mapped_column(DateTime())
 
@@ -131,10 +138,23 @@ class WebSession(Base):
 
     id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_name: Mapped[str] = mapped_column(String(128), index=True)
-    role: Mapped[str] = mapped_column(String(16))
+    role: Mapped[str] = mapped_column(String(64))  # comma-separated roles
     trials: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime())
     expires_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class SignInFailures(Base):
+    """Failed sign-ins of one user name or one client address (``key``: a hash of which) in
+    the current window, and until when the next try is refused (migration 0005). In the
+    database, so every replica counts the same failures."""
+
+    __tablename__ = "sign_in_failures"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_start: Mapped[datetime] = mapped_column(DateTime())
+    locked_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class DecisionRecord(Base):
@@ -182,7 +202,7 @@ class SeenMark(Base):
     seen_at: Mapped[datetime] = mapped_column(DateTime())
 
 
-# --- who the patients are, drafts, exports (migration 0005) ------------------------------------
+# --- who the patients are, drafts, exports (migration 0006) ------------------------------------
 
 
 class PatientRecord(Base):

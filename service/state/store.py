@@ -20,10 +20,11 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, create_engine, delete, func, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.mapping.display import PatientDetails
+from service.private_files import create_private
 from service.state.models import (
     Alert,
     Base,
@@ -48,10 +49,26 @@ def now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def private_sqlite(url: str) -> None:
+    """A SQLite database file is created 0600 before SQLite opens it (SQLite gives its
+    journal files the same permissions): the worklist holds patient data."""
+    parsed = make_url(url)
+    database = parsed.database
+    if not parsed.drivername.startswith("sqlite") or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or parsed.query.get("uri"):
+        return  # a SQLite URI names its own file and options
+    path = Path(database)
+    if path.parent.is_dir():
+        create_private(path)
+
+
 def migrate(url: str) -> None:
     """Bring the schema to the newest revision (idempotent)."""
     from alembic import command
     from alembic.config import Config
+
+    private_sqlite(url)
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -72,6 +89,7 @@ class CandidateChange:
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
+        private_sqlite(url)
         connect_args = (
             {"check_same_thread": False, "timeout": 30} if url.startswith("sqlite") else {}
         )
@@ -216,6 +234,11 @@ class Store:
                 .where(RunPatient.run_id == run_id, RunPatient.verdict.is_not(None))
             )
             session.execute(update(Run).where(Run.id == run_id).values(done=done, updated_at=now()))
+
+    def record_input_issues(self, run_id: str, counts: dict[str, int]) -> None:
+        """The input issues of the run's reading, by kind (kinds and counts only: no PHI)."""
+        with self.session() as session:
+            session.execute(update(Run).where(Run.id == run_id).values(input_issues=dict(counts)))
 
     def finish_run(
         self,

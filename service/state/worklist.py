@@ -29,6 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
+from service.roles import Access
 from service.state.models import (
     Candidate,
     DecisionDraft,
@@ -45,8 +46,20 @@ from service.state.store import now
 
 # prescreen's own verdicts that put a patient on a coordinator's list.
 FLAGGED = ("candidate", "potential-candidate")
-ROLES = ("coordinator", "viewer")
 DRAFT_HOURS = 24  # a decision kept for its author to sign in again is kept this long
+
+
+class IdentityTakenError(Exception):
+    """The identity-provider account is linked to another person already."""
+
+    def __init__(self, other: str) -> None:
+        self.other = other
+        super().__init__(f"that account is linked to {other} already")
+
+
+def normal_issuer(issuer: str) -> str:
+    """Issuers compared without a trailing slash (``https://idp/`` is ``https://idp``)."""
+    return issuer.strip().rstrip("/")
 
 
 def criterion_results(result: dict[str, Any] | None) -> dict[str, str]:
@@ -122,10 +135,6 @@ def session_id_hash(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def _trials_text(trials: list[str] | tuple[str, ...]) -> str:
-    return ",".join(t.strip() for t in trials if t.strip())
-
-
 class WorklistStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -138,19 +147,65 @@ class WorklistStore:
 
     # --- people ---------------------------------------------------------------------------------
 
-    def save_user(self, name: str, role: str, trials: list[str], password_hash: str | None) -> None:
-        """Create or replace a person; their open sessions end (their rights may have changed)."""
-        if role not in ROLES:
-            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    def save_user(
+        self,
+        name: str,
+        access: Access,
+        password_hash: str | None,
+        identity: tuple[str, str] | None = None,
+    ) -> None:
+        """Create or replace a person; their open sessions end (their rights may have changed).
+        ``identity`` (issuer, subject) links them to an identity-provider account; without it
+        a person replaced keeps the account they were linked to."""
+        if not access.roles:
+            raise ValueError("a person needs at least one role")
         stamp = now()
         with self.session() as session:
+            if identity is not None:
+                self._check_identity_free(session, name, identity)
             user = session.get(WebUser, name)
             if user is None:
                 user = WebUser(name=name, created_at=stamp)
                 session.add(user)
-            user.role, user.trials, user.updated_at = role, _trials_text(trials), stamp
+            user.role, user.trials, user.updated_at = access.roles_text, access.trials_text, stamp
             user.password_hash = password_hash
+            if identity is not None:
+                user.oidc_issuer, user.oidc_subject = normal_issuer(identity[0]), identity[1]
             session.execute(delete(WebSession).where(WebSession.user_name == name))
+
+    def link_user(self, name: str, issuer: str, subject: str) -> bool:
+        """Link an existing person to an identity-provider account; False if there is no such
+        person. Their open sessions end."""
+        with self.session() as session:
+            user = session.get(WebUser, name)
+            if user is None:
+                return False
+            self._check_identity_free(session, name, (issuer, subject))
+            user.oidc_issuer, user.oidc_subject = normal_issuer(issuer), subject
+            user.updated_at = now()
+            session.execute(delete(WebSession).where(WebSession.user_name == name))
+            return True
+
+    @staticmethod
+    def _check_identity_free(session: Session, name: str, identity: tuple[str, str]) -> None:
+        other = session.scalar(
+            select(WebUser.name).where(
+                WebUser.oidc_issuer == normal_issuer(identity[0]),
+                WebUser.oidc_subject == identity[1],
+                WebUser.name != name,
+            )
+        )
+        if other is not None:
+            raise IdentityTakenError(other)
+
+    def user_by_identity(self, issuer: str, subject: str) -> WebUser | None:
+        """The person linked to this identity-provider account, if any."""
+        with self.session() as session:
+            return session.scalar(
+                select(WebUser).where(
+                    WebUser.oidc_issuer == normal_issuer(issuer), WebUser.oidc_subject == subject
+                )
+            )
 
     def remove_user(self, name: str) -> bool:
         with self.session() as session:
@@ -171,7 +226,7 @@ class WorklistStore:
 
     # --- sessions -------------------------------------------------------------------------------
 
-    def open_session(self, user_name: str, role: str, trials: str, hours: float) -> str:
+    def open_session(self, user_name: str, access: Access, hours: float) -> str:
         """A new signed-in session; returns the random id the cookie carries (kept hashed)."""
         raw = secrets.token_urlsafe(32)
         stamp = now()
@@ -181,8 +236,8 @@ class WorklistStore:
                 WebSession(
                     id_hash=session_id_hash(raw),
                     user_name=user_name,
-                    role=role,
-                    trials=trials,
+                    role=access.roles_text,
+                    trials=access.trials_text,
                     created_at=stamp,
                     expires_at=stamp + timedelta(hours=hours),
                 )

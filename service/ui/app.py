@@ -21,9 +21,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
 from service.settings import Settings
+from service.state.signin import SignInPolicy
 from service.state.worklist import DRAFT_HOURS
 from service.ui import auth, pages
 from service.ui.evidence import Displays
+from service.ui.passwords import PasswordChecker
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,12 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
     ui.state.displays = Displays.load(settings.mappings_dir)
     ui.state.oauth = _oauth_client(settings)
     ui.state.funnels = {}
+    ui.state.passwords = PasswordChecker(settings.password_hash_concurrency)
+    ui.state.sign_in_policy = SignInPolicy(
+        failures_allowed=settings.sign_in_failures_allowed,
+        window_seconds=settings.sign_in_window_seconds,
+        longest_wait_seconds=settings.sign_in_longest_wait_seconds,
+    )
     ui.include_router(pages.router)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 

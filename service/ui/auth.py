@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import secrets
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -18,9 +19,11 @@ from typing import Any
 from fastapi import HTTPException, Request
 from starlette.datastructures import FormData
 
+from service import roles
+from service.roles import Access
 from service.settings import Settings
 from service.state.models import WebUser
-from service.state.worklist import ROLES, WorklistStore
+from service.state.worklist import WorklistStore
 
 SESSION_ID, CSRF, NEXT, FLASH = "sid", "csrf", "next", "flash"
 DRAFT, LAST_NAME = "draft", "last"
@@ -34,12 +37,13 @@ KEPT_ACROSS_SIGN_OUT = (DRAFT, CSRF, LAST_NAME)
 
 @dataclass(frozen=True)
 class Person:
+    """Someone signed in: their name and what they may do (service.roles)."""
+
     name: str
-    role: str  # coordinator | viewer
-    trials: frozenset[str]  # trials a coordinator decides on; empty: every trial
+    access: Access
 
     def may_decide(self, trial: str) -> bool:
-        return self.role == "coordinator" and (not self.trials or trial in self.trials)
+        return self.access.may_decide(trial)
 
 
 class NotSignedInError(Exception):
@@ -84,12 +88,15 @@ async def current_person(request: Request, store: WorklistStore) -> Person | Non
     if found is None:
         request.session.pop(SESSION_ID, None)
         return None
-    trials = frozenset(t for t in found.trials.split(",") if t)
-    return Person(found.user_name, found.role, trials)
+    try:
+        access = Access.stored(found.role, found.trials)
+    except roles.RoleError:
+        return None  # written by a newer version: signing in again sorts it out
+    return Person(found.user_name, access)
 
 
 async def sign_in(
-    request: Request, store: WorklistStore, name: str, role: str, trials: str, hours: float
+    request: Request, store: WorklistStore, name: str, access: Access, hours: float
 ) -> str:
     """Open a session; returns where to go next. The session id and CSRF token are new, so
     nothing planted in the browser before signing in carries over."""
@@ -100,9 +107,7 @@ async def sign_in(
     kept = {key: request.session[key] for key in KEPT_ACROSS_SIGN_IN if key in request.session}
     request.session.clear()
     request.session.update(kept)
-    request.session[SESSION_ID] = await asyncio.to_thread(
-        store.open_session, name, role, trials, hours
-    )
+    request.session[SESSION_ID] = await asyncio.to_thread(store.open_session, name, access, hours)
     request.session[CSRF] = secrets.token_urlsafe(32)
     request.session[LAST_NAME] = name
     return safe_next(target, request.scope.get("root_path", ""))
@@ -120,40 +125,83 @@ async def sign_out(request: Request, store: WorklistStore) -> None:
 def _claim_values(value: Any) -> list[str]:
     if isinstance(value, str):
         return value.replace(",", " ").split()
-    if isinstance(value, Iterable):
-        return [str(v) for v in value]
+    if isinstance(value, Iterable) and not isinstance(value, (bytes, dict)):
+        return [v for v in value if isinstance(v, str)]
     return []
 
 
-def role_from_claims(claims: dict[str, Any], settings: Settings) -> tuple[str, str] | None:
-    """(role, trials) from the roles claim: ``coordinator`` (every trial), ``coordinator:<trial>``
-    (repeatable) or ``viewer``; None when the claim grants nothing here."""
+def access_from_claims(claims: dict[str, Any], settings: Settings) -> Access | None:
+    """What the roles claim grants (service.roles.from_claim); None when it grants nothing
+    here, or when no roles claim is configured."""
     if not settings.oidc_roles_claim:
         return None
-    values = _claim_values(claims.get(settings.oidc_roles_claim))
-    if "coordinator" in values:
-        return "coordinator", ""
-    scoped = [v.split(":", 1)[1] for v in values if v.startswith("coordinator:")]
-    if scoped:
-        return "coordinator", ",".join(scoped)
-    if "viewer" in values:
-        return "viewer", ""
-    return None
+    return roles.from_claim(_claim_values(claims.get(settings.oidc_roles_claim)))
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An identity-provider account: issuer and subject (OIDC Core: the only pair that is
+    unique and stable), and the name its username claim gives (shown, never trusted)."""
+
+    issuer: str
+    subject: str
+    name: str
+
+
+def identity_of(claims: dict[str, Any], settings: Settings) -> Identity | None:
+    """The account an ID token names; None when ``iss`` or ``sub`` is missing or not text."""
+    issuer, subject = claims.get("iss"), claims.get("sub")
+    if not (isinstance(issuer, str) and issuer and isinstance(subject, str) and subject):
+        return None
+    shown = claims.get(settings.oidc_username_claim)
+    name = shown if isinstance(shown, str) and shown.strip() else subject
+    return Identity(issuer, subject, name.strip()[:128])
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why an identity-provider account is not signed in, for the log (staff names only, no
+    patient data) and whether linking would help."""
+
+    log: str
+    unlinked_user: str | None = None
 
 
 def oidc_person(
-    claims: dict[str, Any], known: WebUser | None, settings: Settings
-) -> tuple[str, str, str] | None:
-    """(name, role, trials) of a person the identity provider signed in, or None if prescreen
-    grants them nothing: a person added with ``prescreen users add`` has that role, anyone else
-    the role their roles claim gives."""
-    if known is not None and known.role in ROLES:
-        return known.name, known.role, known.trials
-    granted = role_from_claims(claims, settings)
+    identity: Identity,
+    claims: dict[str, Any],
+    linked: WebUser | None,
+    same_name: WebUser | None,
+    settings: Settings,
+) -> tuple[str, Access] | Refusal:
+    """(name, access) of a person the identity provider signed in, or why not.
+
+    ``linked`` is the person ``prescreen users add/link`` tied to this account: they sign in as
+    that person, with that person's roles. Anyone else gets what the roles claim grants, under
+    the name their username claim gives, unless that name is a person's of this service
+    (``same_name``): a name claim alone never signs anyone in as a local user.
+    """
+    if linked is not None:
+        try:
+            return linked.name, Access.stored(linked.role, linked.trials)
+        except roles.RoleError:
+            return Refusal(f"the user {linked.name} has roles this version does not know")
+    if same_name is not None:
+        if same_name.oidc_subject is None:
+            return Refusal(
+                f"the user {same_name.name} is not linked to an identity-provider account",
+                unlinked_user=same_name.name,
+            )
+        return Refusal("the account's username claim names a user linked to another account")
+    granted = access_from_claims(claims, settings)
     if granted is None:
-        return None
-    return person_name(claims, settings), granted[0], granted[1]
+        return Refusal("the account is not linked to a user and its roles claim grants nothing")
+    return identity.name, granted
 
 
-def person_name(claims: dict[str, Any], settings: Settings) -> str:
-    return str(claims.get(settings.oidc_username_claim) or claims.get("sub") or "")
+def link_command(identity: Identity, user: str = "NAME") -> str:
+    """The command an administrator runs to link this account to the user (shell-quoted)."""
+    return (
+        f"prescreen users link {shlex.quote(user)} --oidc-issuer {shlex.quote(identity.issuer)} "
+        f"--oidc-subject {shlex.quote(identity.subject)}"
+    )

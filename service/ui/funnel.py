@@ -1,52 +1,14 @@
-"""The attrition funnel of a trial: patients screened, then those still in after each criterion
-in the rule set's order, then the candidates; drawn as inline SVG on the server.
-
-A patient is still in after a criterion unless it rules them out (an inclusion ``not_met`` or an
-exclusion ``met``): an ``unknown`` keeps them in, as it keeps them on the worklist.
+"""The attrition funnel of a trial, drawn as inline SVG on the server; its counts come from
+``service/screening/funnel.py`` (the feasibility report counts the same funnel).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
-
 from markupsafe import Markup, escape
 
+from service.screening.funnel import Step, attrition
 
-@dataclass(frozen=True)
-class Step:
-    label: str  # short: a criterion id, or "screened" / "candidates"
-    text: str  # what the step means, for the table beside the chart
-    count: int
-
-
-def attrition(
-    criteria: list[tuple[str, str, str]], results: Iterable[dict[str, Any]]
-) -> list[Step]:
-    """``criteria``: (id, inclusion|exclusion, text) in the rule set's order."""
-    screened = candidates = 0
-    still_in = [0] * len(criteria)
-    for line in results:
-        screened += 1
-        found = line.get("criteria") or {}
-        for index, (cid, kind, _text) in enumerate(criteria):
-            result = (found.get(cid) or {}).get("result")
-            if (kind == "inclusion" and result == "not_met") or (
-                kind == "exclusion" and result == "met"
-            ):
-                break
-            still_in[index] += 1
-        if line.get("verdict") == "candidate":
-            candidates += 1
-    steps = [Step("screened", "patients screened", screened)]
-    for (cid, kind, text), count in zip(criteria, still_in, strict=True):
-        meaning = f"not excluded: {text}" if kind == "exclusion" else text
-        steps.append(Step(cid, meaning, count))
-    steps.append(
-        Step("candidates", "candidates: every criterion decidable from data met", candidates)
-    )
-    return steps
+__all__ = ["Step", "attrition", "funnel_svg"]
 
 
 # Drawing: a label column, a bar scaled to the screened count, the number after the bar.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -24,10 +25,13 @@ from service.api.decisions import (
 )
 from service.api.engine import ScreeningService
 from service.api.screening_log import file_name, write_log
+from service.errors import FhirServerError, error_kind
 from service.fhir.ids import is_fhir_id
+from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
 from service.state.models import Candidate
+from service.state.signin import SignInLimits, address_key, name_key
 from service.state.worklist import (
     HistoryEntry,
     WorklistPage,
@@ -38,7 +42,7 @@ from service.state.worklist import (
 from service.ui import auth, drafts
 from service.ui.evidence import Displays, Evidence, read_evidence, unavailable
 from service.ui.funnel import Step, attrition, funnel_svg
-from service.ui.passwords import verify_password
+from service.ui.passwords import PasswordChecker
 from service.ui.people import Who, who
 from service.ui.query import WorklistQuery, read_worklist_query
 from service.ui.vocabulary import (
@@ -56,6 +60,8 @@ SEARCH_LIMIT = 50  # patients a search lists at most (refine it to find one of m
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
+# A sign-in that must wait is refused after this pause: a flood of tries slows down by itself.
+REFUSAL_PAUSE_SECONDS = 1.0
 
 
 # --- what every page needs ----------------------------------------------------------------------
@@ -82,6 +88,14 @@ async def _person(request: Request) -> auth.Person:
     return person
 
 
+async def _reader_of_patients(request: Request) -> auth.Person:
+    """The person signed in, if their roles show patients (viewer, coordinator)."""
+    person = await _person(request)
+    if not person.access.may_see_patients():
+        raise HTTPException(403, "Your role shows counts only, not patients.")
+    return person
+
+
 def render(
     request: Request,
     template: str,
@@ -102,6 +116,12 @@ def render(
         status_code=status_code,
     )
     return response
+
+
+def _text(value: Any) -> str:
+    """A form field as text: an uploaded file where text was expected counts as empty, and a
+    NUL character (which no name or note holds, and PostgreSQL refuses) is dropped."""
+    return value.replace("\x00", "") if isinstance(value, str) else ""
 
 
 def when(value: datetime | None) -> str:
@@ -265,7 +285,7 @@ def _trial_choices(request: Request) -> list[tuple[str, str]]:
 
 @router.get("/worklist", name="worklist")
 async def worklist(request: Request) -> Response:
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     query = _read_query(request)
     result = await _worklist_page(request, person, query)
     pages = max(1, -(-result.total // PAGE_SIZE))
@@ -305,7 +325,7 @@ async def worklist(request: Request) -> Response:
 @router.get("/worklist.csv", name="worklist_csv")
 async def worklist_csv(request: Request) -> Response:
     """The worklist's rows with its filters, every page, as the screening log (CSV)."""
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     query = _read_query(request)
     store = _store(request)
     rows = await asyncio.to_thread(store.screening_log, person.name, query.filters())
@@ -323,7 +343,7 @@ async def worklist_csv(request: Request) -> Response:
 async def search(request: Request) -> Response:
     """Patients by name, MRN or FHIR id. Sent with POST, so that what was searched for stays out
     of addresses, logs and the browser's history."""
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     form = await auth.checked_form(request)
     raw = form.get("q")
     text = raw.strip()[:200] if isinstance(raw, str) else ""
@@ -579,7 +599,7 @@ async def _patient_page(
 
 @router.get("/patients/{patient_id}", name="patient")
 async def patient(request: Request, patient_id: str, trial: str = "") -> Response:
-    person = await _person(request)
+    person = await _reader_of_patients(request)
     if not is_fhir_id(patient_id):
         raise HTTPException(404, "No screening result for this patient.")
     return await _patient_page(request, person, patient_id, trial)
@@ -599,11 +619,10 @@ def _conflict_text(conflict: DecisionConflictError) -> str:
 
 
 def _sent(form: Any) -> dict[str, str]:
-    """What the decision form sent, as text (a field sent as a file is no text: empty)."""
+    """What the decision form sent, as text (see ``_text``)."""
 
     def text(name: str) -> str:
-        value = form.get(name, "")
-        return value if isinstance(value, str) else ""
+        return _text(form.get(name, ""))
 
     return {
         "trial": text("trial"),
@@ -673,6 +692,8 @@ async def decide(request: Request, patient_id: str) -> Response:
     person = await auth.current_person(request, store)
     if person is None:
         return await _session_ended(request, patient_id, ruleset, sent, form)
+    if not person.access.may_see_patients():
+        raise HTTPException(403, "Your role shows counts only, not patients.")
     if not person.may_decide(trial):
         raise HTTPException(403, "Your role does not allow recording decisions for this trial.")
     rows = await asyncio.to_thread(store.candidates_of_patient, patient_id)
@@ -721,6 +742,15 @@ async def decide(request: Request, patient_id: str) -> Response:
         return await _patient_page(
             request, person, patient_id, trial, {trial: feedback}, error.status
         )
+    except FhirServerError as error:  # the server is down or failing: nothing was written
+        log.warning("recording a decision failed: %s", error_kind(error))
+        feedback = Feedback(
+            "Not saved: the FHIR server could not be reached. Try again in a moment.",
+            "error",
+            sent,
+            expected or "",
+        )
+        return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 502)
     await drafts.drop(request, store, person.name, patient_id, trial)
     request.session[auth.FLASH] = {
         "trial": trial,
@@ -738,17 +768,73 @@ async def login_page(request: Request) -> Response:
     return render(request, "login.html", None, page="login", problem="")
 
 
+def _client_address(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many(request: Request, name: str, wait: float) -> Response:
+    seconds = max(1, math.ceil(wait))
+    response = render(
+        request,
+        "login.html",
+        None,
+        status_code=429,
+        page="login",
+        problem=f"Too many failed sign-ins. Try again in {seconds} second"
+        f"{'' if seconds == 1 else 's'}.",
+        username=name,
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+def _sign_in_limits(request: Request) -> SignInLimits:
+    """One per web worklist (it remembers the waits it has read)."""
+    limits: SignInLimits | None = getattr(request.app.state, "sign_in_limits", None)
+    if limits is None:
+        policy = request.app.state.sign_in_policy
+        limits = request.app.state.sign_in_limits = SignInLimits(
+            _service(request).store.engine, policy
+        )
+    return limits
+
+
 @router.post("/login", name="login_submit")
 async def login_submit(request: Request) -> Response:
-    form = await auth.checked_form(request)
     settings = _settings(request)
     if settings.ui_mode != "local":
         raise HTTPException(404, "Sign in with the hospital account.")
-    name = str(form.get("username", "")).strip()
-    password = str(form.get("password", ""))
+    limits = _sign_in_limits(request)
+    address = address_key(_client_address(request))
+    # An address known to wait is refused before its form is even read: a flood from one
+    # place costs next to nothing.
+    known = limits.known_wait([address])
+    if known > 0:
+        # Answered after a pause: a client that asks again at once asks a second later.
+        await asyncio.sleep(min(known, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, "", max(known - REFUSAL_PAUSE_SECONDS, 1))
+    form = await auth.checked_form(request)
+    name = _text(form.get("username")).strip()
+    password = _text(form.get("password"))
     store = _store(request)
-    user = await asyncio.to_thread(store.user, name) if name else None
-    valid = await asyncio.to_thread(verify_password, user.password_hash if user else None, password)
+    checker: PasswordChecker = request.app.state.passwords
+    keys = [name_key(name), address]
+    # Waiting now: refused before it queues for a hash.
+    wait = limits.known_wait(keys) or await asyncio.to_thread(limits.wait_seconds, keys)
+    if wait > 0:
+        await asyncio.sleep(min(wait, REFUSAL_PAUSE_SECONDS))
+        return _too_many(request, name, max(wait - REFUSAL_PAUSE_SECONDS, 1))
+    async with checker.slot():
+        # Again once it is this attempt's turn: the attempts queued meanwhile all count.
+        wait = await asyncio.to_thread(limits.wait_seconds, keys)
+        if wait > 0:
+            return _too_many(request, name, wait)
+        user = await asyncio.to_thread(store.user, name) if name else None
+        valid = await checker.verify(user.password_hash if user else None, password)
+        if user is None or not valid:
+            await asyncio.to_thread(limits.record_failure, keys)
+        else:
+            await asyncio.to_thread(limits.record_success, keys[0])
     if user is None or not valid:
         return render(
             request,
@@ -759,9 +845,11 @@ async def login_submit(request: Request) -> Response:
             problem="Unknown name or wrong password.",
             username=name,
         )
-    target = await auth.sign_in(
-        request, store, user.name, user.role, user.trials, settings.session_hours
-    )
+    try:
+        access = Access.stored(user.role, user.trials)
+    except RoleError:
+        raise HTTPException(403, "Your account has roles this version does not know.") from None
+    target = await auth.sign_in(request, store, user.name, access, settings.session_hours)
     return RedirectResponse(target, status_code=303)
 
 
@@ -793,13 +881,35 @@ async def auth_callback(request: Request) -> Response:
         log.warning("identity provider sign-in failed: %s", error.error)
         raise HTTPException(401, "The identity provider did not sign you in.") from error
     claims = dict(token.get("userinfo") or {})
+    identity = auth.identity_of(claims, settings)
+    if identity is None:
+        log.warning("identity provider sign-in refused: the ID token has no iss or sub")
+        raise HTTPException(401, "The identity provider did not say who you are.")
     store = _store(request)
-    name = auth.person_name(claims, settings)
-    known = await asyncio.to_thread(store.user, name) if name else None
-    granted = auth.oidc_person(claims, known, settings) if name else None
-    if granted is None:
-        raise HTTPException(403, "Your account has no access to prescreen. Ask its administrator.")
-    target = await auth.sign_in(request, store, *granted, settings.session_hours)
+    linked = await asyncio.to_thread(store.user_by_identity, identity.issuer, identity.subject)
+    same_name = None if linked else await asyncio.to_thread(store.user, identity.name)
+    granted = auth.oidc_person(identity, claims, linked, same_name, settings)
+    if isinstance(granted, auth.Refusal):
+        if granted.unlinked_user is not None:
+            # For the administrator: the one command that lets this person in again.
+            log.warning(
+                "sign-in refused: %s; if this account is theirs, link it with: %s",
+                granted.log,
+                auth.link_command(identity, granted.unlinked_user),
+            )
+        else:
+            log.warning("sign-in refused: %s", granted.log)
+        return render(
+            request,
+            "login.html",
+            None,
+            status_code=403,
+            page="login",
+            problem="Your account has no access to prescreen. Ask its administrator.",
+            link_command=auth.link_command(identity),
+        )
+    name, access = granted
+    target = await auth.sign_in(request, store, name, access, settings.session_hours)
     return RedirectResponse(target, status_code=303)
 
 

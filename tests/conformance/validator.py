@@ -36,6 +36,7 @@ VALIDATOR_DIR = REPO / "tests" / "validator"
 TERMINOLOGY_DIRS = (
     REPO / "terminology",
     REPO / "terminology" / "criteria",
+    REPO / "terminology" / "feasibility",
     REPO / "fhir_mappings" / "codesystems",
 )
 READY_SECONDS = 300.0  # a cold JVM on two busy cores

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from service.catalog import load_trial
 from service.cli import main
 from service.fhir.auth import BearerAuth, SmartBackendAuth
-from service.fhir.connect import connect, default_scope
+from service.fhir.connect import WRITE_PERMISSIONS, connect, default_scope
 from service.settings import Settings, get_settings
 from tests.integration.conftest import LoadedPatients
 from tests.integration.servers import SekmetServer
@@ -171,16 +171,20 @@ def test_smart_v2_scopes_are_derived_from_the_mapping_and_honoured(
     requested, found = asyncio.run(search_conditions())
     scopes = requested.split()
     assert "system/Patient.rs" in scopes and "system/Condition.rs" in scopes
-    assert "system/ResearchSubject.crus" in scopes
+    # A read-only run asks for no write scope (a server may refuse a token asking for more).
+    assert not any(scope.startswith("system/Research") for scope in scopes)
     assert not any("*" in scope for scope in scopes)
     assert found > 0
 
 
 def test_smart_v1_scopes_when_the_server_lacks_permission_v2() -> None:
-    assert default_scope(["Condition"], v2=False).split()[:2] == [
+    assert default_scope(["Condition"], v2=False).split() == [
         "system/Condition.read",
         "system/Patient.read",
     ]
+    written = default_scope(["Observation"], v2=False, writes=WRITE_PERMISSIONS).split()
+    assert "system/Observation.read" in written and "system/Observation.write" in written
+    assert "system/Provenance.write" in written and "system/Provenance.read" not in written
 
 
 def test_wrong_key_is_refused_by_the_token_endpoint(

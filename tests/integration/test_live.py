@@ -13,6 +13,7 @@ import pytest
 from service.cli import main
 from tests.helpers import read_ndjson, screen_cli
 from tests.integration.conftest import LoadedPatients, fhir_get, fhir_put, search_all
+from tests.proxy import RefusingProxy
 
 pytestmark = pytest.mark.integration
 STUDY_TAG = "urn:prescreen:study|NCT06746103"
@@ -337,3 +338,30 @@ def test_a_portfolio_gives_one_subject_per_trial_and_agrees_with_offline(
     studies = {s["study"]["reference"] for s in mine}
     assert len(mine) == 2 and len(studies) == 2  # one subject per ResearchStudy
     assert {s["status"] for s in mine} == {"candidate"}
+
+
+def test_a_type_the_server_refuses_is_never_an_exclusion(
+    fhir_server: Any, patients: LoadedPatients, tmp_path: Path
+) -> None:
+    """A server in front of the real one refuses ServiceRequest searches (400) and batches: the
+    run goes on without them, reports the lost type, and no criterion rests on its absence."""
+    expected = offline(patients.write_ndjson(tmp_path / "ndjson"), tmp_path / "offline")
+    proxy = RefusingProxy(fhir_server.base_url, refuse={"ServiceRequest"})
+    try:
+        ids = ",".join(patients.patient_ids)
+        assert live(proxy.url, tmp_path / "live", "--patients", ids) == 1
+    finally:
+        proxy.close()
+    assert any("ServiceRequest" in path for path in proxy.refused)
+    got = {v["patient"]: v for v in read_ndjson(tmp_path / "live" / "verdicts.ndjson")}
+    assert set(got) == set(expected)
+    for patient, verdict in got.items():
+        if verdict["verdict"] == "ineligible":
+            assert expected[patient]["verdict"] == "ineligible", patient
+    candidate = next(pid for pid, t in patients.tests.items() if t.id == "candidate")
+    mine = got[f"Patient/{candidate}"]
+    assert expected[f"Patient/{candidate}"]["verdict"] == "candidate"
+    assert mine["verdict"] == "potential-candidate"
+    assert "ServiceRequest records are not available" in mine["criteria"]["treatment"]["reason"]
+    issues = read_ndjson(tmp_path / "live" / "issues.ndjson")
+    assert [i["kind"] for i in issues if "ServiceRequest" in i["message"]] == ["source-unavailable"]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -368,3 +372,66 @@ def test_each_trial_of_a_portfolio_reports_what_it_alone_would(tmp_path: Path) -
         assert read_ndjson(tmp_path / "both" / trial / "issues.ndjson") == alone
         verdicts = (tmp_path / trial / "verdicts.ndjson").read_bytes()
         assert (tmp_path / "both" / trial / "verdicts.ndjson").read_bytes() == verdicts
+
+
+@pytest.fixture
+def line_limit(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """PRESCREEN_MAX_LINE_BYTES at its minimum (4 MiB), so a test's long lines stay small."""
+    from service.settings import get_settings
+
+    limit = 4 << 20
+    monkeypatch.setenv("PRESCREEN_MAX_LINE_BYTES", str(limit))
+    get_settings.cache_clear()
+    yield limit
+    get_settings.cache_clear()
+
+
+def test_a_line_too_long_is_skipped_reported_and_the_rest_screened(
+    tmp_path: Path, line_limit: int
+) -> None:
+    """N12: a gzipped file inflating to one huge line; the line is skipped unread (input issue
+    line-too-long with file and line, never its content), exit 1, every other patient
+    screened exactly as without it."""
+    source, plain = tmp_path / "source", tmp_path / "plain"
+    shutil.copytree(SAMPLE_DIR, source)
+    shutil.copytree(SAMPLE_DIR, plain)
+    observations = (SAMPLE_DIR / "Observation.ndjson").read_bytes().splitlines()
+    # A pain score of a patient the sample does not have, made huge by a note: valid JSON.
+    huge = json.loads(next(line for line in observations if b"72514-3" in line))
+    huge["id"], huge["subject"] = "huge", {"reference": "Patient/nobody"}
+    huge["note"] = [{"text": "SECRET-" + "x" * (line_limit + 1000)}]
+    lines = [*observations[:100], json.dumps(huge).encode(), *observations[100:]]
+    (source / "Observation.ndjson").unlink()
+    (source / "Observation.ndjson.gz").write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+    assert screen(source, tmp_path / "out") == 1
+    assert screen(plain, tmp_path / "without") == 0
+    issues = read_ndjson(tmp_path / "out" / "issues.ndjson")
+    assert issues == [
+        {
+            "file": "Observation.ndjson.gz",
+            "line": 101,
+            "kind": "line-too-long",
+            "message": f"the line is longer than {line_limit} bytes (line end included): "
+            "skipped unread",
+        }
+    ]
+    assert (tmp_path / "out" / "verdicts.ndjson").read_bytes() == (
+        tmp_path / "without" / "verdicts.ndjson"
+    ).read_bytes()
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    without = json.loads((tmp_path / "without" / "summary.json").read_text())
+    assert summary["input"]["lines"] == without["input"]["lines"] + 1
+
+
+def test_outputs_are_readable_by_their_owner_only_whatever_the_umask(tmp_path: Path) -> None:
+    """N11: before, verdicts and the rest were created 0644 (0666 with umask 0)."""
+    previous = os.umask(0)
+    try:
+        assert screen(SAMPLE_DIR, tmp_path / "made" / "out") == 0
+    finally:
+        os.umask(previous)
+    out = tmp_path / "made" / "out"
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert files and all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in files)
+    for folder in (out, out.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700

@@ -17,7 +17,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
@@ -40,6 +40,18 @@ SECONDS = re.compile(rb'"seconds": \{[^}]*\}')
 PAIN_SCORE = b'"72514-3"'  # test data: the NRS pain score code the synthetic hospital writes
 SPINAL = b'"94602001"'  # test data: a spinal metastasis code the synthetic hospital writes
 T = TypeVar("T")
+LINE_LIMIT = 4 << 20  # PRESCREEN_MAX_LINE_BYTES here (its minimum): long lines stay small
+
+
+@pytest.fixture(scope="module", autouse=True)
+def line_limit() -> Iterator[None]:
+    from service.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRESCREEN_MAX_LINE_BYTES", str(LINE_LIMIT))
+        get_settings.cache_clear()
+        yield
+    get_settings.cache_clear()
 
 
 def screen(source: Path, out: Path, trials: str, workers: int) -> int:
@@ -80,6 +92,7 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
         patients[index] = patients[index].replace(b"{", b'{"active": false, ', 1)
     patients.append(patients[7].replace(b'"active": false', b'"active": true'))
     patients.append(patients[8].replace(b"{", b'{"active": false, ', 1))
+    patients[100] = pad(patients[100], LINE_LIMIT)  # a Patient too long to read: no Patient
     (source / "Patient.ndjson").write_bytes(b"\n".join(patients) + b"\n")
 
     # Observations: damaged lines everywhere; pain scores of patients that do not exist; and
@@ -119,6 +132,10 @@ def hospital(tmp_path_factory: pytest.TempPathFactory) -> Path:
         observations[at] = re.sub(rb'"valueInteger":\s*\d+', b'"valueInteger":42', line)
         observations.insert(at, b'{"resourceType": "Observation", "id": "cut')
     observations = [mutate(line, rng) if rng.random() < 0.002 else line for line in observations]
+    # Lines too long to read: one alone, two in a row (spans and blocks meet them whole).
+    middle = len(observations) // 2
+    observations[middle] = pad(scores[20], LINE_LIMIT + 100_000)
+    observations[middle + 500 : middle + 500] = [pad(scores[21], LINE_LIMIT)] * 2
     (source / "Observation.ndjson").write_bytes(b"\xef\xbb\xbf" + b"\n".join(observations) + b"\n")
 
     # Conditions gzipped (a whole span), with a patient that does not exist.
@@ -176,6 +193,9 @@ def test_the_messy_hospital_exercises_what_it_should(one_process: Path) -> None:
     kinds = {issue["kind"] for issue in issues}
     assert {"malformed-json", "bad-value", "not-screened", "no-patient"} <= kinds
     assert "unknown-resource-type" in kinds
+    too_long = [(i["file"], i["line"]) for i in issues if i["kind"] == "line-too-long"]
+    assert [file for file, _ in too_long] == ["Observation.ndjson"] * 3 + ["Patient.ndjson"]
+    assert too_long[2][1] == too_long[1][1] + 1  # two in a row
     # Problems reported past the first block of a file, and Patients not to screen past it.
     assert max(i["line"] for i in issues if i["file"] == "Observation.ndjson") > 30_000
     assert max(i["line"] for i in issues if i["kind"] == "not-screened") > 150
@@ -266,10 +286,12 @@ class EveryTaskInAFreshProcess(WorkerPool):
     caches), as if every task went to another process: scheduling must not matter."""
 
     def __init__(self, rulesets: list[RuleSet], count: int) -> None:  # no processes
-        self.rulesets, self.count = rulesets, count
+        self.rulesets, self.count, self.max_line = rulesets, count, LINE_LIMIT
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
 
-    def serves(self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date) -> bool:
+    def serves(
+        self, rulesets: Sequence[RuleSet], engine: EngineName, as_of: date, max_line: int = 0
+    ) -> bool:
         return True
 
     def run_all(
@@ -279,7 +301,9 @@ class EveryTaskInAFreshProcess(WorkerPool):
     ) -> list[T]:
         results: list[T] = []
         for fn, args in reversed(calls):
-            workers._worker = workers.Worker(self.rulesets, "cel", date.fromisoformat(AS_OF))
+            workers._worker = workers.Worker(
+                self.rulesets, "cel", date.fromisoformat(AS_OF), LINE_LIMIT
+            )
             results.append(fn(*args))
         return results[::-1]
 
@@ -295,6 +319,7 @@ def test_the_order_of_tasks_and_processes_does_not_matter(
         tmp_path,
         subject_identifier_system="urn:prescreen:research-subject",
         workers=EveryTaskInAFreshProcess(rulesets, 3),
+        max_line=LINE_LIMIT,
     )
     assert portfolio.exit_code == 1
     assert_same_files(one_process, tmp_path)

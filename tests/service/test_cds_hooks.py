@@ -22,14 +22,17 @@ from fastapi import HTTPException
 
 from service import catalog
 from service.api.cds import normalised_base, read_prefetch
+from service.errors import PrescreenError
 from service.ruleset.evaluate import Evaluator
 from service.ruleset.loader import RuleSet
 from service.screening.inmemory import evaluate_resources
 from service.settings import get_settings
 from service.state.cds_hooks import CdsStore
 from service.state.store import Store
+from service.web import create_app
 from tests.integration.conftest import LoadedPatients, fhir_get
 from tests.integration.servers import SekmetServer, free_port
+from tests.proxy import RefusingProxy
 from tests.service.conftest import Helpers, running_service, service_settings
 
 pytestmark = pytest.mark.integration
@@ -305,6 +308,29 @@ def test_the_patient_id_must_be_a_fhir_id(ehr: Ehr, sekmet: SekmetServer) -> Non
         assert answer.status_code == 400, patient
 
 
+def test_a_malformed_request_is_400_and_quotes_nothing(ehr: Ehr, sekmet: SekmetServer) -> None:
+    """The specification's examples answer a malformed request with 400 (before: 422)."""
+    secret = "Jane-Doe-1960"
+    malformed = [
+        {k: v for k, v in hook_request(secret).items() if k != "hook"},  # no hook
+        {k: v for k, v in hook_request(secret).items() if k != "context"},  # no context
+        hook_request(secret, hookInstance=["not", "a", "string"]),
+        hook_request(secret, context=secret),  # context not an object
+    ]
+    for body in malformed:
+        answer = ehr.call(body)
+        assert answer.status_code == 400, (body, answer.text)
+        assert secret not in answer.text
+        assert all(error["loc"][0] == "body" for error in answer.json()["detail"])
+    not_json = httpx.post(
+        ehr.endpoint,
+        content=b"{not json " + secret.encode(),
+        headers={"Authorization": f"Bearer {ehr.token()}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+    assert not_json.status_code == 400 and secret not in not_json.text
+
+
 def test_normalised_base_urls() -> None:
     assert normalised_base("HTTPS://Fhir.Example:443/r4/") == "https://fhir.example/r4"
     assert normalised_base("http://fhir.example:80") == "http://fhir.example"
@@ -560,7 +586,7 @@ def test_feedback_is_recorded(
         unknown = {"feedback": [{**overridden["feedback"][0], "card": str(uuid.uuid4())}]}
         assert ehr.feedback(unknown).status_code == 400
         ignored = {"feedback": [{**overridden["feedback"][0], "outcome": "ignored"}]}
-        assert ehr.feedback(ignored).status_code == 422
+        assert ehr.feedback(ignored).status_code == 400  # malformed: 400, as the spec's examples
         assert len(CdsStore(store).feedback()) == 3
     finally:
         store.close()
@@ -595,3 +621,54 @@ def test_cors_for_browser_based_ehrs(ehr: Ehr) -> None:
     # The rest of the API is not opened to other origins.
     health = httpx.get(f"{ehr.url}/healthz", headers={"Origin": "https://ehr.example"})
     assert "access-control-allow-origin" not in health.headers
+    # Every CDS Hooks path answers a preflight, feedback and discovery included.
+    for path in ("/cds-services", f"/cds-services/{SERVICE}/feedback"):
+        answer = httpx.options(f"{ehr.url}{path}", headers=preflight, timeout=60)
+        assert answer.status_code == 200, path
+        assert answer.headers["access-control-allow-origin"] == "https://ehr.example"
+
+
+def test_a_preflight_is_answered_without_origins_configured_and_star_is_refused(
+    sekmet: SekmetServer, helpers: Helpers, database_url: str
+) -> None:
+    """Before: with no origin configured, a preflight went to the routes (405)."""
+    port = free_port()
+    with running_service(service_settings(sekmet, helpers, database_url, port), port) as running:
+        preflight = {"Origin": "https://ehr.example", "Access-Control-Request-Method": "POST"}
+        answer = httpx.options(f"{running.url}/cds-services/{SERVICE}", headers=preflight)
+        assert answer.status_code == 400
+        assert "access-control-allow-origin" not in answer.headers
+    with pytest.raises(PrescreenError, match="not accepted"):
+        create_app(service_settings(sekmet, helpers, database_url, port, cors_origins="*"))
+
+
+def test_a_search_the_server_refuses_leaves_its_criteria_unknown(
+    sekmet: SekmetServer, helpers: Helpers, database_url: str, loaded: LoadedPatients
+) -> None:
+    """A fhirServer that refuses ServiceRequest searches: the card is still given, and the
+    treatment the refused search would have shown is to check, never a reason to exclude."""
+    candidate = next(pid for pid, test in loaded.tests.items() if test.id == "candidate")
+    proxy = RefusingProxy(sekmet.base_url, refuse={"ServiceRequest"})
+    port = free_port()
+    allowed = f"{sekmet.base_url},{proxy.url}"
+    settings = service_settings(sekmet, helpers, database_url, port, cds_fhir_servers=allowed)
+    try:
+        with running_service(settings, port) as running:
+            ehr = Ehr(running.url, helpers)
+            complete = ehr.call(hook_request(candidate, fhirServer=sekmet.base_url))
+            answer = ehr.call(hook_request(candidate, fhirServer=proxy.url))
+    finally:
+        proxy.close()
+
+    def relieve_detail(response: httpx.Response) -> str:
+        summaries(response)  # a 200 with cards
+        [card] = [c for c in response.json()["cards"] if c["summary"].startswith("RELIEVE")]
+        return str(card["detail"])
+
+    # Today's date is the reference of a hook: the windows may leave other criteria to check;
+    # the treatment (a ServiceRequest) is met when the server gives it, to check when it
+    # refuses it, never a reason to drop the card.
+    assert "**treatment**" not in relieve_detail(complete)
+    detail = relieve_detail(answer)
+    assert "**treatment**" in detail and "ServiceRequest records are not available" in detail
+    assert any("ServiceRequest" in path for path in proxy.refused)

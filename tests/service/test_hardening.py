@@ -6,9 +6,13 @@ FHIR request per call, /runs reading any folder, ids that walk to other paths of
 
 from __future__ import annotations
 
+import asyncio
 import select
 import socket
+import threading
+import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +30,7 @@ from tests.service.conftest import (
     RunningService,
     running_service,
     service_settings,
+    wait_for,
 )
 
 
@@ -130,6 +135,12 @@ HUGE = str(2**63)
         ("POST", "/runs", None, {"trial": "relieve", "as_of": "9999-12-31"}),
         ("POST", "/screenings", None, {"trial": "relieve", "patients": ["../metadata"]}),
         ("POST", "/runs", None, {"trial": "relieve", "patients": ["a?b"]}),
+        # F10: a NUL reached PostgreSQL (500, or a dropped connection).
+        ("GET", "/candidates", {"trial": "\x00"}, None),
+        ("GET", "/candidates", {"status": "open\x00"}, None),
+        ("GET", "/runs/a%00b", None, None),
+        ("GET", "/runs/a%00b/results", None, None),
+        ("POST", "/candidates/1/decision", None, {"status": "eligible", "note": "a\x00b"}),
     ],
 )
 def test_odd_input_is_a_clear_4xx_never_a_500(
@@ -245,3 +256,158 @@ def test_ndjson_runs_read_only_configured_folders(
             "/runs", json={"trial": "relieve", "source": "ndjson", "path": str(SAMPLE_DIR)}
         )
         assert allowed.status_code == 202
+
+
+def test_a_nul_in_an_anonymous_sign_in_is_no_500(service: RunningService) -> None:
+    """F10: on PostgreSQL a NUL in the user name of /ui/login gave 500 or a dropped
+    connection."""
+    with httpx.Client(base_url=service.url, timeout=60) as browser:
+        form = browser.get("/ui/login")
+        token = form.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        answer = browser.post(
+            "/ui/login", data={"username": "a\x00b", "password": "x\x00", "csrf_token": token}
+        )
+        assert answer.status_code == 401
+        assert browser.get("/ui/login?next=%00").status_code == 400
+
+
+class FailingFhirServer:
+    """A FHIR server that answers every request 503, counting them (a real HTTP server)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                with outer._lock:
+                    outer.requests += 1
+                time.sleep(0.2)  # a slow failure: the calls below all come while it runs
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fhir"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=10)
+
+
+def test_concurrent_readiness_probes_share_one_fhir_check(
+    helpers: Helpers, sekmet: SekmetServer, tmp_path: Path
+) -> None:
+    """F14: 40 concurrent anonymous /readyz while the FHIR server answers 503 sent 200 FHIR
+    requests (5 tries each, nothing shared while a check ran). Now: one check, one try."""
+    failing = FailingFhirServer()
+    port = free_port()
+    settings = service_settings(sekmet, helpers, f"sqlite:///{tmp_path / 'state.db'}", port)
+    settings = settings.model_copy(
+        update={"fhir_url": failing.url, "readiness_cache_seconds": 3600.0}
+    )
+    try:
+        with running_service(settings, port) as running:
+
+            async def probe_all() -> list[httpx.Response]:
+                async with httpx.AsyncClient(base_url=running.url, timeout=120) as client:
+                    return list(await asyncio.gather(*(client.get("/readyz") for _ in range(40))))
+
+            answers = asyncio.run(probe_all())
+            assert {a.status_code for a in answers} == {503}
+            assert {a.json()["fhir"] for a in answers} == {"FhirUnavailableError"}
+            assert failing.requests == 1
+    finally:
+        failing.close()
+
+
+def test_an_ndjson_run_reads_no_file_linked_from_outside_the_allowed_folders(
+    sekmet: SekmetServer, helpers: Helpers, tmp_path: Path
+) -> None:
+    """N13: a symbolic link inside an allowed folder, to a file outside every allowed folder,
+    was read by POST /runs."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    (allowed / "hospital").mkdir(parents=True)
+    outside.mkdir()
+    for path in SAMPLE_DIR.glob("*.ndjson"):
+        if path.name != "Condition.ndjson":
+            (allowed / "hospital" / path.name).write_bytes(path.read_bytes())
+    (outside / "Condition.ndjson").write_bytes((SAMPLE_DIR / "Condition.ndjson").read_bytes())
+    (allowed / "hospital" / "Condition.ndjson").symlink_to(outside / "Condition.ndjson")
+    port = free_port()
+    settings = service_settings(sekmet, helpers, f"sqlite:///{tmp_path / 'state.db'}", port)
+    settings = settings.model_copy(update={"ndjson_roots": str(allowed)})
+    with running_service(settings, port) as running, running.client() as client:
+        started = client.post(
+            "/runs",
+            json={"trial": "relieve", "source": "ndjson", "path": str(allowed / "hospital")},
+        )
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+        done = wait_for(
+            lambda: (state := client.get(f"/runs/{run_id}").json())["status"] == "done" and state
+        )
+        assert done["input_issues"] == {"outside-allowed-folders": 1}
+        # Without the conditions, no patient has a spinal metastasis: nobody is a candidate.
+        assert done["counts"] == {"ineligible": 300}
+
+
+def test_an_ndjson_run_skips_a_line_too_long_and_says_so(
+    sekmet: SekmetServer, helpers: Helpers, tmp_path: Path
+) -> None:
+    """N12 through the service: POST /runs went from 130 MB to 5 GB on one long line."""
+    folder = tmp_path / "hospital"
+    folder.mkdir()
+    for path in SAMPLE_DIR.glob("*.ndjson"):
+        (folder / path.name).write_bytes(path.read_bytes())
+    limit = 4 << 20
+    huge = b'{"resourceType":"Observation","id":"x","note":[{"text":"' + b"x" * limit + b'"}]}'
+    with (folder / "Observation.ndjson").open("ab") as handle:
+        handle.write(huge + b"\n")
+    port = free_port()
+    settings = service_settings(sekmet, helpers, f"sqlite:///{tmp_path / 'state.db'}", port)
+    settings = settings.model_copy(update={"ndjson_roots": str(tmp_path), "max_line_bytes": limit})
+    with running_service(settings, port) as running, running.client() as client:
+        started = client.post(
+            "/runs", json={"trial": "relieve", "source": "ndjson", "path": str(folder)}
+        )
+        assert started.status_code == 202, started.text
+        run_id = started.json()["id"]
+        done = wait_for(
+            lambda: (state := client.get(f"/runs/{run_id}").json())["status"] == "done" and state
+        )
+        assert done["input_issues"] == {"line-too-long": 1}
+        assert done["progress"] == {"done": 300, "total": 300}  # every patient screened
+
+
+def test_an_oauth_token_living_for_years_is_refused(
+    service: RunningService, helpers: Helpers
+) -> None:
+    """N15: JWTs expiring ten years out were accepted."""
+    now = int(time.time())
+    claims = {
+        "iss": "https://idp.example",
+        "aud": "prescreen",
+        "sub": "engine",
+        "scope": "candidates",
+    }
+
+    def status(**times: int) -> int:
+        token = helpers.keys.sign({**claims, **times})
+        answer = httpx.get(
+            f"{service.url}/candidates", headers={"Authorization": f"Bearer {token}"}, timeout=60
+        )
+        return answer.status_code
+
+    assert status(exp=now + 3600, iat=now) == 200
+    assert status(exp=now + 3600) == 200  # no iat: counted from now
+    assert status(exp=now + 10 * 365 * 86400, iat=now) == 401
+    assert status(exp=now + 10 * 365 * 86400) == 401
+    assert status(exp=now + 3600, iat=now - 3 * 86400) == 401  # issued for days on end

@@ -24,18 +24,19 @@ import orjson
 import pytest
 from sqlalchemy import event, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 
 from service.alerts import Alerter, AlertSettings
 from service.api.engine import ScreeningService
 from service.fhir.client import FhirClient
 from service.fhir.connect import read_capabilities
 from service.fhir.writeback import WriteBack
-from service.ruleset.loader import RuleSet
+from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening.live import LiveOptions, Selection, screen_server
 from service.settings import Settings
-from service.state.models import Run
+from service.state.models import Alert, Run
 from service.state.store import CandidateChange, Store, migrate, now
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import MAPPINGS_DIR, RULES_DIR, SAMPLE_DIR
 from tests.integration.conftest import LoadedPatients, search_all
 from tests.integration.servers import SekmetServer
 
@@ -258,6 +259,7 @@ def replica(
     fhir_url: str | None = None,
     webhook_url: str | None = None,
     lease_seconds: float = 30.0,
+    trials: dict[str, RuleSet] | None = None,
 ) -> ScreeningService:
     """One replica of the service (what the app's start-up builds), on a shared database."""
     settings = Settings(
@@ -266,6 +268,7 @@ def replica(
         webhook_url=webhook_url,
         lease_seconds=lease_seconds,
         fhir_retries=1,
+        ndjson_roots=str(SAMPLE_DIR),
     )
     store = Store(database_url)
     alerter = Alerter(
@@ -280,7 +283,7 @@ def replica(
             worklist_url="http://127.0.0.1/candidates",
         ),
     )
-    return ScreeningService(settings, store, alerter, {"relieve": relieve})
+    return ScreeningService(settings, store, alerter, {"relieve": relieve, **(trials or {})})
 
 
 async def stop(*replicas: ScreeningService) -> None:
@@ -655,3 +658,99 @@ def test_unscreened_patients_list_error_kinds_not_the_servers_words(
     }
     everything = "".join(p.read_text() for p in options.out.iterdir() if p.is_file())
     assert SECRET_NAME not in everything
+
+
+# --- alerts: exactly once per (trial, patient, status), across replicas and trials -------------
+
+
+def test_two_replicas_running_two_trials_alert_each_trial_patient_and_status_once(
+    database_url: str, relieve: RuleSet, webhook: HeldWebhook
+) -> None:
+    """Both replicas run both trials on the sample hospital at once (four runs, every
+    (trial, patient, status) raced by two of them). The finding counted 52 deliveries for 51
+    (patient, status) pairs: a patient flagged by both trials is alerted once per trial, by
+    design (each trial's coordinators need it). The key is (trial, patient, status): each
+    such key must be delivered exactly once, whichever replica won it."""
+    ssrs = load_ruleset(RULES_DIR / "ssrs.yaml", MAPPINGS_DIR)
+    migrate(database_url)
+    webhook.release.set()  # nothing held: every delivery answered at once
+    replicas = [
+        replica(database_url, relieve, webhook_url=webhook.url, trials={"ssrs": ssrs})
+        for _ in range(2)
+    ]
+
+    async def scenario() -> None:
+        try:
+            for service in replicas:
+                for trial in ("relieve", "ssrs"):
+                    run = await asyncio.to_thread(
+                        service.store.create_run, trial, "ndjson", str(SAMPLE_DIR), AS_OF, False
+                    )
+                    service.spawn(service.execute_run(run.id))
+            await asyncio.gather(*(task for service in replicas for task in list(service.tasks)))
+        finally:
+            await stop(*replicas)
+
+    asyncio.run(scenario())
+    keys = [(body["trial"], body["patient"], body["status"]) for body in webhook.bodies]
+    assert len(keys) == len(set(keys)), "a (trial, patient, status) was alerted twice"
+    store = Store(database_url)
+    try:
+        flagged = {
+            (row.trial, f"Patient/{row.patient_id}", row.verdict)
+            for trial in ("relieve", "ssrs")
+            for row in store.candidates(trial, None, None, 0, 1000)
+            if row.verdict in ("candidate", "potential-candidate")
+        }
+        assert set(keys) == flagged  # every flagged key alerted, none twice
+        assert all(alert.state == "sent" and alert.attempts == 1 for alert in store.alerts())
+    finally:
+        store.close()
+    pairs = {(patient, status) for _, patient, status in keys}
+    assert len(pairs) < len(keys)  # some patients are flagged by both trials: one per trial
+
+
+class StoreFailingOnce(Store):
+    """The database fails the first time a delivery's outcome is written (a lock timeout, a
+    connection dropped): a fault the real database cannot be made to show on demand."""
+
+    failed = False
+
+    def mark_alert(self, alert_id: int, state: str) -> None:
+        if not self.failed:
+            self.failed = True
+            raise OperationalError("UPDATE alerts", {}, Exception("database is locked"))
+        super().mark_alert(alert_id, state)
+
+
+def test_a_delivered_alert_whose_outcome_could_not_be_written_at_once_is_not_sent_again(
+    database_url: str, relieve: RuleSet, webhook: HeldWebhook
+) -> None:
+    """Before: the failed write left the alert "pending"; once its lease had run out, a retry
+    (on any replica) delivered it a second time."""
+    migrate(database_url)
+    webhook.release.set()
+    a = replica(database_url, relieve, webhook_url=webhook.url)
+    a.store.close()
+    a.store = a.alerter.store = StoreFailingOnce(database_url)
+    b = replica(database_url, relieve, webhook_url=webhook.url)
+
+    async def scenario() -> None:
+        try:
+            with suppress(OperationalError):
+                await a.alerter.consider(CandidateChange("relieve", "p1", None, "candidate"))
+            # Whatever lease the first delivery held has run out (as if much time passed).
+            with b.store.session() as session:
+                session.execute(update(Alert).values(lease_until=now() - timedelta(seconds=1)))
+            await b.alerter.retry_unsent()
+        finally:
+            await stop(a, b)
+
+    asyncio.run(scenario())
+    assert [body["patient"] for body in webhook.bodies] == ["Patient/p1"]
+    store = Store(database_url)
+    try:
+        (alert,) = store.alerts()
+        assert alert.state == "sent"
+    finally:
+        store.close()

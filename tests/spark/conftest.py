@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from service.settings import get_settings
 from tests.spark import messy
 from tests.spark.cluster import StandaloneCluster, java_problem
 
@@ -33,17 +34,28 @@ def spark_driver_environment() -> Iterator[None]:
         pytest.fail(f"the Spark tests cannot run here: {problem}", pytrace=False)
     saved = {
         name: os.environ.get(name)
-        for name in ("SPARK_LOCAL_IP", "PYSPARK_PYTHON", "PYSPARK_SUBMIT_ARGS")
+        for name in (
+            "SPARK_LOCAL_IP",
+            "PYSPARK_PYTHON",
+            "PYSPARK_SUBMIT_ARGS",
+            "PRESCREEN_MAX_LINE_BYTES",
+        )
     }
     os.environ.update(
-        SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable, PYSPARK_SUBMIT_ARGS=SUBMIT_ARGS
+        SPARK_LOCAL_IP="127.0.0.1",
+        PYSPARK_PYTHON=sys.executable,
+        PYSPARK_SUBMIT_ARGS=SUBMIT_ARGS,
+        # Both executors skip the messy hospital's long lines (a few MB, not 16).
+        PRESCREEN_MAX_LINE_BYTES=str(messy.LINE_LIMIT),
     )
+    get_settings.cache_clear()
     yield
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+    get_settings.cache_clear()
 
 
 @pytest.fixture(scope="session")

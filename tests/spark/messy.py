@@ -5,8 +5,11 @@ garbage lines, wrong JSON types, codes written noncanonically, blank lines, seve
 of one resource far apart in a file, patients not to screen, records without a Patient,
 Medications (plain and gzipped) that MedicationRequests reference, a byte-order mark, CRLF
 line ends, a last line without a line end, a corrupt gzip file, an empty file, a file of an
-unneeded type and one named for no resource type. The Observation file is larger than the
-local reader's 4 MB blocks, so the order of its problems depends on them.
+unneeded type and one named for no resource type, and lines longer than LINE_LIMIT (the limit
+the tests set): one amid the Observations, two in a row further on, a Patient's, the last
+line of a file without a line end, and the first line of an unneeded type's file. The
+Observation file is larger than the local reader's 4 MB blocks, so the order of its problems
+depends on them.
 """
 
 from __future__ import annotations
@@ -24,6 +27,17 @@ AS_OF = date(2026, 6, 15)
 _SUBJECT = re.compile(rb'"subject":\{"reference":"Patient/([^"]+)"\}')
 _CODE = re.compile(rb'"code":"([^"]+)"')
 _RELEVANT = re.compile(rb"72514-3|38208-5|94602001|C79\.51|karnofsky|89247-1")
+LINE_LIMIT = 4 << 20  # PRESCREEN_MAX_LINE_BYTES of the tests using this hospital (its minimum)
+
+
+def too_long(line: bytes, extra: int) -> bytes:
+    """A resource line grown past LINE_LIMIT by a long narrative (still valid JSON)."""
+    resource = json.loads(line)
+    resource["text"] = {
+        "status": "generated",
+        "div": "<div>" + "x" * (LINE_LIMIT + extra) + "</div>",
+    }
+    return json.dumps(resource, separators=(",", ":")).encode()
 
 
 def damage(line: bytes, rng: random.Random) -> bytes:
@@ -64,6 +78,7 @@ def build(folder: Path, patients: int = 400, seed: int = 29) -> Path:
             lines.insert(index, b"")
         path.write_bytes(b"\n".join(lines) + b"\n")
     _versions(folder / "Observation.ndjson", rng)
+    _long_lines(folder)
     _patients(folder / "Patient.ndjson")
     _orphans(folder / "Condition.ndjson")
     _medications(folder, rng)
@@ -76,11 +91,39 @@ def build(folder: Path, patients: int = 400, seed: int = 29) -> Path:
     packed = gzip.compress(condition.read_bytes()[3:][:200_000])
     (folder / "Condition.extra.ndjson.gz").write_bytes(packed[: len(packed) // 2])
     (folder / "Encounter.empty.ndjson").write_bytes(b"")
-    (folder / "Practitioner.ndjson").write_text(
-        '{"resourceType":"Practitioner","id":"dr1"}\n{"resourceType":"Practitioner","id":"dr2"}\n'
+    (folder / "Practitioner.ndjson").write_bytes(
+        b'{"resourceType":"Practitioner","id":"dr0","x":"' + b"0" * LINE_LIMIT + b'"}\n'
+        b'{"resourceType":"Practitioner","id":"dr1"}\n{"resourceType":"Practitioner","id":"dr2"}\n'
     )
     (folder / "Foo.ndjson").write_text('{"resourceType":"Foo","id":"f1"}\nnot json\n')
     return folder
+
+
+def _long_lines(folder: Path) -> None:
+    """Lines too long to read, where each reader could get them wrong (see the docstring)."""
+    observations = folder / "Observation.ndjson"
+    lines = observations.read_bytes().splitlines()
+    scores = [i for i, line in enumerate(lines) if b"72514-3" in line and _parses(line)]
+    first, later = scores[len(scores) // 3], scores[2 * len(scores) // 3]
+    lines[later : later + 1] = [too_long(lines[later], 1), b"{" + b"9" * (LINE_LIMIT + 2)]
+    lines[first] = too_long(lines[first], 700_000)
+    observations.write_bytes(b"\n".join(lines) + b"\n")
+    patients = folder / "Patient.ndjson"
+    lines = patients.read_bytes().splitlines()
+    middle = next(i for i in range(len(lines) // 2, len(lines)) if _parses(lines[i]))
+    lines[middle] = too_long(lines[middle], 10)
+    patients.write_bytes(b"\n".join(lines) + b"\n")
+    conditions = folder / "Condition.ndjson"  # its last line loses its line end later
+    lines = conditions.read_bytes().splitlines()
+    lines.append(too_long(next(line for line in reversed(lines) if _parses(line)), 3))
+    conditions.write_bytes(b"\n".join(lines) + b"\n")
+
+
+def _parses(line: bytes) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
 
 
 def _versions(path: Path, rng: random.Random) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from service.cli import main
-from service.screening.lines import BLOCK_BYTES
+from service.ndjson_files import BLOCK_BYTES
 from service.spark import driver as spark_executor
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import AS_OF, read_ndjson
@@ -76,8 +76,21 @@ def test_a_messy_hospital_on_a_standalone_cluster_gives_the_local_files_and_prob
         "unknown-resource-type",
         "no-patient",
         "not-screened",
+        "line-too-long",
     }
     assert (messy_source / "Observation.ndjson").stat().st_size > 3 * BLOCK_BYTES
+    # The long lines Spark's text source skipped, numbered as the local reader numbers them:
+    # one amid the Observations, two in a row, a Patient, an open last line, a first line.
+    too_long = sorted((i["file"], i["line"]) for i in issues if i["kind"] == "line-too-long")
+    assert [file for file, _ in too_long] == [
+        "Condition.ndjson",
+        "Observation.ndjson",
+        "Observation.ndjson",
+        "Observation.ndjson",
+        "Patient.ndjson",
+        "Practitioner.ndjson",
+    ]
+    assert ("Practitioner.ndjson", 1) in too_long
     lines = [i["line"] for i in issues if i["file"] == "Observation.ndjson"]
     assert lines != sorted(lines)  # a block's parsed lines are reported before its shapes
     summary = json.loads((spark / "relieve" / "summary.json").read_text())
@@ -115,9 +128,42 @@ def test_after_a_spark_run_an_interrupt_is_an_interrupt_again(tmp_path: Path) ->
     # this process was. Once it was loading the shipped rules for `prescreen demo`, and the
     # engine reported "rules/ssrs.yaml: derived 'mri_region_levels': fails on a sample patient
     # (cel): AttributeError: 'NoneType' object has no attribute 'sc'".
-    before = signal.getsignal(signal.SIGINT)
-    local = ["--executor", "spark", "--spark-master", "local[1]"]
-    assert screen("relieve", str(SAMPLE_DIR), tmp_path, *local) == 0
-    assert signal.getsignal(signal.SIGINT) is before
-    with pytest.raises(KeyboardInterrupt):
-        signal.raise_signal(signal.SIGINT)
+    # Python's own handler, whatever an earlier test of the session left installed.
+    earlier = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        local = ["--executor", "spark", "--spark-master", "local[1]"]
+        assert screen("relieve", str(SAMPLE_DIR), tmp_path, *local) == 0
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, earlier)
+
+
+def test_a_bulk_export_folder_that_lost_types_gives_the_local_files_in_local_mode(
+    tmp_path: Path,
+) -> None:
+    """A folder whose export.json says the export lost types and a Patient was deleted: Spark
+    reads it as the local run does (lost sources, the deleted Patient not screened)."""
+    folder = tmp_path / "bulk"
+    folder.mkdir()
+    for file in SAMPLE_DIR.glob("*.ndjson"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    job = {
+        "request": {"level": "patient"},
+        "lost": {"ServiceRequest": "the server refused the $export kick-off naming it"},
+        "deleted_patients": ["p0000001"],
+    }
+    (folder / "export.json").write_text(json.dumps({"base_url": "x", "jobs": [job]}))
+    local, spark = tmp_path / "local", tmp_path / "spark"
+    assert screen("relieve,ssrs", str(folder), local) == 1
+    assert (
+        screen(
+            "relieve,ssrs", str(folder), spark, "--executor", "spark", "--spark-master", "local[2]"
+        )
+        == 1
+    )
+    assert_same_files(local, spark)
+    summary = json.loads((spark / "relieve" / "summary.json").read_text())
+    assert [e["type"] for e in summary["sources_unavailable"]] == ["ServiceRequest"]
+    assert [p["patient"] for p in summary["not_screened"]] == ["Patient/p0000001"]

@@ -32,12 +32,17 @@ AXE = Path(__file__).resolve().parent / "assets" / "axe.min.js"
 ROLES_CLAIM = "prescreen_roles"
 
 # People at the identity provider. carol and dora are coordinators because `prescreen users add`
-# made them so; victor is a viewer by his roles claim; nora has no access to prescreen at all.
+# made them so, linked to their accounts; victor is a viewer by his roles claim; nora has no
+# access to prescreen at all. mallory's account claims carol's name (and a viewer role); olga
+# was added before accounts were linked (by name only); rita does research.
 IDP_USERS = [
     User(sub="carol-sub", claims={"preferred_username": "carol", "name": "Carol C"}),
     User(sub="dora-sub", claims={"preferred_username": "dora", "name": "Dora D"}),
     User(sub="victor-sub", claims={"preferred_username": "victor", ROLES_CLAIM: ["viewer"]}),
     User(sub="nora-sub", claims={"preferred_username": "nora"}),
+    User(sub="mallory-sub", claims={"preferred_username": "carol", ROLES_CLAIM: ["viewer"]}),
+    User(sub="olga-sub", claims={"preferred_username": "olga"}),
+    User(sub="rita-sub", claims={"preferred_username": "rita", ROLES_CLAIM: ["research"]}),
 ]
 
 
@@ -128,8 +133,9 @@ def site(
     loaded = LoadedPatients(fhir_server.base_url, f"ui{uuid.uuid4().hex[:6]}x")
     name_patients(fhir_server.base_url, loaded)
     database = f"sqlite:///{tmp_path_factory.mktemp('ui-state') / 'state.db'}"
-    add_person(database, "carol", "coordinator", trials=["relieve"])
-    add_person(database, "dora", "coordinator")
+    add_person(database, "carol", "coordinator", trials=["relieve"], identity=(issuer, "carol-sub"))
+    add_person(database, "dora", "coordinator", identity=(issuer, "dora-sub"))
+    add_person(database, "olga", "coordinator")  # from before accounts were linked
     port = free_port()
     settings = Settings(
         fhir_url=fhir_server.base_url,

@@ -25,6 +25,7 @@ from sqlalchemy import create_engine
 
 from service.fhir.client import FhirClient
 from service.fhir.loader import load_resources, read_folder
+from service.roles import Access
 from service.settings import Settings
 from service.state.store import migrate
 from service.state.worklist import WorklistStore
@@ -103,13 +104,23 @@ def running_service(settings: Settings, port: int) -> Iterator[str]:
 
 
 def add_person(
-    database_url: str, name: str, role: str, trials: Sequence[str] = (), password: str | None = None
+    database_url: str,
+    name: str,
+    role: str,
+    trials: Sequence[str] = (),
+    password: str | None = None,
+    identity: tuple[str, str] | None = None,
 ) -> None:
+    """A person, as ``prescreen users add`` saves them (``role``: comma-separated roles;
+    ``identity``: the identity-provider account, issuer and subject, linked to them)."""
     migrate(database_url)
     engine = create_engine(database_url)
     try:
         WorklistStore(engine).save_user(
-            name, role, list(trials), hash_password(password) if password else None
+            name,
+            Access.of(role.split(","), trials),
+            hash_password(password) if password else None,
+            identity,
         )
     finally:
         engine.dispose()

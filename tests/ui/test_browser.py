@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -163,6 +166,59 @@ def test_someone_without_access_is_not_signed_in(browser: Any, site: Site) -> No
     expect(page.get_by_role("alert")).to_contain_text("no access to prescreen")
     page.goto(f"{site.url}/ui/worklist")
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    page.context.close()
+
+
+def test_an_account_claiming_a_coordinators_name_gets_nothing(
+    browser: Any, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    """N5: an account whose preferred_username is carol signed in as carol, a coordinator.
+    The name claim identifies nobody: the account is not carol's (issuer and subject)."""
+    with caplog.at_level(logging.WARNING, logger="service.ui.pages"):
+        page = sign_in(browser, site, "mallory")
+    expect(page.get_by_role("alert")).to_contain_text("no access to prescreen")
+    expect(page.get_by_text("carol · coordinator")).to_have_count(0)
+    page.goto(f"{site.url}/ui/worklist")
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert any("linked to another account" in r.getMessage() for r in caplog.records)
+    page.context.close()
+
+
+def test_a_person_added_before_accounts_were_linked_is_told_how_to_link_once(
+    browser: Any, site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
+    command = f"prescreen users link olga --oidc-issuer {site.issuer} --oidc-subject olga-sub"
+    with caplog.at_level(logging.WARNING, logger="service.ui.pages"):
+        page = sign_in(browser, site, "olga")
+    expect(page.get_by_role("alert")).to_contain_text("no access to prescreen")
+    # The page names the command (without naming who exists here); the log names it whole.
+    expect(page.locator("pre")).to_contain_text(
+        f"prescreen users link NAME --oidc-issuer {site.issuer} --oidc-subject olga-sub"
+    )
+    assert any(command in r.getMessage() for r in caplog.records)
+    page.context.close()
+    linked = subprocess.run(
+        [sys.executable, "-m", "service", *command.split()[1:]],
+        env={"PRESCREEN_DATABASE_URL": site.settings.database_url, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert linked.returncode == 0, linked.stderr
+    page = sign_in(browser, site, "olga")
+    expect(page.get_by_text("olga · coordinator")).to_be_visible()
+    page.context.close()
+
+
+def test_research_sees_the_counts_but_no_patient(browser: Any, site: Site) -> None:
+    page = sign_in(browser, site, "rita")
+    expect(page.get_by_text("rita · research")).to_be_visible()
+    expect(page.get_by_role("heading", name="Portfolio overview")).to_be_visible()
+    expect(page.get_by_role("link", name="Worklist")).to_have_count(0)
+    page.goto(f"{site.url}/ui/worklist?trial=relieve")
+    expect(page.get_by_text("Your role shows counts only, not patients.")).to_be_visible()
+    expect(page.get_by_text("Patient/")).to_have_count(0)
     page.context.close()
 
 

@@ -42,10 +42,14 @@ class Browser:
 
     url: str
     cookie: str = ""
+    address: str | None = None  # the loopback address it connects from (127.0.0.x)
     http: httpx.Client = field(init=False)
 
     def __post_init__(self) -> None:
-        self.http = httpx.Client(base_url=self.url, follow_redirects=False, timeout=30)
+        transport = httpx.HTTPTransport(local_address=self.address) if self.address else None
+        self.http = httpx.Client(
+            base_url=self.url, follow_redirects=False, timeout=30, transport=transport
+        )
 
     def _keep(self, response: httpx.Response) -> httpx.Response:
         for header in response.headers.get_list("set-cookie"):
@@ -274,3 +278,102 @@ def test_a_decision_sent_after_the_sign_in_expired_is_kept_for_its_author(
     assert browser.sign_in("eve", PASSWORD).status_code == 303
     page = browser.get("/ui/patients/p1?trial=relieve")
     assert "Not saved yet" in page.text and "seen in clinic" in page.text
+
+
+def test_password_guessing_is_answered_429_per_name(local_site: LocalSite) -> None:
+    """N3: 60 wrong passwords got 60 x 401, then the right one worked. Now the 11th try of a
+    name within 15 minutes waits (429 with Retry-After, answered after a pause), each further
+    failure makes the next wait longer, and the right password is refused while it lasts."""
+    added = prescreen(
+        local_site.database, "users", "add", "lou", "--role", "viewer", stdin=PASSWORD
+    )
+    assert added.returncode == 0, added.stderr
+    guesser = Browser(local_site.url, address="127.0.0.2")
+    answers = [guesser.sign_in("lou", f"guess-{n}") for n in range(20)]
+    codes = [answer.status_code for answer in answers]
+    assert codes[:10] == [401] * 10
+    assert codes[10] == 429 and set(codes[10:]) <= {401, 429}
+    refused = answers[10]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert "Too many failed sign-ins" in refused.text
+    # After 20 tries the wait has grown: the right password, from another address and
+    # however capitalised, is refused too.
+    owner = Browser(local_site.url, address="127.0.0.3")
+    assert owner.sign_in("LOU", PASSWORD).status_code == 429
+
+
+def test_password_guessing_is_answered_429_per_address(local_site: LocalSite) -> None:
+    sprayer = Browser(local_site.url, address="127.0.0.4")
+    codes = [sprayer.sign_in(f"name-{n}", "password-1").status_code for n in range(10)]
+    assert codes == [401] * 10
+    refused = sprayer.sign_in("name-10", "password-1")
+    assert refused.status_code == 429 and "retry-after" in refused.headers
+    # Another address is not held up by this one.
+    other = Browser(local_site.url, address="127.0.0.5").sign_in("name-10", "password-1")
+    assert other.status_code == 401
+
+
+def test_people_are_linked_to_identity_provider_accounts_from_the_command_line(
+    local_site: LocalSite,
+) -> None:
+    issuer = "https://idp.hospital.example"
+    linked = prescreen(
+        local_site.database,
+        "users",
+        "add",
+        "rae",
+        "--role",
+        "coordinator",
+        "--role",
+        "admin",
+        "--oidc-issuer",
+        issuer,
+        "--oidc-subject",
+        "rae-sub",
+    )
+    assert linked.returncode == 0, linked.stderr  # no password asked: the provider signs in
+    assert "Saved rae: coordinator, admin (linked" in linked.stdout
+    unlinked = prescreen(
+        local_site.database, "users", "add", "old", "--role", "viewer", "--no-password"
+    )
+    assert unlinked.returncode == 0, unlinked.stderr
+    listed = prescreen(local_site.database, "users", "list").stdout
+    assert re.search(r"rae\s.*coordinator,admin\s.*identity provider: rae-sub", listed)
+    assert re.search(r"old\s.*viewer\s.*not linked", listed)
+    link = ["users", "link", "old", "--oidc-issuer", issuer, "--oidc-subject"]
+    done = prescreen(local_site.database, *link, "old-sub")
+    assert done.returncode == 0 and "Linked old" in done.stdout
+    # One account, one person: rae's account cannot be linked to old as well.
+    taken = prescreen(local_site.database, *link, "rae-sub")
+    assert taken.returncode == 2 and "rae's" in taken.stderr
+    nobody = prescreen(
+        local_site.database,
+        "users",
+        "link",
+        "nobody",
+        "--oidc-issuer",
+        issuer,
+        "--oidc-subject",
+        "x",
+    )
+    assert nobody.returncode == 2 and "no user named" in nobody.stderr
+    half = prescreen(
+        local_site.database, "users", "add", "x", "--role", "viewer", "--oidc-issuer", issuer
+    )
+    assert half.returncode == 2 and "together" in half.stderr
+
+
+def test_the_research_role_sees_counts_not_patients(local_site: LocalSite) -> None:
+    added = prescreen(
+        local_site.database, "users", "add", "res", "--role", "research", stdin=PASSWORD
+    )
+    assert added.returncode == 0, added.stderr
+    browser = Browser(local_site.url, address="127.0.0.6")
+    assert browser.sign_in("res", PASSWORD).status_code == 303
+    overview = browser.get("/ui/")
+    assert overview.status_code == 200 and "res · research" in overview.text
+    assert 'href="/ui/worklist' not in overview.text  # no link to lists of patients
+    for path in ("/ui/worklist", "/ui/patients/p1?trial=relieve"):
+        refused = browser.get(path)
+        assert refused.status_code == 403 and "counts only" in refused.text
+        assert "Patient/p1" not in refused.text

@@ -4,8 +4,11 @@ patient is named."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
+import threading
+import time
 import xml.etree.ElementTree as ET
 from datetime import date, datetime
 from pathlib import Path
@@ -17,14 +20,25 @@ from service.api.decisions import DECLINED, NOT_REACHED
 from service.api.screening_log import COLUMNS, outcome, write_log
 from service.cli import main
 from service.links import patient_page_url
+from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
-from service.state.models import PatientRecord
+from service.state.models import PatientRecord, WebUser
 from service.state.worklist import LogRow
-from service.ui.auth import Person, oidc_person, role_from_claims, safe_next
+from service.ui import passwords
+from service.ui.auth import (
+    Identity,
+    Person,
+    Refusal,
+    access_from_claims,
+    identity_of,
+    link_command,
+    oidc_person,
+    safe_next,
+)
 from service.ui.evidence import Displays, summarise
 from service.ui.funnel import attrition, funnel_svg
-from service.ui.passwords import hash_password, verify_password
+from service.ui.passwords import PasswordChecker, hash_password, verify_password
 from service.ui.people import who
 from service.ui.query import LAST_PAGE, read_worklist_query
 from service.ui.vocabulary import GENERAL_REASONS, ineligible_reasons
@@ -184,23 +198,94 @@ def test_patient_page_link_carries_only_the_fhir_id_and_the_trial() -> None:
 
 def test_roles_from_the_identity_provider() -> None:
     settings = Settings(oidc_roles_claim="roles")
-    assert role_from_claims({"roles": ["viewer"]}, settings) == ("viewer", "")
-    assert role_from_claims({"roles": "coordinator"}, settings) == ("coordinator", "")
-    assert role_from_claims(
+    assert access_from_claims({"roles": ["viewer"]}, settings) == Access.of(["viewer"])
+    assert access_from_claims({"roles": "coordinator"}, settings) == Access.of(["coordinator"])
+    assert access_from_claims(
         {"roles": ["viewer", "coordinator:relieve", "coordinator:ssrs"]}, settings
-    ) == ("coordinator", "relieve,ssrs")
-    assert role_from_claims({"roles": ["admin"]}, settings) is None
-    assert role_from_claims({"roles": ["viewer"]}, Settings()) is None  # no claim configured
-    claims = {"preferred_username": "ann", "roles": ["viewer"]}
-    assert oidc_person(claims, None, settings) == ("ann", "viewer", "")
-    assert oidc_person({"sub": "s1"}, None, settings) is None
+    ) == Access.of(["viewer", "coordinator"], ["relieve", "ssrs"])
+    assert access_from_claims({"roles": "research admin"}, settings) == Access.of(
+        ["research", "admin"]
+    )
+    for nothing in (["superuser"], ["viewer:relieve"], [3, None], {"viewer": 1}, 7):
+        assert access_from_claims({"roles": nothing}, settings) is None
+    assert access_from_claims({"roles": ["viewer"]}, Settings()) is None  # no claim configured
+
+
+ISSUER = "https://idp.example"
+
+
+def user(name: str, role: str, subject: str | None = None) -> WebUser:
+    return WebUser(
+        name=name,
+        role=role,
+        trials="",
+        oidc_issuer=ISSUER if subject else None,
+        oidc_subject=subject,
+    )
+
+
+def test_an_identity_provider_account_is_known_by_issuer_and_subject_never_by_name() -> None:
+    """N5: an account whose username claim is a local coordinator's name gets nothing."""
+    settings = Settings(oidc_roles_claim="roles")
+    claims = {"iss": ISSUER, "sub": "mallory-sub", "preferred_username": "carol"}
+    identity = identity_of(claims, settings)
+    assert identity == Identity(ISSUER, "mallory-sub", "carol")
+    carol = user("carol", "coordinator", subject="carol-sub")
+    # Carol's own account signs in as carol, with her roles.
+    assert oidc_person(identity, claims, carol, None, settings) == (
+        "carol",
+        Access.of(["coordinator"]),
+    )
+    # Another account claiming the name carol: no role, with or without a roles claim.
+    refused = oidc_person(identity, claims, None, carol, settings)
+    assert isinstance(refused, Refusal) and refused.unlinked_user is None
+    viewer = {**claims, "roles": ["viewer"]}
+    assert isinstance(oidc_person(identity, viewer, None, carol, settings), Refusal)
+    # A person added before accounts were linked: refused until linked, and told how.
+    old = user("carol", "coordinator")
+    refused = oidc_person(identity, claims, None, old, settings)
+    assert isinstance(refused, Refusal) and refused.unlinked_user == "carol"
+    assert link_command(identity, "carol") == (
+        "prescreen users link carol --oidc-issuer https://idp.example --oidc-subject mallory-sub"
+    )
+    # Someone no local user is named like: the roles claim decides.
+    assert oidc_person(identity, viewer, None, None, settings) == ("carol", Access.of(["viewer"]))
+    assert isinstance(oidc_person(identity, claims, None, None, settings), Refusal)
+    assert identity_of({"sub": "s1"}, settings) is None  # no issuer: nobody
+    assert identity_of({"iss": ISSUER, "sub": 5}, settings) is None
+
+
+def test_the_role_model_answers_each_question() -> None:
+    viewer, research, admin = Access.of(["viewer"]), Access.of(["research"]), Access.of(["admin"])
+    coordinator = Access.of(["coordinator"], ["relieve"])
+    assert [a.may_see_patients() for a in (viewer, coordinator, research, admin)] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert all(a.may_see_counts() for a in (viewer, coordinator, research, admin))
+    assert [a.may_administer() for a in (viewer, coordinator, research, admin)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    both = Access.of(["admin", "coordinator"])
+    assert both.may_administer() and both.may_decide("ssrs") and both.may_see_patients()
+    assert both.roles_text == "coordinator,admin"
+    assert Access.stored(both.roles_text, "") == both
+    assert coordinator.label == "coordinator (relieve)"
+    with pytest.raises(RoleError):
+        Access.of(["owner"])
 
 
 def test_a_coordinator_decides_only_for_their_trials() -> None:
-    assert Person("a", "coordinator", frozenset()).may_decide("ssrs")
-    assert Person("a", "coordinator", frozenset({"relieve"})).may_decide("relieve")
-    assert not Person("a", "coordinator", frozenset({"relieve"})).may_decide("ssrs")
-    assert not Person("v", "viewer", frozenset()).may_decide("relieve")
+    assert Person("a", Access.of(["coordinator"])).may_decide("ssrs")
+    assert Person("a", Access.of(["coordinator"], ["relieve"])).may_decide("relieve")
+    assert not Person("a", Access.of(["coordinator"], ["relieve"])).may_decide("ssrs")
+    assert not Person("v", Access.of(["viewer"])).may_decide("relieve")
+    assert not Person("r", Access.of(["research"])).may_decide("relieve")
 
 
 def test_after_signing_in_only_paths_of_the_worklist() -> None:
@@ -318,3 +403,34 @@ def test_a_row_names_the_patient_by_name_mrn_age_and_sex() -> None:
     shown = who("p1", record, date(2026, 6, 15))
     assert (shown.label, shown.summary) == ("Kim, Mei", "MRN 0042 · 65–66 years · female")
     assert who("p1", None, date(2026, 6, 15)).label == "Patient/p1"
+
+
+def test_password_checks_run_a_few_at_a_time_on_threads_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """N4: 16 anonymous sign-ins hashed at once on the threads the database calls use."""
+    lock = threading.Lock()
+    seen: dict[str, Any] = {"running": 0, "peak": 0, "threads": set()}
+
+    def counted_verify(_stored: str | None, _password: str) -> bool:
+        with lock:
+            seen["running"] += 1
+            seen["peak"] = max(seen["peak"], seen["running"])
+            seen["threads"].add(threading.current_thread().name)
+        time.sleep(0.05)  # holds its slot a moment: unbounded, the others would pile in
+        with lock:
+            seen["running"] -= 1
+        return False
+
+    monkeypatch.setattr(passwords, "verify_password", counted_verify)
+    checker = PasswordChecker(2)
+
+    async def flood() -> list[bool]:
+        return list(await asyncio.gather(*(checker.verify(None, "x") for _ in range(16))))
+
+    try:
+        assert asyncio.run(flood()) == [False] * 16
+    finally:
+        checker.close()
+    assert seen["peak"] <= 2
+    assert seen["threads"] and all(name.startswith("password") for name in seen["threads"])

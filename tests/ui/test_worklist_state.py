@@ -19,9 +19,11 @@ import sqlalchemy as sa
 from service.api.decisions import DECLINED, NOT_REACHED
 from service.api.screening_log import write_log
 from service.mapping.display import PatientDetails
+from service.roles import Access, RoleError
 from service.state.models import Candidate, DecisionDraft
+from service.state.signin import SignInLimits, SignInPolicy, address_key, name_key
 from service.state.store import Store, migrate
-from service.state.worklist import WorklistFilters, WorklistStore
+from service.state.worklist import IdentityTakenError, WorklistFilters, WorklistStore
 
 
 def _databases() -> list[str]:
@@ -171,17 +173,20 @@ def test_sessions_end_at_sign_out_expiry_and_when_the_person_changes(
     stores: tuple[Store, WorklistStore],
 ) -> None:
     _store, worklist = stores
-    worklist.save_user("ann", "coordinator", ["relieve"], None)
-    first = worklist.open_session("ann", "coordinator", "relieve", hours=1)
-    second = worklist.open_session("ann", "coordinator", "relieve", hours=1)
-    expired = worklist.open_session("ann", "coordinator", "relieve", hours=-1)
+    coordinator = Access.of(["coordinator"], ["relieve"])
+    worklist.save_user("ann", coordinator, None)
+    first = worklist.open_session("ann", coordinator, hours=1)
+    second = worklist.open_session("ann", coordinator, hours=1)
+    expired = worklist.open_session("ann", coordinator, hours=-1)
     assert worklist.find_session(first) is not None and worklist.find_session(expired) is None
     worklist.close_session(first)
     assert worklist.find_session(first) is None and worklist.find_session(second) is not None
-    worklist.save_user("ann", "viewer", [], None)  # a new role: sign in again
+    worklist.save_user("ann", Access.of(["viewer"]), None)  # a new role: sign in again
     assert worklist.find_session(second) is None
+    with pytest.raises(RoleError):
+        worklist.save_user("ann", Access.of(["superuser"]), None)
     with pytest.raises(ValueError):
-        worklist.save_user("ann", "admin", [], None)
+        worklist.save_user("ann", Access.of([]), None)
     assert worklist.remove_user("ann") and not worklist.remove_user("ann")
 
 
@@ -310,3 +315,58 @@ def test_kept_decisions_and_exports(stores: tuple[Store, WorklistStore]) -> None
         {"status": "any"},
         12,
     )
+
+
+def test_failed_sign_ins_make_each_next_try_wait_longer_up_to_a_minute(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    """N3, counted in the database: ten failures of a name in 15 minutes, then each further
+    one waits 1, 2, 4... seconds, never more than 60; the window's end forgives."""
+    store, _worklist = stores
+    limits = SignInLimits(store.engine, SignInPolicy())
+    other_replica = SignInLimits(store.engine, SignInPolicy())  # the same database
+    keys = [name_key("ann"), address_key("10.0.0.7")]
+    start = datetime(2026, 6, 15, 8, 0, 0)
+    for failure in range(10):
+        assert limits.wait_seconds(keys, at=start) == 0
+        (limits if failure % 2 else other_replica).record_failure(keys, at=start)
+    assert limits.wait_seconds(keys, at=start) == 1.0
+    assert other_replica.wait_seconds([name_key("ANN ")], at=start) == 1.0  # one count per name
+    waits = []
+    at = start
+    for _ in range(10):  # each try made once the wait is over, and failing again
+        at += timedelta(seconds=limits.wait_seconds(keys, at=at))
+        limits.record_failure(keys, at=at)
+        waits.append(limits.wait_seconds(keys, at=at))
+    assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0, 60.0, 60.0]
+    # Another name from another address is not held up.
+    assert limits.wait_seconds([name_key("bob"), address_key("10.0.0.8")], at=at) == 0
+    # The address alone holds another name up.
+    assert limits.wait_seconds([name_key("bob"), address_key("10.0.0.7")], at=at) == 60.0
+    # Once the window (15 minutes from its first failure) is over, a failure starts a new one.
+    later = start + timedelta(minutes=16)
+    limits.record_failure(keys, at=later)
+    assert limits.wait_seconds(keys, at=later) == 0
+    # Signing in forgives the name, not the address.
+    for _ in range(9):  # ten in this window
+        limits.record_failure(keys, at=later)
+    limits.record_success(keys[0])
+    assert limits.wait_seconds([keys[0]], at=later) == 0
+    assert limits.wait_seconds([keys[1]], at=later) == 1.0
+
+
+def test_names_and_identities_of_people(stores: tuple[Store, WorklistStore]) -> None:
+    _store, worklist = stores
+    issuer = "https://idp.example/"
+    worklist.save_user("carol", Access.of(["coordinator"]), None, (issuer, "carol-sub"))
+    linked = worklist.user_by_identity("https://idp.example", "carol-sub")
+    assert linked is not None and linked.name == "carol"
+    assert worklist.user_by_identity(issuer, "mallory-sub") is None
+    # Replaced without an identity: keeps the account it was linked to.
+    worklist.save_user("carol", Access.of(["viewer"]), None)
+    assert worklist.user_by_identity(issuer, "carol-sub") is not None
+    worklist.save_user("old", Access.of(["viewer"]), None)
+    with pytest.raises(IdentityTakenError):
+        worklist.link_user("old", issuer, "carol-sub")
+    assert worklist.link_user("old", issuer, "old-sub")
+    assert not worklist.link_user("nobody", issuer, "x")

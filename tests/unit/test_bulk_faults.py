@@ -32,6 +32,16 @@ from service.settings import get_settings
 from tests.helpers import read_ndjson
 
 BASE = "https://ehr.example/fhir"
+EXPORT_TYPES = (
+    "Condition",
+    "MedicationAdministration",
+    "MedicationRequest",
+    "MedicationStatement",
+    "Observation",
+    "Patient",
+    "Procedure",
+    "ServiceRequest",
+)
 STATUS = f"{BASE}/bulk-status/job-1"
 TOKEN = "https://auth.example/token"
 REQUEST = ExportRequest("patient", types=("Condition", "Patient"))
@@ -177,10 +187,11 @@ def test_polling_honours_retry_after_and_retries_429_and_5xx(
         ]
     )
     notes = Notes()
-    report = run(export(tmp_path, sleeps, progress=notes))
+    report = run(export(tmp_path, sleeps, progress=notes, poll=PollPolicy(min_interval=0.01)))
     assert status.call_count == 6
     assert sleeps.calls[:2] == [3.0, 7.0]
-    assert 0 <= sleeps.calls[2] <= 0.4 and 0 <= sleeps.calls[3] <= 0.8  # jittered back-off
+    # Jittered back-off, never below the minimum interval.
+    assert 0.01 <= sleeps.calls[2] <= 0.4 and 0.01 <= sleeps.calls[3] <= 0.8
     assert sleeps.calls[4] == 2.0  # no Retry-After: the default first wait
     assert notes.lines == ["10% [done]", "90%", "complete"]
     assert report.waited_seconds == pytest.approx(sum(sleeps.calls))
@@ -500,6 +511,7 @@ def test_smart_credentials_go_with_streamed_downloads(tmp_path: Path, sleeps: Sl
     tokens = respx.post(TOKEN).mock(
         return_value=httpx.Response(200, json={"access_token": "t1", "expires_in": 3600})
     )
+    respx.get(f"{BASE}/metadata").mock(return_value=httpx.Response(200, json={}))
     kick_off()
     respx.get(STATUS).mock(
         return_value=httpx.Response(
@@ -568,7 +580,61 @@ def test_error_file_entries_become_input_issues_of_the_screening(
     assert "Jane" not in json.dumps(issues)
     assert [v["patient"] for v in read_ndjson(out / "verdicts.ndjson")] == ["Patient/p1"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["issues"]["by_kind"] == {"export-error": 1}
+    assert summary["issues"]["by_kind"]["export-error"] == 1
+    # The error names no type: any type of the export may be missing records, and no criterion
+    # rests on their absence.
+    lost = {entry["type"]: entry["reason"] for entry in summary["sources_unavailable"]}
+    assert set(lost) == {t for t in EXPORT_TYPES if t != "Patient"}
+    assert "does not attribute to a type" in lost["Condition"]
+
+
+@respx.mock
+def test_a_failure_the_error_file_names_makes_that_type_lost(
+    tmp_path: Path, no_type_filter: None
+) -> None:
+    kick_off()
+    outcome = {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": "Failed to export 3.Observation.ndjson",
+            },
+            {
+                "severity": "error",
+                "code": "exception",
+                "diagnostics": "Failed to export 4.Patient.ndjson",
+            },
+        ],
+    }
+    respx.get(STATUS).mock(
+        return_value=httpx.Response(
+            200,
+            json=manifest(
+                ("Patient", f"{BASE}/files/p"),
+                ("Condition", f"{BASE}/files/c"),
+                errors=(f"{BASE}/files/e",),
+            ),
+        )
+    )
+    respx.get(f"{BASE}/files/p").mock(return_value=httpx.Response(200, content=PATIENT))
+    respx.get(f"{BASE}/files/c").mock(return_value=httpx.Response(200, content=CONDITION))
+    respx.get(f"{BASE}/files/e").mock(
+        return_value=httpx.Response(200, content=json.dumps(outcome).encode() + b"\n")
+    )
+    respx.delete(STATUS).mock(return_value=httpx.Response(202))
+    out = tmp_path / "out"
+    command = ["screen", "--trial", "relieve", "--fhir-url", BASE, "--bulk", "--as-of"]
+    assert main([*command, "2026-06-15", "--out", str(out), "--no-progress"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    lost = {e["type"]: e["criteria"] for e in summary["sources_unavailable"]}
+    assert lost == {"Observation": ["pain-type", "pain-nrs", "survival"], "Patient": []}
+    messages = [i["message"] for i in read_ndjson(out / "issues.ndjson")]
+    assert any(m.startswith("Patient records") and "is not screened" in m for m in messages)
+    # The patient whose Patient record came is screened; its own record is no gap.
+    [verdict] = read_ndjson(out / "verdicts.ndjson")
+    assert verdict["criteria"]["age"]["result"] == "met"
 
 
 @respx.mock

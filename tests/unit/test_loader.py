@@ -18,6 +18,7 @@ import pytest
 from service.errors import SourceError
 from service.fhir.client import FhirClient, Json
 from service.fhir.loader import (
+    SkippedLine,
     folder_readers,
     literal_target,
     load_readers,
@@ -197,6 +198,44 @@ def test_an_unreadable_line_stops_before_anything_is_sent(tmp_path: Path) -> Non
     (tmp_path / "Patient.ndjson").write_text(json.dumps(resource("Patient", "p")) + "\n{cut\n")
     with pytest.raises(SourceError, match=r"Patient\.ndjson:2"):
         plan_load(folder_readers(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("rtype", "rid", "problem"),
+    [
+        ("Patient", "../Observation/x", "not a FHIR id"),
+        ("Patient", "x?_format=xml", "not a FHIR id"),
+        ("Patient", "..", "not a FHIR id"),
+        ("Patient?_format=xml", "x", "not a FHIR resource type"),
+        ("Patient/../Observation", "x", "not a FHIR resource type"),
+    ],
+)
+def test_a_type_or_id_that_cannot_make_its_url_is_refused_before_anything_is_sent(
+    tmp_path: Path, rtype: str, rid: str, problem: str
+) -> None:
+    """N7: the id and resourceType went into ``PUT [type]/[id]`` unchecked."""
+    lines = [json.dumps(resource("Patient", "p")), json.dumps(resource(rtype, rid))]
+    (tmp_path / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=rf"Patient\.ndjson:2: .*{problem}"):
+        plan_load(folder_readers(tmp_path))
+    recorder = Recorder()
+    with pytest.raises(SourceError, match=problem):
+        asyncio.run(load_resources(recorder, [resource("Patient", "p"), resource(rtype, rid)]))
+    assert recorder.transactions == []
+
+
+def test_a_line_too_long_is_left_out_and_said_where(tmp_path: Path) -> None:
+    """N12 for prescreen load: the line is skipped unread, the others loaded."""
+    limit = 4 << 20
+    huge = json.dumps(resource("Observation", "huge", note=[{"text": "x" * limit}]))
+    lines = [json.dumps(resource("Patient", "p")), huge, json.dumps(resource("Patient", "q"))]
+    (tmp_path / "Patient.ndjson").write_text("\n".join(lines) + "\n")
+    skipped: set[SkippedLine] = set()
+    readers = folder_readers(tmp_path, limit, skipped)
+    plan = plan_load(readers)
+    recorder = Recorder()
+    assert asyncio.run(load_readers(recorder, readers, plan=plan)) == 2
+    assert [(s.file, s.line, s.kind) for s in skipped] == [("Patient.ndjson", 2, "line-too-long")]
 
 
 def test_a_synthea_export_loads_in_self_sufficient_transactions() -> None:

@@ -121,7 +121,7 @@ def test_the_current_version_of_a_patient_gives_the_details(relieve: RuleSet) ->
 
 
 def test_a_reading_keeps_the_details_beside_the_facts(relieve: RuleSet) -> None:
-    collector = DetailsCollector(relieve.mapper, date(2026, 6, 15), IssueLog(), HOSPITAL)
+    collector = DetailsCollector(relieve.mapper, date(2026, 6, 15), IssueLog(), mrn_system=HOSPITAL)
     collector.read_resources([patient(name=[{"family": "Kim"}], identifier=[identifier("7")])])
     assert collector.keeper.details() == {"p1": PatientDetails("Kim", "7", "", "")}
     assert [pid for pid, _, _ in collector.screened_patients()] == ["p1"]

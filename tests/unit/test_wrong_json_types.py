@@ -79,8 +79,8 @@ def test_a_path_through_a_scalar_is_reported(relieve: RuleSet) -> None:
 def test_a_candidate_whose_condition_code_is_a_string_is_flagged_not_silently_dropped(
     tmp_path: Path,
 ) -> None:
-    """End to end: the screen exits 1 and issues.ndjson names the element, for a patient who
-    is a candidate with well-formed data."""
+    """End to end: the screen exits 1, issues.ndjson names the element and the patient stays a
+    potential candidate, for a patient who is a candidate with well-formed data."""
     source = tmp_path / "in"
     source.mkdir()
     patient = "p0000005"
@@ -100,3 +100,10 @@ def test_a_candidate_whose_condition_code_is_a_string_is_flagged_not_silently_dr
     assert any(
         i["kind"] == "bad-value" and "Condition.code is a string" in i["message"] for i in issues
     )
+    # ... and the unreadable Conditions never make the candidate ineligible (issue F7): the
+    # criteria that read them are unknown, a look for a coordinator.
+    [verdict] = read_ndjson(out / "verdicts.ndjson")
+    assert verdict["verdict"] == "potential-candidate"
+    spinal = verdict["criteria"]["spinal-metastasis"]
+    assert spinal["result"] == "unknown"
+    assert "a Condition record could not be read" in spinal["reason"]

@@ -28,10 +28,18 @@ import httpx
 
 from service.errors import FhirUnavailableError, PrescreenError
 from service.fhir.bulk.job import ExportFile
-from service.fhir.bulk.kickoff import BulkClient, BulkExportError, ExportGoneError, is_transient
+from service.fhir.bulk.kickoff import (
+    BulkClient,
+    BulkExportError,
+    ExportGoneError,
+    TooLargeError,
+    is_transient,
+    read_bounded,
+)
 from service.fhir.bulk.plan import NDJSON
 from service.fhir.client import operation_outcome_text
 from service.fhir.client import retry_after_seconds as parse_retry_after
+from service.private_files import open_private, private_folder
 
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
@@ -109,7 +117,7 @@ class FileDownloader:
         if file.url is None:
             raise PrescreenError("an export file without a URL cannot be downloaded")
         part = self.folder / file.part_name
-        part.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(part.parent)
         ranged = True  # False once the server has shown it cannot continue this file
         failures = 0
         while True:
@@ -126,6 +134,12 @@ class FileDownloader:
                     outcome = await self._receive(file, part, response, offset)
             except httpx.TransportError as exc:
                 outcome = _Outcome("retry", type(exc).__name__)
+            except TooLargeError:
+                # Nothing half-written stays behind, and nothing passes for complete.
+                part.unlink(missing_ok=True)
+                file.bytes = 0
+                self.save()
+                raise
             if outcome.kind == "done":
                 break
             if outcome.kind == "restart":
@@ -139,8 +153,9 @@ class FileDownloader:
                     f"{outcome.problem}"
                 )
             wait = outcome.retry_after
-            limit = self.bulk.poll.max_retry_after
-            await self.bulk.wait(self.bulk.backoff(failures) if wait is None else min(wait, limit))
+            await self.bulk.wait(
+                self.bulk.poll.bounded(self.bulk.backoff(failures) if wait is None else wait)
+            )
         final = self.folder / file.name
         part.replace(final)
         file.bytes = final.stat().st_size
@@ -152,22 +167,28 @@ class FileDownloader:
         self, file: ExportFile, part: Path, response: httpx.Response, offset: int
     ) -> _Outcome:
         status = response.status_code
+        limits = self.bulk.limits
         if status >= 400:
-            await response.aread()
+            body = await read_bounded(
+                response,
+                limits.status,
+                "the error answer to an export file's download",
+                "PRESCREEN_BULK_MAX_STATUS_BYTES",
+            )
             if status in (404, 410):
                 raise ExportGoneError(
                     f"a file of the export is no longer available on the server (HTTP {status}): "
                     "the export expired or was deleted",
                     status=status,
-                    diagnostics=operation_outcome_text(response.content),
+                    diagnostics=operation_outcome_text(body),
                 )
-            if is_transient(response):
+            if is_transient(status, body):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 return _Outcome("retry", f"HTTP {status}", retry_after)
             raise BulkExportError(
                 f"a file of the export could not be downloaded: HTTP {status}",
                 status=status,
-                diagnostics=operation_outcome_text(response.content),
+                diagnostics=operation_outcome_text(body),
             )
         if response.headers.get("Content-Type", "").startswith(("application/fhir+json",)):
             raise BulkExportError(
@@ -194,9 +215,15 @@ class FileDownloader:
         else:
             raise BulkExportError(f"a file of the export answered HTTP {status}", status=status)
         expected = response.headers.get("Content-Length")
+        what, setting = "an export file", "PRESCREEN_BULK_MAX_FILE_BYTES"
+        before = offset if mode == "ab" else 0  # bytes already in the part file
+        if expected is not None and expected.isdigit() and before + int(expected) > limits.file:
+            raise TooLargeError(what, limits.file, setting)
         received = 0
-        with part.open(mode) as out:
+        with open_private(part, mode) as out:
             async for chunk in response.aiter_raw():
+                if before + received + len(chunk) > limits.file:
+                    raise TooLargeError(what, limits.file, setting)
                 out.write(chunk)
                 received += len(chunk)
         if expected is not None and expected.isdigit() and received != int(expected):

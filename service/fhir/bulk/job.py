@@ -18,11 +18,14 @@ from typing import Any, Literal
 
 import orjson
 
+from service.errors import SourceError
 from service.fhir.bulk.plan import ExportRequest
+from service.private_files import private_folder, write_private
 
 STATE_FILE = "export.json"
 ERRORS_FOLDER = "errors"
-FileKind = Literal["output", "error", "referenced"]
+DELETED_FOLDER = "deleted"  # an incremental export's lists of deleted resources (Bundles)
+FileKind = Literal["output", "error", "referenced", "deleted"]
 # running: kicked off or downloading; downloaded: every file is here, the consumer (a screening)
 # has not finished; finished: consumed (and deleted on the server unless kept); expired: the
 # server no longer has it, its files are dropped at the next run.
@@ -35,8 +38,8 @@ def utc_now() -> str:
 
 @dataclass
 class ExportFile:
-    """One file of an export: an output or error file of the manifest, or the resources
-    prescreen read by id because the files reference them."""
+    """One file of an export: an output, error or deleted file of the manifest, or the
+    resources prescreen read by id because the files reference them."""
 
     kind: FileKind
     type: str
@@ -51,7 +54,10 @@ class ExportFile:
 
     @property
     def stem(self) -> str:
-        prefix = f"{ERRORS_FOLDER}/" if self.kind == "error" else ""
+        # Error and deleted files go in folders of their own: the NDJSON reader never reads
+        # them as resources.
+        folder = {"error": ERRORS_FOLDER, "deleted": DELETED_FOLDER}.get(self.kind)
+        prefix = f"{folder}/" if folder else ""
         return f"{prefix}{self.type}.{self.index}"
 
     @property
@@ -106,6 +112,19 @@ class ExportJob:
     deleted: bool = False
     type_filter: str = ""  # whether _typeFilter was sent, and why
     notes: list[str] = field(default_factory=list)
+    method: str = "GET"  # the kick-off's method (POST for a server that refuses GET)
+    # Types asked for that this export does not carry, with why (refused at the kick-off, not
+    # granted by the token's scopes, a manifest entry prescreen could not read): the
+    # screening treats them as lost sources.
+    lost: dict[str, str] = field(default_factory=dict)
+    deletions_done: bool = False  # its deleted resources removed from the earlier exports
+    deleted_patients: list[str] = field(default_factory=list)  # Patients it lists as deleted
+    unreadable_errors: int = 0  # error entries of the manifest without a usable URL
+
+    @property
+    def asked_types(self) -> set[str]:
+        """The types the request asked for before any was dropped."""
+        return {*self.request.types, *self.lost}
 
     @property
     def requires_token(self) -> bool:
@@ -123,6 +142,11 @@ class ExportJob:
             "deleted": self.deleted,
             "type_filter": self.type_filter,
             "notes": self.notes,
+            "method": self.method,
+            "lost": self.lost,
+            "deletions_done": self.deletions_done,
+            "deleted_patients": self.deleted_patients,
+            "unreadable_errors": self.unreadable_errors,
         }
 
     @classmethod
@@ -138,7 +162,16 @@ class ExportJob:
             deleted=bool(data.get("deleted")),
             type_filter=str(data.get("type_filter", "")),
             notes=list(data.get("notes", [])),
+            method=str(data.get("method") or "GET"),
+            lost={str(k): str(v) for k, v in (data.get("lost") or {}).items()},
+            deletions_done=bool(data.get("deletions_done")),
+            deleted_patients=[str(p) for p in data.get("deleted_patients") or []],
+            unreadable_errors=int(data.get("unreadable_errors") or 0),
         )
+
+
+def _folder_of(kind: FileKind) -> str:
+    return kind if kind in ("error", "deleted") else ""
 
 
 @dataclass
@@ -158,16 +191,16 @@ class ExportState:
             f.index
             for job in self.jobs
             for f in job.files
-            if f.type == resource_type and (f.kind == "error") == (kind == "error")
+            if f.type == resource_type and _folder_of(f.kind) == _folder_of(kind)
         ]
         return max(used, default=0) + 1
 
     def save(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
         document = {"base_url": self.base_url, "jobs": [job.as_json() for job in self.jobs]}
         path = self.folder / STATE_FILE
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        write_private(tmp, orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
         tmp.replace(path)
 
     def drop(self, job: ExportJob) -> None:
@@ -191,3 +224,25 @@ class ExportState:
             for job in list(state.jobs):
                 state.drop(job)
         return state
+
+
+def export_notes(folder: Path) -> tuple[dict[str, str], frozenset[str]]:
+    """What the exports whose files are in the folder lack: the resource types they lost (with
+    why; the first reason given for a type is kept) and the Patients incremental exports list
+    as deleted."""
+    path = folder / STATE_FILE
+    try:
+        data = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        # What the export lost cannot be known: screening it would be judging blind.
+        raise SourceError(
+            f"{path} cannot be read ({type(exc).__name__}): it says what the Bulk Data export "
+            "in this folder lacks; restore it or export again"
+        ) from exc
+    lost: dict[str, str] = {}
+    deleted: set[str] = set()
+    for job in data.get("jobs", []) if isinstance(data, dict) else []:
+        for rtype, why in (job.get("lost") or {}).items():
+            lost.setdefault(str(rtype), str(why))
+        deleted.update(str(pid) for pid in job.get("deleted_patients") or [])
+    return lost, frozenset(deleted)

@@ -19,7 +19,6 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 import orjson
@@ -64,10 +63,42 @@ def issue_codes(body: bytes) -> set[str]:
     }
 
 
-def is_transient(response: httpx.Response) -> bool:
-    if response.status_code in TRANSIENT_STATUSES:
+def is_transient(status: int, body: bytes) -> bool:
+    if status in TRANSIENT_STATUSES:
         return True
-    return response.status_code >= 500 and bool(issue_codes(response.content) & TRANSIENT_ISSUES)
+    return status >= 500 and bool(issue_codes(body) & TRANSIENT_ISSUES)
+
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """The most bytes read of what an export's server sends: a status answer (progress, an
+    error), the manifest, one exported file (as stored). Passing one is an error."""
+
+    status: int = 1 << 20
+    manifest: int = 64 << 20
+    file: int = 32 << 30
+
+
+async def read_bounded(response: httpx.Response, limit: int, what: str, setting: str) -> bytes:
+    """A streamed response's body, refused past ``limit`` bytes (decoded), never held whole."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLargeError(what, limit, setting)
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            raise TooLargeError(what, limit, setting)
+    return bytes(body)
+
+
+class TooLargeError(BulkExportError):
+    def __init__(self, what: str, limit: int, setting: str) -> None:
+        super().__init__(
+            f"{what} is larger than {limit} bytes, the bound set by {setting}: refused (raise "
+            "the bound if the server's answers are that large; the export job is kept, so the "
+            "same command resumes it)"
+        )
 
 
 def progress_text(value: str | None) -> str:
@@ -108,13 +139,20 @@ class StreamingAuth(httpx.Auth):
 @dataclass(frozen=True)
 class PollPolicy:
     """How often to ask: ``Retry-After`` when the server gives one (at most
-    ``max_retry_after``), else from ``first`` seconds growing by half each time up to ``cap``;
-    give up after ``max_wait`` seconds of waiting (the job is kept: a later run resumes it)."""
+    ``max_retry_after``, at least ``min_interval``), else from ``first`` seconds growing by half
+    each time up to ``cap``; give up after ``max_wait`` seconds of waiting (the job is kept: a
+    later run resumes it)."""
 
     first: float = 2.0
     cap: float = 60.0
     max_wait: float = 86_400.0
     max_retry_after: float = MAX_RETRY_AFTER
+    # The shortest wait before asking again, whatever the server says: a Retry-After of 0 or
+    # in the past (or a back-off drawn near 0) must not become a request loop.
+    min_interval: float = 1.0
+
+    def bounded(self, wait: float) -> float:
+        return max(self.min_interval, min(wait, self.max_retry_after))
 
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -130,11 +168,13 @@ class BulkClient:
         *,
         timeout: float = 30.0,
         poll: PollPolicy | None = None,
+        limits: BodyLimits | None = None,
         sleep: Sleep = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.fhir = client
         self.poll = poll or PollPolicy()
+        self.limits = limits or BodyLimits()
         self.sleep = sleep
         self.auth: httpx.Auth | None = StreamingAuth(client.auth) if client.auth else None
         self.waited = 0.0  # seconds spent waiting for the server, for the run's report
@@ -167,15 +207,22 @@ class BulkClient:
 
     # --- kick-off ---------------------------------------------------------------------------
 
-    async def kick_off(self, request: ExportRequest) -> str:
-        """Start the export; returns its status URL."""
-        response, _body = await self.fhir.request(
-            "GET",
-            request.path,
-            params=request.params(),
-            headers={"Prefer": "respond-async", "Accept": FHIR_JSON},
-            kind="bulk kick-off",
-        )
+    async def kick_off(self, request: ExportRequest, method: str = "GET") -> str:
+        """Start the export (``GET`` with query parameters, or ``POST`` with a Parameters
+        resource); returns its status URL."""
+        headers = {"Prefer": "respond-async", "Accept": FHIR_JSON}
+        if method == "POST":
+            response, _body = await self.fhir.request(
+                "POST",
+                request.path,
+                json=request.parameters(),
+                headers=headers,
+                kind="bulk kick-off",
+            )
+        else:
+            response, _body = await self.fhir.request(
+                "GET", request.path, params=request.params(), headers=headers, kind="bulk kick-off"
+            )
         location = response.headers.get("Content-Location")
         if response.status_code != 202 or not location:
             raise BulkExportError(
@@ -197,9 +244,28 @@ class BulkClient:
 
     # --- polling ----------------------------------------------------------------------------
 
-    async def _status(self, method: str, url: str) -> httpx.Response:
+    async def _status(self, method: str, url: str) -> tuple[httpx.Response, bytes]:
+        """One request to the status URL: the answer and its body, read within the bounds."""
         self.count(f"bulk {method.lower()}")
-        return await self.http.request(method, url, headers={"Accept": FHIR_JSON}, auth=self.auth)
+        request = self.http.build_request(method, url, headers={"Accept": FHIR_JSON})
+        response = await self.http.send(request, auth=self.auth, stream=True)
+        try:
+            if response.status_code == 200 and method == "GET":
+                limit, what, setting = (
+                    self.limits.manifest,
+                    "the export's manifest",
+                    "PRESCREEN_BULK_MAX_MANIFEST_BYTES",
+                )
+            else:
+                limit, what, setting = (
+                    self.limits.status,
+                    "an answer of the export's status URL",
+                    "PRESCREEN_BULK_MAX_STATUS_BYTES",
+                )
+            body = await read_bounded(response, limit, what, setting)
+        finally:
+            await response.aclose()
+        return response, body
 
     async def wait_for_manifest(self, status_url: str, note: ProgressNote | None = None) -> Json:
         """Poll until the export is complete; returns the manifest."""
@@ -209,7 +275,7 @@ class BulkClient:
         while True:
             wait: float
             try:
-                response = await self._status("GET", status_url)
+                response, body = await self._status("GET", status_url)
             except httpx.TransportError as exc:
                 failures += 1
                 if failures >= self.attempts:
@@ -222,7 +288,7 @@ class BulkClient:
                 status = response.status_code
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 if status == 200:
-                    return self._manifest(response)
+                    return self._manifest(body)
                 if status == 202:
                     failures = 0
                     if note is not None:
@@ -231,7 +297,7 @@ class BulkClient:
                         wait, delay = delay, min(delay * 1.5, self.poll.cap)
                     else:
                         wait = retry_after
-                elif is_transient(response):
+                elif is_transient(status, body):
                     failures += 1
                     if failures >= self.attempts:
                         raise FhirUnavailableError(
@@ -243,15 +309,15 @@ class BulkClient:
                         f"the server no longer knows this export (HTTP {status}): it expired "
                         "or was deleted",
                         status=status,
-                        diagnostics=operation_outcome_text(response.content),
+                        diagnostics=operation_outcome_text(body),
                     )
                 else:
                     raise BulkExportError(
                         f"the export failed: its status answered HTTP {status}",
                         status=status,
-                        diagnostics=operation_outcome_text(response.content),
+                        diagnostics=operation_outcome_text(body),
                     )
-            wait = max(0.0, min(wait, self.poll.max_retry_after))
+            wait = self.poll.bounded(wait)
             if waited + wait > self.poll.max_wait:
                 raise BulkExportError(
                     f"the export was not finished after waiting {waited:.0f}s; it is kept on "
@@ -260,9 +326,9 @@ class BulkClient:
             waited += wait
             await self.wait(wait)
 
-    def _manifest(self, response: httpx.Response) -> Json:
+    def _manifest(self, body: bytes) -> Json:
         try:
-            manifest = orjson.loads(response.content)
+            manifest = orjson.loads(body)
         except orjson.JSONDecodeError:
             manifest = None
         if not isinstance(manifest, dict) or not isinstance(manifest.get("output"), list):
@@ -278,20 +344,16 @@ class BulkClient:
         server took it (or no longer had it)."""
         for attempt in range(self.attempts):
             try:
-                response = await self._status("DELETE", status_url)
+                response, body = await self._status("DELETE", status_url)
             except httpx.TransportError:
-                await self.wait(self.backoff(attempt))
+                await self.wait(self.poll.bounded(self.backoff(attempt)))
                 continue
-            if is_transient(response):
+            except BulkExportError:
+                return False  # an answer past the bound: the deletion is not confirmed
+            if is_transient(response.status_code, body):
                 retry_after = parse_retry_after(response.headers.get("Retry-After"))
                 wait = self.backoff(attempt) if retry_after is None else retry_after
-                await self.wait(min(wait, self.poll.max_retry_after))
+                await self.wait(self.poll.bounded(wait))
                 continue
             return response.status_code < 300 or response.status_code in (404, 410)
         return False
-
-
-def manifest_files(manifest: Json, key: str) -> list[dict[str, Any]]:
-    """The ``output`` or ``error`` entries of a manifest that name a URL."""
-    entries = manifest.get(key) or []
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("url"), str)]

@@ -82,6 +82,27 @@ class ExportRequest:
     def without_type_filters(self) -> ExportRequest:
         return ExportRequest(self.level, self.group_id, self.types, (), self.since)
 
+    def without_types(self, dropped: Iterable[str]) -> ExportRequest:
+        """The same request without these types (and their filters)."""
+        gone = set(dropped)
+        return ExportRequest(
+            self.level,
+            self.group_id,
+            tuple(t for t in self.types if t not in gone),
+            tuple(f for f in self.type_filters if f.split("?", 1)[0] not in gone),
+            self.since,
+        )
+
+    def parameters(self) -> Json:
+        """The kick-off as a Parameters resource, for a server that takes only POST (Bulk Data
+        2.0): one parameter per type and per filter."""
+        parameter: list[Json] = [{"name": "_outputFormat", "valueString": NDJSON}]
+        parameter += [{"name": "_type", "valueString": rtype} for rtype in self.types]
+        parameter += [{"name": "_typeFilter", "valueString": query} for query in self.type_filters]
+        if self.since is not None:
+            parameter.append({"name": "_since", "valueInstant": self.since})
+        return {"resourceType": "Parameters", "parameter": parameter}
+
     def as_json(self) -> Json:
         return {
             "level": self.level,
@@ -250,3 +271,19 @@ async def type_filter_support(client: FhirClient) -> tuple[bool, str]:
 def valid_output_type(value: object) -> bool:
     """A manifest's ``type``: it names a file, so it must look like a resource type."""
     return is_resource_type(value)
+
+
+def declared_types(statement: Json) -> frozenset[str]:
+    """Resource types a CapabilityStatement lists (a hint: servers under-declare)."""
+    return frozenset(
+        str(resource["type"])
+        for rest in statement.get("rest") or []
+        if isinstance(rest, dict)
+        for resource in rest.get("resource") or []
+        if isinstance(resource, dict) and isinstance(resource.get("type"), str)
+    )
+
+
+def named_types(text: str, types: Iterable[str]) -> list[str]:
+    """The types a server's message names (an OperationOutcome refusing a kick-off)."""
+    return [rtype for rtype in types if re.search(rf"\b{re.escape(rtype)}\b", text)]
