@@ -42,7 +42,7 @@ from service.fhir.retrieval import PatientFetcher, chunked, search_plan
 from service.links import patient_page_url
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
-from service.state.cds_hooks import CdsStore, FeedbackReport, IssuedCard, UnknownCardsError
+from service.state.cds_hooks import FeedbackReport, IssuedCard, UnknownCardsError
 
 router = APIRouter()
 SERVICE_ID = "prescreen-patient-view"
@@ -351,7 +351,7 @@ async def _authenticated(
     auth: Authenticator = request.app.state.auth
     claims = await auth.verify_cds_jwt(request, audiences)
     expires = datetime.fromtimestamp(float(claims["exp"]), UTC).replace(tzinfo=None)
-    store = CdsStore(service.store)
+    store = service.cds
     if not await asyncio.to_thread(store.first_use, str(claims["iss"]), claims["jti"], expires):
         raise HTTPException(
             401,
@@ -419,7 +419,7 @@ async def patient_view(request: Request) -> dict[str, Any]:
                 card = build_card(contract, ruleset.trial, service.settings.public_url)
                 cards.append(card)
                 issued.append(IssuedCard(card["uuid"], trial_id, patient_id))
-    await asyncio.to_thread(CdsStore(service.store).record_cards, str(claims["iss"]), issued)
+    await asyncio.to_thread(service.cds.record_cards, str(claims["iss"]), issued)
     return {"cards": cards}
 
 
@@ -447,7 +447,7 @@ async def feedback(request: Request) -> Response:
         )
         for entry in body.feedback
     ]
-    store = CdsStore(service.store)
+    store = service.cds
     try:
         await asyncio.to_thread(store.record_feedback, str(claims["iss"]), reports)
     except UnknownCardsError as unknown:
@@ -496,10 +496,9 @@ async def _fetch(
     auth = BearerAuth(token) if isinstance(token, str) and token else None
     settings = service.settings
     try:
-        async with FhirClient(
-            server, auth=auth, timeout=settings.fhir_timeout, retry=HOOK_RETRY
-        ) as client:
-            found: list[Json] = []
+        # The service's kept-alive connections to this server, with this call's token.
+        async with service.hook_connections.client(server, auth=auth, retry=HOOK_RETRY) as client:
+            wanted = []
             for trial_id, ruleset in service.rulesets.items():
                 missing = {
                     plan.resource_types[k]
@@ -507,7 +506,9 @@ async def _fetch(
                     if k in content.to_fetch
                 }
                 if missing:
-                    found += await _fetch_types(client, ruleset, missing, patient_id, settings)
+                    wanted.append(_fetch_types(client, ruleset, missing, patient_id, settings))
+            # The trials' searches at once: the clinician waits for the slowest, not the sum.
+            found: list[Json] = [r for part in await asyncio.gather(*wanted) for r in part]
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:

@@ -16,7 +16,7 @@ from typing import Any
 from service.alerts import Alerter
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
-from service.fhir.client import FhirClient, Json
+from service.fhir.client import FhirClient, Json, SharedConnections
 from service.fhir.connect import ServerAbilities, connect, read_capabilities
 from service.fhir.ids import is_fhir_id, is_resource_type
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
@@ -28,6 +28,7 @@ from service.screening.inmemory import evaluate_resources
 from service.screening.ndjson import read_folder
 from service.screening.source import Collector, IssueLog
 from service.settings import Settings
+from service.state.cds_hooks import CdsStore
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
 
@@ -48,11 +49,14 @@ class ScreeningService:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.cds = CdsStore(store)
         self.alerter = alerter
         self.rulesets = rulesets
         self.evaluators = {t: Evaluator(r, settings.cel_engine) for t, r in rulesets.items()}
         self.metrics = Metrics()
         self._client: FhirClient | None = None
+        # Connections to the FHIR servers CDS Hooks calls name, kept from call to call.
+        self.hook_connections = SharedConnections(timeout=settings.fhir_timeout)
         self._abilities: ServerAbilities | None = None
         self._lock = asyncio.Lock()
         self.last_ping = datetime.now(UTC)
@@ -83,6 +87,7 @@ class ScreeningService:
             task.cancel()
         if self._client is not None:
             await self._client.aclose()
+        await self.hook_connections.aclose()
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)

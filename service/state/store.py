@@ -10,17 +10,28 @@ sent, a patient's write-back) is claimed with an owner and a lease that expires.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, create_engine, delete, func, or_, select, text, update
+from sqlalchemy import (
+    CursorResult,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.state.models import (
@@ -66,6 +77,19 @@ class CandidateChange:
     current: str
 
 
+def _write_ahead_log(connection: Any, _record: Any) -> None:
+    """SQLite in write-ahead-log mode: a commit appends to the log and syncs it once, where
+    the default rollback journal creates, syncs and deletes a journal file (14 ms against
+    0.6 ms a commit, measured here), and readers no longer wait for a writer. Every CDS Hooks
+    call commits twice (its jti, its cards) while a clinician waits. The mode is kept in the
+    database file; ``synchronous`` stays FULL, so a commit survives a power cut."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+    finally:
+        cursor.close()
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -77,12 +101,24 @@ class Store:
         self.engine: Engine = create_engine(
             url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True
         )
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _write_ahead_log)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite takes one writer at a time, and one that finds the database locked sleeps
+        # (1, 2, 5, 10… ms) before it tries again; writes of this process that come often
+        # (CDS Hooks calls) queue on a lock instead. PostgreSQL needs none.
+        self._one_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions() as session, session.begin():
             yield session
+
+    @contextmanager
+    def writing(self) -> Iterator[Connection]:
+        """A short write transaction without the ORM, for writes made while someone waits."""
+        with self._one_writer or nullcontext(), self.engine.begin() as connection:
+            yield connection
 
     def ping(self) -> None:
         with self.engine.connect() as connection:

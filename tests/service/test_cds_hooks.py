@@ -553,3 +553,57 @@ def test_cors_for_browser_based_ehrs(ehr: Ehr) -> None:
     # The rest of the API is not opened to other origins.
     health = httpx.get(f"{ehr.url}/healthz", headers={"Origin": "https://ehr.example"})
     assert "access-control-allow-origin" not in health.headers
+
+
+def test_expired_tokens_are_deleted_at_most_once_a_minute(database_url: str) -> None:
+    """A call inserts its jti and nothing else, but once a minute the expired rows go."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from service.state.cds_hooks import PRUNE_EVERY_SECONDS
+    from service.state.models import CdsTokenUse
+    from service.state.store import migrate, now
+
+    migrate(database_url)
+    store = Store(database_url)
+    moment = [1000.0]
+    cds = CdsStore(store, clock=lambda: moment[0])
+
+    def expired(key: str) -> None:
+        with store.session() as session:
+            session.add(CdsTokenUse(key=key, expires_at=now() - timedelta(minutes=1)))
+
+    def keys() -> set[str]:
+        with store.session() as session:
+            return set(session.scalars(select(CdsTokenUse.key)))
+
+    try:
+        later = now() + timedelta(minutes=5)
+        expired("expired-1")
+        assert cds.first_use("https://ehr.example", "a", later)
+        assert "expired-1" not in keys()  # the first call prunes
+        expired("expired-2")
+        moment[0] += PRUNE_EVERY_SECONDS / 2
+        assert cds.first_use("https://ehr.example", "b", later)
+        assert "expired-2" in keys()  # not within the minute
+        moment[0] += PRUNE_EVERY_SECONDS
+        assert cds.first_use("https://ehr.example", "c", later)
+        assert "expired-2" not in keys()
+        assert not cds.first_use("https://ehr.example", "b", later)  # still a replay
+        assert len(keys()) == 3
+    finally:
+        store.close()
+
+
+def test_a_sqlite_state_keeps_a_write_ahead_log(tmp_path: Any) -> None:
+    """Commits append to a log instead of rewriting a journal: what each CDS Hooks call pays
+    twice while a clinician waits."""
+    from sqlalchemy import text
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        store.close()

@@ -33,6 +33,7 @@ from service.fhir.writeback import WriteBack
 from service.ruleset.loader import RuleSet
 from service.screening.live import LiveOptions, Selection, screen_server
 from service.settings import Settings
+from service.state.cds_hooks import CdsStore
 from service.state.models import Run
 from service.state.store import CandidateChange, Store, migrate, now
 from tests.conftest import SAMPLE_DIR
@@ -655,3 +656,26 @@ def test_unscreened_patients_list_error_kinds_not_the_servers_words(
     }
     everything = "".join(p.read_text() for p in options.out.iterdir() if p.is_file())
     assert SECRET_NAME not in everything
+
+
+def test_a_cds_token_presented_to_two_replicas_at_once_is_accepted_once(
+    database_url: str,
+) -> None:
+    first, second = migrated_store(database_url), Store(database_url)
+    try:
+        expires = now() + timedelta(minutes=5)
+        # Each call opens its transaction with the prune of expired tokens, then inserts.
+        meet = MeetBefore(first.engine, "DELETE FROM cds_token_uses")
+        event.listen(second.engine, "before_cursor_execute", meet._hook)
+        try:
+            with meet:
+                results = race(
+                    lambda: CdsStore(first).first_use("https://ehr.example", "one-jti", expires),
+                    lambda: CdsStore(second).first_use("https://ehr.example", "one-jti", expires),
+                )
+        finally:
+            event.remove(second.engine, "before_cursor_execute", meet._hook)
+        assert sorted(results) == [False, True]  # one accepted, the replay refused, no error
+    finally:
+        first.close()
+        second.close()
