@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, Literal
 
 import orjson
 
-from service.ruleset.engines import CelEvaluationError, EngineName
-from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
+from service.ruleset.engines import Activation, CelEvaluationError, EngineName
+from service.ruleset.loader import BUILTIN_NAMES, PLACEHOLDER, Criterion, RuleSet
 from service.ruleset.model import Kind, Result
 
 Verdict = Literal["candidate", "potential-candidate", "ineligible"]
@@ -119,6 +120,7 @@ FAILED_REASON = "could not be evaluated (an error in the data or the rule); need
 # carry no record the rules read, and share a handful of patterns (age, deceased).
 MEMO_MAX_RECORDS = 4
 MEMO_MAX_ENTRIES = 1_024  # the common patterns arrive early; rare ones are not worth keeping
+SHARED_ACTIVATIONS = 4  # as_of dates a thread keeps an activation for (a service: one a day)
 _MARK = "\x00ref:"
 
 
@@ -166,6 +168,9 @@ class Evaluator:
         self._constant_cache: dict[date, tuple[dict[str, Any], str | None]] = {}
         self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
         self.memo_hits = 0
+        # Per thread (an activation may be rebound from patient to patient): as_of -> the
+        # activation holding what every patient shares.
+        self._shared = threading.local()
 
     def _constants(self, as_of: date) -> tuple[dict[str, Any], str | None]:
         """The derived values that read no fact, for this as_of (computed once), and the name
@@ -243,9 +248,26 @@ class Evaluator:
         )
         return PatientVerdict(patient_id, shared.verdict, criteria)
 
+    def _shared_activation(self, as_of: date) -> Activation:
+        """Parameters, windows, as_of and the constants, converted once per as_of and thread."""
+        shared: dict[date, Activation] | None = getattr(self._shared, "by_as_of", None)
+        if shared is None or (as_of not in shared and len(shared) >= SHARED_ACTIVATIONS):
+            shared = self._shared.by_as_of = {}
+        activation = shared.get(as_of)
+        if activation is None:
+            constants, _failed = self._constants(as_of)
+            variables = {**self.ruleset.variables({}, as_of), **constants}
+            activation = shared[as_of] = self.engine.activation(variables)
+        return activation
+
     def _evaluate(self, patient_id: str, facts: dict[str, Any], as_of: date) -> PatientVerdict:
         constants, failed_derived = self._constants(as_of)
-        activation = self.engine.activation({**self.ruleset.variables(facts, as_of), **constants})
+        if facts.keys() & constants.keys() or facts.keys() & BUILTIN_NAMES:
+            # A fact named like a shared value is hidden by it (the shared values win).
+            variables = {**self.ruleset.variables(facts, as_of), **constants}
+            activation = self.engine.activation(variables)
+        else:
+            activation = self._shared_activation(as_of).for_patient(facts)
         for layer in () if failed_derived else self.compiled.derived:
             values: dict[str, Any] = {}
             for name, program in layer:
