@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any, Literal
 
@@ -41,6 +41,9 @@ class PatientVerdict:
     patient_id: str
     verdict: Verdict
     criteria: tuple[CriterionResult, ...]
+    # The criteria are a memoised pattern's own object, shared by every patient with that
+    # pattern (they cite no resource): what is derived from them can be computed once.
+    shared: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_contract(
@@ -228,10 +231,14 @@ class Evaluator:
             shared = self._evaluate("", normalized, as_of)
             if any(_MARK in c.reason for c in shared.criteria):
                 return self._evaluate(patient_id, facts, as_of)  # a reason quotes an id
+            if not any(c.evidence for c in shared.criteria):
+                shared = PatientVerdict("", shared.verdict, shared.criteria, shared=True)
             if len(self._memo) < MEMO_MAX_ENTRIES:
                 self._memo[key] = shared
         else:
             self.memo_hits += 1
+        if shared.shared:  # nothing cites this patient's own resources
+            return PatientVerdict(patient_id, shared.verdict, shared.criteria, shared=True)
         criteria = tuple(
             CriterionResult(
                 c.id,
