@@ -498,17 +498,15 @@ async def _fetch(
     try:
         # The service's kept-alive connections to this server, with this call's token.
         async with service.hook_connections.client(server, auth=auth, retry=HOOK_RETRY) as client:
-            wanted = []
-            for trial_id, ruleset in service.rulesets.items():
-                missing = {
-                    plan.resource_types[k]
-                    for k in plan.keys_by_trial[trial_id]
-                    if k in content.to_fetch
-                }
-                if missing:
-                    wanted.append(_fetch_types(client, ruleset, missing, patient_id, settings))
-            # The trials' searches at once: the clinician waits for the slowest, not the sum.
-            found: list[Json] = [r for part in await asyncio.gather(*wanted) for r in part]
+            wanting = [
+                ruleset
+                for trial_id, ruleset in service.rulesets.items()
+                if content.to_fetch & set(plan.keys_by_trial[trial_id])
+            ]
+            missing = {plan.resource_types[k] for k in content.to_fetch}
+            found: list[Json] = []
+            if wanting:
+                found = await _fetch_types(client, wanting, missing, patient_id, settings)
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:
@@ -529,13 +527,18 @@ def _describe(content: PrefetchContent) -> str:
 
 
 async def _fetch_types(
-    client: FhirClient, ruleset: RuleSet, types: set[str], patient_id: str, settings: Settings
+    client: FhirClient,
+    rulesets: Sequence[RuleSet],
+    types: set[str],
+    patient_id: str,
+    settings: Settings,
 ) -> list[Json]:
-    """The trial's searches for these resource types (code-filtered like a live run), and the
-    Patient; a Patient wanted alone is read with no other search."""
+    """The trials' searches for these resource types (code-filtered like a live run, one
+    search a type for all the trials, as a live portfolio reads), and the Patient; a Patient
+    wanted alone is read with no other search."""
     fetcher = PatientFetcher(
         client,
-        ruleset.mapper,
+        [ruleset.mapper for ruleset in rulesets],
         PLAIN_SEARCHES,
         codes_per_request=settings.fhir_codes_per_request,
         page_size=settings.fhir_page_size,
