@@ -158,7 +158,7 @@ def measure_portfolio(
     median_background: int = MEDIAN_BACKGROUND,
     group_size: int = GROUP_SIZES[0],
 ) -> list[dict[str, Any]]:
-    """RELIEVE alone, then RELIEVE and SSRS on one reading, on the same loaded server."""
+    """RELIEVE alone, SSRS alone, then both on one reading, on the same loaded server."""
     from service.fhir.client import FhirClient
     from service.fhir.loader import folder_readers, load_readers
     from service.ruleset.loader import load_ruleset
@@ -180,8 +180,10 @@ def measure_portfolio(
 
             print("  loading the population into sekmet-fhir ...", flush=True)
             asyncio.run(load())
-            for chosen in (rulesets[:1], rulesets):
-                out = Path(work) / f"out-{len(chosen)}"
+            # Each trial alone (one after the other: what a portfolio cost before it shared
+            # one reading), then both on one reading.
+            for chosen in ([rulesets[0]], [rulesets[1]], rulesets):
+                out = Path(work) / ("out-" + "-".join(r.id for r in chosen))
                 rows.append(
                     asyncio.run(portfolio_reading(server.base_url, chosen, out, group_size))
                 )
@@ -193,8 +195,10 @@ def measure_portfolio(
 
 def report_portfolio(rows: list[dict[str, Any]]) -> None:
     notes = [
-        "A live portfolio reads the server once: RELIEVE alone, then RELIEVE and SSRS on one "
-        "reading (each group of patients fetched once with searches covering both mappings), "
+        "A live portfolio reads the server once: RELIEVE alone, SSRS alone (the two together: "
+        "what a portfolio cost when it ran its trials one after the other), then RELIEVE and "
+        "SSRS on one reading (each group of patients fetched once with searches covering both "
+        "mappings), "
         "cohort mode, sekmet-fhir on 127.0.0.1 holding the live benchmark's population.",
         "screened: patients screened for one trial or more (each trial screens its own "
         "cohort: screened_per_trial); requests: every HTTP request of the run; "
