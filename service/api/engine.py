@@ -52,7 +52,10 @@ class ScreeningService:
         self.cds = CdsStore(store)
         self.alerter = alerter
         self.rulesets = rulesets
-        self.evaluators = {t: Evaluator(r, settings.cel_engine) for t, r in rulesets.items()}
+        # Memoised, as an offline run's: most patients share a handful of fact patterns.
+        self.evaluators = {
+            t: Evaluator(r, settings.cel_engine, memoize=True) for t, r in rulesets.items()
+        }
         self.metrics = Metrics()
         self._client: FhirClient | None = None
         # Connections to the FHIR servers CDS Hooks calls name, kept from call to call.

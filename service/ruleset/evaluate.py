@@ -170,6 +170,7 @@ class Evaluator:
         self._template_cache: dict[date, dict[str, Any]] = {}
         self._constant_cache: dict[date, tuple[dict[str, Any], str | None]] = {}
         self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
+        self._memo_as_of: date | None = None
         self.memo_hits = 0
         # Per thread (an activation may be rebound from patient to patient): as_of -> the
         # activation holding what every patient shares.
@@ -226,6 +227,10 @@ class Evaluator:
         if keyed is None:
             return self._evaluate(patient_id, facts, as_of)
         key, normalized, refs = keyed
+        if as_of != self._memo_as_of:
+            # A service screens as of today: yesterday's patterns would only fill the memo.
+            self._memo.clear()
+            self._memo_as_of = as_of
         shared = self._memo.get(key)
         if shared is None:
             shared = self._evaluate("", normalized, as_of)

@@ -61,3 +61,15 @@ def test_one_evaluator_gives_each_patient_what_a_fresh_one_gives() -> None:
                     fresh = Evaluator(ruleset, engine).evaluate_safely(patient_id, facts, as_of)
                     ours = kept.evaluate_safely(patient_id, facts, as_of)
                     assert ours == fresh, (trial, engine, patient_id, as_of)
+
+
+def test_a_memoised_evaluator_follows_a_change_of_date(relieve: RuleSet) -> None:
+    """A service's evaluator sees today change (its memo starts over); any date interleaved
+    gives what a plain evaluation gives."""
+    collector = Collector(relieve.mapper, date(2026, 6, 15), IssueLog())
+    read_folder(collector, SAMPLE_DIR)
+    plain, memo = Evaluator(relieve, "cel"), Evaluator(relieve, "cel", memoize=True)
+    dates = (date(2026, 6, 15), date(2027, 6, 15), date(2026, 6, 15))
+    for index, (patient_id, _patient, facts) in enumerate(collector.screened_patients()):
+        as_of = dates[index % 3]
+        assert memo.evaluate(patient_id, facts, as_of) == plain.evaluate(patient_id, facts, as_of)
