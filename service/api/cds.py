@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
@@ -36,7 +37,7 @@ from service.api.security import Authenticator
 from service.errors import FhirServerError
 from service.fhir.auth import BearerAuth
 from service.fhir.client import FhirClient, Json, RetryPolicy
-from service.fhir.connect import ServerAbilities
+from service.fhir.connect import ServerAbilities, read_capabilities
 from service.fhir.ids import is_fhir_id
 from service.fhir.retrieval import PatientFetcher, chunked, search_plan
 from service.links import patient_page_url
@@ -51,8 +52,11 @@ PATIENT_TOKEN = "{{context.patientId}}"
 ERROR_SEVERITIES = frozenset({"error", "fatal"})
 # A hook answers while a clinician waits: one retry at most, never the long back-off of a run.
 HOOK_RETRY = RetryPolicy(attempts=2, base_delay=0.2, max_delay=1.0, max_retry_after=2.0)
-# No CapabilityStatement round trip per hook: plain searches work on every server.
+# What a server whose CapabilityStatement could not be read gets: plain searches work on every
+# server. What it declares is read once an hour (a few minutes after a failure), not per hook.
 PLAIN_SEARCHES = ServerAbilities(fhir_version="", batch=False, transaction=False)
+ABILITIES_SECONDS = 3600.0
+UNREADABLE_ABILITIES_SECONDS = 300.0
 CDS_PREFIX = "/cds-services"
 
 M = TypeVar("M", bound=BaseModel)
@@ -506,7 +510,11 @@ async def _fetch(
             missing = {plan.resource_types[k] for k in content.to_fetch}
             found: list[Json] = []
             if wanting:
-                found = await _fetch_types(client, wanting, missing, patient_id, settings)
+                abilities = await _abilities(service, client, server)
+                fetcher = _fetcher(client, wanting, missing, settings, abilities)
+                found = await fetcher.fetch([patient_id])
+                if (abilities.batch or abilities.transaction) and not fetcher.use_batch:
+                    _batch_refused(service, server, abilities)
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:
@@ -526,25 +534,49 @@ def _describe(content: PrefetchContent) -> str:
     return "; ".join(parts)
 
 
-async def _fetch_types(
+async def _abilities(service: ScreeningService, client: FhirClient, server: str) -> ServerAbilities:
+    """What the server declares (a batch Bundle: all the searches of a hook in one request,
+    where the server runs them without an HTTP exchange each), read once an hour per server
+    with the caller's token; plain searches while it cannot be read."""
+    known = service.hook_abilities.get(server)
+    moment = time.monotonic()
+    if known is not None and known[0] > moment:
+        return known[1]
+    try:
+        abilities = read_capabilities(await client.capabilities())
+        until = moment + ABILITIES_SECONDS
+    except (FhirServerError, httpx.HTTPError):
+        abilities, until = PLAIN_SEARCHES, moment + UNREADABLE_ABILITIES_SECONDS
+    service.hook_abilities[server] = (until, abilities)
+    return abilities
+
+
+def _batch_refused(service: ScreeningService, server: str, abilities: ServerAbilities) -> None:
+    """A server that refused the batch it declares gets plain searches from now on."""
+    until = time.monotonic() + ABILITIES_SECONDS
+    service.hook_abilities[server] = (until, replace(abilities, batch=False, transaction=False))
+
+
+def _fetcher(
     client: FhirClient,
     rulesets: Sequence[RuleSet],
     types: set[str],
-    patient_id: str,
     settings: Settings,
-) -> list[Json]:
+    abilities: ServerAbilities,
+) -> PatientFetcher:
     """The trials' searches for these resource types (code-filtered like a live run, one
     search a type for all the trials, as a live portfolio reads), and the Patient; a Patient
-    wanted alone is read with no other search."""
+    wanted alone is read with no other search. In one batch Bundle where the server declares
+    batch (or transaction), in plain searches otherwise or once it refuses the batch."""
     fetcher = PatientFetcher(
         client,
         [ruleset.mapper for ruleset in rulesets],
-        PLAIN_SEARCHES,
+        abilities,
         codes_per_request=settings.fhir_codes_per_request,
         page_size=settings.fhir_page_size,
     )
     fetcher.plan = [spec for spec in fetcher.plan if spec.resource_type in types]
-    return await fetcher.fetch([patient_id])
+    return fetcher
 
 
 async def _referenced(

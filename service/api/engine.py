@@ -58,8 +58,10 @@ class ScreeningService:
         }
         self.metrics = Metrics()
         self._client: FhirClient | None = None
-        # Connections to the FHIR servers CDS Hooks calls name, kept from call to call.
+        # Connections to the FHIR servers CDS Hooks calls name, kept from call to call, and
+        # what each server declares it can do (until when it is trusted, abilities).
         self.hook_connections = SharedConnections(timeout=settings.fhir_timeout)
+        self.hook_abilities: dict[str, tuple[float, ServerAbilities]] = {}
         self._abilities: ServerAbilities | None = None
         self._lock = asyncio.Lock()
         self.last_ping = datetime.now(UTC)

@@ -345,13 +345,22 @@ def test_a_failed_prefetch_is_fetched_or_refused(
 
 
 class RecordingProxy:
-    """Forwards GETs to a FHIR server and records the paths asked for."""
+    """Forwards GETs to a FHIR server and records the paths asked for; refuses POSTs (a
+    server without batch), counting them."""
 
     def __init__(self, target: str) -> None:
         self.paths: list[str] = []
+        self.posts = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                proxy.posts += 1
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self) -> None:
                 proxy.paths.append(self.path)
                 answer = fhir_get(target + self.path.removeprefix("/fhir"), timeout=60)
@@ -396,13 +405,20 @@ def test_only_what_the_prefetch_lacks_is_read(
             assert summaries(complete) == fetched
             assert proxy.types_read() == {"Medication"}
             assert all("_id=" in path for path in proxy.paths)
-            # One key failed: its type is searched (with the Patient), nothing else.
+            # One key failed: its type is searched (with the Patient), nothing else; the
+            # first time, after reading what the server declares (a batch: refused here).
             proxy.paths.clear()
             failure = {"resourceType": "OperationOutcome", "issue": [{"severity": "fatal"}]}
             broken = {**prefetch, "Condition": failure}
             partial = ehr.call(hook_request(patient, prefetch=broken, fhirServer=proxy.url))
             assert summaries(partial) == fetched
+            assert proxy.types_read() == {"metadata", "Condition", "Patient", "Medication"}
+            assert proxy.posts == 1  # the batch the CapabilityStatement offers, refused
+            proxy.paths.clear()
+            again = ehr.call(hook_request(patient, prefetch=broken, fhirServer=proxy.url))
+            assert summaries(again) == fetched
             assert proxy.types_read() == {"Condition", "Patient", "Medication"}
+            assert proxy.posts == 1  # remembered: plain searches from then on
     finally:
         proxy.close()
 
