@@ -102,8 +102,10 @@ class ScreeningService:
     # --- screening ------------------------------------------------------------------------------
 
     def evaluate(self, trial: str, resources: list[Json], as_of: date) -> list[dict[str, Any]]:
-        """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch)."""
-        verdicts = evaluate_resources(self.evaluators[trial], resources, as_of)
+        """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch). Read as
+        lines of a file are: what holds none of the codes a mapping looks for is not mapped
+        (a prefetch brings every Observation of the patient; no issue is reported here)."""
+        verdicts = evaluate_resources(self.evaluators[trial], resources, as_of, as_lines=True)
         for verdict in verdicts:
             self.metrics.screenings[(trial, verdict.verdict)] += 1
         return [v.as_contract(self.rulesets[trial], as_of) for v in verdicts]
