@@ -125,13 +125,13 @@ class WorkerPool:
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._executor: ProcessPoolExecutor | None = None
         if self._processes:
-            _opened()
             self._executor = ProcessPoolExecutor(
                 self._processes,
                 mp_context=context,
                 initializer=workers.start,
                 initargs=(self.rules, engine, as_of, self.messages),
             )
+            _opened()
             for _ in range(self._processes):  # one is spawned per task while none is idle
                 self._executor.submit(workers.ready)
 
