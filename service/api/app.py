@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from service.settings import Settings
 from service.state.store import Store, migrate
 
 log = logging.getLogger(__name__)
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def load_rulesets(settings: Settings) -> dict[str, Any]:
@@ -106,6 +108,11 @@ def create_api(settings: Settings) -> FastAPI:
         # (a CDS Hooks call while a chart opens) waits for it.
         gc.collect()
         gc.freeze()
+        # The database work of a request runs in a thread, and hands the interpreter back and
+        # forth with the event loop several times per transaction: at the default 5 ms a
+        # handoff, a CDS Hooks call's jti insert took 15 ms at the median and 140 ms at the
+        # tail with 8 calls in flight (profiled), at 0.5 ms 2.5 ms and 30 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
             yield
         finally:
