@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -125,15 +126,24 @@ async def portfolio_reading(
     """One live run of these trials on one reading of the server (cohort mode): its requests,
     per patient screened, and its wall time."""
     from service.fhir.client import FhirClient
+    from service.fhir.connect import ServerAbilities
+    from service.fhir.retrieval import PatientFetcher
     from service.screening.live import LiveOptions, Selection, screen_portfolio_server
 
     options = LiveOptions(
         as_of=AS_OF, out=out, selection=Selection("cohort"), patients_per_request=group_size
     )
+    load_before = os.getloadavg()[0]
     async with FhirClient(base_url) as client:
         started = time.perf_counter()
         portfolio = await screen_portfolio_server(rulesets, client, options)
         seconds = time.perf_counter() - started
+        # The searches of one group (in one batch Bundle where the server takes one).
+        plain = ServerAbilities(fhir_version="", batch=False, transaction=False)
+        fetcher = PatientFetcher(
+            client, [r.mapper for r in rulesets], plain, codes_per_request=40, page_size=200
+        )
+        searches = len(fetcher.requests_for(["p"] * group_size))
     by_kind = portfolio.summaries[0].requests_by_kind
     # Cohort discovery: the capability check and the first page of each trial's cohort search
     # (their next pages are counted with the groups' pages: overstated, never understated).
@@ -148,7 +158,9 @@ async def portfolio_reading(
         "requests_per_screened_after_discovery": (portfolio.requests - discovery)
         / portfolio.screened,
         "requests_by_kind": ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+        "searches_per_group": searches,
         "wall_s": seconds,
+        "load": f"{load_before:.2f}->{os.getloadavg()[0]:.2f}",
     }
 
 
@@ -203,7 +215,9 @@ def report_portfolio(rows: list[dict[str, Any]]) -> None:
         "screened: patients screened for one trial or more (each trial screens its own "
         "cohort: screened_per_trial); requests: every HTTP request of the run; "
         "requests_per_screened_after_discovery leaves out the capability check and each "
-        "trial's first cohort page.",
+        "trial's first cohort page; searches_per_group: the searches fetching one group of "
+        "patients (the server's work; here in one batch Bundle a group); load: the 1-minute "
+        "load average before->after the run.",
     ]
     write_outputs("live_portfolio", rows, list(rows[0]), notes)
 
