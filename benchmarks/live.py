@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -117,6 +118,108 @@ async def search_costs(
         ids = needed[rtype][:IDS_PER_FLOOR_REQUEST]
         costs["_id read"] = await timed(client, rtype, [("_id", ",".join(ids))])
     return costs
+
+
+async def portfolio_reading(
+    base_url: str, rulesets: list[Any], out: Path, group_size: int
+) -> dict[str, Any]:
+    """One live run of these trials on one reading of the server (cohort mode): its requests,
+    per patient screened, and its wall time."""
+    from service.fhir.client import FhirClient
+    from service.fhir.connect import ServerAbilities
+    from service.fhir.retrieval import PatientFetcher
+    from service.screening.live import LiveOptions, Selection, screen_portfolio_server
+
+    options = LiveOptions(
+        as_of=AS_OF, out=out, selection=Selection("cohort"), patients_per_request=group_size
+    )
+    load_before = os.getloadavg()[0]
+    async with FhirClient(base_url) as client:
+        started = time.perf_counter()
+        portfolio = await screen_portfolio_server(rulesets, client, options)
+        seconds = time.perf_counter() - started
+        # The searches of one group (in one batch Bundle where the server takes one).
+        plain = ServerAbilities(fhir_version="", batch=False, transaction=False)
+        fetcher = PatientFetcher(
+            client, [r.mapper for r in rulesets], plain, codes_per_request=40, page_size=200
+        )
+        searches = len(fetcher.requests_for(["p"] * group_size))
+    by_kind = portfolio.summaries[0].requests_by_kind
+    # Cohort discovery: the capability check and the first page of each trial's cohort search
+    # (their next pages are counted with the groups' pages: overstated, never understated).
+    discovery = by_kind.get("metadata", 0) + len(rulesets)
+    return {
+        "trials": ",".join(r.id for r in rulesets),
+        "patients_per_request": group_size,
+        "screened": portfolio.screened,
+        "screened_per_trial": " ".join(str(s.patients) for s in portfolio.summaries),
+        "requests": portfolio.requests,
+        "requests_per_screened": portfolio.requests / portfolio.screened,
+        "requests_per_screened_after_discovery": (portfolio.requests - discovery)
+        / portfolio.screened,
+        "requests_by_kind": ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+        "searches_per_group": searches,
+        "wall_s": seconds,
+        "load": f"{load_before:.2f}->{os.getloadavg()[0]:.2f}",
+    }
+
+
+def measure_portfolio(
+    patients: int = PATIENTS,
+    spinal_fraction: float = SPINAL_FRACTION,
+    median_background: int = MEDIAN_BACKGROUND,
+    group_size: int = GROUP_SIZES[0],
+) -> list[dict[str, Any]]:
+    """RELIEVE alone, SSRS alone, then both on one reading, on the same loaded server."""
+    from service.fhir.client import FhirClient
+    from service.fhir.loader import folder_readers, load_readers
+    from service.ruleset.loader import load_ruleset
+    from tests.integration.servers import SekmetServer
+
+    folder = population(patients, spinal_fraction, median_background)
+    rulesets = [
+        load_ruleset(ROOT / "rules" / f"{trial}.yaml", ROOT / "fhir_mappings")
+        for trial in ("relieve", "ssrs")
+    ]
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        server = SekmetServer(Path(work) / "sekmet").start()
+        try:
+
+            async def load() -> None:
+                async with FhirClient(server.base_url, timeout=300) as client:
+                    await load_readers(client, folder_readers(folder), per_bundle=500)
+
+            print("  loading the population into sekmet-fhir ...", flush=True)
+            asyncio.run(load())
+            # Each trial alone (one after the other: what a portfolio cost before it shared
+            # one reading), then both on one reading.
+            for chosen in ([rulesets[0]], [rulesets[1]], rulesets):
+                out = Path(work) / ("out-" + "-".join(r.id for r in chosen))
+                rows.append(
+                    asyncio.run(portfolio_reading(server.base_url, chosen, out, group_size))
+                )
+                print(f"  {rows[-1]}", flush=True)
+        finally:
+            server.stop()
+    return rows
+
+
+def report_portfolio(rows: list[dict[str, Any]]) -> None:
+    notes = [
+        "A live portfolio reads the server once: RELIEVE alone, SSRS alone (the two together: "
+        "what a portfolio cost when it ran its trials one after the other), then RELIEVE and "
+        "SSRS on one reading (each group of patients fetched once with searches covering both "
+        "mappings), "
+        "cohort mode, sekmet-fhir on 127.0.0.1 holding the live benchmark's population.",
+        "screened: patients screened for one trial or more (each trial screens its own "
+        "cohort: screened_per_trial); requests: every HTTP request of the run; "
+        "requests_per_screened_after_discovery leaves out the capability check and each "
+        "trial's first cohort page; searches_per_group: the searches fetching one group of "
+        "patients (the server's work; here in one batch Bundle a group); load: the 1-minute "
+        "load average before->after the run.",
+    ]
+    write_outputs("live_portfolio", rows, list(rows[0]), notes)
 
 
 def measure(
@@ -310,7 +413,17 @@ def main() -> None:
         default=",".join(map(str, GROUP_SIZES)),
         help="comma-separated group sizes to measure, one row each",
     )
+    parser.add_argument(
+        "--portfolio",
+        action="store_true",
+        help="instead: requests of RELIEVE alone and of RELIEVE and SSRS on one reading",
+    )
     args = parser.parse_args()
+    if args.portfolio:
+        report_portfolio(
+            measure_portfolio(args.patients, args.spinal_fraction, args.median_background)
+        )
+        return
     sizes = tuple(int(size) for size in args.patients_per_request.split(","))
     report(measure(args.patients, args.spinal_fraction, args.median_background, args.repeat, sizes))
 

@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks import bulk_rest, engines, floor, live, offline, spark, whatif, workers, worklist
+from benchmarks import (
+    bulk_rest,
+    cds_hooks,
+    common,
+    engines,
+    floor,
+    live,
+    offline,
+    portfolio,
+    spark,
+    whatif,
+    workers,
+    worklist,
+)
 
 
 def main() -> None:
@@ -15,7 +28,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000,100000", help="offline population sizes")
     parser.add_argument(
         "--only",
-        default="offline,floor,workers,engines,live,whatif",
+        default="offline,floor,workers,portfolio,engines,live,cds_hooks,whatif",
         help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster, "
         "worklist the service with the web worklist at 5,000 patients)",
     )
@@ -35,12 +48,21 @@ def main() -> None:
             workers.measure(10_000, 5, ["relieve", "relieve,ssrs"])
             + workers.measure(100_000, 3, ["relieve"])
         )
+    if "portfolio" in chosen:
+        print("--trial relieve,ssrs vs --trial relieve, whole processes, and the profile")
+        source = common.population(10_000)
+        pairs = portfolio.measure_pairs(source, 3)
+        portfolio.report(pairs, [portfolio.profile(source, t) for t in portfolio.TRIAL_SETS])
     if "engines" in chosen:
         print("rule engines")
         engines.report(engines.measure())
     if "live" in chosen:
-        print("live screening vs download floor")
+        print("live screening vs download floor; one reading for a portfolio")
         live.report(live.measure())
+        live.report_portfolio(live.measure_portfolio())
+    if "cds_hooks" in chosen:
+        print("CDS Hooks patient-view latency, 1 and 8 clients, with and without prefetch")
+        cds_hooks.report(cds_hooks.measure())
     if "whatif" in chosen:
         print("what-if of 10 combinations vs one screening, whole processes")
         whatif.report(whatif.measure(10_000, 5))

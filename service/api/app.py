@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +29,7 @@ from service.state.store import Store, migrate
 
 log = logging.getLogger(__name__)
 READINESS_RETRY = RetryPolicy(attempts=1)  # a readiness probe asks once; its caller repeats
+SWITCH_INTERVAL_SECONDS = 0.0005
 
 
 def load_rulesets(settings: Settings) -> dict[str, Any]:
@@ -101,6 +104,17 @@ def create_api(settings: Settings) -> FastAPI:
         app.state.auth = Authenticator(settings)
         await service.resume_runs()
         service.spawn(service.background())
+        # What is loaded by now (rule sets, mappings, the FHIR models, the framework: 170k
+        # objects) lives as long as the process. Out of the garbage collector's sight, a full
+        # collection no longer walks it: one took 20-130 ms here, and every request in flight
+        # (a CDS Hooks call while a chart opens) waits for it.
+        gc.collect()
+        gc.freeze()
+        # The database work of a request runs in a thread, and hands the interpreter back and
+        # forth with the event loop several times per transaction: at the default 5 ms a
+        # handoff, a CDS Hooks call's jti insert took 15 ms at the median and 140 ms at the
+        # tail with 8 calls in flight (profiled), at 0.5 ms 2.5 ms and 30 ms.
+        sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
         try:
             yield
         finally:

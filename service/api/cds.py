@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote, urlencode, urlsplit
@@ -35,13 +36,13 @@ from service.api.security import Authenticator
 from service.errors import FhirServerError, PrescreenError
 from service.fhir.auth import BearerAuth
 from service.fhir.client import FhirClient, Json, RetryPolicy
-from service.fhir.connect import ServerAbilities
+from service.fhir.connect import ServerAbilities, read_capabilities
 from service.fhir.ids import is_fhir_id
-from service.fhir.retrieval import SEARCH_REFUSED, Fetched, PatientFetcher, chunked, search_plan
+from service.fhir.retrieval import SEARCH_REFUSED, PatientFetcher, chunked, search_plan
 from service.links import patient_page_url
 from service.ruleset.loader import RuleSet
 from service.settings import Settings
-from service.state.cds_hooks import CdsStore, FeedbackReport, IssuedCard, UnknownCardsError
+from service.state.cds_hooks import FeedbackReport, IssuedCard, UnknownCardsError
 
 router = APIRouter()
 SERVICE_ID = "prescreen-patient-view"
@@ -50,8 +51,11 @@ PATIENT_TOKEN = "{{context.patientId}}"
 ERROR_SEVERITIES = frozenset({"error", "fatal"})
 # A hook answers while a clinician waits: one retry at most, never the long back-off of a run.
 HOOK_RETRY = RetryPolicy(attempts=2, base_delay=0.2, max_delay=1.0, max_retry_after=2.0)
-# No CapabilityStatement round trip per hook: plain searches work on every server.
+# What a server whose CapabilityStatement could not be read gets: plain searches work on every
+# server. What it declares is read once an hour (a few minutes after a failure), not per hook.
 PLAIN_SEARCHES = ServerAbilities(fhir_version="", batch=False, transaction=False)
+ABILITIES_SECONDS = 3600.0
+UNREADABLE_ABILITIES_SECONDS = 300.0
 CDS_PREFIX = "/cds-services"
 
 M = TypeVar("M", bound=BaseModel)
@@ -354,7 +358,7 @@ async def _authenticated(
     auth: Authenticator = request.app.state.auth
     claims = await auth.verify_cds_jwt(request, audiences)
     expires = datetime.fromtimestamp(float(claims["exp"]), UTC).replace(tzinfo=None)
-    store = CdsStore(service.store)
+    store = service.cds
     if not await asyncio.to_thread(store.first_use, str(claims["iss"]), claims["jti"], expires):
         raise HTTPException(
             401,
@@ -423,7 +427,8 @@ async def patient_view(request: Request) -> dict[str, Any]:
                 card = build_card(contract, ruleset.trial, service.settings.public_url)
                 cards.append(card)
                 issued.append(IssuedCard(card["uuid"], trial_id, patient_id))
-    await asyncio.to_thread(CdsStore(service.store).record_cards, str(claims["iss"]), issued)
+    if issued:  # most calls return no card: no thread, no database
+        await asyncio.to_thread(service.cds.record_cards, str(claims["iss"]), issued)
     return {"cards": cards}
 
 
@@ -451,7 +456,7 @@ async def feedback(request: Request) -> Response:
         )
         for entry in body.feedback
     ]
-    store = CdsStore(service.store)
+    store = service.cds
     try:
         await asyncio.to_thread(store.record_feedback, str(claims["iss"]), reports)
     except UnknownCardsError as unknown:
@@ -501,20 +506,23 @@ async def _fetch(
     auth = BearerAuth(token) if isinstance(token, str) and token else None
     settings = service.settings
     try:
-        async with FhirClient(
-            server, auth=auth, timeout=settings.fhir_timeout, retry=HOOK_RETRY
-        ) as client:
+        # The service's kept-alive connections to this server, with this call's token.
+        async with service.hook_connections.client(server, auth=auth, retry=HOOK_RETRY) as client:
+            wanting = [
+                ruleset
+                for trial_id, ruleset in service.rulesets.items()
+                if content.to_fetch & set(plan.keys_by_trial[trial_id])
+            ]
+            missing = {plan.resource_types[k] for k in content.to_fetch}
             found: list[Json] = []
-            for trial_id, ruleset in service.rulesets.items():
-                missing = {
-                    plan.resource_types[k]
-                    for k in plan.keys_by_trial[trial_id]
-                    if k in content.to_fetch
-                }
-                if missing:
-                    fetched = await _fetch_types(client, ruleset, missing, patient_id, settings)
-                    found += fetched.resources
-                    lost.update(fetched.lost)
+            if wanting:
+                abilities = await _abilities(service, client, server)
+                fetcher = _fetcher(client, wanting, missing, settings, abilities)
+                fetched = await fetcher.fetch([patient_id])
+                found = fetched.resources
+                lost.update(fetched.lost)
+                if (abilities.batch or abilities.transaction) and not fetcher.use_batch:
+                    _batch_refused(service, server, abilities)
             found += await _referenced(client, service.rulesets.values(), content.resources + found)
             return found
     except (FhirServerError, httpx.HTTPError) as exc:
@@ -534,20 +542,49 @@ def _describe(content: PrefetchContent) -> str:
     return "; ".join(parts)
 
 
-async def _fetch_types(
-    client: FhirClient, ruleset: RuleSet, types: set[str], patient_id: str, settings: Settings
-) -> Fetched:
-    """The trial's searches for these resource types (code-filtered like a live run), and the
-    Patient; a Patient wanted alone is read with no other search."""
+async def _abilities(service: ScreeningService, client: FhirClient, server: str) -> ServerAbilities:
+    """What the server declares (a batch Bundle: all the searches of a hook in one request,
+    where the server runs them without an HTTP exchange each), read once an hour per server
+    with the caller's token; plain searches while it cannot be read."""
+    known = service.hook_abilities.get(server)
+    moment = time.monotonic()
+    if known is not None and known[0] > moment:
+        return known[1]
+    try:
+        abilities = read_capabilities(await client.capabilities())
+        until = moment + ABILITIES_SECONDS
+    except (FhirServerError, httpx.HTTPError):
+        abilities, until = PLAIN_SEARCHES, moment + UNREADABLE_ABILITIES_SECONDS
+    service.hook_abilities[server] = (until, abilities)
+    return abilities
+
+
+def _batch_refused(service: ScreeningService, server: str, abilities: ServerAbilities) -> None:
+    """A server that refused the batch it declares gets plain searches from now on."""
+    until = time.monotonic() + ABILITIES_SECONDS
+    service.hook_abilities[server] = (until, replace(abilities, batch=False, transaction=False))
+
+
+def _fetcher(
+    client: FhirClient,
+    rulesets: Sequence[RuleSet],
+    types: set[str],
+    settings: Settings,
+    abilities: ServerAbilities,
+) -> PatientFetcher:
+    """The trials' searches for these resource types (code-filtered like a live run, one
+    search a type for all the trials, as a live portfolio reads), and the Patient; a Patient
+    wanted alone is read with no other search. In one batch Bundle where the server declares
+    batch (or transaction), in plain searches otherwise or once it refuses the batch."""
     fetcher = PatientFetcher(
         client,
-        ruleset.mapper,
-        PLAIN_SEARCHES,
+        [ruleset.mapper for ruleset in rulesets],
+        abilities,
         codes_per_request=settings.fhir_codes_per_request,
         page_size=settings.fhir_page_size,
     )
     fetcher.plan = [spec for spec in fetcher.plan if spec.resource_type in types]
-    return await fetcher.fetch([patient_id])
+    return fetcher
 
 
 async def _referenced(

@@ -17,7 +17,7 @@ from service.alerts import Alerter
 from service.api.folders import OUTSIDE_ROOTS, files_within_roots
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
-from service.fhir.client import FhirClient, Json
+from service.fhir.client import FhirClient, Json, SharedConnections
 from service.fhir.connect import WRITE_PERMISSIONS, ServerAbilities, connect, read_capabilities
 from service.fhir.ids import is_fhir_id, is_resource_type
 from service.fhir.retrieval import PatientFetcher, changed_since, chunked, discover_cohort
@@ -31,6 +31,7 @@ from service.screening.ndjson import read_folder
 from service.screening.run import folder_notes
 from service.screening.source import InputIssue, IssueLog, SourceNotes
 from service.settings import Settings
+from service.state.cds_hooks import CdsStore
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
 
@@ -51,11 +52,19 @@ class ScreeningService:
     ) -> None:
         self.settings = settings
         self.store = store
+        self.cds = CdsStore(store)
         self.alerter = alerter
         self.rulesets = rulesets
-        self.evaluators = {t: Evaluator(r, settings.cel_engine) for t, r in rulesets.items()}
+        # Memoised, as an offline run's: most patients share a handful of fact patterns.
+        self.evaluators = {
+            t: Evaluator(r, settings.cel_engine, memoize=True) for t, r in rulesets.items()
+        }
         self.metrics = Metrics()
         self._client: FhirClient | None = None
+        # Connections to the FHIR servers CDS Hooks calls name, kept from call to call, and
+        # what each server declares it can do (until when it is trusted, abilities).
+        self.hook_connections = SharedConnections(timeout=settings.fhir_timeout)
+        self.hook_abilities: dict[str, tuple[float, ServerAbilities]] = {}
         self._abilities: ServerAbilities | None = None
         self._lock = asyncio.Lock()
         self.last_ping = datetime.now(UTC)
@@ -89,6 +98,7 @@ class ScreeningService:
             task.cancel()
         if self._client is not None:
             await self._client.aclose()
+        await self.hook_connections.aclose()
 
     def spawn(self, coroutine: Any) -> None:
         task = asyncio.create_task(coroutine)
@@ -101,9 +111,15 @@ class ScreeningService:
         self, trial: str, resources: list[Json], as_of: date, lost: dict[str, str] | None = None
     ) -> list[dict[str, Any]]:
         """Verdict lines for in-memory resources (fetched, or a CDS Hooks prefetch); ``lost``:
-        types the fetch could not read (criteria never rest on their absence)."""
+        types the fetch could not read (criteria never rest on their absence). Read as lines of
+        a file are: what holds none of the codes a mapping looks for is not mapped (a prefetch
+        brings every Observation of the patient; no issue is reported here)."""
         verdicts = evaluate_resources(
-            self.evaluators[trial], resources, as_of, notes=SourceNotes(lost=dict(lost or {}))
+            self.evaluators[trial],
+            resources,
+            as_of,
+            notes=SourceNotes(lost=dict(lost or {})),
+            as_lines=True,
         )
         for verdict in verdicts:
             self.metrics.screenings[(trial, verdict.verdict)] += 1

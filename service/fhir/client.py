@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -85,8 +86,68 @@ def operation_outcome_text(body: bytes) -> str:
     return "; ".join(texts)
 
 
+def http_client(
+    *,
+    timeout: float,
+    connections: int,
+    auth: httpx.Auth | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    headers: dict[str, str] | None = None,
+) -> httpx.AsyncClient:
+    """The pooled HTTP client under a FhirClient. Building one costs milliseconds of CPU (an
+    SSL context, certificates loaded): a service keeps it and lends it (``SharedConnections``)."""
+    return httpx.AsyncClient(
+        auth=auth,
+        timeout=httpx.Timeout(timeout),
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        headers={"Accept": FHIR_JSON, **(headers or {})},
+        transport=transport,
+        follow_redirects=False,
+    )
+
+
+class SharedConnections:
+    """Kept-alive connections to FHIR servers, one pool per base URL, lent to short-lived
+    clients that each carry their own credentials (a CDS Hooks call brings the EHR's token):
+    a call then opens no connection and builds no SSL context of its own."""
+
+    def __init__(self, *, timeout: float, connections: int = 16) -> None:
+        self.timeout = timeout
+        self.connections = connections
+        self._pools: dict[str, httpx.AsyncClient] = {}
+
+    def client(
+        self,
+        base_url: str,
+        *,
+        auth: httpx.Auth | None = None,
+        retry: RetryPolicy | None = None,
+        concurrency: int = 8,
+    ) -> FhirClient:
+        """A client of ``base_url`` on the shared pool; closing it leaves the pool open."""
+        key = base_url.rstrip("/") + "/"
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = self._pools[key] = http_client(
+                timeout=self.timeout, connections=self.connections
+            )
+            # Calls with different credentials share it: a cookie one caller's answer set
+            # (a server's session) must never go out with another's requests.
+            pool.cookies = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        return FhirClient(base_url, auth=auth, retry=retry, concurrency=concurrency, shared=pool)
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
+
+
 class FhirClient:
-    """One FHIR server. Use as ``async with FhirClient(...) as client``."""
+    """One FHIR server. Use as ``async with FhirClient(...) as client``.
+
+    ``shared``: an HTTP client whose connections this one borrows (see ``SharedConnections``);
+    ``auth`` then goes with each request, and closing this client leaves the shared one open.
+    """
 
     def __init__(
         self,
@@ -100,6 +161,7 @@ class FhirClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         headers: dict[str, str] | None = None,
+        shared: httpx.AsyncClient | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/") + "/"
         self.auth = auth
@@ -108,14 +170,16 @@ class FhirClient:
         self.stats = RequestStats()
         self._sleep = sleep
         self._limit = asyncio.Semaphore(concurrency)
-        self._http = httpx.AsyncClient(
+        self._owned = shared is None
+        self._http = shared or http_client(
+            timeout=timeout,
+            connections=concurrency,
             auth=auth,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-            headers={"Accept": FHIR_JSON, **(headers or {})},
             transport=transport,
-            follow_redirects=False,
+            headers=headers,
         )
+        # On a shared client the credentials are this client's own, sent with each request.
+        self._request_auth: Any = httpx.USE_CLIENT_DEFAULT if self._owned else auth
 
     async def __aenter__(self) -> FhirClient:
         return self
@@ -124,7 +188,8 @@ class FhirClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owned:
+            await self._http.aclose()
 
     def url(self, path: str, *, link: bool = False) -> str:
         """Resolve a path (``Patient/1``) or a link against the base, refusing other origins.
@@ -171,7 +236,12 @@ class FhirClient:
                     self.stats.requests += 1
                     self.stats.by_kind[kind or method] += 1
                     response = await self._http.request(
-                        method, url, params=params, content=content, headers=send_headers
+                        method,
+                        url,
+                        params=params,
+                        content=content,
+                        headers=send_headers,
+                        auth=self._request_auth,
                     )
             except (httpx.TransportError, httpx.TimeoutException) as exc:
                 last_problem = f"{type(exc).__name__}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -31,9 +31,40 @@ class SearchSpec:
     filters: tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def search_plan(mapper: Mapper) -> list[SearchSpec]:
+def search_plan(mapper: Mapper | Sequence[Mapper]) -> list[SearchSpec]:
     """Searches covering every mapped source; sources of one type that differ only in their
-    code list share a search (the pain score and survival Observations, for instance)."""
+    code list share a search (the pain score and survival Observations, for instance).
+
+    Several mappings (a portfolio's) share one reading: the searches of one resource type and
+    patient parameter become one, which asks for what any of them asks for (each filter the
+    searches have in common with the values of all; a filter only some have is dropped). Each
+    mapping then keeps what it wants of the answers, as it does of a file."""
+    if isinstance(mapper, Mapper):
+        return _plan_of(mapper)
+    plans = [_plan_of(one) for one in mapper]
+    if len(plans) == 1:
+        return plans[0]
+    shared: dict[tuple[str, str], list[SearchSpec]] = {}
+    for spec in (spec for plan in plans for spec in plan):
+        shared.setdefault((spec.resource_type, spec.patient_param), []).append(spec)
+    return [_relaxed(rtype, param, specs) for (rtype, param), specs in sorted(shared.items())]
+
+
+def _relaxed(resource_type: str, patient_param: str, specs: list[SearchSpec]) -> SearchSpec:
+    """One search that returns whatever any of ``specs`` returns (comma-separated values of a
+    search parameter are alternatives)."""
+    common = set.intersection(*({param for param, _ in spec.filters} for spec in specs))
+    filters = []
+    for param in sorted(common):
+        values = {
+            value for spec in specs for p, tokens in spec.filters if p == param for value in tokens
+        }
+        filters.append((param, tuple(sorted(values))))
+    return SearchSpec(resource_type, patient_param, tuple(filters))
+
+
+def _plan_of(mapper: Mapper) -> list[SearchSpec]:
+    """One mapping's searches (see ``search_plan``)."""
     merged: dict[tuple[str, str, tuple[Any, ...]], set[str] | None] = {}
     for resource_type, sources in mapper.sources.items():
         if resource_type == "Patient":
@@ -134,17 +165,21 @@ def _refusal(page: Json) -> bool:
 
 
 class PatientFetcher:
+    """Fetches groups of patients for one mapping, or for several at once (a portfolio: one
+    reading of the server for all its trials, see ``search_plan``)."""
+
     def __init__(
         self,
         client: FhirClient,
-        mapper: Mapper,
+        mapper: Mapper | Sequence[Mapper],
         abilities: ServerAbilities,
         *,
         codes_per_request: int,
         page_size: int,
     ) -> None:
         self.client = client
-        self.mapper = mapper
+        self.mappers = [mapper] if isinstance(mapper, Mapper) else list(mapper)
+        self.mapper = self.mappers[0]
         # Many servers accept batch without declaring it (HAPI declares only transaction):
         # try it when either is declared; a refusal switches to plain searches.
         self.use_batch = abilities.batch or abilities.transaction
@@ -194,7 +229,7 @@ class PatientFetcher:
             if first is not None:
                 resources.extend(await self._entries(first))
         resources.extend(await self._referenced(resources))
-        wanted = {t for t, _ in self.requests_for(patient_ids)} | self.mapper.join_targets
+        wanted = {t for t, _ in self.requests_for(patient_ids)} | self._join_targets()
         return Fetched(resources, {t: why for t, why in self.lost.items() if t in wanted})
 
     async def _check_scopes(self) -> None:
@@ -202,7 +237,7 @@ class PatientFetcher:
         if self._scopes_checked:
             return
         self._scopes_checked = True
-        types = {spec.resource_type for spec in self.plan} | self.mapper.join_targets
+        types = {spec.resource_type for spec in self.plan} | self._join_targets()
         for rtype in await ungranted_reads(self.client, types):
             self.lost.setdefault(rtype, "the server did not grant a scope to read them")
 
@@ -233,6 +268,10 @@ class PatientFetcher:
         self.lost.setdefault(rtype, f"the server refused its search ({status})")
         return None
 
+    def _join_targets(self) -> set[str]:
+        """The types every mapping of this reading resolves references to."""
+        return {rtype for mapper in self.mappers for rtype in mapper.join_targets}
+
     def _patient_param(self, rtype: str) -> str:
         return next((s.patient_param for s in self.plan if s.resource_type == rtype), "patient")
 
@@ -252,7 +291,7 @@ class PatientFetcher:
         have = {f"{r.get('resourceType')}/{r.get('id')}" for r in resources}
         wanted: dict[str, set[str]] = {}
         for resource in resources:
-            for reference in self.mapper.references_to_resolve(resource):
+            for reference in {r for m in self.mappers for r in m.references_to_resolve(resource)}:
                 if reference not in have:
                     rtype, rid = reference.split("/", 1)
                     wanted.setdefault(rtype, set()).add(rid)
@@ -316,9 +355,15 @@ async def discover_cohort(
 
 
 async def changed_since(
-    client: FhirClient, mapper: Mapper, since: str, *, codes_per_request: int, page_size: int
+    client: FhirClient,
+    mapper: Mapper | Sequence[Mapper],
+    since: str,
+    *,
+    codes_per_request: int,
+    page_size: int,
 ) -> list[str]:
-    """Patients with a mapped resource (or their Patient record) updated after ``since``."""
+    """Patients with a mapped resource (or their Patient record) updated after ``since``; of
+    any of several mappings, in one pass."""
     found = await _patients_of(
         client, "Patient", [("_lastUpdated", f"gt{since}"), ("_count", str(page_size))]
     )

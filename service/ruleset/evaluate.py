@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any, Literal
 
 import orjson
 
-from service.ruleset.engines import CelEvaluationError, EngineName, failure_summary
+from service.ruleset.engines import Activation, CelEvaluationError, EngineName, failure_summary
 from service.ruleset.gaps import GAPS, Gaps, noted_reason, undecided_reason, why
-from service.ruleset.loader import PLACEHOLDER, Criterion, RuleSet
+from service.ruleset.loader import BUILTIN_NAMES, PLACEHOLDER, Criterion, RuleSet
 from service.ruleset.model import Kind, Result
 
 Verdict = Literal["candidate", "potential-candidate", "ineligible"]
@@ -44,6 +45,9 @@ class PatientVerdict:
     patient_id: str
     verdict: Verdict
     criteria: tuple[CriterionResult, ...]
+    # The criteria are a memoised pattern's own object, shared by every patient with that
+    # pattern (they cite no resource): what is derived from them can be computed once.
+    shared: bool = field(default=False, compare=False, repr=False)
 
     @classmethod
     def from_contract(
@@ -123,6 +127,7 @@ FAILED_REASON = "could not be evaluated (an error in the data or the rule); need
 # carry no record the rules read, and share a handful of patterns (age, deceased).
 MEMO_MAX_RECORDS = 4
 MEMO_MAX_ENTRIES = 1_024  # the common patterns arrive early; rare ones are not worth keeping
+SHARED_ACTIVATIONS = 4  # as_of dates a thread keeps an activation for (a service: one a day)
 _MARK = "\x00ref:"
 
 
@@ -173,8 +178,12 @@ class Evaluator:
         self._template_cache: dict[date, dict[str, Any]] = {}
         self._constant_cache: dict[date, tuple[dict[str, Any], str | None]] = {}
         self._memo: dict[bytes, PatientVerdict] | None = {} if memoize else None
+        self._memo_as_of: date | None = None
         self.memo_hits = 0
         self._parts: dict[str, Any] = {}  # parts of criteria, compiled to explain a failure
+        # Per thread (an activation may be rebound from patient to patient): as_of -> the
+        # activation holding what every patient shares.
+        self._shared = threading.local()
 
     def _constants(self, as_of: date) -> tuple[dict[str, Any], str | None]:
         """The derived values that read no fact, for this as_of (computed once), and the name
@@ -232,15 +241,23 @@ class Evaluator:
         if keyed is None:
             return self._evaluate(patient_id, facts, as_of, gaps)
         key, normalized, refs = keyed
+        if as_of != self._memo_as_of:
+            # A service screens as of today: yesterday's patterns would only fill the memo.
+            self._memo.clear()
+            self._memo_as_of = as_of
         shared = self._memo.get(key)
         if shared is None:
             shared = self._evaluate("", normalized, as_of, gaps)
             if any(_MARK in c.reason for c in shared.criteria):
                 return self._evaluate(patient_id, facts, as_of, gaps)  # a reason quotes an id
+            if not any(c.evidence for c in shared.criteria):
+                shared = PatientVerdict("", shared.verdict, shared.criteria, shared=True)
             if len(self._memo) < MEMO_MAX_ENTRIES:
                 self._memo[key] = shared
         else:
             self.memo_hits += 1
+        if shared.shared:  # nothing cites this patient's own resources
+            return PatientVerdict(patient_id, shared.verdict, shared.criteria, shared=True)
         criteria = tuple(
             CriterionResult(
                 c.id,
@@ -258,11 +275,28 @@ class Evaluator:
         )
         return PatientVerdict(patient_id, shared.verdict, criteria)
 
+    def _shared_activation(self, as_of: date) -> Activation:
+        """Parameters, windows, as_of and the constants, converted once per as_of and thread."""
+        shared: dict[date, Activation] | None = getattr(self._shared, "by_as_of", None)
+        if shared is None or (as_of not in shared and len(shared) >= SHARED_ACTIVATIONS):
+            shared = self._shared.by_as_of = {}
+        activation = shared.get(as_of)
+        if activation is None:
+            constants, _failed = self._constants(as_of)
+            variables = {**self.ruleset.variables({}, as_of), **constants}
+            activation = shared[as_of] = self.engine.activation(variables)
+        return activation
+
     def _evaluate(
         self, patient_id: str, facts: dict[str, Any], as_of: date, gaps: Gaps | None = None
     ) -> PatientVerdict:
         constants, failed_derived = self._constants(as_of)
-        activation = self.engine.activation({**self.ruleset.variables(facts, as_of), **constants})
+        if facts.keys() & constants.keys() or facts.keys() & BUILTIN_NAMES:
+            # A fact named like a shared value is hidden by it (the shared values win).
+            variables = {**self.ruleset.variables(facts, as_of), **constants}
+            activation = self.engine.activation(variables)
+        else:
+            activation = self._shared_activation(as_of).for_patient(facts)
         derived_failure = ""
         for layer in () if failed_derived else self.compiled.derived:
             values: dict[str, Any] = {}

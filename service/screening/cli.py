@@ -22,7 +22,7 @@ from service import catalog
 from service.console import RichProgress, console, parse_as_of, settings_for, trial_names
 from service.errors import PrescreenError
 from service.screening.cli_bulk import add_bulk_arguments, screen_bulk_export
-from service.screening.cli_live import add_live_arguments, screen_live
+from service.screening.cli_live import add_live_arguments, screen_live_portfolio
 from service.screening.cli_tables import print_overlap, print_summary
 from service.settings import Settings
 
@@ -125,13 +125,8 @@ def _cmd_screen(
     if getattr(args, "bulk", False):
         return screen_bulk_export(args, settings, rulesets, as_of, Path(args.out))
     if fhir_url or (args.source is None and settings.fhir_url):
-        if len(rulesets) == 1:
-            return screen_live(args, settings, rulesets[0], as_of, Path(args.out))
-        # A live portfolio: each trial in turn, into OUT/<trial>/.
-        return max(
-            screen_live(args, settings, ruleset, as_of, Path(args.out) / ruleset.id)
-            for ruleset in rulesets
-        )
+        # One reading of the server for every trial (several: OUT/<trial>/ each).
+        return screen_live_portfolio(args, settings, rulesets, as_of, Path(args.out))
     if args.source is None:
         raise PrescreenError("give --source DIR (NDJSON) or --fhir-url URL (a FHIR server)")
     if executor is not None and _elsewhere(args):

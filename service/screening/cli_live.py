@@ -1,9 +1,11 @@
-"""``prescreen screen --fhir-url``: a live run against a FHIR server's REST API, one trial at a
-time (the patients of the cohort, the ids given, or those changed since an instant)."""
+"""``prescreen screen --fhir-url``: a live run against a FHIR server's REST API (the patients of
+the cohort, the ids given, or those changed since an instant); several trials share one reading
+of the server."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,12 +15,14 @@ from rich.markup import escape
 
 from service.console import RichProgress, console, stdout
 from service.errors import PrescreenError
-from service.screening.cli_tables import print_summary
+from service.screening.cli_tables import print_overlap, print_summary
 from service.settings import Settings
 
 if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every command
+    from rich.console import Console
+
     from service.ruleset.loader import RuleSet
-    from service.screening.live import Selection
+    from service.screening.live import LiveSummary, Selection
 
 
 def add_live_arguments(screen: argparse.ArgumentParser) -> None:
@@ -54,9 +58,21 @@ def selection(args: argparse.Namespace) -> Selection:
 def screen_live(
     args: argparse.Namespace, settings: Settings, ruleset: RuleSet, as_of: date, out: Path
 ) -> int:
+    """One trial, its files in ``out``."""
+    return screen_live_portfolio(args, settings, [ruleset], as_of, out)
+
+
+def screen_live_portfolio(
+    args: argparse.Namespace,
+    settings: Settings,
+    rulesets: Sequence[RuleSet],
+    as_of: date,
+    out: Path,
+) -> int:
+    """Every trial on one reading of the server (several: ``out/<trial>/`` each)."""
     import asyncio
 
-    from service.screening.live import live_options, screen_url
+    from service.screening.live import live_options, screen_portfolio_url
 
     options = live_options(
         settings,
@@ -71,16 +87,29 @@ def screen_live(
     # can be piped; the tables and messages go to stderr.
     report = console if args.dry_run else stdout
     with RichProgress(enabled=not args.no_progress) as progress:
-        summary = asyncio.run(
-            screen_url(
+        portfolio = asyncio.run(
+            screen_portfolio_url(
                 settings,
                 args.fhir_url,
-                ruleset,
+                rulesets,
                 options,
                 progress=progress,
                 echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
             )
         )
+    for summary in portfolio.summaries:
+        _report_trial(summary, report, args.dry_run)
+    if len(portfolio.summaries) > 1:
+        print_overlap(portfolio.overview, out)
+        per_patient = portfolio.requests / portfolio.screened if portfolio.screened else 0.0
+        report.print(
+            f"One reading for {len(portfolio.summaries)} trials: {portfolio.requests} HTTP "
+            f"requests, {per_patient:.3f} per screened patient ({portfolio.screened} patients)."
+        )
+    return portfolio.exit_code
+
+
+def _report_trial(summary: LiveSummary, report: Console, dry_run: bool) -> None:
     print_summary(summary, report)
     live = summary.extra_json()["live"]
     for warning in live["capability_warnings"]:
@@ -91,10 +120,9 @@ def screen_live(
         f"patient, {live['retries']} retries."
     )
     if "write_back" in live:
-        report.print(f"Write-back{' (dry run)' if args.dry_run else ''}: {live['write_back']}")
+        report.print(f"Write-back{' (dry run)' if dry_run else ''}: {live['write_back']}")
     if summary.unscreened:
         report.print(
             f"[red]{len(summary.unscreened)} patient(s) not screened[/]; listed in "
             f"{summary.out / 'unscreened.ndjson'}. Run again with --resume to finish."
         )
-    return summary.exit_code

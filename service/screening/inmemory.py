@@ -27,17 +27,19 @@ def evaluate_resources(
     only: set[str] | None = None,
     not_screened: dict[str, str] | None = None,
     notes: SourceNotes = NO_NOTES,
+    as_lines: bool = False,
 ) -> list[PatientVerdict]:
     """Verdicts of the patients among ``resources`` (restricted to ``only`` when given).
 
     Each resource is located in issue reports by its reference, as it has no file and line.
     Patients the mapping says not to screen get no verdict; ``not_screened`` collects them.
     ``notes.lost``: resource types the fetch could not read (criteria never rest on their
-    absence).
+    absence). ``as_lines``: resources holding none of the codes their mapping looks for are
+    skipped, as an NDJSON line is (``Collector.read_resources``).
     """
     log = issues or IssueLog()
     collector = Collector(evaluator.ruleset.mapper, as_of, log, notes)
-    collector.read_resources(resources)
+    collector.read_resources(resources, as_lines=as_lines)
     for pid, reason, where in collector.not_screened():
         if only is None or pid in only:
             log.add(InputIssue(where, 0, NOT_SCREENED, f"Patient/{pid} is not screened: {reason}"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -29,6 +29,7 @@ from service.fhir.connect import (
     read_capabilities,
 )
 from service.fhir.retrieval import (
+    Fetched,
     PatientFetcher,
     changed_since,
     chunked,
@@ -43,7 +44,7 @@ from service.ruleset.loader import RuleSet
 from service.ruleset.overrides import parameters_set
 from service.screening import output
 from service.screening.inmemory import evaluate_resources
-from service.screening.results import write_results
+from service.screening.results import write_overview, write_results
 from service.screening.source import InputIssue, IssueLog, ReadStats, SourceNotes
 from service.screening.summary import ProgressSink, ScreeningSummary, report_lost_once
 from service.settings import Settings
@@ -200,6 +201,24 @@ def writes_of(options: LiveOptions) -> dict[str, str]:
     return DRY_RUN_PERMISSIONS if options.dry_run else WRITE_PERMISSIONS
 
 
+async def screen_portfolio_url(
+    settings: Settings,
+    fhir_url: str | None,
+    rulesets: Sequence[RuleSet],
+    options: LiveOptions,
+    *,
+    progress: ProgressSink | None = None,
+    echo: Callable[[Json], None] | None = None,
+) -> LivePortfolio:
+    """``screen_url`` for several trials, on one reading of the server."""
+    read_types = {rtype for ruleset in rulesets for rtype in ruleset.mapper.resource_types}
+    client = await connect(settings, fhir_url, read_types, writes=writes_of(options))
+    async with client:
+        return await screen_portfolio_server(
+            rulesets, client, options, progress=progress, echo=echo
+        )
+
+
 async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOptions) -> list[str]:
     selection = options.selection
     if selection.kind == "ids":
@@ -228,68 +247,193 @@ async def screen_server(
     progress: ProgressSink | None = None,
     echo: Callable[[Json], None] | None = None,
 ) -> LiveSummary:
-    out = options.out
-    private_folder(out)
-    abilities = read_capabilities(await client.capabilities())
-    reads = reads_needed(ruleset.mapper)
-    if options.selection.kind == "since":
-        for rtype in reads:
-            reads[rtype].add("_lastUpdated")
-    writing = options.write_back and not options.dry_run
-    capability = check_capabilities(
-        abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
+    """One trial: its files straight in ``options.out``."""
+    portfolio = await screen_portfolio_server(
+        [ruleset], client, options, progress=progress, echo=echo
     )
-    raise_for(capability)
+    return portfolio.summaries[0]
 
-    issue_file = open_private(out / output.ISSUES, "ab" if options.resume else "wb")
 
-    def record_issue(issue: InputIssue) -> None:
-        issue_file.write(orjson.dumps(issue.as_json()) + b"\n")
+@dataclass
+class LivePortfolio:
+    """Several trials screened on one reading of the server: a summary per trial, the
+    overlap (``overview``), and what the reading cost."""
 
-    issues = IssueLog(sink=record_issue)
-    summary = LiveSummary(
-        ruleset.id,
-        ruleset.run_version,
-        options.engine,
-        options.as_of,
-        Path(client.base_url),
-        out,
-        ReadStats(),
-        issues,
-    )
-    summary.capability_warnings = capability.warnings
-    summary.parameters_set = parameters_set(ruleset)
-    started = time.perf_counter()
-    checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
-    try:
-        ids = await select_patients(client, ruleset, options)
-        summary.selected = len(ids)
-        todo = [pid for pid in ids if pid not in checkpoint.done]
-        summary.resumed = len(ids) - len(todo)
-        writer = None
-        if options.write_back:
-            writer = WriteBack(
-                client,
-                ruleset,
-                options.as_of,
-                options.subject_identifier_system,
-                abilities=abilities,
-                dry_run=options.dry_run,
-                echo=echo,
-            )
-            await writer.prepare()
-        await _screen_groups(
-            ruleset, client, abilities, options, todo, writer, checkpoint, summary, progress
+    summaries: list[LiveSummary]
+    out: Path
+    overview: dict[str, Any] = field(default_factory=dict)
+    requests: int = 0  # of the whole reading, cohort discovery and write-back included
+    screened: int = 0  # patients screened now for one trial or more
+
+    @property
+    def exit_code(self) -> int:
+        return max(summary.exit_code for summary in self.summaries)
+
+
+class _Trial:
+    """One trial of a live reading: its files, checkpoint, evaluator, write-back, and the
+    patients it still has to screen."""
+
+    def __init__(
+        self, ruleset: RuleSet, out: Path, options: LiveOptions, client: FhirClient
+    ) -> None:
+        self.ruleset = ruleset
+        self.out = out
+        private_folder(out)
+        self._issue_file = open_private(out / output.ISSUES, "ab" if options.resume else "wb")
+        self.summary = LiveSummary(
+            ruleset.id,
+            ruleset.run_version,
+            options.engine,
+            options.as_of,
+            Path(client.base_url),
+            out,
+            ReadStats(),
+            IssueLog(sink=self._record_issue),
         )
-        if writer is not None:
-            summary.writes = writer.stats
-    finally:
-        checkpoint.close()
-        issue_file.close()
-    summary.read_seconds = time.perf_counter() - started
+        self.summary.parameters_set = parameters_set(ruleset)
+        self.checkpoint = Checkpoint(out / CHECKPOINT, options.resume)
+        self.evaluator = Evaluator(ruleset, options.engine)
+        self.writer: WriteBack | None = None
+        self.todo: set[str] = set()
 
+    def _record_issue(self, issue: InputIssue) -> None:
+        self._issue_file.write(orjson.dumps(issue.as_json()) + b"\n")
+
+    def select(self, ids: list[str]) -> None:
+        self.summary.selected = len(ids)
+        self.todo = {pid for pid in ids if pid not in self.checkpoint.done}
+        self.summary.resumed = len(ids) - len(self.todo)
+
+    def not_screened(self, patient_ids: list[str], reason: str) -> None:
+        self.summary.unscreened.update({pid: reason for pid in patient_ids})
+
+    def close(self) -> None:
+        self.checkpoint.close()
+        self._issue_file.close()
+
+
+async def screen_portfolio_server(
+    rulesets: Sequence[RuleSet],
+    client: FhirClient,
+    options: LiveOptions,
+    *,
+    progress: ProgressSink | None = None,
+    echo: Callable[[Json], None] | None = None,
+) -> LivePortfolio:
+    """Screen the server's patients for every trial on one reading: one capability check, each
+    group of patients fetched once with searches covering every trial's mapping, and each
+    trial evaluating what it wants of the answers.
+
+    With one trial its files go in ``options.out``; with several, each trial's in
+    ``options.out/<trial>/`` (the same contract, its own checkpoint), plus the overlap in
+    ``options.out/summary.json`` and ``options.out/patients.ndjson``, as an offline
+    portfolio writes them. Each trial screens the patients it selects (its own cohort)."""
+    several = len(rulesets) > 1
+    private_folder(options.out)
+    abilities = read_capabilities(await client.capabilities())
+    writing = options.write_back and not options.dry_run
+    warnings: list[list[str]] = []
+    for ruleset in rulesets:
+        reads = reads_needed(ruleset.mapper)
+        if options.selection.kind == "since":
+            for rtype in reads:
+                reads[rtype].add("_lastUpdated")
+        capability = check_capabilities(
+            abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
+        )
+        raise_for(capability)
+        warnings.append(capability.warnings)
+
+    trials: list[_Trial] = []
+    started = time.perf_counter()
+    try:
+        for ruleset, found in zip(rulesets, warnings, strict=True):
+            trial = _Trial(
+                ruleset, options.out / ruleset.id if several else options.out, options, client
+            )
+            trials.append(trial)
+            trial.summary.capability_warnings = found
+        await _select(client, trials, options)
+        for trial in trials:
+            if options.write_back:
+                trial.writer = WriteBack(
+                    client,
+                    trial.ruleset,
+                    options.as_of,
+                    options.subject_identifier_system,
+                    abilities=abilities,
+                    dry_run=options.dry_run,
+                    echo=echo,
+                )
+                await trial.writer.prepare()
+        screened = await _screen_groups(trials, client, abilities, options, progress)
+        for trial in trials:
+            if trial.writer is not None:
+                trial.summary.writes = trial.writer.stats
+    finally:
+        for trial in trials:
+            trial.close()
+    elapsed = time.perf_counter() - started
+
+    portfolio = LivePortfolio([t.summary for t in trials], options.out, screened=screened)
+    verdicts_by_patient: dict[str, dict[str, str]] = {}
+    for trial in trials:
+        lines = [trial.checkpoint.done[pid] for pid in sorted(trial.checkpoint.done)]
+        _finish(trial, lines, client, options, elapsed)
+        for line in lines:
+            patient = line["verdict"]["patient"].removeprefix("Patient/")
+            verdicts_by_patient.setdefault(patient, {})[trial.ruleset.id] = line["verdict"][
+                "verdict"
+            ]
+    portfolio.requests = client.stats.requests
+    if several:
+        with output.OutputSet(options.out) as outputs:
+            portfolio.overview = write_overview(
+                rulesets, options.as_of, verdicts_by_patient, outputs
+            )
+            # What the one reading cost, for all the trials (written when the set commits).
+            portfolio.overview["live"] = {
+                "requests": portfolio.requests,
+                "requests_per_screened_patient": round(
+                    portfolio.requests / screened if screened else 0.0, 3
+                ),
+                "screened_patients": screened,
+                "requests_by_kind": dict(client.stats.by_kind),
+            }
+    return portfolio
+
+
+async def _select(client: FhirClient, trials: list[_Trial], options: LiveOptions) -> None:
+    """Each trial's patients: its own cohort; the same ids for all; or, since an instant, the
+    patients with a change any of the trials reads (one pass for all)."""
+    if options.selection.kind == "since":
+        ids = await changed_since(
+            client,
+            [trial.ruleset.mapper for trial in trials],
+            options.selection.since,
+            codes_per_request=options.codes_per_request,
+            page_size=options.page_size,
+        )
+        for trial in trials:
+            trial.select(ids)
+        return
+    for trial in trials:
+        trial.select(await select_patients(client, trial.ruleset, options))
+
+
+def _finish(
+    trial: _Trial,
+    lines: list[dict[str, Any]],
+    client: FhirClient,
+    options: LiveOptions,
+    elapsed: float,
+) -> None:
+    """A trial's summary and files, from its checkpoint (this run's patients and resumed ones).
+    The request figures are the whole reading's: the trials shared it."""
+    summary, ruleset = trial.summary, trial.ruleset
+    summary.read_seconds = elapsed
     manual = frozenset(c.id for c in ruleset.criteria if c.manual)
-    lines = [checkpoint.done[pid] for pid in sorted(checkpoint.done)]
     for line in lines:
         summary.tally(
             PatientVerdict.from_contract(line["verdict"], manual, frozenset(line["rule_errors"]))
@@ -298,7 +442,7 @@ async def screen_server(
     summary.requests, summary.retries = stats.requests, stats.retries
     summary.requests_by_kind = dict(stats.by_kind)
     summary.http_seconds = stats.seconds
-    with output.OutputSet(out) as outputs:
+    with output.OutputSet(trial.out) as outputs:
         write_results(
             ruleset,
             (line["verdict"] for line in lines),
@@ -310,28 +454,25 @@ async def screen_server(
         for pid, reason in sorted(summary.unscreened.items()):
             unscreened_file.write({"patient": f"Patient/{pid}", "reason": reason})
         outputs.json(output.SUMMARY, summary.as_json())
-    return summary
 
 
 async def _screen_groups(
-    ruleset: RuleSet,
+    trials: list[_Trial],
     client: FhirClient,
     abilities: Any,
     options: LiveOptions,
-    todo: list[str],
-    writer: WriteBack | None,
-    checkpoint: Checkpoint,
-    summary: LiveSummary,
     progress: ProgressSink | None,
-) -> None:
+) -> int:
+    """Fetch the patients any trial still has to screen, a group at a time, and hand each
+    group's resources to the trials screening its patients; how many patients were screened."""
     fetcher = PatientFetcher(
         client,
-        ruleset.mapper,
+        [trial.ruleset.mapper for trial in trials],
         abilities,
         codes_per_request=options.codes_per_request,
         page_size=options.page_size,
     )
-    evaluator = Evaluator(ruleset, options.engine)
+    todo = sorted(set().union(*(trial.todo for trial in trials)))
     groups = [g for g in chunked(todo, options.patients_per_request) if g]
     advance = progress.task("Screening patients", len(todo)) if progress else None
     gate = asyncio.Semaphore(options.parallel_groups)
@@ -341,51 +482,74 @@ async def _screen_groups(
     async def one(group: list[str]) -> None:
         nonlocal done
         async with gate:
+            mine = [(trial, [pid for pid in group if pid in trial.todo]) for trial in trials]
+            mine = [(trial, pids) for trial, pids in mine if pids]
             if lost:
-                summary.unscreened.update({pid: f"not attempted: {lost[0]}" for pid in group})
+                for trial, pids in mine:
+                    trial.not_screened(pids, f"not attempted: {lost[0]}")
                 return
             try:
-                verdicts, skipped = await _screen_group(fetcher, evaluator, group, summary, options)
-                if writer is not None:
-                    await writer.write(verdicts)
-                    await writer.withdraw(skipped)
+                fetched = await fetcher.fetch(group)
             # Reasons name the error's kind, never its message: a server's diagnostics can
             # quote patient ids and names, and unscreened.ndjson is shared like any output.
             except FhirUnavailableError as exc:
                 lost.append(error_kind(exc))
-                reason = f"server unavailable: {error_kind(exc)}"
-                summary.unscreened.update({pid: reason for pid in group})
+                for trial, pids in mine:
+                    trial.not_screened(pids, f"server unavailable: {error_kind(exc)}")
                 return
             except FhirServerError as exc:
                 if exc.status == 401:
                     raise  # credentials refused even after a fresh token: nothing will work
-                summary.unscreened.update(
-                    {pid: f"server error: {error_kind(exc)}" for pid in group}
-                )
+                for trial, pids in mine:
+                    trial.not_screened(pids, f"server error: {error_kind(exc)}")
                 return
-            for verdict in verdicts:
-                checkpoint.record(verdict, verdict.as_contract(ruleset, options.as_of))
+            for trial, pids in mine:
+                await _screen_trial_group(trial, fetched, pids, options, lost)
             done += len(group)
             if advance is not None:
                 advance(done)
 
     await asyncio.gather(*(one(group) for group in groups))
+    return len(todo)
 
 
-async def _screen_group(
-    fetcher: PatientFetcher,
-    evaluator: Evaluator,
+async def _screen_trial_group(
+    trial: _Trial,
+    fetched: Fetched,
     group: list[str],
-    summary: LiveSummary,
     options: LiveOptions,
+    lost: list[str],
+) -> None:
+    """One trial's patients of a fetched group: evaluated, written back, checkpointed."""
+    verdicts, skipped = _evaluate_group(trial, fetched, group, options)
+    if trial.writer is not None:
+        try:
+            await trial.writer.write(verdicts)
+            await trial.writer.withdraw(skipped)
+        except FhirUnavailableError as exc:
+            lost.append(error_kind(exc))
+            trial.not_screened(group, f"server unavailable: {error_kind(exc)}")
+            return
+        except FhirServerError as exc:
+            if exc.status == 401:
+                raise
+            trial.not_screened(group, f"server error: {error_kind(exc)}")
+            return
+    for verdict in verdicts:
+        trial.checkpoint.record(verdict, verdict.as_contract(trial.ruleset, options.as_of))
+
+
+def _evaluate_group(
+    trial: _Trial, fetched: Fetched, group: list[str], options: LiveOptions
 ) -> tuple[list[PatientVerdict], list[str]]:
-    """Verdicts of a group, and the patients of it the mapping says not to screen."""
-    fetched = await fetcher.fetch(group)
+    """Verdicts of a group's patients, and the patients of it the mapping says not to screen;
+    the types the server would not give are lost sources for the trials reading them."""
+    summary = trial.summary
     summary.stats.parsed += len(fetched.resources)
-    report_lost_once(summary, evaluator.ruleset, fetched.lost)
+    report_lost_once(summary, trial.ruleset, fetched.lost)
     skipped: dict[str, str] = {}
     verdicts = evaluate_resources(
-        evaluator,
+        trial.evaluator,
         fetched.resources,
         options.as_of,
         issues=summary.issues,

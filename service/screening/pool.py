@@ -6,9 +6,11 @@ and they load the rule sets while the command line itself starts up.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import (
@@ -19,6 +21,7 @@ from concurrent.futures import (
     wait,
 )
 from datetime import date
+from multiprocessing import resource_tracker
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +43,35 @@ AUTO_MIN_BYTES = 256 << 20
 IN_MEMORY_MAX_BYTES = 1 << 30
 
 T = TypeVar("T")
+
+
+_open_pools = 0
+_pools_lock = threading.Lock()
+
+
+def _opened() -> None:
+    global _open_pools
+    with _pools_lock:
+        _open_pools += 1
+
+
+def _closed() -> None:
+    """The last pool with processes closed: join multiprocessing's resource tracker.
+
+    The spawn context starts that helper process for the pool's semaphores and never waits for
+    it: it ends only once this process has exited, and lingers as a defunct process until
+    someone reaps it. With no pool left open, this process needs it no more (another pool
+    starts a new one); the semaphores are released first, so it has nothing to clean up."""
+    global _open_pools
+    with _pools_lock:
+        _open_pools -= 1
+        if _open_pools:
+            return
+        gc.collect()  # the executor's queues: their semaphores unregister as they are freed
+        tracker = getattr(resource_tracker, "_resource_tracker", None)
+        stop = getattr(tracker, "_stop", None)  # CPython's own, used by its tests
+        if callable(stop):
+            stop()
 
 
 def source_bytes(source: Path) -> int:
@@ -100,10 +132,12 @@ class WorkerPool:
         self.as_of = as_of
         self.overrides = list(overrides) or [() for _ in rules]
         self.max_line = max_line
-        self.messages: Any = context.Queue()
+        self._processes = count - 1
+        # Progress from the worker processes; a pool of one needs no queue between processes
+        # (nor the helper process multiprocessing starts for one).
+        self.messages: Any = context.Queue() if self._processes else queue.SimpleQueue()
         # Progress of the tasks this process runs itself (see ``run_all``).
         self.messages_here: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._processes = count - 1
         self._executor: ProcessPoolExecutor | None = None
         if self._processes:
             self._executor = ProcessPoolExecutor(
@@ -112,6 +146,7 @@ class WorkerPool:
                 initializer=workers.start,
                 initargs=(self.rules, engine, as_of, self.messages, self.overrides, max_line),
             )
+            _opened()
             for _ in range(self._processes):  # one is spawned per task while none is idle
                 self._executor.submit(workers.ready)
 
@@ -190,10 +225,16 @@ class WorkerPool:
                     break
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop the worker processes and wait for them, and for the helper process
+        multiprocessing started with them: nothing of the pool outlives it."""
+        if self._executor is None:
+            return
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor = None
         self.messages.close()
         self.messages.join_thread()
+        self.messages = queue.SimpleQueue()  # the old queue's semaphores are released now
+        _closed()
 
     def __enter__(self) -> WorkerPool:
         return self

@@ -7,10 +7,12 @@ and the files both write come from summary.py and results.py below them.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from service.ndjson_files import MAX_LINE_BYTES, discover
 from service.ruleset.engines import EngineName
@@ -22,7 +24,7 @@ from service.screening.inmemory import evaluate_reporting
 from service.screening.ndjson import NdjsonReader
 from service.screening.parallel import screen_in_parallel
 from service.screening.pool import WorkerPool, needs_pool
-from service.screening.results import write_overview, write_results
+from service.screening.results import ResultFiles, write_overview
 from service.screening.source import NO_NOTES, Collector, InputIssue, IssueLog, SourceNotes
 from service.screening.summary import (
     PortfolioSummary,
@@ -32,6 +34,7 @@ from service.screening.summary import (
     report_not_screened,
     report_orphans,
 )
+from service.screening.verdictlines import VerdictLines
 
 # How many processes screen a folder: a count (1: this process alone) or a pool started earlier.
 Workers = int | WorkerPool
@@ -213,16 +216,18 @@ class _Trial:
         title = f"Screening patients ({self.ruleset.id})" if self.folder else "Screening patients"
         advance = progress.task(title, len(screened)) if progress else None
 
-        def contracts() -> Iterator[dict[str, Any]]:
-            for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
-                verdict = evaluate_reporting(self.evaluator, patient_id, facts, as_of, issues)
-                summary.tally(verdict)
-                verdicts_by_patient.setdefault(patient_id, {})[self.ruleset.id] = verdict.verdict
-                yield verdict.as_contract(self.ruleset, as_of)
-                if advance is not None and (done % 256 == 0 or done == len(screened)):
-                    advance(done)
-
-        write_results(
-            self.ruleset, contracts(), as_of, self.outputs, subject_identifier_system, self.folder
+        files = ResultFiles(
+            self.ruleset, as_of, self.outputs, subject_identifier_system, self.folder
         )
+        lines = VerdictLines(self.ruleset, as_of)
+        trial_id = self.ruleset.id
+        for done, (patient_id, _patient, facts) in enumerate(collector.screened_patients(), 1):
+            verdict = evaluate_reporting(self.evaluator, patient_id, facts, as_of, issues)
+            line, ids = lines.line(verdict)
+            summary.count(verdict.verdict, ids)
+            verdicts_by_patient.setdefault(patient_id, {})[trial_id] = verdict.verdict
+            files.add(orjson.Fragment(line), patient_id, verdict.verdict)
+            if advance is not None and (done % 256 == 0 or done == len(screened)):
+                advance(done)
+        files.close()
         summary.evaluate_seconds = time.perf_counter() - started

@@ -8,12 +8,15 @@ orjson and handed to the mapper. Bad lines are reported with file and line and n
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from functools import lru_cache
 from typing import Any
+
+import orjson
 
 from service.mapping.mapper import Mapper, Record
 from service.mapping.resources import UnattributableResourceError, version_of
@@ -187,6 +190,15 @@ class PatientData:
         return by_fact, unreadable
 
 
+def _may_count(pattern: re.Pattern[bytes], resource: dict[str, Any]) -> bool:
+    """Whether the resource, as an NDJSON line, holds one of the codes of ``pattern``; one
+    that cannot be written as a line is looked at whole."""
+    try:
+        return pattern.search(orjson.dumps(resource)) is not None
+    except (orjson.JSONEncodeError, TypeError):
+        return True
+
+
 class Collector:
     """Feeds parsed resources through the mapper and groups the records by patient."""
 
@@ -309,15 +321,28 @@ class Collector:
             (version, updated, self._order, self.mapper.canonical_target(kept)),
         )
 
-    def read_resources(self, resources: Iterable[dict[str, Any]]) -> None:
-        """Resources already in memory; each is located in reports by its reference."""
+    def read_resources(
+        self, resources: Iterable[dict[str, Any]], *, as_lines: bool = False
+    ) -> None:
+        """Resources already in memory; each is located in reports by its reference.
+
+        ``as_lines``: each is skipped as an NDJSON line would be, when its type's mapping looks
+        for codes and none of them is in it (``Mapper.prefilters``): the verdicts are the same,
+        and a resource no rule reads costs its serialisation instead of its mapping (a CDS
+        Hooks prefetch holds every Observation of the patient)."""
         targets = self.mapper.join_targets
+        prefilters = self.mapper.prefilters if as_lines else {}
 
         def kind(resource: Any) -> Any:
             return resource.get("resourceType") if isinstance(resource, dict) else None
 
         for resource in sorted(resources, key=lambda r: kind(r) not in targets):
-            name = f"{kind(resource)}/{resource.get('id')}" if kind(resource) else "?"
+            rtype = kind(resource)
+            pattern = prefilters.get(rtype) if isinstance(rtype, str) else None
+            if pattern is not None and not _may_count(pattern, resource):
+                self.stats.skipped_prefilter += 1
+                continue
+            name = f"{rtype}/{resource.get('id')}" if rtype else "?"
             self.add_resource(resource, f"fhir:{name}", 0)
 
     def screened_patients(self) -> Iterator[tuple[str, Record, dict[str, Any]]]:

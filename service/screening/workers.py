@@ -22,8 +22,6 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from service.ndjson_files import MAX_LINE_BYTES
 from service.ruleset import loader
 from service.ruleset.engines import EngineName
@@ -45,7 +43,8 @@ from service.screening.source import (
     SourceNotes,
     add_copy,
 )
-from service.screening.tally import Counted, counted
+from service.screening.tally import Counted
+from service.screening.verdictlines import VerdictLines
 
 # A patient's place in one whole reading: (span, position among the span's patients).
 FirstSeen = tuple[int, int]
@@ -127,6 +126,7 @@ class Worker:
         self.reader = NdjsonReader(self.collectors, max_line)
         self._targets_from: Path | None = None
         self._evaluators: list[Evaluator] = []
+        self._lines: list[VerdictLines] = []
 
     # --- phase 1 --------------------------------------------------------------------------
 
@@ -232,15 +232,16 @@ class Worker:
     ) -> None:
         if not self._evaluators:
             self._evaluators = [Evaluator(rs, self.engine, memoize=True) for rs in self.rulesets]
-        evaluator, ruleset = self._evaluators[trial], self.rulesets[trial]
+            self._lines = [VerdictLines(rs, self.as_of) for rs in self.rulesets]
+        evaluator, lines = self._evaluators[trial], self._lines[trial]
         chunk: list[Evaluated] = []
         done = 0
         for patient_id, _patient, facts in collector.screened_patients():
             issues: list[InputIssue] = []
             log = IssueLog(sink=issues.append, keep=0)
             verdict = evaluate_reporting(evaluator, patient_id, facts, self.as_of, log)
-            line = orjson.dumps(verdict.as_contract(ruleset, self.as_of))
-            chunk.append((patient_id, verdict.verdict, counted(verdict), line, issues))
+            line, ids = lines.line(verdict)
+            chunk.append((patient_id, verdict.verdict, ids, line, issues))
             done += 1
             if len(chunk) == RESULTS_PER_CHUNK:
                 write_spill(path, chunk)

@@ -4,12 +4,14 @@ every replica shares the database), the cards returned, and the feedback clinici
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from service.state.models import CdsCard, CdsFeedback, CdsTokenUse
@@ -42,23 +44,44 @@ class UnknownCardsError(Exception):
         super().__init__(f"{len(self.uuids)} unknown card(s)")
 
 
+# Expired tokens (refused by their signature check anyway) are deleted at most this often.
+PRUNE_EVERY_SECONDS = 60.0
+
+
 def token_key(issuer: str, jti: str) -> str:
     # jti is unique per issuer only; hashing gives a fixed-length key whatever the EHR sends.
     return hashlib.sha256(f"{issuer}\x00{jti}".encode()).hexdigest()
 
 
 class CdsStore:
-    def __init__(self, store: Store) -> None:
+    """Kept by the service for its lifetime (it remembers when it last pruned old tokens)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self._clock = clock
+        self._pruned_at: float | None = None
+        self._pruning = threading.Lock()
+
+    def _prune_due(self) -> bool:
+        """Whether to delete the expired tokens now (it is noted that it was done)."""
+        with self._pruning:
+            moment = self._clock()
+            if self._pruned_at is not None and moment - self._pruned_at < PRUNE_EVERY_SECONDS:
+                return False
+            self._pruned_at = moment
+            return True
 
     def first_use(self, issuer: str, jti: str, expires_at: datetime) -> bool:
-        """Remember a token until it expires; False if it was presented before (a replay)."""
+        """Remember a token until it expires; False if it was presented before (a replay).
+
+        One INSERT, the unique key deciding: a clinician waits for it. Expired rows go at most
+        once a minute, in the same transaction."""
+        key = token_key(issuer, jti)
         try:
-            with self.store.session() as session:
-                # Expired tokens are refused by their signature check; their rows can go.
-                session.execute(delete(CdsTokenUse).where(CdsTokenUse.expires_at < now()))
-                session.add(CdsTokenUse(key=token_key(issuer, jti), expires_at=expires_at))
-                session.flush()
+            with self.store.writing() as connection:
+                if self._prune_due():
+                    connection.execute(delete(CdsTokenUse).where(CdsTokenUse.expires_at < now()))
+                connection.execute(insert(CdsTokenUse).values(key=key, expires_at=expires_at))
         except IntegrityError:
             return False
         return True
@@ -67,17 +90,18 @@ class CdsStore:
         if not cards:
             return
         stamp = now()
-        with self.store.session() as session:
-            session.add_all(
-                CdsCard(
-                    uuid=card.uuid,
-                    trial=card.trial,
-                    patient_id=card.patient_id,
-                    issuer=issuer,
-                    issued_at=stamp,
-                )
-                for card in cards
-            )
+        rows = [
+            {
+                "uuid": card.uuid,
+                "trial": card.trial,
+                "patient_id": card.patient_id,
+                "issuer": issuer,
+                "issued_at": stamp,
+            }
+            for card in cards
+        ]
+        with self.store.writing() as connection:
+            connection.execute(insert(CdsCard), rows)
 
     def record_feedback(self, issuer: str, reports: Sequence[FeedbackReport]) -> int:
         """Store the reports; how many were new (a report sent again is kept once). Nothing

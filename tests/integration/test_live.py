@@ -365,3 +365,36 @@ def test_a_type_the_server_refuses_is_never_an_exclusion(
     assert "ServiceRequest records are not available" in mine["criteria"]["treatment"]["reason"]
     issues = read_ndjson(tmp_path / "live" / "issues.ndjson")
     assert [i["kind"] for i in issues if "ServiceRequest" in i["message"]] == ["source-unavailable"]
+
+
+def test_a_portfolio_reads_the_server_once_for_all_its_trials(
+    fhir_server: Any, tmp_path: Path
+) -> None:
+    """Two trials on one reading: fewer requests than the two trials one after the other, and
+    each trial's files the same as its own run's."""
+    base = fhir_server.base_url
+    patients = []
+    for index in range(3):
+        pid = f"once{index}x{int(time.time() * 1000) % 10_000_000}"
+        patients.append(pid)
+        for resource in both_trials_patient(pid):
+            url = f"{base}/{resource['resourceType']}/{resource['id']}"
+            assert fhir_put(url, json=resource).status_code in (200, 201)
+    command = ["screen", "--as-of", "2026-06-15", "--no-progress", "--fhir-url", base]
+    command += ["--patients", ",".join(patients)]
+    runs = {}
+    for trials in ("relieve,ssrs", "relieve", "ssrs"):
+        out = tmp_path / trials.replace(",", "-")
+        assert main([*command, "--trial", trials, "--out", str(out)]) == 0
+        runs[trials] = out
+    portfolio = json.loads((runs["relieve,ssrs"] / "summary.json").read_text())["live"]
+    alone = {
+        trial: json.loads((runs[trial] / "summary.json").read_text())["live"]["requests"]
+        for trial in ("relieve", "ssrs")
+    }
+    assert portfolio["screened_patients"] == len(patients)
+    assert portfolio["requests"] < alone["relieve"] + alone["ssrs"]
+    for trial in ("relieve", "ssrs"):
+        for name in ("verdicts.ndjson", "ResearchSubject.ndjson", "issues.ndjson"):
+            together = (runs["relieve,ssrs"] / trial / name).read_bytes()
+            assert together == (runs[trial] / name).read_bytes(), (trial, name)

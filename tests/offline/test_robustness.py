@@ -200,7 +200,7 @@ def test_a_run_stopped_by_an_internal_error_leaves_the_previous_outputs(
     def broken(*_args: Any, **_kwargs: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(run, "write_results", broken)
+    monkeypatch.setattr(run, "ResultFiles", broken)  # the verdict files fail to open
     assert screen_cli("--source", str(SAMPLE_DIR), tmp_path) == 3
     after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert after == before  # no half-written or mixed files, no temporaries left behind

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import queue
 import random
 import re
@@ -378,3 +379,53 @@ def test_patients_spilled_in_parts_keep_the_order_one_reading_meets_them(
     in_file_order = [f"{json.loads(line)['id']}" for line in lines[:10]]
     assert sorted(first_seen[0], key=lambda pid: first_seen[0][pid]) == in_file_order
     assert [rank for _, rank in first_seen[0].values()] == list(range(10))
+
+
+# Run by a Python child that adopts orphans (PR_SET_CHILD_SUBREAPER): a process prescreen
+# started and left running when it exited becomes that child's own, whatever the timing, and
+# is counted when it ends.
+ORPHAN_COUNTER = """
+import ctypes, json, os, subprocess, sys, time
+PR_SET_CHILD_SUBREAPER = 36
+if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+    print(json.dumps({"skip": "prctl refused"}))
+    sys.exit(0)
+screen = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+code = screen.wait()
+orphans = 0
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    try:
+        pid, _status = os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        break  # no child left at all
+    if pid:
+        orphans += 1
+    else:
+        time.sleep(0.05)
+print(json.dumps({"code": code, "orphans": orphans}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self").exists(), reason="Linux only (PR_SET_CHILD_SUBREAPER)")
+def test_workers_are_all_joined_before_the_command_exits(tmp_path: Path) -> None:
+    """No helper process outlives ``prescreen screen --workers 2`` (multiprocessing's resource
+    tracker was left behind, a defunct process once its parent had gone)."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "service", "screen", "--trial", "relieve,ssrs"]
+    command += ["--source", str(SAMPLE_DIR), "--as-of", AS_OF, "--out", str(tmp_path / "out")]
+    command += ["--no-progress", "--workers", "2"]
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHAN_COUNTER, *command],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if "skip" in report:
+        pytest.skip(report["skip"])
+    assert report == {"code": 0, "orphans": 0}

@@ -408,13 +408,22 @@ def test_a_failed_prefetch_is_fetched_or_refused(
 
 
 class RecordingProxy:
-    """Forwards GETs to a FHIR server and records the paths asked for."""
+    """Forwards GETs to a FHIR server and records the paths asked for; refuses POSTs (a
+    server without batch), counting them."""
 
     def __init__(self, target: str) -> None:
         self.paths: list[str] = []
+        self.posts = 0
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                proxy.posts += 1
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(405)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_GET(self) -> None:
                 proxy.paths.append(self.path)
                 answer = fhir_get(target + self.path.removeprefix("/fhir"), timeout=60)
@@ -459,13 +468,20 @@ def test_only_what_the_prefetch_lacks_is_read(
             assert summaries(complete) == fetched
             assert proxy.types_read() == {"Medication"}
             assert all("_id=" in path for path in proxy.paths)
-            # One key failed: its type is searched (with the Patient), nothing else.
+            # One key failed: its type is searched (with the Patient), nothing else; the
+            # first time, after reading what the server declares (a batch: refused here).
             proxy.paths.clear()
             failure = {"resourceType": "OperationOutcome", "issue": [{"severity": "fatal"}]}
             broken = {**prefetch, "Condition": failure}
             partial = ehr.call(hook_request(patient, prefetch=broken, fhirServer=proxy.url))
             assert summaries(partial) == fetched
+            assert proxy.types_read() == {"metadata", "Condition", "Patient", "Medication"}
+            assert proxy.posts == 1  # the batch the CapabilityStatement offers, refused
+            proxy.paths.clear()
+            again = ehr.call(hook_request(patient, prefetch=broken, fhirServer=proxy.url))
+            assert summaries(again) == fetched
             assert proxy.types_read() == {"Condition", "Patient", "Medication"}
+            assert proxy.posts == 1  # remembered: plain searches from then on
     finally:
         proxy.close()
 
@@ -672,3 +688,57 @@ def test_a_search_the_server_refuses_leaves_its_criteria_unknown(
     detail = relieve_detail(answer)
     assert "**treatment**" in detail and "ServiceRequest records are not available" in detail
     assert any("ServiceRequest" in path for path in proxy.refused)
+
+
+def test_expired_tokens_are_deleted_at_most_once_a_minute(database_url: str) -> None:
+    """A call inserts its jti and nothing else, but once a minute the expired rows go."""
+    from datetime import timedelta
+
+    from sqlalchemy import select
+
+    from service.state.cds_hooks import PRUNE_EVERY_SECONDS
+    from service.state.models import CdsTokenUse
+    from service.state.store import migrate, now
+
+    migrate(database_url)
+    store = Store(database_url)
+    moment = [1000.0]
+    cds = CdsStore(store, clock=lambda: moment[0])
+
+    def expired(key: str) -> None:
+        with store.session() as session:
+            session.add(CdsTokenUse(key=key, expires_at=now() - timedelta(minutes=1)))
+
+    def keys() -> set[str]:
+        with store.session() as session:
+            return set(session.scalars(select(CdsTokenUse.key)))
+
+    try:
+        later = now() + timedelta(minutes=5)
+        expired("expired-1")
+        assert cds.first_use("https://ehr.example", "a", later)
+        assert "expired-1" not in keys()  # the first call prunes
+        expired("expired-2")
+        moment[0] += PRUNE_EVERY_SECONDS / 2
+        assert cds.first_use("https://ehr.example", "b", later)
+        assert "expired-2" in keys()  # not within the minute
+        moment[0] += PRUNE_EVERY_SECONDS
+        assert cds.first_use("https://ehr.example", "c", later)
+        assert "expired-2" not in keys()
+        assert not cds.first_use("https://ehr.example", "b", later)  # still a replay
+        assert len(keys()) == 3
+    finally:
+        store.close()
+
+
+def test_a_sqlite_state_keeps_a_write_ahead_log(tmp_path: Any) -> None:
+    """Commits append to a log instead of rewriting a journal: what each CDS Hooks call pays
+    twice while a clinician waits."""
+    from sqlalchemy import text
+
+    store = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        with store.engine.connect() as connection:
+            assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    finally:
+        store.close()

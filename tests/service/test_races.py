@@ -34,6 +34,7 @@ from service.fhir.writeback import WriteBack
 from service.ruleset.loader import RuleSet, load_ruleset
 from service.screening.live import LiveOptions, Selection, screen_server
 from service.settings import Settings
+from service.state.cds_hooks import CdsStore
 from service.state.models import Alert, Run
 from service.state.store import CandidateChange, Store, migrate, now
 from tests.conftest import MAPPINGS_DIR, RULES_DIR, SAMPLE_DIR
@@ -754,3 +755,26 @@ def test_a_delivered_alert_whose_outcome_could_not_be_written_at_once_is_not_sen
         assert alert.state == "sent"
     finally:
         store.close()
+
+
+def test_a_cds_token_presented_to_two_replicas_at_once_is_accepted_once(
+    database_url: str,
+) -> None:
+    first, second = migrated_store(database_url), Store(database_url)
+    try:
+        expires = now() + timedelta(minutes=5)
+        # Each call opens its transaction with the prune of expired tokens, then inserts.
+        meet = MeetBefore(first.engine, "DELETE FROM cds_token_uses")
+        event.listen(second.engine, "before_cursor_execute", meet._hook)
+        try:
+            with meet:
+                results = race(
+                    lambda: CdsStore(first).first_use("https://ehr.example", "one-jti", expires),
+                    lambda: CdsStore(second).first_use("https://ehr.example", "one-jti", expires),
+                )
+        finally:
+            event.remove(second.engine, "before_cursor_execute", meet._hook)
+        assert sorted(results) == [False, True]  # one accepted, the replay refused, no error
+    finally:
+        first.close()
+        second.close()
