@@ -322,6 +322,7 @@ class Store:
                     result=verdict,
                     as_of=as_of,
                     updated_at=stamp,
+                    screened_at=stamp,
                 )
                 .on_conflict_do_nothing(index_elements=["trial", "patient_id"])
                 .returning(Candidate.id)
@@ -337,7 +338,12 @@ class Store:
                 update(Candidate)
                 .where(*key)
                 .values(
-                    verdict=outcome, status=status, result=verdict, as_of=as_of, updated_at=stamp
+                    verdict=outcome,
+                    status=status,
+                    result=verdict,
+                    as_of=as_of,
+                    updated_at=stamp,
+                    screened_at=stamp,
                 )
             )
             return CandidateChange(trial, patient_id, previous, outcome)

@@ -23,7 +23,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from service.settings import Settings
 from service.state.signin import SignInPolicy
 from service.state.worklist import DRAFT_HOURS
-from service.ui import auth, pages
+from service.ui import audit_page, auth, overview_pages, pages, research_page
 from service.ui.evidence import Displays
 from service.ui.passwords import PasswordChecker
 
@@ -85,6 +85,9 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
         longest_wait_seconds=settings.sign_in_longest_wait_seconds,
     )
     ui.include_router(pages.router)
+    ui.include_router(overview_pages.router)
+    ui.include_router(audit_page.router)
+    ui.include_router(research_page.router)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @ui.exception_handler(auth.NotSignedInError)
