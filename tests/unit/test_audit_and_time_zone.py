@@ -4,7 +4,9 @@ in, and criterion results coloured by what they mean for eligibility."""
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -12,6 +14,7 @@ from pydantic import ValidationError
 
 from service.cli import main
 from service.fhir.auditevent import Access, audit_event
+from service.ruleset.loader import RuleSet
 from service.settings import Settings
 from service.ui.pages import result_class
 from service.ui.times import shown_time
@@ -120,3 +123,38 @@ def test_results_are_coloured_by_what_they_mean_for_eligibility() -> None:
     assert result_class("inclusion", "not_met") == "result-rules-out"
     assert result_class("exclusion", "met") == "result-rules-out"
     assert result_class("exclusion", "unknown") == "result-open"
+
+
+def test_the_feasibility_page_reads_the_report_the_command_wrote(
+    relieve: RuleSet, tmp_path: Path
+) -> None:
+    from collections import Counter
+    from datetime import date
+
+    from fastapi import HTTPException
+
+    from service.screening.feasibility import Counts, TrialCounts, months
+    from service.screening.feasibility_report import publish
+    from service.screening.funnel import attrition
+    from service.ui.research_page import _from_file
+
+    periods = months(date(2026, 5, 1), date(2026, 6, 15))
+    first = relieve.criteria[0]
+    lines = [{"verdict": "candidate", "criteria": {}}] * 3
+    lines += [{"verdict": "ineligible", "criteria": {first.id: {"result": "not_met"}}}] * 40
+    funnel = attrition([(c.id, c.kind, c.text) for c in relieve.criteria], lines)
+    counts = Counts(
+        date(2026, 5, 1),
+        date(2026, 6, 15),
+        periods,
+        [TrialCounts(relieve, Counter({"candidate": 3, "ineligible": 40}), funnel, [1, 2])],
+        "NDJSON folder",
+    )
+    report = publish(counts)
+    (tmp_path / "feasibility.json").write_text(json.dumps(report.as_json()))
+    assert _from_file(tmp_path) == report  # the folder, or the file itself
+    assert _from_file(tmp_path / "feasibility.json").trials[0].verdicts["candidate"].shown == "<5"
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(HTTPException) as refused:
+        _from_file(tmp_path / "broken.json")
+    assert refused.value.status_code == 503
