@@ -53,6 +53,8 @@ async def get_audit(
     auth.require(request, "audit")
     if patient and not is_fhir_id(patient):
         raise HTTPException(422, "'patient' must be a FHIR id")
+    if "\x00" in user:
+        raise HTTPException(422, "'user' must not hold a NUL character")
     log = AuditLog(request.app.state.service.store.engine)
     page = await asyncio.to_thread(
         log.page, user_name=user, patient_id=patient, action=action, offset=offset, limit=limit

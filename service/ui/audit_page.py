@@ -16,6 +16,7 @@ from service.ui.pages import _person, _service, render
 
 router = APIRouter()
 AUDIT_PAGE_SIZE = 50
+LAST_PAGE = 1_000_000  # past it, the offset would outgrow the database's integers
 ACTION_LABELS = {
     "view": "Viewed the patient page",
     "decision": "Recorded a decision",
@@ -45,7 +46,8 @@ def _detail_text(action: str, detail: dict[str, Any]) -> str:
 async def audit_page(request: Request) -> Response:
     person = await _administrator(request)
     params = request.query_params
-    user = params.get("user", "").strip()[:128]
+    # A NUL character is in no name (and PostgreSQL refuses it).
+    user = params.get("user", "").replace("\x00", "").strip()[:128]
     patient = params.get("patient", "").strip()[:64]
     action = params.get("action", "")
     problems = []
@@ -56,7 +58,7 @@ async def audit_page(request: Request) -> Response:
         problems.append("A patient is named by its FHIR id (letters, digits, '-' and '.').")
         patient = ""
     try:
-        number = max(1, int(params.get("page", "1")))
+        number = min(max(1, int(params.get("page", "1"))), LAST_PAGE)
     except ValueError:
         number = 1
     log = AuditLog(_service(request).store.engine)

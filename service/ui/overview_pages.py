@@ -162,7 +162,7 @@ async def excluded(request: Request, trial: str, step: str) -> Response:
     if ruleset is None or (criterion is None and step != CANDIDATES):
         raise HTTPException(404, "No such step in this trial's funnel.")
     try:
-        number = max(1, int(request.query_params.get("page", "1")))
+        number = min(max(1, int(request.query_params.get("page", "1"))), 1_000_000)
     except ValueError:
         number = 1
     more = OverviewStore(_service(request).store.engine)

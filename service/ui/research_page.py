@@ -24,7 +24,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 
 from service.screening.feasibility import Counts, TrialCounts, default_start, months
 from service.screening.feasibility_files import VERDICT_LABELS, measure_report, report_csv
-from service.screening.feasibility_report import FeasibilityReport, publish
+from service.screening.feasibility_report import VERDICT_CELLS, FeasibilityReport, publish
 from service.screening.funnel import attrition
 from service.state.overview import OverviewStore
 from service.ui import auth
@@ -32,6 +32,11 @@ from service.ui.pages import _person, _service, _settings, _store, _today, rende
 
 router = APIRouter()
 WORKLIST_SOURCE = "the worklist's latest results"
+INCONSISTENT = (
+    "The worklist's results do not add up under the rule sets served now (screened by an older "
+    "version?): screen the patients again, or show a report written by `prescreen "
+    "feasibility` (PRESCREEN_FEASIBILITY_REPORT)."
+)
 
 
 async def _counter(request: Request) -> auth.Person:
@@ -70,8 +75,10 @@ def _from_worklist(request: Request, today: date) -> FeasibilityReport:
             trial: str = trial, verdicts: Counter[str] = verdicts
         ) -> Iterator[dict[str, Any]]:
             for line in store.results_of(trial):
-                verdicts[str(line.get("verdict"))] += 1
-                yield line
+                verdict = str(line.get("verdict"))
+                if verdict in VERDICT_CELLS:  # a result without a verdict is no count
+                    verdicts[verdict] += 1
+                    yield line
 
         funnel = attrition([(c.id, c.kind, c.text) for c in ruleset.criteria], lines())
         per_month = Counter(f"{at:%Y-%m}" for at in more.candidates_first_flagged(trial))
@@ -79,7 +86,10 @@ def _from_worklist(request: Request, today: date) -> FeasibilityReport:
             TrialCounts(ruleset, verdicts, funnel, [per_month.get(m.label, 0) for m in periods])
         )
     counts = Counts(periods[0].end.replace(day=1), today, periods, trials, WORKLIST_SOURCE)
-    return publish(counts, service.settings.feasibility_suppress_below)
+    try:
+        return publish(counts, service.settings.feasibility_suppress_below)
+    except ValueError as exc:  # rows screened by an older rule set than the one served now
+        raise HTTPException(409, INCONSISTENT) from exc
 
 
 async def _report(request: Request) -> FeasibilityReport:
@@ -92,7 +102,12 @@ async def _report(request: Request) -> FeasibilityReport:
 @router.get("/feasibility", name="feasibility")
 async def feasibility(request: Request) -> Response:
     person = await _counter(request)
-    report = await _report(request)
+    try:
+        report: FeasibilityReport | None = await _report(request)
+    except HTTPException as refused:
+        if refused.status_code != 409:
+            raise
+        report = None  # said on the page, which still offers its way out
     titles = {
         trial: {c.id: c.title for c in ruleset.criteria}
         for trial, ruleset in _service(request).rulesets.items()
@@ -107,6 +122,7 @@ async def feasibility(request: Request) -> Response:
         verdict_labels=VERDICT_LABELS,
         from_file=_settings(request).feasibility_report is not None,
         worklist_source=WORKLIST_SOURCE,
+        problem="" if report is not None else INCONSISTENT,
     )
 
 
