@@ -83,8 +83,21 @@ class OverviewStore:
         with self._session() as session:
             return int(session.scalar(select(func.count(func.distinct(Candidate.patient_id)))) or 0)
 
-    def screened(self, trial: str) -> Iterator[ScreenedPatient]:
-        """Every screened patient of a trial, with who they are, a thousand rows at a time."""
+    def results(self, trial: str) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(patient id, verdict, verdict line) of every screened patient of a trial, by patient
+        id, a thousand rows at a time."""
+        with self._session() as session:
+            rows = session.execute(
+                select(Candidate.patient_id, Candidate.verdict, Candidate.result)
+                .where(Candidate.trial == trial)
+                .order_by(Candidate.patient_id)
+                .execution_options(yield_per=1000)
+            )
+            for pid, verdict, result in rows:
+                yield pid, verdict, result or {}
+
+    def screened(self, trial: str, patient_ids: list[str]) -> list[ScreenedPatient]:
+        """These patients of a trial, with who they are, by patient id."""
         with self._session() as session:
             rows = session.execute(
                 select(
@@ -96,12 +109,13 @@ class OverviewStore:
                     PatientRecord,
                 )
                 .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
-                .where(Candidate.trial == trial)
+                .where(Candidate.trial == trial, Candidate.patient_id.in_(patient_ids))
                 .order_by(Candidate.patient_id)
-                .execution_options(yield_per=1000)
             )
-            for cid, pid, status, verdict, result, details in rows:
-                yield ScreenedPatient(cid, pid, status, verdict, result or {}, details)
+            return [
+                ScreenedPatient(cid, pid, status, verdict, result or {}, details)
+                for cid, pid, status, verdict, result, details in rows
+            ]
 
     def candidates_first_flagged(self, trial: str) -> list[datetime]:
         """For each of today's candidates of a trial: when it was first a candidate (its

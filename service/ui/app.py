@@ -77,7 +77,11 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
     ui.state.templates = templates
     ui.state.displays = Displays.load(settings.mappings_dir)
     ui.state.oauth = _oauth_client(settings)
+    # Kept until a trial's rows change: its funnel, whom each step ruled out, the feasibility
+    # counts of the worklist.
     ui.state.funnels = {}
+    ui.state.ruled_out = {}
+    ui.state.feasibility = {}
     ui.state.passwords = PasswordChecker(settings.password_hash_concurrency)
     ui.state.sign_in_policy = SignInPolicy(
         failures_allowed=settings.sign_in_failures_allowed,

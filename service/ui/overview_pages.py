@@ -16,7 +16,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from service.api.decisions import DECLINED, NOT_REACHED
 from service.ruleset.loader import RuleSet
 from service.screening.funnel import rules_out
-from service.state.overview import OverviewStore, ScreenedPatient, SourceSize
+from service.state.overview import OverviewStore, SourceSize
 from service.ui.funnel import CANDIDATES, FunnelRow, Step, attrition, funnel_rows
 from service.ui.pages import (
     _patient_path,
@@ -135,15 +135,37 @@ async def overview(request: Request) -> Response:
 # --- the patients a step ruled out ---------------------------------------------------------
 
 
-def ruled_out_at(ruleset: RuleSet, patient: ScreenedPatient) -> str | None:
+def ruled_out_at(ruleset: RuleSet, verdict: str, line: dict[str, Any]) -> str | None:
     """The funnel step that ruled the patient out: the first criterion that does, in the rule
     set's order; ``candidates`` for a patient none rules out who is not a candidate; None for a
     candidate."""
-    found = patient.result.get("criteria") or {}
+    found = line.get("criteria") or {}
     for criterion in ruleset.criteria:
         if rules_out(criterion.kind, (found.get(criterion.id) or {}).get("result")):
             return criterion.id
-    return None if patient.verdict == "candidate" else CANDIDATES
+    return None if verdict == "candidate" else CANDIDATES
+
+
+async def _ruled_out(request: Request, trial: str, ruleset: RuleSet) -> dict[str | None, list[str]]:
+    """{step: the patient ids it ruled out, in id order}; like the funnel, recomputed only when
+    the trial's rows changed."""
+    store = _store(request)
+    fingerprint = await asyncio.to_thread(store.trial_fingerprint, trial)
+    cache: dict[str, tuple[Any, dict[str | None, list[str]]]] = request.app.state.ruled_out
+    cached = cache.get(trial)
+    if cached and cached[0] == fingerprint:
+        return cached[1]
+    more = OverviewStore(_service(request).store.engine)
+
+    def read() -> dict[str | None, list[str]]:
+        steps: dict[str | None, list[str]] = {}
+        for pid, verdict, line in more.results(trial):
+            steps.setdefault(ruled_out_at(ruleset, verdict, line), []).append(pid)
+        return steps
+
+    steps = await asyncio.to_thread(read)
+    cache[trial] = (fingerprint, steps)
+    return steps
 
 
 @dataclass(frozen=True)
@@ -165,17 +187,15 @@ async def excluded(request: Request, trial: str, step: str) -> Response:
         number = min(max(1, int(request.query_params.get("page", "1"))), 1_000_000)
     except ValueError:
         number = 1
-    more = OverviewStore(_service(request).store.engine)
-
-    def read() -> list[ScreenedPatient]:
-        return [p for p in more.screened(trial) if ruled_out_at(ruleset, p) == step]
-
-    found = await asyncio.to_thread(read)
+    found = (await _ruled_out(request, trial, ruleset)).get(step, [])
     pages = max(1, math.ceil(len(found) / EXCLUDED_PAGE_SIZE))
     number = min(number, pages)
+    shown = found[(number - 1) * EXCLUDED_PAGE_SIZE : number * EXCLUDED_PAGE_SIZE]
+    more = OverviewStore(_service(request).store.engine)
+    patients = await asyncio.to_thread(more.screened, trial, shown) if shown else []
     today = _today()
     lines = []
-    for patient in found[(number - 1) * EXCLUDED_PAGE_SIZE : number * EXCLUDED_PAGE_SIZE]:
+    for patient in patients:
         criteria = patient.result.get("criteria") or {}
         if criterion is not None:
             reason = str((criteria.get(step) or {}).get("reason", ""))

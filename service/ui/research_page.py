@@ -96,7 +96,23 @@ async def _report(request: Request) -> FeasibilityReport:
     path = _settings(request).feasibility_report
     if path is not None:
         return await asyncio.to_thread(_from_file, path)
-    return await asyncio.to_thread(_from_worklist, request, _today())
+    # Counted again only when a trial's rows changed, or on another day.
+    store = _store(request)
+    today = _today()
+    key = (
+        today,
+        *[
+            await asyncio.to_thread(store.trial_fingerprint, trial)
+            for trial in _service(request).rulesets
+        ],
+    )
+    cache: dict[str, tuple[Any, FeasibilityReport]] = request.app.state.feasibility
+    cached = cache.get("worklist")
+    if cached and cached[0] == key:
+        return cached[1]
+    report = await asyncio.to_thread(_from_worklist, request, today)
+    cache["worklist"] = (key, report)
+    return report
 
 
 @router.get("/feasibility", name="feasibility")
