@@ -203,6 +203,7 @@ def _overview_asks(browser: httpx.Client) -> list[tuple[str, str, Any]]:
 def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
     """Every request of the list, timed, as the worklist stands now."""
     rows: list[dict[str, Any]] = []
+    load = os.getloadavg()[0]
     with (
         _signed_in(url) as browser,
         httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60) as api,
@@ -269,6 +270,7 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
                     "met": "yes" if median < TARGETS[kind] else "NO",
                     "log_rows": lines,
                     "bytes": len(answer.content),
+                    "load_1m": load,
                 }
             )
             print(f"  {what}: median {median * 1000:.0f} ms, max {slowest * 1000:.0f} ms")
@@ -325,7 +327,12 @@ def report(rows: list[dict[str, Any]]) -> None:
         f"{WARM_UP} to warm up), over HTTP on 127.0.0.1, SQLite; targets: 0.3 s a page, "
         "2 s the screening log of every row.",
         "The patient page reads its evidence and ResearchSubjects from the FHIR server on every "
-        "request.",
+        "request. The overview, the patients of a funnel step and the feasibility page keep what "
+        "they counted until a trial's rows change: timed after their first view.",
+        "Load of the machine (1-minute load average, 2 cores shared with other work) when each "
+        "phase's pages were timed: "
+        + ", ".join(sorted({f"{r['screened']}: {r['load_1m']:.1f}" for r in rows}))
+        + ".",
     ]
 
     def plot(axes: Any) -> None:
