@@ -5,14 +5,22 @@ source's patients and last screening a population run leaves."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from typing import Any
 
+import httpx
+import pytest
 from sqlalchemy import update
 
 from service.state.audit import FAILED, GIVE_UP_AFTER, PENDING, SENT, AuditLog, retry_wait
 from service.state.models import AccessEvent, Run
 from service.state.overview import OverviewStore
 from service.state.store import Store, migrate, now
+from tests.integration.servers import SekmetServer, free_port
+from tests.service.conftest import Helpers, running_service, service_settings, wait_for
+
+AUDITOR = "auditor-key"
 
 
 def test_accesses_are_read_back_newest_first_by_person_patient_and_action(
@@ -107,3 +115,33 @@ def test_the_source_of_a_finished_run_and_the_last_screening(database_url: str) 
         assert screened_at <= now() and overview.distinct_patients() == 2
     finally:
         store.close()
+
+
+@pytest.mark.integration
+def test_the_service_sends_its_audit_to_the_fhir_server_in_the_background(
+    sekmet: SekmetServer, helpers: Helpers, database_url: str
+) -> None:
+    port = free_port()
+    settings = service_settings(sekmet, helpers, database_url, port, audit_to_fhir=True)
+    keys = json.loads(settings.api_keys) | {"auditor": {"key": AUDITOR, "scopes": ["audit"]}}
+    settings = settings.model_copy(update={"api_keys": json.dumps(keys)})
+    with running_service(settings, port) as running:
+        with running.client() as engine:
+            assert engine.get("/candidates.csv", params={"trial": "relieve"}).status_code == 200
+            assert engine.get("/audit").status_code == 403  # the scope is the auditor's
+        with running.client(AUDITOR) as auditor:
+            assert auditor.get("/audit", params={"patient": "not a FHIR id"}).status_code == 422
+
+            def sent() -> Any:
+                (entry,) = auditor.get("/audit", params={"action": "export"}).json()["entries"]
+                return entry if entry["audit_event"]["state"] == "sent" else None
+
+            entry = wait_for(sent, 120)
+    assert entry["user"] == "engine" and entry["via"] == "api"
+    assert entry["detail"]["filters"]["trial"] == "relieve"
+    event = httpx.get(
+        f"{sekmet.base_url}/AuditEvent/{entry['audit_event']['id']}",
+        headers={"Accept": "application/fhir+json"},
+        timeout=60,
+    ).json()
+    assert event["action"] == "E" and event["agent"][0]["who"]["display"] == "engine"
