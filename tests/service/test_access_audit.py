@@ -145,3 +145,28 @@ def test_the_service_sends_its_audit_to_the_fhir_server_in_the_background(
         timeout=60,
     ).json()
     assert event["action"] == "E" and event["agent"][0]["who"]["display"] == "engine"
+
+
+def test_migration_0007_goes_down_and_up_keeping_the_verdict_history(database_url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import func, select
+
+    from service.state.models import VerdictEvent
+    from service.state.store import MIGRATIONS
+
+    migrate(database_url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", database_url)
+    command.downgrade(config, "0006")
+    command.upgrade(config, "head")
+    store = Store(database_url)
+    try:
+        verdict = {"patient": "Patient/a", "verdict": "candidate", "criteria": {}}
+        store.upsert_candidate("relieve", verdict, "2026-06-15")
+        with store.session() as session:  # written by the triggers of migration 0004
+            assert session.scalar(select(func.count()).select_from(VerdictEvent)) == 1
+        assert AuditLog(store.engine).record("carol", "view", "ui", patient_id="a") > 0
+    finally:
+        store.close()

@@ -33,11 +33,11 @@ def upgrade() -> None:
     op.create_index("ix_access_audit_user_name", "access_audit", ["user_name"])
     op.create_index("ix_access_audit_patient_id", "access_audit", ["patient_id"])
     op.create_index("ix_access_audit_fhir_state", "access_audit", ["fhir_state"])
-    with op.batch_alter_table("candidates") as batch:
-        batch.add_column(sa.Column("screened_at", sa.DateTime(), nullable=True))
+    op.add_column("candidates", sa.Column("screened_at", sa.DateTime(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("candidates") as batch:
-        batch.drop_column("screened_at")
+    # Not a batch: on SQLite that copies the table and loses its verdict-history triggers
+    # (0004); SQLite drops a column itself since 3.35.
+    op.execute("ALTER TABLE candidates DROP COLUMN screened_at")
     op.drop_table("access_audit")
