@@ -14,7 +14,9 @@ to warm up:
 - a search by MRN and by part of a name (POST, as the page sends it);
 - the patient page of a patient flagged for both trials (evidence read from the FHIR server);
 - the screening log of every row (``/ui/worklist.csv?status=any``) and the API's
-  (``/candidates.csv?status=any``).
+  (``/candidates.csv?status=any``);
+- the overview after its first view, the list of the patients its largest funnel step ruled
+  out, the feasibility page (counted from the worklist) and the access audit's first page.
 
 Each row keeps the median and the slowest of ``--repeat`` requests (wall time at the client,
 over HTTP on the loopback). Writes ``benchmarks/results/worklist.json``, ``.md``, ``.png``.
@@ -70,12 +72,13 @@ def _load(base_url: str, folder: Path) -> float:
 def _serve(
     work: Path, fhir_url: str, port: int, ndjson_root: Path
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``prescreen serve`` with a coordinator signed up; returns the process and its URL."""
+    """``prescreen serve`` with a coordinator (and administrator) signed up; returns the
+    process and its URL."""
     from tests.integration.servers import started, wait_until_up
     from tests.ui.harness import add_person
 
     database = f"sqlite:///{work / 'prescreen.db'}"
-    add_person(database, USER, "coordinator", password=PASSWORD)
+    add_person(database, USER, "coordinator,admin", password=PASSWORD)
     env = {
         **os.environ,
         "PRESCREEN_DATABASE_URL": database,
@@ -179,9 +182,28 @@ def _examples(api: httpx.Client) -> tuple[str, str, str]:
     return both[0].removeprefix("Patient/"), row["mrn"], row["name"].split(",")[0]
 
 
+def _overview_asks(browser: httpx.Client) -> list[tuple[str, str, Any]]:
+    """The overview (after the first: its funnels are kept until the rows change), the list
+    behind its largest funnel step, the feasibility page and the access audit."""
+    overview = browser.get("/ui/").text
+    steps = re.findall(r'href="(/ui/overview/[^"]+)" aria-label="(\d+) patient', overview)
+    widest, count = max(steps, key=lambda step: int(step[1]))
+    return [
+        ("overview (after the first)", "page", lambda: browser.get("/ui/")),
+        (
+            f"patients a funnel step ruled out ({int(count):,})",
+            "page",
+            lambda: browser.get(widest),
+        ),
+        ("feasibility page", "page", lambda: browser.get("/ui/feasibility")),
+        ("access audit, first page", "page", lambda: browser.get("/ui/audit")),
+    ]
+
+
 def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
     """Every request of the list, timed, as the worklist stands now."""
     rows: list[dict[str, Any]] = []
+    load = os.getloadavg()[0]
     with (
         _signed_in(url) as browser,
         httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=60) as api,
@@ -232,6 +254,7 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
                 lambda: api.get("/candidates.csv", params={"status": "any"}),
             ),
         ]
+        asks += _overview_asks(browser)
         for what, kind, ask in asks:
             median, slowest, answer = _timed(ask, repeat)
             lines = answer.text.count("\n") - 1 if kind == "log" else None
@@ -247,6 +270,7 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
                     "met": "yes" if median < TARGETS[kind] else "NO",
                     "log_rows": lines,
                     "bytes": len(answer.content),
+                    "load_1m": load,
                 }
             )
             print(f"  {what}: median {median * 1000:.0f} ms, max {slowest * 1000:.0f} ms")
@@ -303,7 +327,12 @@ def report(rows: list[dict[str, Any]]) -> None:
         f"{WARM_UP} to warm up), over HTTP on 127.0.0.1, SQLite; targets: 0.3 s a page, "
         "2 s the screening log of every row.",
         "The patient page reads its evidence and ResearchSubjects from the FHIR server on every "
-        "request.",
+        "request. The overview, the patients of a funnel step and the feasibility page keep what "
+        "they counted until a trial's rows change: timed after their first view.",
+        "Load of the machine (1-minute load average, 2 cores shared with other work) when each "
+        "phase's pages were timed: "
+        + ", ".join(sorted({f"{r['screened']}: {r['load_1m']:.1f}" for r in rows}))
+        + ".",
     ]
 
     def plot(axes: Any) -> None:

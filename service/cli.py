@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.markup import escape
 
 from service import synth_cli, web_cli
@@ -84,6 +85,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNUSABLE
     except PrescreenError as exc:
         console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
+        return EXIT_UNUSABLE
+    except ValidationError as exc:
+        if exc.title != "Settings":
+            raise
+        # A setting refused at start: its name and why, never the value (it may be a secret).
+        for refused in exc.errors(include_input=False, include_url=False):
+            name = "PRESCREEN_" + "_".join(str(part) for part in refused["loc"]).upper()
+            message = str(refused["msg"]).removeprefix("Value error, ")
+            console.print(f"[red]error:[/] {name}: {escape(message)}", highlight=False)
         return EXIT_UNUSABLE
     except Exception as exc:
         # No traceback and no message text by default: either could quote patient data.

@@ -8,8 +8,9 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.ndjson_files import BLOCK_BYTES, MAX_LINE_BYTES
@@ -288,6 +289,40 @@ class Settings(BaseSettings):
         description="password checks (Argon2id, 64 MiB each) run at the same time, on threads "
         "of their own; more sign-ins wait their turn",
     )
+
+    time_zone: str = Field(
+        default="UTC",
+        description="IANA time zone the web worklist shows times in (Europe/Zurich, "
+        "America/New_York…); the database keeps UTC",
+    )
+    audit_to_fhir: bool = Field(
+        default=False,
+        description="also send the access audit to the FHIR server as AuditEvents (IHE Basic "
+        "Audit Log Patterns), in the background with retries; the write-back scopes then "
+        "include AuditEvent",
+    )
+    feasibility_report: Path | None = Field(
+        default=None,
+        description="a feasibility.json written by `prescreen feasibility` (or its folder): "
+        "the research page shows it; unset, the page counts the worklist's latest results",
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        name = value.strip()
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{name!r} is not an IANA time zone name "
+                "(such as UTC, Europe/Zurich or America/New_York)"
+            ) from None
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.time_zone)
 
 
 @lru_cache(maxsize=1)

@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from service import catalog
 from service.alerts import Alerter, AlertSettings
-from service.api import cds, routes
+from service.api import audit_routes, cds, routes
 from service.api.engine import ScreeningService
 from service.api.guard import Authenticate, RequestGuard, is_public
 from service.api.security import Authenticator, JwksWarmup
@@ -202,5 +202,6 @@ def create_api(settings: Settings) -> FastAPI:
         )
 
     app.include_router(routes.router)
+    app.include_router(audit_routes.router)
     app.include_router(cds.router)
     return app

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from service.alerts import Alerter
+from service.api.audit import send_due
 from service.api.folders import OUTSIDE_ROOTS, files_within_roots
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
@@ -31,11 +32,20 @@ from service.screening.ndjson import read_folder
 from service.screening.run import folder_notes
 from service.screening.source import InputIssue, IssueLog, SourceNotes
 from service.settings import Settings
+from service.state.audit import AuditLog
 from service.state.cds_hooks import CdsStore
 from service.state.leases import Lease, LeaseLostError, kept
 from service.state.store import Store
 
 log = logging.getLogger(__name__)
+
+
+def write_permissions(settings: Settings) -> dict[str, str]:
+    """What the service writes; with the audit sent to the FHIR server, AuditEvents too (each
+    with PUT under its own id: create, and update when a try is made again)."""
+    if settings.audit_to_fhir:
+        return {**WRITE_PERMISSIONS, "AuditEvent": "cu"}
+    return WRITE_PERMISSIONS
 
 
 @dataclass
@@ -83,7 +93,7 @@ class ScreeningService:
                 read_types = {t for r in self.rulesets.values() for t in r.mapper.resource_types}
                 # The service may write subjects back (an API screening asks for it per call).
                 self._client = await connect(
-                    self.settings, read_types=read_types, writes=WRITE_PERMISSIONS
+                    self.settings, read_types=read_types, writes=write_permissions(self.settings)
                 )
             return self._client
 
@@ -384,6 +394,12 @@ class ScreeningService:
                 await asyncio.to_thread(self.store.queue, trial, set(patient_ids), 10.0)
         return screened
 
+    async def send_audit(self) -> int:
+        """The access audit's AuditEvents that are due (PRESCREEN_AUDIT_TO_FHIR)."""
+        return await send_due(
+            AuditLog(self.store.engine), await self.client(), self.settings.public_url or ""
+        )
+
     async def background(self) -> None:
         """The debounce loop, retries of alerts that could not be delivered, and runs left by
         a replica that stopped renewing its lease."""
@@ -396,6 +412,8 @@ class ScreeningService:
                     await self.alerter.retry_unsent()
                 if ticks % 20 == 0:
                     await self.resume_runs()
+                if self.settings.audit_to_fhir and ticks % 4 == 0:
+                    await self.send_audit()
             except Exception as exc:
                 log.warning("background loop: %s", error_kind(exc))
             await asyncio.sleep(0.5)

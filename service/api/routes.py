@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.api.audit import record_access
 from service.api.decisions import (
     DECISIONS,
     DecisionConflictError,
@@ -37,6 +38,7 @@ from service.api.screening_log import file_name, write_log
 from service.api.security import Authenticator
 from service.errors import FhirServerError, error_kind
 from service.fhir.ids import FHIR_ID, is_fhir_id
+from service.state.audit import DECISION, EXPORT, AuditLog
 from service.state.worklist import FLAGGED, WorklistFilters, WorklistStore
 
 router = APIRouter()
@@ -50,6 +52,30 @@ def _service(request: Request) -> ScreeningService:
 def _auth(request: Request) -> Authenticator:
     auth: Authenticator = request.app.state.auth
     return auth
+
+
+async def _audit(
+    request: Request,
+    who: str,
+    action: str,
+    *,
+    patient_id: str = "",
+    trial: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Into the access audit (service.state.audit), as done through the API."""
+    service = _service(request)
+    await record_access(
+        request,
+        AuditLog(service.store.engine),
+        service.settings,
+        who,
+        action,
+        "api",
+        patient_id=patient_id,
+        trial=trial,
+        detail=detail,
+    )
 
 
 def _trial(service: ScreeningService, trial: str) -> None:
@@ -388,6 +414,12 @@ async def get_screening_log(
     await asyncio.to_thread(
         store.record_export, principal.name, "api", asked | {"sort": sort}, len(rows)
     )
+    await _audit(
+        request,
+        principal.name,
+        EXPORT,
+        detail={"filters": asked | {"sort": sort}, "rows": len(rows)},
+    )
     today = datetime.now(UTC).date().isoformat()
     return Response(
         body,
@@ -446,6 +478,15 @@ async def post_decision(
         )
     except DecisionError as error:
         raise HTTPException(error.status, error.message) from error
+    decided = await asyncio.to_thread(_service(request).store.candidate, candidate_id)
+    await _audit(
+        request,
+        principal.name,
+        DECISION,
+        patient_id=decided.patient_id if decided else "",
+        trial=decided.trial if decided else "",
+        detail={"status": outcome.status},
+    )
     return JSONResponse(
         {
             "id": outcome.candidate_id,

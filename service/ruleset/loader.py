@@ -72,6 +72,7 @@ class Criterion:
     # The facts it reads, directly or through derived values: a lost source or an unreadable
     # record feeding one of them may leave it undecided (service/ruleset/gaps.py).
     reads: frozenset[str] = frozenset()
+    title: str = ""  # short, for charts and lists; the id when the rule file gives none
 
     @property
     def possible_results(self) -> frozenset[Result]:
@@ -358,7 +359,14 @@ def load_ruleset(
         if criterion.manual:
             criteria.append(
                 Criterion(
-                    criterion.id, criterion.kind, criterion.text, True, criterion.reason, (), ""
+                    criterion.id,
+                    criterion.kind,
+                    criterion.text,
+                    True,
+                    criterion.reason,
+                    (),
+                    "",
+                    title=criterion.title or criterion.id,
                 )
             )
         else:
@@ -375,6 +383,7 @@ def load_ruleset(
                     source,
                     components,
                     _facts_read([cel for _, cel, _guard in components], fact_names, facts_of),
+                    title=criterion.title or criterion.id,
                 )
             )
     if check.problems:

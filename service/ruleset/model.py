@@ -132,6 +132,12 @@ class CriterionDoc(_Strict):
         description="inclusion (not_met makes a patient ineligible) or exclusion (met does)"
     )
     text: str = Field(description="the criterion as the trial states it")
+    title: str = Field(
+        default="",
+        max_length=60,
+        description="a short name for charts and lists (the overview's funnel); empty: the "
+        "criterion's id",
+    )
     manual: bool = Field(
         default=False,
         description="decided by a clinician: always unknown, and no bar to a candidate verdict",

@@ -144,6 +144,7 @@ EXAMPLES: dict[tuple[type[BaseModel], str], Any] = {
     (CriterionDoc, "id"): "pain-nrs",
     (CriterionDoc, "kind"): "inclusion",
     (CriterionDoc, "text"): "At least one type of the pain experienced has an NRS > 4 of 10",
+    (CriterionDoc, "title"): "Pain score (NRS)",
     (CriterionDoc, "manual"): True,
     (CriterionDoc, "reason"): "requires clinician review",
     (CriterionDoc, "note"): "the spec leaves ties open: either score decides",

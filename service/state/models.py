@@ -63,6 +63,8 @@ class Candidate(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     as_of: Mapped[str] = mapped_column(String(10))
     updated_at: Mapped[datetime] = mapped_column(DateTime())
+    # When the rules last ran for it (migration 0007; a decision moves updated_at, not this).
+    screened_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
 
 
 class Alert(Base):
@@ -252,6 +254,35 @@ class ExportRecord(Base):
     filters: Mapped[dict[str, Any]] = mapped_column(JSON)
     rows: Mapped[int] = mapped_column(Integer, default=0)
     exported_at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+
+
+# --- the access audit (migration 0007) ---------------------------------------------------------
+
+
+class AccessEvent(Base):
+    """One access to patient data: a patient page viewed, a decision recorded, a list exported.
+    Who (the person or API client), when, what (the patient, or the filters of an export), from
+    which client address and through which door; and, when the audit is also sent to the FHIR
+    server as an AuditEvent, where that stands (``fhir_state``: "" not sent there, pending,
+    sent, failed after the last try; tries, the next try's time and the last error's kind)."""
+
+    __tablename__ = "access_audit"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(), index=True)
+    user_name: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # view | decision | export
+    via: Mapped[str] = mapped_column(String(8))  # ui | api
+    patient_id: Mapped[str] = mapped_column(String(64), default="", index=True)
+    trial: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)  # filters, status decided, rows
+    client_address: Mapped[str] = mapped_column(String(64), default="")
+    fhir_state: Mapped[str] = mapped_column(String(8), default="", index=True)
+    fhir_tries: Mapped[int] = mapped_column(Integer, default=0)
+    fhir_next_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    fhir_error: Mapped[str] = mapped_column(String(64), default="")  # an error kind, no message
+    # The AuditEvent's id on the FHIR server (written with PUT: a retry never duplicates it).
+    uuid: Mapped[str] = mapped_column(String(36), unique=True)
 
 
 # --- CDS Hooks (migration 0002) -----------------------------------------------------------------

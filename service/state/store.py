@@ -385,6 +385,7 @@ class Store:
                     result=verdict,
                     as_of=as_of,
                     updated_at=stamp,
+                    screened_at=stamp,
                 )
                 .on_conflict_do_nothing(index_elements=["trial", "patient_id"])
                 .returning(Candidate.id)
@@ -400,7 +401,12 @@ class Store:
                 update(Candidate)
                 .where(*key)
                 .values(
-                    verdict=outcome, status=status, result=verdict, as_of=as_of, updated_at=stamp
+                    verdict=outcome,
+                    status=status,
+                    result=verdict,
+                    as_of=as_of,
+                    updated_at=stamp,
+                    screened_at=stamp,
                 )
             )
             return CandidateChange(trial, patient_id, previous, outcome)

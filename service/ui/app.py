@@ -23,7 +23,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from service.settings import Settings
 from service.state.signin import SignInPolicy
 from service.state.worklist import DRAFT_HOURS
-from service.ui import auth, pages
+from service.ui import audit_page, auth, overview_pages, pages, research_page
 from service.ui.evidence import Displays
 from service.ui.passwords import PasswordChecker
 
@@ -77,7 +77,11 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
     ui.state.templates = templates
     ui.state.displays = Displays.load(settings.mappings_dir)
     ui.state.oauth = _oauth_client(settings)
+    # Kept until a trial's rows change: its funnel, whom each step ruled out, the feasibility
+    # counts of the worklist.
     ui.state.funnels = {}
+    ui.state.ruled_out = {}
+    ui.state.feasibility = {}
     ui.state.passwords = PasswordChecker(settings.password_hash_concurrency)
     ui.state.sign_in_policy = SignInPolicy(
         failures_allowed=settings.sign_in_failures_allowed,
@@ -85,6 +89,9 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
         longest_wait_seconds=settings.sign_in_longest_wait_seconds,
     )
     ui.include_router(pages.router)
+    ui.include_router(overview_pages.router)
+    ui.include_router(audit_page.router)
+    ui.include_router(research_page.router)
     ui.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @ui.exception_handler(auth.NotSignedInError)

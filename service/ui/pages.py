@@ -10,14 +10,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.responses import RedirectResponse
-from markupsafe import Markup
 
+from service.api.audit import record_access
 from service.api.decisions import (
-    DECLINED,
-    NOT_REACHED,
     DecisionConflictError,
     DecisionError,
     find_subject,
@@ -29,7 +28,9 @@ from service.errors import FhirServerError, error_kind
 from service.fhir.ids import is_fhir_id
 from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
+from service.screening.funnel import rules_out
 from service.settings import Settings
+from service.state.audit import DECISION, EXPORT, VIEW, AuditLog
 from service.state.models import Candidate
 from service.state.signin import SignInLimits, address_key, name_key
 from service.state.worklist import (
@@ -41,10 +42,10 @@ from service.state.worklist import (
 )
 from service.ui import auth, drafts
 from service.ui.evidence import Displays, Evidence, read_evidence, unavailable
-from service.ui.funnel import Step, attrition, funnel_svg
 from service.ui.passwords import PasswordChecker
 from service.ui.people import Who, who
 from service.ui.query import WorklistQuery, read_worklist_query
+from service.ui.times import formatter, shown_time
 from service.ui.vocabulary import (
     DECISION_CHOICES,
     STATUS_LABELS,
@@ -96,6 +97,29 @@ async def _reader_of_patients(request: Request) -> auth.Person:
     return person
 
 
+async def audit(
+    request: Request,
+    person: auth.Person,
+    action: str,
+    *,
+    patient_id: str = "",
+    trial: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Into the access audit: this person viewed, decided or exported (service.state.audit)."""
+    await record_access(
+        request,
+        AuditLog(_service(request).store.engine),
+        _settings(request),
+        person.name,
+        action,
+        "ui",
+        patient_id=patient_id,
+        trial=trial,
+        detail=detail,
+    )
+
+
 def render(
     request: Request,
     template: str,
@@ -111,7 +135,11 @@ def render(
             "csrf_token": auth.csrf_token(request),
             "mode": _settings(request).ui_mode,
             "status_label": status_label,
+            "result_class": result_class,
             **context,
+            # Times in the configured zone, whatever a handler passed.
+            "when": formatter(_settings(request).zone),
+            "zone_name": _settings(request).time_zone,
         },
         status_code=status_code,
     )
@@ -125,7 +153,16 @@ def _text(value: Any) -> str:
 
 
 def when(value: datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M UTC") if value else ""
+    """UTC, for what has no request at hand; pages show times with ``render``'s ``when``."""
+    return shown_time(value, ZoneInfo("UTC"))
+
+
+def result_class(kind: str, result: str) -> str:
+    """A criterion's result coloured by what it means for eligibility: an inclusion met or an
+    exclusion not met is favourable, the opposite rules the patient out, unknown is open."""
+    if result == "unknown" or kind not in ("inclusion", "exclusion"):
+        return "result-open"
+    return "result-rules-out" if rules_out(kind, result) else "result-favourable"
 
 
 def _today() -> Any:
@@ -136,74 +173,6 @@ def _patient_path(request: Request, patient_id: str, trial: str) -> str:
     return (
         request.url_for("patient", patient_id=patient_id).path + "?" + urlencode({"trial": trial})
     )
-
-
-# --- overview -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrialOverview:
-    id: str
-    acronym: str
-    title: str
-    nct_id: str
-    counts: list[tuple[str, int]]
-    apart: list[tuple[str, int]]  # of the ineligible: declined, could not be reached
-    steps: list[Step]
-    chart: Markup
-
-
-def _criteria_of(ruleset: RuleSet) -> list[tuple[str, str, str]]:
-    return [(c.id, c.kind, c.text) for c in ruleset.criteria]
-
-
-async def _funnel(request: Request, trial: str, ruleset: RuleSet) -> list[Step]:
-    """Recomputed only when the trial's rows changed (count or latest update)."""
-    store = _store(request)
-    fingerprint = await asyncio.to_thread(store.trial_fingerprint, trial)
-    cache: dict[str, tuple[Any, list[Step]]] = request.app.state.funnels
-    cached = cache.get(trial)
-    if cached and cached[0] == fingerprint:
-        return cached[1]
-    steps = await asyncio.to_thread(
-        lambda: attrition(_criteria_of(ruleset), store.results_of(trial))
-    )
-    cache[trial] = (fingerprint, steps)
-    return steps
-
-
-@router.get("/", name="overview")
-async def overview(request: Request) -> Response:
-    person = await _person(request)
-    service = _service(request)
-    store = _store(request)
-    counts = await asyncio.to_thread(store.status_counts)
-    reasons = await asyncio.to_thread(store.ineligible_reasons)
-    trials = []
-    for trial, ruleset in service.rulesets.items():
-        steps = await _funnel(request, trial, ruleset)
-        by_status = counts.get(trial, {})
-        ordered = [(s, by_status[s]) for s in STATUS_LABELS if s in by_status]
-        ordered += sorted((s, n) for s, n in by_status.items() if s not in STATUS_LABELS)
-        by_reason = reasons.get(trial, {})
-        apart = [
-            (label, by_reason[reason])
-            for label, reason in (("declined", DECLINED), ("could not be reached", NOT_REACHED))
-            if by_reason.get(reason)
-        ]
-        trials.append(
-            TrialOverview(
-                trial,
-                ruleset.trial.acronym,
-                ruleset.trial.title,
-                ruleset.trial.nct_id,
-                ordered,
-                apart,
-                steps,
-                funnel_svg(steps, f"{ruleset.trial.acronym}: attrition", f"funnel-{trial}"),
-            )
-        )
-    return render(request, "overview.html", person, trials=trials, page="overview")
 
 
 # --- worklist -----------------------------------------------------------------------------------
@@ -332,6 +301,7 @@ async def worklist_csv(request: Request) -> Response:
     studies = {t: r.trial.nct_id for t, r in _service(request).rulesets.items()}
     body = await asyncio.to_thread(write_log, rows, studies)
     await asyncio.to_thread(store.record_export, person.name, "ui", query.params(), len(rows))
+    await audit(request, person, EXPORT, detail={"filters": query.params(), "rows": len(rows)})
     return Response(
         body,
         media_type="text/csv; charset=utf-8",
@@ -602,14 +572,20 @@ async def patient(request: Request, patient_id: str, trial: str = "") -> Respons
     person = await _reader_of_patients(request)
     if not is_fhir_id(patient_id):
         raise HTTPException(404, "No screening result for this patient.")
+    await audit(request, person, VIEW, patient_id=patient_id, trial=trial)
     return await _patient_page(request, person, patient_id, trial)
 
 
-def _conflict_text(conflict: DecisionConflictError) -> str:
+def sent_status(status: str) -> dict[str, str]:
+    return {"status": status}
+
+
+def _conflict_text(conflict: DecisionConflictError, zone: ZoneInfo) -> str:
     theirs = status_label(conflict.current_status)
     last = conflict.last_decision
     if last is not None and last.status == conflict.current_status:
-        who_did = f"{last.decided_by or API_CLIENT} recorded “{theirs}” at {when(last.decided_at)}"
+        at = shown_time(last.decided_at, zone)
+        who_did = f"{last.decided_by or API_CLIENT} recorded “{theirs}” at {at}"
     else:
         who_did = f"The status was changed to “{theirs}” on the FHIR server"
     return (
@@ -735,7 +711,7 @@ async def decide(request: Request, patient_id: str) -> Response:
             note=note,
         )
     except DecisionConflictError as conflict:
-        feedback = Feedback(_conflict_text(conflict), "error", sent)
+        feedback = Feedback(_conflict_text(conflict, _settings(request).zone), "error", sent)
         return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 409)
     except DecisionError as error:
         feedback = Feedback(f"Not saved: {error.message}.", "error", sent, expected or "")
@@ -751,6 +727,9 @@ async def decide(request: Request, patient_id: str) -> Response:
             expected or "",
         )
         return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 502)
+    await audit(
+        request, person, DECISION, patient_id=patient_id, trial=trial, detail=sent_status(status)
+    )
     await drafts.drop(request, store, person.name, patient_id, trial)
     request.session[auth.FLASH] = {
         "trial": trial,

@@ -69,7 +69,7 @@ def site(sekmet: SekmetServer, helpers: Helpers, database_url: str) -> Iterator[
     store = Store(database_url)
     try:
         WorklistStore(store.engine).save_user(
-            "fuzz", Access.of(["coordinator"]), hash_password(PASSWORD)
+            "fuzz", Access.of(["coordinator", "admin"]), hash_password(PASSWORD)
         )
         for number, verdict in enumerate(("candidate", "potential-candidate", "ineligible")):
             line = {
@@ -157,16 +157,42 @@ def test_every_ui_route_with_generated_queries_and_forms_answers_no_5xx(site: Si
     @given(
         params=query("next", "code", "state", "error"),
         path=st.sampled_from(
-            ["/ui/", "/ui/login", "/ui/login/oidc", "/ui/auth/callback", "/ui/signed-out"]
+            [
+                "/ui/",
+                "/ui/login",
+                "/ui/login/oidc",
+                "/ui/auth/callback",
+                "/ui/signed-out",
+                "/ui/feasibility",
+                "/ui/feasibility.csv",
+                "/ui/feasibility/MeasureReport.json",
+            ]
         ),
     )
     def pages(params: dict[str, str], path: str) -> None:
+        no_5xx(client.get(path, params=params))
+
+    @FUZZ
+    @given(params=query("user", "patient", "action", "page"))
+    def audit(params: dict[str, str]) -> None:
+        no_5xx(client.get("/ui/audit", params=params))
+
+    @FUZZ
+    @given(
+        trial=st.one_of(st.just("relieve"), anything.filter(bool)),
+        step=st.one_of(st.sampled_from(["alive", "candidates"]), anything.filter(bool)),
+        params=query("page"),
+    )
+    def excluded(trial: str, step: str, params: dict[str, str]) -> None:
+        path = f"/ui/overview/{quote(trial, safe='')}/excluded/{quote(step, safe='')}"
         no_5xx(client.get(path, params=params))
 
     worklist()
     patient_page()
     decision()
     pages()
+    audit()
+    excluded()
 
 
 def test_anonymous_sign_in_and_out_with_generated_forms_answer_no_5xx(site: Site) -> None:

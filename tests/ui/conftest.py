@@ -34,7 +34,7 @@ ROLES_CLAIM = "prescreen_roles"
 # People at the identity provider. carol and dora are coordinators because `prescreen users add`
 # made them so, linked to their accounts; victor is a viewer by his roles claim; nora has no
 # access to prescreen at all. mallory's account claims carol's name (and a viewer role); olga
-# was added before accounts were linked (by name only); rita does research.
+# was added before accounts were linked (by name only); rita does research; ada administers.
 IDP_USERS = [
     User(sub="carol-sub", claims={"preferred_username": "carol", "name": "Carol C"}),
     User(sub="dora-sub", claims={"preferred_username": "dora", "name": "Dora D"}),
@@ -43,6 +43,7 @@ IDP_USERS = [
     User(sub="mallory-sub", claims={"preferred_username": "carol", ROLES_CLAIM: ["viewer"]}),
     User(sub="olga-sub", claims={"preferred_username": "olga"}),
     User(sub="rita-sub", claims={"preferred_username": "rita", ROLES_CLAIM: ["research"]}),
+    User(sub="ada-sub", claims={"preferred_username": "ada", ROLES_CLAIM: ["admin"]}),
 ]
 
 

@@ -163,7 +163,12 @@ def run_api(url: str, trial: str, patients: Sequence[str] = ()) -> dict[str, Any
 
 def api_keys() -> str:
     return json.dumps(
-        {"ui-tests": {"key": API_KEY, "scopes": ["screen", "runs", "candidates", "decide"]}}
+        {
+            "ui-tests": {
+                "key": API_KEY,
+                "scopes": ["screen", "runs", "candidates", "decide", "audit"],
+            }
+        }
     )
 
 

@@ -9,7 +9,6 @@ import csv
 import io
 import threading
 import time
-import xml.etree.ElementTree as ET
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from service.ui.auth import (
     safe_next,
 )
 from service.ui.evidence import Displays, summarise
-from service.ui.funnel import attrition, funnel_svg
+from service.ui.funnel import attrition, funnel_rows
 from service.ui.passwords import PasswordChecker, hash_password, verify_password
 from service.ui.people import who
 from service.ui.query import LAST_PAGE, read_worklist_query
@@ -79,24 +78,40 @@ def test_funnel_keeps_unknowns_in_and_drops_each_patient_at_the_first_criterion_
     assert steps[3].text == "not excluded: No other pain"
 
 
-def test_funnel_svg_is_labelled_and_shows_every_number() -> None:
-    steps = attrition(
-        CRITERIA, [line("candidate", alive="met", age="met", other_pain="not_met")] * 4
+def test_funnel_rows_start_at_the_source_name_criteria_by_title_and_link_what_they_ruled_out(
+    relieve: RuleSet,
+) -> None:
+    first, second = relieve.criteria[0], relieve.criteria[1]
+    criteria = [(c.id, c.kind, c.text) for c in relieve.criteria[:2]]
+    results = [
+        {"verdict": "candidate", "criteria": {first.id: {"result": "met"}}},
+        {"verdict": "ineligible", "criteria": {first.id: {"result": "not_met"}}},
+        {"verdict": "ineligible", "criteria": {second.id: {"result": "not_met"}}},
+        {"verdict": "potential-candidate", "criteria": {second.id: {"result": "unknown"}}},
+    ]
+    steps = attrition(criteria, results)
+    rows = funnel_rows(
+        list(relieve.criteria[:2]), steps, (10, "patients in the NDJSON folder"), "/x/{}".format
     )
-    svg = funnel_svg(steps, "RELIEVE <attrition>", "f1")
-    root = ET.fromstring(str(svg))
-    assert root.get("role") == "img" and root.get("aria-labelledby") == "f1-title f1-desc"
-    namespace = "{http://www.w3.org/2000/svg}"
-    assert root.find(f"{namespace}title").text == "RELIEVE <attrition>"  # type: ignore[union-attr]
-    texts = [t.text for t in root.iter(f"{namespace}text")]
-    assert texts[:2] == ["screened", "4"] and "4 (100%)" in texts
-    assert len(list(root.iter(f"{namespace}rect"))) == len(steps)
+    assert [(r.key, r.title, r.count, r.ruled_out) for r in rows] == [
+        ("source", "In the source", 10, None),
+        ("screened", "Screened", 4, None),
+        (first.id, first.title, 3, 1),
+        (second.id, second.title, 2, 1),
+        ("candidates", "Candidates", 1, 1),
+    ]
+    assert first.title != first.id and rows[0].width == 100.0 and rows[1].width == 40.0
+    assert [r.link for r in rows] == ["", "", f"/x/{first.id}", f"/x/{second.id}", "/x/candidates"]
+    # Counts only: no links for a role that sees no patients; no source before a run.
+    counts_only = funnel_rows(list(relieve.criteria[:2]), steps, None, None)
+    assert counts_only[0].key == "screened" and not any(r.link for r in counts_only)
 
 
 def test_funnel_of_a_trial_nobody_was_screened_for() -> None:
     steps = attrition(CRITERIA, [])
     assert all(s.count == 0 for s in steps)
-    ET.fromstring(str(funnel_svg(steps, "empty", "f2")))
+    rows = funnel_rows([], steps, None, "/x/{}".format)
+    assert [r.width for r in rows] == [0.0] * len(rows) and not any(r.link for r in rows)
 
 
 @pytest.fixture(scope="module")
