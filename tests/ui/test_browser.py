@@ -510,7 +510,7 @@ def test_bad_query_values_show_the_worklist_with_a_plain_message(browser: Any, s
         ("page=abc", "The page number must be a whole number"),
         ("page=999&status=any", "Page 999 is past the end (1 page): showing the last page."),
         ("page=9223372036854775807", "is past the end"),
-        ("trial=%00", "That trial is not served here"),
+        ("trial=nope", "That trial is not served here"),
         ("status=x&sort=y", "That status is not one the worklist knows"),
         ("since=tomorrow", "must be a date"),
     ):
@@ -518,6 +518,10 @@ def test_bad_query_values_show_the_worklist_with_a_plain_message(browser: Any, s
         assert answer is not None and answer.status == 200, query
         expect(page.get_by_role("alert").first).to_be_visible()
         expect(page.locator("#results")).to_contain_text(message)
+    # A NUL character is refused before any page (the request guard): a plain sentence, no 500.
+    answer = page.goto(f"{site.url}/ui/worklist?trial=%00")
+    assert answer is not None and answer.status == 400
+    expect(page.locator("body")).to_contain_text("holds a NUL character")
     page.goto(f"{site.url}/ui/worklist?page=999&status=any")
     expect(page.get_by_role("navigation", name="Pages")).to_contain_text("Page 1 of 1")
     expect(page.locator("table.worklist tbody tr")).to_have_count(len(IDENTITIES))
