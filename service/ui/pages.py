@@ -1037,8 +1037,9 @@ async def _follow_up_target(
 
 def _done(request: Request, patient_id: str, trial: str, text: str) -> Response:
     request.session[auth.FLASH] = {"trial": trial, "part": "follow", "text": text}
-    target = _patient_path(request, patient_id, trial) + f"#follow-{trial}"
-    return RedirectResponse(target, status_code=303)
+    # No fragment: a page opened at a fragment gives no element the focus, and the notice
+    # (autofocus) takes it, which brings it into view.
+    return RedirectResponse(_patient_path(request, patient_id, trial), status_code=303)
 
 
 async def _follow_refused(

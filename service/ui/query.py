@@ -13,7 +13,8 @@ from service.ui.vocabulary import OPEN_STATUSES
 
 LONGEST_VALUE = 100  # characters of a value worth reading; a longer one is not a filter
 LAST_PAGE = 10**6  # a page number beyond any worklist: asked for, it is the last page
-PAGE_SIZES = (25, 50, 100, 200)  # rows a page may hold: bounded, so a page stays quick
+PAGE_SIZES = (10, 25, 50, 100, 200)  # rows a page may hold: bounded, so a page stays quick
+DEFAULT_SIZE = 25
 SHOWS = ("new", "changed", "either")
 WHOSE = ("mine", "unassigned")
 # Orders of earlier versions' links: newest or oldest flagged first.
@@ -31,7 +32,7 @@ class WorklistQuery:
     review: str = ""  # "1": only rows a person flagged for review
     sort: str = "flagged"
     dir: str = "desc"
-    size: int = PAGE_SIZES[0]
+    size: int = DEFAULT_SIZE
     page: int = 1
     problems: list[str] = field(default_factory=list)
 
@@ -74,7 +75,7 @@ class WorklistQuery:
             "review": self.review,
             "sort": self.sort,
             "dir": self.dir,
-            "size": str(self.size) if self.size != PAGE_SIZES[0] else "",
+            "size": str(self.size) if self.size != DEFAULT_SIZE else "",
         }
         return {key: value for key, value in values.items() if value}
 
@@ -151,7 +152,7 @@ def read_worklist_query(
         query.size = int(size)
     elif size:
         choices = ", ".join(str(s) for s in PAGE_SIZES)
-        query.problems.append(f"A page holds {choices} rows: showing {PAGE_SIZES[0]}.")
+        query.problems.append(f"A page holds {choices} rows: showing {DEFAULT_SIZE}.")
     page = _clean(params.get("page", "1")) or "1"
     if page.isascii() and page.isdigit():
         query.page = max(1, min(int(page), LAST_PAGE))
