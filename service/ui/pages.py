@@ -434,13 +434,15 @@ async def worklist_bulk(request: Request) -> Response:
     note = _text(form.get("note")).strip()[: NOTE_MAX * 2]
     outcome = BulkOutcome(status, values={"status": status, "reason": reason, "note": note})
     try:
-        shown_at: datetime | None = datetime.fromisoformat(_text(form.get("shown_at")))
+        shown_at: datetime | None = datetime.fromisoformat(_text(form.get("shown_at"))[:40])
     except ValueError:
         shown_at = None
+    if shown_at is not None and shown_at.tzinfo is not None:  # times are kept in naive UTC
+        shown_at = shown_at.astimezone(UTC).replace(tzinfo=None)
     picked: dict[int, str] = {}
     for value in form.getlist("row"):
         cid, _, shown = _text(value).partition(":")
-        if cid.isascii() and cid.isdigit() and shown:
+        if cid.isascii() and cid.isdigit() and len(cid) <= 12 and shown:
             picked.setdefault(int(cid), shown[:32])
     reasons = _reasons(request)
     if not picked:
