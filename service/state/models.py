@@ -63,6 +63,8 @@ class Candidate(Base):
     result: Mapped[dict[str, Any]] = mapped_column(JSON)
     as_of: Mapped[str] = mapped_column(String(10))
     updated_at: Mapped[datetime] = mapped_column(DateTime())
+    # Criteria of the result still unknown (clinician review included): the worklist sorts by it.
+    unknown_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Alert(Base):

@@ -86,6 +86,14 @@ class CandidateChange:
     current: str
 
 
+def unknown_criteria(verdict: dict[str, Any]) -> int:
+    """The criteria of a verdict line still unknown (kept with the row for sorting)."""
+    criteria = verdict.get("criteria")
+    if not isinstance(criteria, dict):
+        return 0
+    return sum(1 for c in criteria.values() if isinstance(c, dict) and c.get("result") == "unknown")
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -308,6 +316,7 @@ class Store:
         patient_id = verdict["patient"].removeprefix("Patient/")
         outcome = verdict["verdict"]
         stamp = now()
+        unknown = unknown_criteria(verdict)
         key = (Candidate.trial == trial, Candidate.patient_id == patient_id)
         with self.session() as session:
             if details is not None:
@@ -322,6 +331,7 @@ class Store:
                     result=verdict,
                     as_of=as_of,
                     updated_at=stamp,
+                    unknown_count=unknown,
                 )
                 .on_conflict_do_nothing(index_elements=["trial", "patient_id"])
                 .returning(Candidate.id)
@@ -337,7 +347,12 @@ class Store:
                 update(Candidate)
                 .where(*key)
                 .values(
-                    verdict=outcome, status=status, result=verdict, as_of=as_of, updated_at=stamp
+                    verdict=outcome,
+                    status=status,
+                    result=verdict,
+                    as_of=as_of,
+                    updated_at=stamp,
+                    unknown_count=unknown,
                 )
             )
             return CandidateChange(trial, patient_id, previous, outcome)

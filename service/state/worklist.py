@@ -24,7 +24,6 @@ from sqlalchemy import (
     exists,
     func,
     literal,
-    literal_column,
     or_,
     select,
     union_all,
@@ -512,20 +511,6 @@ class WorklistStore:
 
     # --- the worklist ---------------------------------------------------------------------------
 
-    def _to_check(self) -> Any:
-        """The criteria of a row's verdict still unknown (for clinician review included), in
-        SQL: the number the worklist and the patient page show, and sort by."""
-        if self.engine.dialect.name == "postgresql":
-            return literal_column(
-                "(CASE WHEN json_typeof(candidates.result -> 'criteria') = 'object' THEN "
-                "(SELECT count(*) FROM json_each(candidates.result -> 'criteria') AS c "
-                "WHERE c.value ->> 'result' = 'unknown') ELSE 0 END)"
-            )
-        return literal_column(
-            "(SELECT count(*) FROM json_each(candidates.result, '$.criteria') AS c "
-            "WHERE json_extract(c.value, '$.result') = 'unknown')"
-        )
-
     def _selection(self, user_name: str, filters: WorklistFilters) -> Any:
         """The candidates the filters keep, with when each was flagged and whether it is new or
         changed for this person: a callable that completes a SELECT with the joins and the
@@ -648,7 +633,7 @@ class WorklistStore:
         elif sort == "status":
             keys = [way(ranked(STATUS_ORDER, Candidate.status)), way(Candidate.status)]
         elif sort == "to_check":
-            keys = [way(self._to_check())]
+            keys = [way(Candidate.unknown_count)]
         elif sort == "change":
             keys = [way(case((is_new, 0), (is_changed, 1), else_=2))]
         elif sort == "assignee":

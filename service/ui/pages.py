@@ -609,6 +609,7 @@ class DecisionView:
     focus: bool = False  # the feedback takes the keyboard focus (it answers a submission)
     sign_in: str = ""  # the sign-in link, when the session had ended
     confirm: str = ""  # leaving Enrolled for this status waits for the person to confirm it
+    shown_status: str = ""  # the worklist status the form was shown with
 
 
 @dataclass
@@ -799,6 +800,7 @@ async def _patient_page(
             )
         )
         panel = panels[-1]
+        panel.decision.shown_status = row.status
         sent = (follow_feedback or {}).get(row.trial)
         if sent is not None:
             panel.notice, panel.notice_kind, panel.values = sent.text, sent.kind, sent.values
@@ -863,6 +865,7 @@ def _sent(form: Any) -> dict[str, str]:
         "note": text("note").strip()[: NOTE_MAX * 2],
         "expected_version": text("expected_version")[:64],
         "confirm": text("confirm")[:32],
+        "shown_status": text("shown_status")[:32],
     }
 
 
@@ -958,7 +961,10 @@ async def decide(request: Request, patient_id: str) -> Response:
     if problem:
         feedback = Feedback(problem, "error", sent, expected or "")
         return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 422)
-    if row.status == ENROLLED and status != ENROLLED and sent["confirm"] != status:
+    # Asked when the page showed Enrolled: if someone else enrolled the patient meanwhile, the
+    # decision path reports that instead (nothing is written over it).
+    shown = sent["shown_status"] or row.status
+    if shown == ENROLLED and status != ENROLLED and sent["confirm"] != status:
         # Leaving Enrolled is rarely meant: the server asks first (no script needed).
         label = status_label(status)
         ask = Feedback(

@@ -273,6 +273,7 @@ def test_a_stale_decision_shows_the_other_decision(browser: Any, site: Site) -> 
         assert decided.status_code == 200
     carol = first.locator("#trial-relieve")
     carol.get_by_role("radio", name="Withdrawn").check()
+    carol.get_by_label("Reason for Withdrawn (required for it)").select_option("Withdrew consent")
     carol.get_by_role("button", name="Record decision").click()
     expect(first.locator("#trial-relieve").get_by_role("alert")).to_contain_text("“Enrolled”")
     assert subject_status(site, patient) == "on-study"
@@ -284,7 +285,7 @@ def _decide(page: Page, status: str, reason: str = "", note: str = "") -> None:
     block = page.locator("#decision-relieve")
     block.get_by_role("radio", name=status, exact=True).check()
     if reason:
-        block.get_by_label("Reason for Ineligible (required for it)").select_option(reason)
+        block.get_by_label(f"Reason for {status} (required for it)").select_option(reason)
     if note:
         block.get_by_label("Note (optional)").fill(note)
     block.get_by_role("button", name="Record decision").click()
@@ -605,7 +606,7 @@ def test_every_page_and_state_passes_axe_at_laptop_tablet_and_phone_widths(
         rows = api.get("/candidates", params={"trial": "relieve"}).json()["candidates"]
         row = next(r for r in rows if r["patient"] == f"Patient/{decided}")
         assert api.post(f"/candidates/{row['id']}/decision", json={"status": "eligible"}).is_success
-    _decide(page, "Withdrawn", note="after a conflict")
+    _decide(page, "Withdrawn", "Withdrew consent", note="after a conflict")
     expect(page.locator("#notice-relieve")).to_contain_text("Not saved: ui-tests recorded")
     expect(page.locator("#decision-relieve").get_by_role("radio", name="Withdrawn")).to_be_checked()
     expect(page.locator("#decision-relieve").get_by_label("Note (optional)")).to_have_value(

@@ -453,3 +453,31 @@ def test_sorting_filters_and_follow_up(stores: tuple[Store, WorklistStore]) -> N
     assert flagged["review_reason"] == "Clinician judgement" and flagged["verdict"] == "ineligible"
     worklist.flag_for_review(ids["c"], "bob", "", "", clear=True)
     assert order(review_only=True) == []
+
+
+def test_migration_0007_counts_the_unknown_criteria_of_rows_already_screened(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    """Rows screened before 0007 get their count of unknown criteria (in SQL, per database);
+    down to 0006 and up again leaves the schema whole."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.state.store import MIGRATIONS
+
+    store, worklist = stores
+    store.upsert_candidate("relieve", verdict("a", "candidate", x="unknown", y="unknown"), "d")
+    store.upsert_candidate("relieve", verdict("b", "candidate", x="met"), "d")
+    assert row(store, "a").unknown_count == 2
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", store.engine.url.render_as_string(False))
+    store.engine.dispose()
+    command.downgrade(config, "0006")
+    command.upgrade(config, "head")
+    assert (row(store, "a").unknown_count, row(store, "b").unknown_count) == (2, 0)
+    everything = WorklistFilters(trials=[], statuses=[], sort="to_check")
+    assert [r.candidate.patient_id for r in worklist.page("ann", everything, 0, 9).rows] == [
+        "a",
+        "b",
+    ]

@@ -1,6 +1,7 @@
 """Web worklist follow-up: who a row is assigned to, its follow-up date, a person's flag for
 review of a patient the rules exclude, and what people did besides decisions (notes,
-assignments, dates, flags); indexes for sorting and filtering the worklist."""
+assignments, dates, flags); each row's count of criteria left to check, and indexes for sorting
+and filtering the worklist."""
 
 import sqlalchemy as sa
 from alembic import op
@@ -35,6 +36,25 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(), nullable=False),
     )
     op.create_index("ix_activities_candidate_id_at", "activities", ["candidate_id", "at"])
+    # The criteria still unknown of each row, kept with it: the worklist sorts by this number
+    # without reading every row's verdict line.
+    op.add_column(
+        "candidates",
+        sa.Column("unknown_count", sa.Integer, nullable=False, server_default="0"),
+    )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(
+            "UPDATE candidates SET unknown_count = (SELECT count(*) FROM "
+            "json_each(result -> 'criteria') AS c WHERE c.value ->> 'result' = 'unknown') "
+            "WHERE json_typeof(result -> 'criteria') = 'object'"
+        )
+    else:
+        op.execute(
+            "UPDATE candidates SET unknown_count = (SELECT count(*) FROM "
+            "json_each(candidates.result, '$.criteria') AS c "
+            "WHERE json_extract(c.value, '$.result') = 'unknown') "
+            "WHERE json_type(candidates.result, '$.criteria') = 'object'"
+        )
     # "New" is "opened by nobody": looked up by candidate, whoever opened it.
     op.create_index("ix_seen_marks_candidate_id", "seen_marks", ["candidate_id"])
     # The worklist filters by status (and trial) before it sorts a page.
@@ -46,5 +66,7 @@ def downgrade() -> None:
     op.drop_index("ix_decisions_candidate_id_at", "decisions")
     op.drop_index("ix_candidates_status_trial", "candidates")
     op.drop_index("ix_seen_marks_candidate_id", "seen_marks")
+    with op.batch_alter_table("candidates") as batch:
+        batch.drop_column("unknown_count")
     op.drop_table("activities")
     op.drop_table("follow_ups")
