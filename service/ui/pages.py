@@ -62,6 +62,7 @@ router = APIRouter()
 SEARCH_LIMIT = 50  # patients a search lists at most (refine it to find one of more)
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
+CHANGES_SHOWN = 4  # who-changed-what lines a worklist row shows at most
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
 # A sign-in that must wait is refused after this pause: a flood of tries slows down by itself.
 REFUSAL_PAUSE_SECONDS = 1.0
@@ -254,6 +255,9 @@ def _changed_words(row: WorklistRow, changes: list[Change]) -> list[str]:
         else:
             what = change.what
         words.append(f"{author}: {what}")
+    if len(words) > CHANGES_SHOWN:  # the latest ones; the patient page's history has them all
+        earlier = len(words) - CHANGES_SHOWN
+        words = [f"{earlier} earlier change{'s' if earlier > 1 else ''}", *words[-CHANGES_SHOWN:]]
     return words or ["re-screened by prescreen (no result moved)"]
 
 
