@@ -515,17 +515,19 @@ class WorklistStore:
         """The candidates the filters keep, with when each was flagged and whether it is new or
         changed for this person: a callable that completes a SELECT with the joins and the
         conditions, and the columns it adds."""
-        flagged = (
-            select(VerdictEvent.candidate_id, func.min(VerdictEvent.at).label("flagged_at"))
-            .where(VerdictEvent.verdict.in_(FLAGGED))
+        # One pass over the verdict history: when each row was first flagged, and last changed.
+        events = (
+            select(
+                VerdictEvent.candidate_id,
+                func.min(
+                    case((VerdictEvent.verdict.in_(FLAGGED), VerdictEvent.at), else_=None)
+                ).label("flagged_at"),
+                func.max(VerdictEvent.at).label("at"),
+            )
             .group_by(VerdictEvent.candidate_id)
             .subquery()
         )
-        last_event = (
-            select(VerdictEvent.candidate_id, func.max(VerdictEvent.at).label("at"))
-            .group_by(VerdictEvent.candidate_id)
-            .subquery()
-        )
+        flagged = last_event = events
         # What other people did: decisions, notes, assignments, dates, flags.
         done_by_others = union_all(
             select(
@@ -588,8 +590,7 @@ class WorklistStore:
         def joined(query: Any) -> Any:
             return (
                 query.select_from(Candidate)
-                .outerjoin(flagged, flagged.c.candidate_id == Candidate.id)
-                .outerjoin(last_event, last_event.c.candidate_id == Candidate.id)
+                .outerjoin(events, events.c.candidate_id == Candidate.id)
                 .outerjoin(others, others.c.candidate_id == Candidate.id)
                 .outerjoin(
                     mark, and_(mark.candidate_id == Candidate.id, mark.user_name == user_name)
@@ -681,6 +682,15 @@ class WorklistStore:
             .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
             .order_by(*order)
         )
+        # The page's rows are found by id first: the rows an offset skips are sorted, not read
+        # whole (their verdict lines and marks are large).
+        page_ids = (
+            joined(select(Candidate.id))
+            .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
+            .order_by(*order)
+            .offset(offset)
+            .limit(limit)
+        )
         count_query = joined(
             select(
                 func.count(),
@@ -690,12 +700,17 @@ class WorklistStore:
         )
         with self.session() as session:
             total, new, changed = session.execute(count_query).one()
-            rows = [
-                WorklistRow(candidate, when, change, seen, patient, follow_up)
-                for candidate, when, change, seen, patient, follow_up in session.execute(
-                    page_query.offset(offset).limit(limit)
-                )
-            ]
+            ids = list(session.scalars(page_ids))
+            rows = (
+                [
+                    WorklistRow(candidate, when, change, seen, patient, follow_up)
+                    for candidate, when, change, seen, patient, follow_up in session.execute(
+                        page_query.where(Candidate.id.in_(ids))
+                    )
+                ]
+                if ids
+                else []
+            )
         return WorklistPage(rows, int(total), int(new), int(changed))
 
     def screening_log(self, user_name: str, filters: WorklistFilters) -> list[LogRow]:
