@@ -9,8 +9,11 @@ about a thousand cohort patients per trial at 5,000) is loaded into sekmet-fhir 
 ``make demo-ui`` does, then a signed-in client asks, one request at a time, after a few requests
 to warm up:
 
-- the worklist (default filters: candidates and potential candidates), its first and its last
-  page, and every status;
+- the worklist (default filters: the open rows), its first and its last page, and every status;
+- the worklist sorted by each kind of column (name, left to check, status, follow-up) and
+  filtered (new, changed since the person looked, mine and due, flagged for review), with 25 and
+  200 rows a page; a fifth of the open rows are first assigned to the signed-in person with a
+  follow-up date, some of them opened and changed by a colleague, a few flagged for review;
 - a search by MRN and by part of a name (POST, as the page sends it);
 - the patient page of a patient flagged for both trials (evidence read from the FHIR server);
 - the screening log of every row (``/ui/worklist.csv?status=any``) and the API's
@@ -212,9 +215,9 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
         token = _token(browser.get("/ui/worklist").text)
         first = browser.get("/ui/worklist").text
         pages = int(re.search(r"Page 1 of (\d+)", first).group(1))  # type: ignore[union-attr]
-        open_rows = int(re.search(r"(\d+) patients?;", first).group(1))  # type: ignore[union-attr]
+        open_rows = int(re.search(r"(\d+) rows? \(", first).group(1))  # type: ignore[union-attr]
         every = browser.get("/ui/worklist", params={"status": "any"}).text
-        all_rows = int(re.search(r"(\d+) patients?;", every).group(1))  # type: ignore[union-attr]
+        all_rows = int(re.search(r"(\d+) rows? \(", every).group(1))  # type: ignore[union-attr]
         last_any = -(-all_rows // 25)
         asks = [
             ("worklist, first page", "page", lambda: browser.get("/ui/worklist")),
@@ -227,6 +230,10 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
                 f"worklist, every status, last page ({last_any})",
                 "page",
                 lambda: browser.get("/ui/worklist", params={"status": "any", "page": last_any}),
+            ),
+            *(
+                (f"worklist sorted: {what}", "page", _get(browser, params))
+                for what, params in SORTED_AND_FILTERED
             ),
             (
                 "search by MRN",
@@ -277,6 +284,60 @@ def _pages(url: str, repeat: int, phase: str) -> list[dict[str, Any]]:
     return rows
 
 
+# Sorted and filtered worklist pages: (what, query).
+SORTED_AND_FILTERED: list[tuple[str, dict[str, str]]] = [
+    ("by patient name A-Z", {"sort": "patient", "dir": "asc"}),
+    ("by patient name, 200 a page, page 3", {"sort": "patient", "size": "200", "page": "3"}),
+    ("by left to check, most first", {"sort": "to_check", "dir": "desc"}),
+    (
+        "every status by left to check, 200 a page",
+        {"status": "any", "sort": "to_check", "size": "200"},
+    ),
+    ("every status by status, last page", {"status": "any", "sort": "status", "page": "999"}),
+    ("new (opened by nobody) by trial", {"show": "new", "sort": "trial"}),
+    ("changed since I looked, by change", {"show": "changed", "sort": "change"}),
+    ("mine and due, by follow-up date", {"whose": "mine", "due": "1", "sort": "follow_up"}),
+    ("every status, flagged for review", {"status": "any", "review": "1", "sort": "verdict"}),
+    ("every status by assignee, 200 a page", {"status": "any", "sort": "assignee", "size": "200"}),
+]
+
+
+def _get(browser: httpx.Client, params: dict[str, str]) -> Any:
+    return lambda: browser.get("/ui/worklist", params=params)
+
+
+def _follow_ups(database: str) -> None:
+    """A coordinator's day at scale: a fifth of the open rows assigned to the benchmark's
+    person with a follow-up date (half of them due), a colleague opening and noting some, a
+    few excluded patients flagged for review."""
+    from datetime import date, timedelta
+
+    from sqlalchemy import create_engine, select
+
+    from service.state.models import Candidate
+    from service.state.worklist import WorklistStore
+
+    engine = create_engine(database)
+    try:
+        store = WorklistStore(engine)
+        with store.session() as session:
+            rows = list(session.scalars(select(Candidate).order_by(Candidate.id)))
+        open_rows = [r for r in rows if r.status in ("candidate", "potential-candidate")]
+        excluded = [r for r in rows if r.verdict == "ineligible"]
+        today = date.today()
+        for index, row in enumerate(open_rows[::5]):
+            day = today - timedelta(days=1) if index % 2 else today + timedelta(days=7)
+            store.set_follow_up(row.id, "colleague", USER, day)
+        store.mark_seen(USER, open_rows[::3])
+        store.mark_seen("colleague", open_rows[::7])
+        for row in open_rows[::21]:
+            store.add_note(row.id, "colleague", "called, no answer")
+        for row in excluded[::50]:
+            store.flag_for_review(row.id, "colleague", "Clinician judgement", "")
+    finally:
+        engine.dispose()
+
+
 def measure(
     patients: int = PATIENTS,
     spinal_fraction: float = SPINAL_FRACTION,
@@ -300,8 +361,10 @@ def measure(
             print(f"  loaded in {load_seconds:.0f} s", flush=True)
             serve, url = _serve(work, fhir.base_url, free_port(), folder.parent)
             run_seconds = _screen(url, "fhir")
+            _follow_ups(f"sqlite:///{work / 'prescreen.db'}")
             rows += _pages(url, repeat, "the cohort (FHIR runs)")
             run_seconds |= {f"{t} ndjson": s for t, s in _screen(url, "ndjson", folder).items()}
+            _follow_ups(f"sqlite:///{work / 'prescreen.db'}")
             rows += _pages(url, repeat, "every patient (NDJSON runs)")
             for row in rows:
                 row |= {"patients": patients, "resources": stats["resources"]}
@@ -322,7 +385,9 @@ def report(rows: list[dict[str, Any]]) -> None:
         "screened for RELIEVE and SSRS by `prescreen serve`: first the cohort (FHIR runs with "
         "write-back, as `make demo-ui`), then every patient (NDJSON runs of the same hospital), "
         f"one run per trial ({runs}). rows: the worklist's rows (a patient and a trial); "
-        "open_rows: candidates and potential candidates.",
+        "open_rows: the worklist's default list (statuses still open). Before the pages are "
+        "timed, a fifth of the open rows are assigned with a follow-up date (half due), some "
+        "opened and noted by a colleague, a few excluded patients flagged for review.",
         "median_s, max_s: wall time at the client of one request at a time (after "
         f"{WARM_UP} to warm up), over HTTP on 127.0.0.1, SQLite; targets: 0.3 s a page, "
         "2 s the screening log of every row.",

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     samples_dir: Path = Field(
         default=_REPO_ROOT / "samples", description="folder of shipped sample data (prescreen demo)"
     )
+    decision_reasons: Path = Field(
+        default=_REPO_ROOT / "service" / "ui" / "decision_reasons.yaml",
+        description="reasons offered for each closing decision and for a flag for review (YAML)",
+    )
     cel_engine: EngineName = Field(
         default="cel",
         description="CEL engine: cel (Rust, fast, thread-safe) or celpy (pure Python)",

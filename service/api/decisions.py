@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from service.api.engine import ScreeningService
@@ -102,8 +103,15 @@ async def record_decision(
     decided_by: str = "",
     reason: str = "",
     note: str = "",
+    expected_status: str | None = None,
+    unchanged_since: datetime | None = None,
 ) -> DecisionOutcome:
     """Write ``status`` to the candidate's ResearchSubject; refuse if it changed meanwhile.
+
+    A caller that showed a status rather than a version (the worklist's bulk change) passes it
+    as ``expected_status``, and when it showed it as ``unchanged_since``: the subject's status
+    must still be that one, and no decision recorded here since (someone deciding and deciding
+    back is a change too).
 
     ``decided_by`` (the signed-in person or the API client), ``reason`` and ``note`` go to the
     decision history only: the ResearchSubject carries the status, not free text.
@@ -117,8 +125,15 @@ async def record_decision(
     subject = await find_subject(service, row.trial, row.patient_id)
     version = subject.get("meta", {}).get("versionId")
     previous = str(subject.get("status", ""))
-    if expected_version is not None and version is not None and expected_version != version:
+    stale = expected_version is not None and version is not None and expected_version != version
+    if expected_status is not None and previous != expected_status:
+        stale = True
+    last = None
+    if unchanged_since is not None and not stale:
         last = await asyncio.to_thread(history.last_decision, candidate_id)
+        stale = last is not None and last.decided_at > unchanged_since
+    if stale:
+        last = last or await asyncio.to_thread(history.last_decision, candidate_id)
         raise DecisionConflictError(previous, version, last_decision=last)
     subject["status"] = status
     # A person decided: prescreen's own status marker no longer matches, so it will not undo it.

@@ -2,7 +2,9 @@
 from the web worklist and the API.
 
 One line per patient and trial: the identifiers, the verdict, the status and, when the status is
-a decision recorded here, its reason, date and author. ``outcome`` says where the patient stands
+a decision recorded here, its reason, date and author; then who follows the row up and when, and
+a person's flag for review of a patient the rules exclude (its reason, author and time: the
+verdict beside it is still the rules'). ``outcome`` says where the patient stands
 in words a screening log uses; declined and could-not-be-reached are reasons of "ineligible" and
 stay so, but their outcome is their own, apart from screen failures. The file is UTF-8 with a
 byte order mark (spreadsheets then read accents right), lines end in CRLF, dates and times are
@@ -34,6 +36,11 @@ COLUMNS = (
     "decided_by",
     "flagged_at",
     "screened_as_of",
+    "assigned_to",
+    "follow_up_on",
+    "review_reason",
+    "review_by",
+    "review_at",
 )
 OUTCOMES = {
     "candidate": "to review",
@@ -87,6 +94,11 @@ def write_log(rows: Iterable[LogRow], studies: Mapping[str, str]) -> bytes:
                 _cell(row.decided_by),
                 row.flagged_at.isoformat(timespec="seconds") + "Z",
                 row.as_of,
+                _cell(row.assignee),
+                row.follow_up_on.isoformat() if row.follow_up_on else "",
+                _cell(row.review_reason),
+                _cell(row.review_by),
+                row.review_at.isoformat(timespec="seconds") + "Z" if row.review_at else "",
             )
         )
     return out.getvalue().encode("utf-8")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Date, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -65,6 +65,8 @@ class Candidate(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime())
     # When the rules last ran for it (migration 0007; a decision moves updated_at, not this).
     screened_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    # Criteria of the result still unknown (clinician review included): the worklist sorts by it.
+    unknown_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class Alert(Base):
@@ -283,6 +285,42 @@ class AccessEvent(Base):
     fhir_error: Mapped[str] = mapped_column(String(64), default="")  # an error kind, no message
     # The AuditEvent's id on the FHIR server (written with PUT: a retry never duplicates it).
     uuid: Mapped[str] = mapped_column(String(36), unique=True)
+
+
+# --- follow-up (migration 0007) ----------------------------------------------------------------
+
+
+class FollowUp(Base):
+    """What people keep about a row besides its status: who follows it up and when, and a
+    person's flag for review of a patient the rules exclude (recorded beside the verdict; it
+    changes neither the verdict nor the ResearchSubject)."""
+
+    __tablename__ = "follow_ups"
+
+    candidate_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    assignee: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    follow_up_on: Mapped[date | None] = mapped_column(Date(), nullable=True, index=True)
+    review_reason: Mapped[str] = mapped_column(Text, default="")
+    review_note: Mapped[str] = mapped_column(Text, default="")
+    review_by: Mapped[str] = mapped_column(String(128), default="")
+    review_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class Activity(Base):
+    """Something a person did on a row other than a decision: a note, an assignment, a
+    follow-up date, a flag for review. With the decisions, it is the row's history, and what
+    "changed since you looked" names."""
+
+    __tablename__ = "activities"
+    __table_args__ = (Index("ix_activities_candidate_id_at", "candidate_id", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_id: Mapped[int] = mapped_column(Integer)
+    who: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(16))  # note | assign | follow-up | review
+    detail: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime())
 
 
 # --- CDS Hooks (migration 0002) -----------------------------------------------------------------

@@ -118,6 +118,14 @@ def _not_synced_at_commit(connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def unknown_criteria(verdict: dict[str, Any]) -> int:
+    """The criteria of a verdict line still unknown (kept with the row for sorting)."""
+    criteria = verdict.get("criteria")
+    if not isinstance(criteria, dict):
+        return 0
+    return sum(1 for c in criteria.values() if isinstance(c, dict) and c.get("result") == "unknown")
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -371,6 +379,7 @@ class Store:
         patient_id = verdict["patient"].removeprefix("Patient/")
         outcome = verdict["verdict"]
         stamp = now()
+        unknown = unknown_criteria(verdict)
         key = (Candidate.trial == trial, Candidate.patient_id == patient_id)
         with self.session() as session:
             if details is not None:
@@ -386,6 +395,7 @@ class Store:
                     as_of=as_of,
                     updated_at=stamp,
                     screened_at=stamp,
+                    unknown_count=unknown,
                 )
                 .on_conflict_do_nothing(index_elements=["trial", "patient_id"])
                 .returning(Candidate.id)
@@ -407,6 +417,7 @@ class Store:
                     as_of=as_of,
                     updated_at=stamp,
                     screened_at=stamp,
+                    unknown_count=unknown,
                 )
             )
             return CandidateChange(trial, patient_id, previous, outcome)

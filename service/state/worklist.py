@@ -14,27 +14,31 @@ import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
     and_,
     case,
     delete,
+    exists,
     func,
     literal,
     or_,
     select,
+    union_all,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from service.roles import Access
 from service.state.models import (
+    Activity,
     Candidate,
     DecisionDraft,
     DecisionRecord,
     ExportRecord,
+    FollowUp,
     PatientRecord,
     SeenMark,
     VerdictEvent,
@@ -47,6 +51,31 @@ from service.state.store import now
 # prescreen's own verdicts that put a patient on a coordinator's list.
 FLAGGED = ("candidate", "potential-candidate")
 DRAFT_HOURS = 24  # a decision kept for its author to sign in again is kept this long
+# The worklist's columns a person may sort by.
+SORTS = (
+    "patient",
+    "trial",
+    "verdict",
+    "status",
+    "flagged",
+    "to_check",
+    "change",
+    "assignee",
+    "follow_up",
+)
+# Statuses sorted in the order a patient moves through them (then any other, by name).
+STATUS_ORDER = (
+    "candidate",
+    "potential-candidate",
+    "eligible",
+    "screening",
+    "pending-on-study",
+    "on-study",
+    "not-registered",
+    "withdrawn",
+    "ineligible",
+)
+VERDICT_ORDER = ("candidate", "potential-candidate", "ineligible")
 
 
 class IdentityTakenError(Exception):
@@ -78,6 +107,7 @@ class WorklistRow:
     change: str  # "new" (never opened by this person), "changed" (since they did) or ""
     seen: SeenMark | None
     patient: PatientRecord | None = None  # who the patient is (None: not read yet)
+    follow: FollowUp | None = None  # assignment, follow-up date, flag for review (None: none)
 
 
 @dataclass(frozen=True)
@@ -87,9 +117,16 @@ class WorklistFilters:
     trials: list[str]
     statuses: list[str]
     since: datetime | None = None
-    changed_only: bool = False
+    changed_only: bool = False  # new or changed (the same as show="either")
     newest_first: bool = True
     patient_ids: list[str] | None = None  # a search's patients (None: every patient)
+    show: str = ""  # "" every row, "new", "changed" (since this person looked) or "either"
+    assignee: str | None = None  # rows assigned to this person ("": to nobody; None: any)
+    due_by: date | None = None  # rows with a follow-up date on or before this day
+    review_only: bool = False  # rows a person flagged for review
+    with_review: bool = False  # rows flagged for review are kept whatever their status
+    sort: str = "flagged"  # one of SORTS
+    descending: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +147,22 @@ class LogRow:
     decided_at: datetime | None
     decided_by: str
     reason: str
+    assignee: str = ""
+    follow_up_on: date | None = None
+    review_reason: str = ""
+    review_by: str = ""
+    review_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something someone else did to a row since a person last looked at it."""
+
+    at: datetime
+    who: str
+    kind: str  # decision | note | assign | follow-up | review
+    what: str  # the status decided, or the activity's detail
+    before: str = ""  # a decision's previous status
 
 
 @dataclass(frozen=True)
@@ -123,7 +176,7 @@ class WorklistPage:
 @dataclass(frozen=True)
 class HistoryEntry:
     at: datetime
-    kind: str  # verdict | decision
+    kind: str  # verdict | decision | note | assign | follow-up | review
     what: str  # the verdict or status
     who: str
     reason: str = ""
@@ -307,6 +360,9 @@ class WorklistStore:
                     select(DecisionRecord).where(DecisionRecord.candidate_id == candidate_id)
                 )
             )
+            activities = list(
+                session.scalars(select(Activity).where(Activity.candidate_id == candidate_id))
+            )
         entries: list[HistoryEntry] = []
         before: dict[str, str] = {}
         for item in events:
@@ -323,7 +379,121 @@ class WorklistStore:
             HistoryEntry(d.decided_at, "decision", d.status, d.decided_by, d.reason, d.note)
             for d in decisions
         ]
+        entries += [HistoryEntry(a.at, a.kind, a.detail, a.who) for a in activities]
         return sorted(entries, key=lambda e: e.at, reverse=True)
+
+    # --- follow-up: notes, assignment, follow-up date, flag for review ------------------------
+
+    def add_note(self, candidate_id: int, who: str, text: str) -> None:
+        """A note on a row, without a change of status."""
+        with self.session() as session:
+            session.add(
+                Activity(candidate_id=candidate_id, who=who, kind="note", detail=text, at=now())
+            )
+
+    def follow_up(self, candidate_id: int) -> FollowUp | None:
+        with self.session() as session:
+            return session.get(FollowUp, candidate_id)
+
+    def _follow_up_row(self, session: Session, candidate_id: int) -> FollowUp:
+        found = session.get(FollowUp, candidate_id)
+        if found is None:
+            found = FollowUp(candidate_id=candidate_id, updated_at=now())
+            session.add(found)
+        return found
+
+    def set_follow_up(
+        self, candidate_id: int, who: str, assignee: str | None, follow_up_on: date | None
+    ) -> list[str]:
+        """Assign the row (None: to nobody) and set its follow-up date (None: none); returns
+        what changed, in words, each also kept in the row's history."""
+        stamp = now()
+        changed: list[str] = []
+        with self.session() as session:
+            row = self._follow_up_row(session, candidate_id)
+            if (row.assignee or None) != (assignee or None):
+                row.assignee = assignee or None
+                changed.append(f"assigned to {assignee}" if assignee else "unassigned")
+                session.add(
+                    Activity(
+                        candidate_id=candidate_id,
+                        who=who,
+                        kind="assign",
+                        detail=changed[-1],
+                        at=stamp,
+                    )
+                )
+            if row.follow_up_on != follow_up_on:
+                row.follow_up_on = follow_up_on
+                changed.append(
+                    f"follow up on {follow_up_on.isoformat()}"
+                    if follow_up_on
+                    else "no follow-up date"
+                )
+                session.add(
+                    Activity(
+                        candidate_id=candidate_id,
+                        who=who,
+                        kind="follow-up",
+                        detail=changed[-1],
+                        at=stamp,
+                    )
+                )
+            row.updated_at = stamp
+        return changed
+
+    def flag_for_review(
+        self, candidate_id: int, who: str, reason: str, note: str, clear: bool = False
+    ) -> None:
+        """A person's flag for review of a patient the rules exclude (or its withdrawal): kept
+        beside the verdict, which it never changes."""
+        stamp = now()
+        with self.session() as session:
+            row = self._follow_up_row(session, candidate_id)
+            row.review_reason, row.review_note = ("", "") if clear else (reason, note)
+            row.review_by, row.review_at = ("", None) if clear else (who, stamp)
+            row.updated_at = stamp
+            detail = "flag for review withdrawn" if clear else f"flagged for review: {reason}"
+            if note and not clear:
+                detail += f" ({note})"
+            session.add(
+                Activity(candidate_id=candidate_id, who=who, kind="review", detail=detail, at=stamp)
+            )
+
+    def changes_since_seen(
+        self, user_name: str, rows: list[WorklistRow]
+    ) -> dict[int, list[Change]]:
+        """What other people did to each "changed" row since this person last opened it (or
+        ever, if they never did), oldest first."""
+        since = {
+            r.candidate.id: (r.seen.seen_at if r.seen else None)
+            for r in rows
+            if r.change == "changed"
+        }
+        found: dict[int, list[Change]] = {cid: [] for cid in since}
+        if not since:
+            return found
+        with self.session() as session:
+            decisions = session.scalars(
+                select(DecisionRecord).where(
+                    DecisionRecord.candidate_id.in_(since), DecisionRecord.decided_by != user_name
+                )
+            )
+            for d in decisions:
+                after = since[d.candidate_id]
+                if after is None or d.decided_at > after:
+                    found[d.candidate_id].append(
+                        Change(d.decided_at, d.decided_by, "decision", d.status, d.previous_status)
+                    )
+            for a in session.scalars(
+                select(Activity).where(Activity.candidate_id.in_(since), Activity.who != user_name)
+            ):
+                after = since[a.candidate_id]
+                if after is None or a.at > after:
+                    found[a.candidate_id].append(Change(a.at, a.who, a.kind, a.detail))
+        for changes in found.values():
+            changes.sort(key=lambda c: c.at)
+        return found
 
     # --- what a person has seen -----------------------------------------------------------------
 
@@ -345,60 +515,133 @@ class WorklistStore:
         """The candidates the filters keep, with when each was flagged and whether it is new or
         changed for this person: a callable that completes a SELECT with the joins and the
         conditions, and the columns it adds."""
-        flagged = (
-            select(VerdictEvent.candidate_id, func.min(VerdictEvent.at).label("flagged_at"))
-            .where(VerdictEvent.verdict.in_(FLAGGED))
+        # One pass over the verdict history: when each row was first flagged, and last changed.
+        events = (
+            select(
+                VerdictEvent.candidate_id,
+                func.min(
+                    case((VerdictEvent.verdict.in_(FLAGGED), VerdictEvent.at), else_=None)
+                ).label("flagged_at"),
+                func.max(VerdictEvent.at).label("at"),
+            )
             .group_by(VerdictEvent.candidate_id)
             .subquery()
         )
-        last_event = (
-            select(VerdictEvent.candidate_id, func.max(VerdictEvent.at).label("at"))
-            .group_by(VerdictEvent.candidate_id)
-            .subquery()
-        )
+        flagged = last_event = events
+        # What other people did: decisions, notes, assignments, dates, flags.
+        done_by_others = union_all(
+            select(
+                DecisionRecord.candidate_id.label("candidate_id"),
+                DecisionRecord.decided_at.label("at"),
+            ).where(DecisionRecord.decided_by != user_name),
+            select(Activity.candidate_id.label("candidate_id"), Activity.at.label("at")).where(
+                Activity.who != user_name
+            ),
+        ).subquery()
         others = (
-            select(DecisionRecord.candidate_id, func.max(DecisionRecord.decided_at).label("at"))
-            .where(DecisionRecord.decided_by != user_name)
-            .group_by(DecisionRecord.candidate_id)
+            select(done_by_others.c.candidate_id, func.max(done_by_others.c.at).label("at"))
+            .group_by(done_by_others.c.candidate_id)
             .subquery()
         )
         mark = aliased(SeenMark)
+        follow = aliased(FollowUp)
         flagged_at = func.coalesce(flagged.c.flagged_at, Candidate.updated_at)
-        is_new = mark.candidate_id.is_(None)
+        # New: nobody has opened it yet. Changed: since this person opened it, it was
+        # re-screened or someone else acted on it; or, never opened by them, someone else did.
+        is_new = ~exists().where(SeenMark.candidate_id == Candidate.id)
         is_changed = and_(
-            mark.candidate_id.is_not(None),
-            or_(last_event.c.at > mark.seen_at, others.c.at > mark.seen_at),
+            ~is_new,
+            or_(
+                and_(
+                    mark.candidate_id.is_not(None),
+                    or_(last_event.c.at > mark.seen_at, others.c.at > mark.seen_at),
+                ),
+                and_(mark.candidate_id.is_(None), others.c.at.is_not(None)),
+            ),
         )
         conditions: list[Any] = []
         if filters.trials:
             conditions.append(Candidate.trial.in_(filters.trials))
         if filters.statuses:
-            conditions.append(Candidate.status.in_(filters.statuses))
+            by_status = Candidate.status.in_(filters.statuses)
+            conditions.append(
+                or_(by_status, follow.review_at.is_not(None)) if filters.with_review else by_status
+            )
         if filters.since is not None:
             conditions.append(flagged_at >= filters.since)
-        if filters.changed_only:
+        show = filters.show or ("either" if filters.changed_only else "")
+        if show == "new":
+            conditions.append(is_new)
+        elif show == "changed":
+            conditions.append(is_changed)
+        elif show == "either":
             conditions.append(or_(is_new, is_changed))
+        if filters.assignee == "":
+            conditions.append(follow.assignee.is_(None))
+        elif filters.assignee is not None:
+            conditions.append(follow.assignee == filters.assignee)
+        if filters.due_by is not None:
+            conditions.append(follow.follow_up_on <= filters.due_by)
+        if filters.review_only:
+            conditions.append(follow.review_at.is_not(None))
         if filters.patient_ids is not None:
             conditions.append(Candidate.patient_id.in_(filters.patient_ids))
 
         def joined(query: Any) -> Any:
             return (
                 query.select_from(Candidate)
-                .outerjoin(flagged, flagged.c.candidate_id == Candidate.id)
-                .outerjoin(last_event, last_event.c.candidate_id == Candidate.id)
+                .outerjoin(events, events.c.candidate_id == Candidate.id)
                 .outerjoin(others, others.c.candidate_id == Candidate.id)
                 .outerjoin(
                     mark, and_(mark.candidate_id == Candidate.id, mark.user_name == user_name)
                 )
+                .outerjoin(follow, follow.candidate_id == Candidate.id)
                 .where(*conditions)
             )
 
-        newest = filters.newest_first
-        order = (
-            flagged_at.desc() if newest else flagged_at.asc(),
-            Candidate.id.desc() if newest else Candidate.id.asc(),
-        )
-        return joined, flagged_at, is_new, is_changed, mark, order
+        order = self._order(filters, flagged_at, is_new, is_changed, follow)
+        return joined, flagged_at, is_new, is_changed, mark, follow, order
+
+    def _order(
+        self, filters: WorklistFilters, flagged_at: Any, is_new: Any, is_changed: Any, follow: Any
+    ) -> tuple[Any, ...]:
+        """The sort a person chose, then newest flagged first and the row id: the same rows
+        always come in the same order, page after page."""
+        descending = filters.descending and filters.newest_first
+        sort = filters.sort if filters.sort in SORTS else "flagged"
+
+        def ranked(values: tuple[str, ...], column: Any) -> Any:
+            return case(
+                *((column == value, literal(index)) for index, value in enumerate(values)),
+                else_=literal(len(values)),
+            )
+
+        def way(column: Any) -> Any:
+            return column.desc() if descending else column.asc()
+
+        if sort == "flagged":
+            return (way(flagged_at), way(Candidate.id))
+        keys: list[Any]
+        if sort == "patient":
+            # Patients without a known name last, whichever way; then by name, then by id.
+            unnamed = func.coalesce(PatientRecord.name_key, "") == ""
+            keys = [case((unnamed, 1), else_=0).asc(), way(PatientRecord.name_key)]
+            keys.append(way(Candidate.patient_id))
+        elif sort == "trial":
+            keys = [way(Candidate.trial)]
+        elif sort == "verdict":
+            keys = [way(ranked(VERDICT_ORDER, Candidate.verdict)), way(Candidate.verdict)]
+        elif sort == "status":
+            keys = [way(ranked(STATUS_ORDER, Candidate.status)), way(Candidate.status)]
+        elif sort == "to_check":
+            keys = [way(Candidate.unknown_count)]
+        elif sort == "change":
+            keys = [way(case((is_new, 0), (is_changed, 1), else_=2))]
+        elif sort == "assignee":
+            keys = [follow.assignee.is_(None).asc(), way(follow.assignee)]
+        else:  # follow_up
+            keys = [follow.follow_up_on.is_(None).asc(), way(follow.follow_up_on)]
+        return (*keys, flagged_at.desc(), Candidate.id.desc())
 
     def worklist(
         self,
@@ -414,7 +657,15 @@ class WorklistStore:
         patient_ids: list[str] | None = None,
     ) -> WorklistPage:
         filters = WorklistFilters(trials, statuses, since, changed_only, newest_first, patient_ids)
-        joined, flagged_at, is_new, is_changed, mark, order = self._selection(user_name, filters)
+        return self.page(user_name, filters, offset, limit)
+
+    def page(
+        self, user_name: str, filters: WorklistFilters, offset: int, limit: int
+    ) -> WorklistPage:
+        """A page of the worklist, and the counts of the whole selection."""
+        joined, flagged_at, is_new, is_changed, mark, follow, order = self._selection(
+            user_name, filters
+        )
         page_query = (
             joined(
                 select(
@@ -425,10 +676,20 @@ class WorklistStore:
                     ).label("change"),
                     mark,
                     PatientRecord,
+                    follow,
                 )
             )
             .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
             .order_by(*order)
+        )
+        # The page's rows are found by id first: the rows an offset skips are sorted, not read
+        # whole (their verdict lines and marks are large).
+        page_ids = (
+            joined(select(Candidate.id))
+            .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
+            .order_by(*order)
+            .offset(offset)
+            .limit(limit)
         )
         count_query = joined(
             select(
@@ -439,19 +700,26 @@ class WorklistStore:
         )
         with self.session() as session:
             total, new, changed = session.execute(count_query).one()
-            rows = [
-                WorklistRow(candidate, when, change, seen, patient)
-                for candidate, when, change, seen, patient in session.execute(
-                    page_query.offset(offset).limit(limit)
-                )
-            ]
+            ids = list(session.scalars(page_ids))
+            rows = (
+                [
+                    WorklistRow(candidate, when, change, seen, patient, follow_up)
+                    for candidate, when, change, seen, patient, follow_up in session.execute(
+                        page_query.where(Candidate.id.in_(ids))
+                    )
+                ]
+                if ids
+                else []
+            )
         return WorklistPage(rows, int(total), int(new), int(changed))
 
     def screening_log(self, user_name: str, filters: WorklistFilters) -> list[LogRow]:
         """Every row the filters keep, in the worklist's order, with who the patient is and the
         decision that set its status (the last one recorded here, when its status is the
         candidate's)."""
-        joined, flagged_at, _new, _changed, _mark, order = self._selection(user_name, filters)
+        joined, flagged_at, _new, _changed, _mark, follow, order = self._selection(
+            user_name, filters
+        )
         last = (
             select(func.max(DecisionRecord.id).label("id"))
             .group_by(DecisionRecord.candidate_id)
@@ -474,6 +742,11 @@ class WorklistStore:
                     decision.decided_at,
                     decision.decided_by,
                     decision.reason,
+                    follow.assignee,
+                    follow.follow_up_on,
+                    follow.review_reason,
+                    follow.review_by,
+                    follow.review_at,
                 )
             )
             .outerjoin(PatientRecord, PatientRecord.patient_id == Candidate.patient_id)
@@ -503,6 +776,11 @@ class WorklistStore:
                     decided_at,
                     decided_by or "",
                     reason or "",
+                    assignee or "",
+                    follow_up_on,
+                    review_reason or "",
+                    review_by or "",
+                    review_at,
                 )
                 for (
                     trial,
@@ -518,6 +796,11 @@ class WorklistStore:
                     decided_at,
                     decided_by,
                     reason,
+                    assignee,
+                    follow_up_on,
+                    review_reason,
+                    review_by,
+                    review_at,
                 ) in session.execute(query)
             ]
 
@@ -655,6 +938,23 @@ class WorklistStore:
                 .where(Candidate.trial == trial)
                 .execution_options(yield_per=1000)
             )
+
+    def candidates_by_id(self, ids: list[int]) -> list[Candidate]:
+        """The rows of these ids that exist, in the order asked."""
+        with self.session() as session:
+            found = {
+                c.id: c for c in session.scalars(select(Candidate).where(Candidate.id.in_(ids)))
+            }
+        return [found[i] for i in ids if i in found]
+
+    def patients_of(self, patient_ids: list[str]) -> dict[str, PatientRecord]:
+        with self.session() as session:
+            return {
+                p.patient_id: p
+                for p in session.scalars(
+                    select(PatientRecord).where(PatientRecord.patient_id.in_(patient_ids))
+                )
+            }
 
     def candidates_of_patient(self, patient_id: str) -> list[Candidate]:
         with self.session() as session:

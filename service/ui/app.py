@@ -26,6 +26,7 @@ from service.state.worklist import DRAFT_HOURS
 from service.ui import audit_page, auth, overview_pages, pages, research_page
 from service.ui.evidence import Displays
 from service.ui.passwords import PasswordChecker
+from service.ui.vocabulary import DecisionReasons
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ def create_ui(parent: FastAPI, settings: Settings) -> FastAPI:
     templates.env.globals["url_for"] = _path_for
     ui.state.templates = templates
     ui.state.displays = Displays.load(settings.mappings_dir)
+    ui.state.reasons = DecisionReasons.load(settings.decision_reasons)
     ui.state.oauth = _oauth_client(settings)
     # Kept until a trial's rows change: its funnel, whom each step ruled out, the feasibility
     # counts of the worklist.

@@ -7,9 +7,9 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Request, Response
@@ -31,9 +31,12 @@ from service.ruleset.loader import RuleSet
 from service.screening.funnel import rules_out
 from service.settings import Settings
 from service.state.audit import DECISION, EXPORT, VIEW, AuditLog
-from service.state.models import Candidate
+from service.state.models import Candidate, FollowUp, WebUser
 from service.state.signin import SignInLimits, address_key, name_key
+from service.state.store import now
 from service.state.worklist import (
+    FLAGGED,
+    Change,
     HistoryEntry,
     WorklistPage,
     WorklistRow,
@@ -44,22 +47,23 @@ from service.ui import auth, drafts
 from service.ui.evidence import Displays, Evidence, read_evidence, unavailable
 from service.ui.passwords import PasswordChecker
 from service.ui.people import Who, who
-from service.ui.query import WorklistQuery, read_worklist_query
+from service.ui.query import PAGE_SIZES, WorklistQuery, read_worklist_query
 from service.ui.times import formatter, shown_time
 from service.ui.vocabulary import (
     DECISION_CHOICES,
+    ENROLLED,
     STATUS_LABELS,
-    ineligible_reasons,
+    DecisionReasons,
     status_label,
 )
 
 log = logging.getLogger(__name__)
 router = APIRouter()
 
-PAGE_SIZE = 25
 SEARCH_LIMIT = 50  # patients a search lists at most (refine it to find one of more)
 API_CLIENT = "An API client"  # decisions recorded through the API without a person's name
 NOTE_MAX = 1000
+CHANGES_SHOWN = 4  # who-changed-what lines a worklist row shows at most
 FHIR_WAIT_SECONDS = 15.0  # a patient page shows what it has rather than hang on the server
 # A sign-in that must wait is refused after this pause: a flood of tries slows down by itself.
 REFUSAL_PAUSE_SECONDS = 1.0
@@ -182,46 +186,82 @@ def _patient_path(request: Request, patient_id: str, trial: str) -> str:
 class WorklistLine:
     row: WorklistRow
     acronym: str
-    to_check: int
+    to_check: int  # criteria still unknown, clinician review included
+    clinician: int  # of which for clinician review (the rules leave them to a person)
     what_changed: list[str]
     link: str
     who: Who
+    may_decide: bool = False
+    due: bool = False  # its follow-up date is today or past
 
 
-def _what_changed(row: WorklistRow) -> list[str]:
-    """Since this person last opened the patient: verdict, status and criteria that moved."""
+def _changed_words(row: WorklistRow, changes: list[Change]) -> list[str]:
+    """Since this person last opened the patient (or, never opened by them, ever): who did what
+    (the verdict moves by prescreen, decisions, notes, assignments by people)."""
     seen, candidate = row.seen, row.candidate
-    if row.change != "changed" or seen is None:
+    if row.change != "changed":
         return []
-    changes = []
-    if seen.verdict != candidate.verdict:
-        changes.append(f"verdict {status_label(seen.verdict)} → {status_label(candidate.verdict)}")
-    if seen.status != candidate.status:
-        changes.append(f"status {status_label(seen.status)} → {status_label(candidate.status)}")
-    now_results = criterion_results(candidate.result)
-    for cid, result in now_results.items():
-        before = seen.results.get(cid)
-        if before is not None and before != result:
-            changes.append(f"{cid} {before} → {result}")
-    return changes or ["re-screened or decided by someone else"]
+    words = []
+    if seen is not None:
+        moved = []
+        if seen.verdict != candidate.verdict:
+            moved.append(
+                f"verdict {status_label(seen.verdict)} → {status_label(candidate.verdict)}"
+            )
+        now_results = criterion_results(candidate.result)
+        for cid, result in now_results.items():
+            before = seen.results.get(cid)
+            if before is not None and before != result:
+                moved.append(f"{cid} {before.replace('_', ' ')} → {result.replace('_', ' ')}")
+        if moved:
+            words.append("prescreen (re-screened): " + ", ".join(moved))
+    for change in changes:
+        author = change.who or API_CLIENT
+        if change.kind == "decision":
+            what = f"status {status_label(change.before)} → {status_label(change.what)}"
+        elif change.kind == "note":
+            what = "added a note"
+        else:
+            what = change.what
+        words.append(f"{author}: {what}")
+    if len(words) > CHANGES_SHOWN:  # the latest ones; the patient page's history has them all
+        earlier = len(words) - CHANGES_SHOWN
+        words = [f"{earlier} earlier change{'s' if earlier > 1 else ''}", *words[-CHANGES_SHOWN:]]
+    return words or ["re-screened by prescreen (no result moved)"]
 
 
-def _lines(request: Request, rows: list[WorklistRow]) -> list[WorklistLine]:
+def _unknowns(ruleset: RuleSet | None, result: dict[str, Any] | None) -> tuple[int, int]:
+    """(criteria still unknown, of which for clinician review): the worklist and the patient
+    page count the same."""
+    manual = {c.id for c in ruleset.criteria if c.manual} if ruleset else set()
+    unknown = [cid for cid, r in criterion_results(result).items() if r == "unknown"]
+    return len(unknown), sum(1 for cid in unknown if cid in manual)
+
+
+def _lines(
+    request: Request,
+    rows: list[WorklistRow],
+    changes: dict[int, list[Change]] | None = None,
+    person: auth.Person | None = None,
+) -> list[WorklistLine]:
     service = _service(request)
     today = _today()
     lines = []
     for row in rows:
         ruleset = service.rulesets.get(row.candidate.trial)
-        manual = {c.id for c in ruleset.criteria if c.manual} if ruleset else set()
-        results = criterion_results(row.candidate.result)
+        unknown, clinician = _unknowns(ruleset, row.candidate.result)
+        follow_up_on = row.follow.follow_up_on if row.follow else None
         lines.append(
             WorklistLine(
                 row,
                 ruleset.trial.acronym if ruleset else row.candidate.trial,
-                sum(1 for cid, r in results.items() if r == "unknown" and cid not in manual),
-                _what_changed(row),
+                unknown,
+                clinician,
+                _changed_words(row, (changes or {}).get(row.candidate.id, [])),
                 _patient_path(request, row.candidate.patient_id, row.candidate.trial),
                 who(row.candidate.patient_id, row.patient, today),
+                person is not None and person.may_decide(row.candidate.trial),
+                follow_up_on is not None and follow_up_on <= today,
             )
         )
     return lines
@@ -234,17 +274,12 @@ def _read_query(request: Request) -> WorklistQuery:
 
 
 async def _worklist_page(request: Request, person: auth.Person, query: WorklistQuery) -> Any:
-    filters = query.filters()
     return await asyncio.to_thread(
-        _store(request).worklist,
+        _store(request).page,
         person.name,
-        trials=filters.trials,
-        statuses=filters.statuses,
-        since=filters.since,
-        changed_only=filters.changed_only,
-        newest_first=filters.newest_first,
-        offset=(query.page - 1) * PAGE_SIZE,
-        limit=PAGE_SIZE,
+        query.filters(person.name, _today()),
+        (query.page - 1) * query.size,
+        query.size,
     )
 
 
@@ -252,12 +287,45 @@ def _trial_choices(request: Request) -> list[tuple[str, str]]:
     return [(t, r.trial.acronym) for t, r in _service(request).rulesets.items()]
 
 
-@router.get("/worklist", name="worklist")
-async def worklist(request: Request) -> Response:
-    person = await _reader_of_patients(request)
-    query = _read_query(request)
+def _reasons(request: Request) -> DecisionReasons:
+    reasons: DecisionReasons = request.app.state.reasons
+    return reasons
+
+
+# The worklist's columns: (sort key, heading).
+COLUMNS = (
+    ("patient", "Patient"),
+    ("trial", "Trial"),
+    ("verdict", "Verdict"),
+    ("status", "Status"),
+    ("flagged", "Flagged"),
+    ("to_check", "Left to check"),
+    ("change", "Since you looked"),
+    ("assignee", "Assigned to"),
+    ("follow_up", "Follow-up"),
+)
+
+
+@dataclass
+class BulkOutcome:
+    """What a bulk change did, row by row, shown next to its form."""
+
+    status: str
+    recorded: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "who: why", nothing written for them
+    problem: str = ""  # the whole form was refused (nothing written)
+    values: dict[str, str] = field(default_factory=dict)
+
+
+async def _worklist_response(
+    request: Request,
+    person: auth.Person,
+    query: WorklistQuery,
+    bulk: BulkOutcome | None = None,
+    status_code: int = 200,
+) -> Response:
     result = await _worklist_page(request, person, query)
-    pages = max(1, -(-result.total // PAGE_SIZE))
+    pages = max(1, -(-result.total // query.size))
     if query.page > pages:
         query.problems.append(
             f"Page {query.page} is past the end ({pages} page{'' if pages == 1 else 's'}): "
@@ -265,30 +333,150 @@ async def worklist(request: Request) -> Response:
         )
         query.page = pages
         result = await _worklist_page(request, person, query)
+    store = _store(request)
+    changes = await asyncio.to_thread(store.changes_since_seen, person.name, result.rows)
     filters = query.params()
     base = request.url_for("worklist").path
 
-    def page_link(number: int) -> str:
-        return base + "?" + urlencode(filters | {"page": str(number)})
+    def link(params: dict[str, str]) -> str:
+        return base + "?" + urlencode(params)
 
+    def page_link(number: int) -> str:
+        return link(filters | {"page": str(number)})
+
+    reasons = _reasons(request)
     return render(
         request,
         "worklist.html",
         person,
+        status_code=status_code,
         page="worklist",
-        lines=_lines(request, result.rows),
+        lines=_lines(request, result.rows, changes, person),
         result=result,
         filters=query,
         problems=query.problems,
         trials=_trial_choices(request),
         statuses=list(STATUS_LABELS.items()),
+        columns=[(key, label, link(query.sorted_by(key))) for key, label in COLUMNS],
+        sort_labels=dict(COLUMNS),
+        sizes=PAGE_SIZES,
         page_number=query.page,
         pages=pages,
         previous_link=page_link(query.page - 1) if query.page > 1 else "",
         next_link=page_link(query.page + 1) if query.page < pages else "",
         csv_link=request.url_for("worklist_csv").path + "?" + urlencode(filters),
+        query_string=urlencode(filters | {"page": str(query.page)}),
+        bulk=bulk,
+        bulk_choices=[(c, status_label(c)) for c in DECISION_CHOICES if c != ENROLLED],
+        bulk_reasons=[(s, reasons.general(s)) for s in DECISION_CHOICES if reasons.closes(s)],
+        shown_at=now().isoformat(),
+        may_decide_any=any(person.may_decide(t) for t in _service(request).rulesets),
         when=when,
     )
+
+
+@router.get("/worklist", name="worklist")
+async def worklist(request: Request) -> Response:
+    person = await _reader_of_patients(request)
+    return await _worklist_response(request, person, _read_query(request))
+
+
+def _bulk_refusal(line: str, conflict: DecisionConflictError) -> str:
+    theirs = status_label(conflict.current_status)
+    last = conflict.last_decision
+    if last is not None and last.status == conflict.current_status:
+        by = f"{last.decided_by or API_CLIENT} recorded “{theirs}” at {when(last.decided_at)}"
+    else:
+        by = f"its status is now “{theirs}” on the FHIR server"
+    return f"{line}: not changed, {by} after this list was shown (theirs stands)"
+
+
+@router.post("/worklist/bulk", name="worklist_bulk")
+async def worklist_bulk(request: Request) -> Response:
+    """One status for the rows ticked, each through the one decision path: a row whose status
+    changed since the list was shown is reported and left as it is."""
+    person = await _reader_of_patients(request)
+    form = await auth.checked_form(request)
+    service = _service(request)
+    store = _store(request)
+    query = read_worklist_query(
+        _QueryParams(_text(form.get("query"))), service.rulesets, list(STATUS_LABELS)
+    )
+    status = _text(form.get("status"))
+    reason = _text(form.get(f"reason-{status}")).strip() if status else ""
+    note = _text(form.get("note")).strip()[: NOTE_MAX * 2]
+    outcome = BulkOutcome(status, values={"status": status, "reason": reason, "note": note})
+    try:
+        shown_at: datetime | None = datetime.fromisoformat(_text(form.get("shown_at"))[:40])
+    except ValueError:
+        shown_at = None
+    if shown_at is not None and shown_at.tzinfo is not None:  # times are kept in naive UTC
+        shown_at = shown_at.astimezone(UTC).replace(tzinfo=None)
+    picked: dict[int, str] = {}
+    for value in form.getlist("row"):
+        cid, _, shown = _text(value).partition(":")
+        if cid.isascii() and cid.isdigit() and len(cid) <= 12 and shown:
+            picked.setdefault(int(cid), shown[:32])
+    reasons = _reasons(request)
+    if not picked:
+        outcome.problem = "Nothing changed: tick the rows to change first."
+    elif status not in DECISION_CHOICES or status == ENROLLED:
+        outcome.problem = "Nothing changed: choose the new status."
+    elif reasons.closes(status) and reason not in reasons.general(status):
+        outcome.problem = f"Nothing changed: choose why ({status_label(status)})."
+    elif len(note) > NOTE_MAX:
+        outcome.problem = f"Nothing changed: the note is longer than {NOTE_MAX} characters."
+    if outcome.problem:
+        return await _worklist_response(request, person, query, outcome, 422)
+    candidates = await asyncio.to_thread(store.candidates_by_id, list(picked))
+    details = await asyncio.to_thread(store.patients_of, [c.patient_id for c in candidates])
+    today = _today()
+    for candidate in candidates:
+        ruleset = service.rulesets.get(candidate.trial)
+        acronym = ruleset.trial.acronym if ruleset else candidate.trial
+        person_is = who(candidate.patient_id, details.get(candidate.patient_id), today)
+        line = f"{person_is.label} ({acronym})"
+        shown = picked[candidate.id]
+        if ruleset is None or not person.may_decide(candidate.trial):
+            outcome.refused.append(f"{line}: your role does not record decisions for {acronym}")
+            continue
+        if shown == ENROLLED:
+            outcome.refused.append(
+                f"{line}: is Enrolled; change it on the patient's page, which asks to confirm"
+            )
+            continue
+        try:
+            await record_decision(
+                service,
+                candidate.id,
+                status,
+                decided_by=person.name,
+                reason=reason if reasons.closes(status) else "",
+                note=note,
+                expected_status=shown,
+                unchanged_since=shown_at,
+            )
+        except DecisionConflictError as conflict:
+            outcome.refused.append(_bulk_refusal(line, conflict))
+        except DecisionError as error:
+            outcome.refused.append(f"{line}: not changed, {error.message}")
+        except FhirServerError as error:
+            log.warning("a bulk decision failed: %s", error_kind(error))
+            outcome.refused.append(f"{line}: not changed, the FHIR server could not be reached")
+        else:
+            outcome.recorded.append(line)
+    missing = len(picked) - len(candidates)
+    if missing:
+        outcome.refused.append(f"{missing} row{'s' if missing > 1 else ''} no longer exist")
+    code = 409 if outcome.refused else 200
+    return await _worklist_response(request, person, query, outcome, code)
+
+
+class _QueryParams(dict[str, str]):
+    """The worklist's query string as the bulk form carried it (the list it was sent from)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(parse_qsl(text[:2000]))
 
 
 @router.get("/worklist.csv", name="worklist_csv")
@@ -297,7 +485,8 @@ async def worklist_csv(request: Request) -> Response:
     person = await _reader_of_patients(request)
     query = _read_query(request)
     store = _store(request)
-    rows = await asyncio.to_thread(store.screening_log, person.name, query.filters())
+    filters = query.filters(person.name, _today())
+    rows = await asyncio.to_thread(store.screening_log, person.name, filters)
     studies = {t: r.trial.nct_id for t, r in _service(request).rulesets.items()}
     body = await asyncio.to_thread(write_log, rows, studies)
     await asyncio.to_thread(store.record_export, person.name, "ui", query.params(), len(rows))
@@ -384,7 +573,7 @@ class DecisionView:
 
     trial: str
     acronym: str
-    reasons: list[str]
+    reasons: dict[str, list[str]]  # {closing status: the reasons offered for it}
     may_decide: bool
     problem: str = ""  # why decisions cannot be recorded now ("": they can)
     expected_version: str = ""
@@ -393,6 +582,8 @@ class DecisionView:
     notice_kind: str = "status"  # status | error | warning
     focus: bool = False  # the feedback takes the keyboard focus (it answers a submission)
     sign_in: str = ""  # the sign-in link, when the session had ended
+    confirm: str = ""  # leaving Enrolled for this status waits for the person to confirm it
+    shown_status: str = ""  # the worklist status the form was shown with
 
 
 @dataclass
@@ -406,6 +597,14 @@ class TrialPanel:
     history: list[HistoryEntry]
     decision: DecisionView
     subject_status: str | None = None
+    clinician: int = 0  # of the criteria left to check, those for clinician review
+    follow: FollowUp | None = None
+    colleagues: list[str] = field(default_factory=list)  # people who may be assigned
+    excluded: bool = False  # the rules exclude the patient: a person may flag it for review
+    review_reasons: list[str] = field(default_factory=list)
+    notice: str = ""  # feedback of the follow-up forms
+    notice_kind: str = "status"
+    values: dict[str, str] = field(default_factory=dict)  # what the follow-up forms sent
 
 
 @dataclass(frozen=True)
@@ -417,6 +616,12 @@ class Feedback:
     kind: str = "status"
     values: dict[str, str] = field(default_factory=dict)
     expected_version: str | None = None  # None: the version the FHIR server has now
+    confirm: str = ""  # the status that waits for a confirmation to leave Enrolled
+
+
+def _closing_reasons(request: Request, ruleset: RuleSet) -> dict[str, list[str]]:
+    reasons = _reasons(request)
+    return {s: reasons.for_status(s, ruleset) for s in DECISION_CHOICES if reasons.closes(s)}
 
 
 async def _subject(service: ScreeningService, trial: str, patient_id: str) -> tuple[Any, str]:
@@ -459,7 +664,7 @@ def _decision_view(
     view = DecisionView(
         trial,
         ruleset.trial.acronym,
-        ineligible_reasons(ruleset),
+        _closing_reasons(request, ruleset),
         person.may_decide(trial),
         problem if subject is None else "",
         version,
@@ -468,9 +673,14 @@ def _decision_view(
     if feedback is not None:
         view.notice, view.notice_kind, view.focus = feedback.text, feedback.kind, True
         view.values = feedback.values
+        view.confirm = feedback.confirm
         if feedback.expected_version is not None:
             view.expected_version = feedback.expected_version
-    elif isinstance(flash, dict) and flash.get("trial") == trial:
+    elif (
+        isinstance(flash, dict)
+        and flash.get("trial") == trial
+        and flash.get("part", "decision") == "decision"
+    ):
         view.notice, view.focus = str(flash.get("text", "")), True
         request.session.pop(auth.FLASH, None)
     elif draft is not None and draft.trial == trial:
@@ -491,6 +701,7 @@ async def _patient_page(
     focus: str,
     feedback: dict[str, Feedback] | None = None,
     status_code: int = 200,
+    follow_feedback: dict[str, Feedback] | None = None,
 ) -> Response:
     service = _service(request)
     store = _store(request)
@@ -510,8 +721,13 @@ async def _patient_page(
         drafts.find(request, store, person.name, patient_id),
     )
     histories = await asyncio.to_thread(lambda: [store.history(row.id) for row in rows])
+    follows = await asyncio.to_thread(lambda: [store.follow_up(row.id) for row in rows])
+    people = await asyncio.to_thread(store.users)
+    flash = request.session.get(auth.FLASH)
     panels = []
-    for row, (subject, problem), history in zip(rows, subjects, histories, strict=True):
+    for row, (subject, problem), history, follow in zip(
+        rows, subjects, histories, follows, strict=True
+    ):
         ruleset = service.rulesets[row.trial]
         found = row.result.get("criteria") or {}
         criteria = []
@@ -535,7 +751,9 @@ async def _patient_page(
                 title=ruleset.trial.title,
                 candidate=row,
                 criteria=criteria,
-                to_check=[c for c in criteria if c.result == "unknown"],
+                to_check=sorted(
+                    (c for c in criteria if c.result == "unknown"), key=lambda c: c.manual
+                ),
                 history=history,
                 decision=_decision_view(
                     request,
@@ -548,8 +766,25 @@ async def _patient_page(
                     draft,
                 ),
                 subject_status=str(subject.get("status", "")) if subject else None,
+                clinician=sum(1 for c in criteria if c.result == "unknown" and c.manual),
+                follow=follow,
+                colleagues=_colleagues(people, row.trial),
+                excluded=row.verdict not in FLAGGED,
+                review_reasons=_reasons(request).review,
             )
         )
+        panel = panels[-1]
+        panel.decision.shown_status = row.status
+        sent = (follow_feedback or {}).get(row.trial)
+        if sent is not None:
+            panel.notice, panel.notice_kind, panel.values = sent.text, sent.kind, sent.values
+        elif (
+            isinstance(flash, dict)
+            and flash.get("trial") == row.trial
+            and flash.get("part") == "follow"
+        ):
+            panel.notice = str(flash.get("text", ""))
+            request.session.pop(auth.FLASH, None)
     await asyncio.to_thread(store.mark_seen, person.name, rows)
     return render(
         request,
@@ -600,12 +835,17 @@ def _sent(form: Any) -> dict[str, str]:
     def text(name: str) -> str:
         return _text(form.get(name, ""))
 
+    status = text("status")
+    # Each closing status has its own list of reasons: the one of the status chosen counts.
+    reason = text(f"reason-{status}").strip() if status else ""
     return {
         "trial": text("trial"),
-        "status": text("status"),
-        "reason": text("reason").strip(),
+        "status": status,
+        "reason": reason or text("reason").strip(),
         "note": text("note").strip()[: NOTE_MAX * 2],
         "expected_version": text("expected_version")[:64],
+        "confirm": text("confirm")[:32],
+        "shown_status": text("shown_status")[:32],
     }
 
 
@@ -634,7 +874,7 @@ async def _session_ended(
     view = DecisionView(
         trial,
         ruleset.trial.acronym,
-        ineligible_reasons(ruleset),
+        _closing_reasons(request, ruleset),
         may_decide=True,
         expected_version=sent["expected_version"],
         values=sent,
@@ -690,16 +930,33 @@ async def decide(request: Request, patient_id: str) -> Response:
 
     status, reason, note = sent["status"], sent["reason"], sent["note"]
     expected = sent["expected_version"] or None
+    reasons = _reasons(request)
     problem = ""
     if status not in DECISION_CHOICES:
         problem = "Not saved: choose a decision."
-    elif status == "ineligible" and reason not in ineligible_reasons(ruleset):
-        problem = "Not saved: choose why the patient is ineligible."
+    elif reasons.closes(status) and reason not in reasons.for_status(status, ruleset):
+        problem = f"Not saved: choose why ({status_label(status)}) from its list of reasons."
     elif len(note) > NOTE_MAX:
         problem = f"Not saved: the note is longer than {NOTE_MAX} characters."
     if problem:
         feedback = Feedback(problem, "error", sent, expected or "")
         return await _patient_page(request, person, patient_id, trial, {trial: feedback}, 422)
+    # Asked when the page showed Enrolled: if someone else enrolled the patient meanwhile, the
+    # decision path reports that instead (nothing is written over it).
+    shown = sent["shown_status"] or row.status
+    if shown == ENROLLED and status != ENROLLED and sent["confirm"] != status:
+        # Leaving Enrolled is rarely meant: the server asks first (no script needed).
+        label = status_label(status)
+        ask = Feedback(
+            f"Not saved yet: this patient is Enrolled in {ruleset.trial.acronym}. Changing the "
+            f"status to “{label}” takes them off the enrolled patients. Tick “Yes, change "
+            f"Enrolled to {label}” below and record the decision again to confirm.",
+            "warning",
+            sent,
+            expected or "",
+            confirm=status,
+        )
+        return await _patient_page(request, person, patient_id, trial, {trial: ask}, 409)
     try:
         await record_decision(
             service,
@@ -707,7 +964,7 @@ async def decide(request: Request, patient_id: str) -> Response:
             status,
             expected_version=expected,
             decided_by=person.name,
-            reason=reason if status == "ineligible" else "",
+            reason=reason if reasons.closes(status) else "",
             note=note,
         )
     except DecisionConflictError as conflict:
@@ -737,6 +994,127 @@ async def decide(request: Request, patient_id: str) -> Response:
     }
     target = _patient_path(request, patient_id, trial) + f"#decision-{trial}"
     return RedirectResponse(target, status_code=303)
+
+
+def _colleagues(people: list[WebUser], trial: str) -> list[str]:
+    """The people a row of this trial may be assigned to: those who may decide for it."""
+    found = []
+    for user in people:
+        try:
+            if Access.stored(user.role, user.trials).may_decide(trial):
+                found.append(user.name)
+        except RoleError:
+            continue
+    return found
+
+
+async def _follow_up_target(
+    request: Request, patient_id: str, form: Any
+) -> tuple[auth.Person, Candidate, RuleSet]:
+    """The signed-in person who may act on this patient's row of the trial the form names."""
+    person = await _reader_of_patients(request)
+    trial = _text(form.get("trial"))
+    ruleset = _service(request).rulesets.get(trial)
+    if ruleset is None or not is_fhir_id(patient_id):
+        raise HTTPException(404, "This trial is not served here.")
+    if not person.may_decide(trial):
+        raise HTTPException(403, "Your role does not allow following up patients of this trial.")
+    rows = await asyncio.to_thread(_store(request).candidates_of_patient, patient_id)
+    row = next((r for r in rows if r.trial == trial), None)
+    if row is None:
+        raise HTTPException(404, "No screening result for this patient.")
+    return person, row, ruleset
+
+
+def _done(request: Request, patient_id: str, trial: str, text: str) -> Response:
+    request.session[auth.FLASH] = {"trial": trial, "part": "follow", "text": text}
+    # No fragment: a page opened at a fragment gives no element the focus, and the notice
+    # (autofocus) takes it, which brings it into view.
+    return RedirectResponse(_patient_path(request, patient_id, trial), status_code=303)
+
+
+async def _follow_refused(
+    request: Request, person: auth.Person, patient_id: str, trial: str, text: str, form: Any
+) -> Response:
+    values = {k: _text(form.get(k)) for k in ("note", "assignee", "follow_up_on", "reason")}
+    feedback = Feedback(text, "error", values)
+    return await _patient_page(
+        request, person, patient_id, trial, status_code=422, follow_feedback={trial: feedback}
+    )
+
+
+@router.post("/patients/{patient_id}/note", name="add_note")
+async def add_note(request: Request, patient_id: str) -> Response:
+    """A note on a patient's row for a trial, the status left as it is."""
+    form = await auth.checked_form(request)
+    person, row, ruleset = await _follow_up_target(request, patient_id, form)
+    note = _text(form.get("note")).strip()
+    if not note or len(note) > NOTE_MAX:
+        problem = (
+            "Not saved: write the note first."
+            if not note
+            else f"Not saved: the note is longer than {NOTE_MAX} characters."
+        )
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    await asyncio.to_thread(_store(request).add_note, row.id, person.name, note)
+    return _done(request, patient_id, row.trial, f"Note added for {ruleset.trial.acronym}.")
+
+
+@router.post("/patients/{patient_id}/follow-up", name="follow_up")
+async def follow_up(request: Request, patient_id: str) -> Response:
+    """Who follows the row up, and when."""
+    form = await auth.checked_form(request)
+    person, row, ruleset = await _follow_up_target(request, patient_id, form)
+    assignee = _text(form.get("assignee")).strip()
+    people = await asyncio.to_thread(_store(request).users)
+    if assignee and assignee not in _colleagues(people, row.trial):
+        problem = "Not saved: choose someone who follows up patients of this trial."
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    day_text = _text(form.get("follow_up_on")).strip()
+    try:
+        day = date.fromisoformat(day_text) if day_text else None
+    except ValueError:
+        problem = "Not saved: the follow-up date must be a date (YYYY-MM-DD)."
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    changed = await asyncio.to_thread(
+        _store(request).set_follow_up, row.id, person.name, assignee or None, day
+    )
+    text = (
+        f"Saved for {ruleset.trial.acronym}: {'; '.join(changed)}."
+        if changed
+        else "Nothing to save: the assignment and the date are as they were."
+    )
+    return _done(request, patient_id, row.trial, text)
+
+
+@router.post("/patients/{patient_id}/review", name="flag_review")
+async def flag_review(request: Request, patient_id: str) -> Response:
+    """A person flags a patient the rules exclude for a second look (or withdraws the flag).
+    The verdict stays the rules'; no ResearchSubject is written."""
+    form = await auth.checked_form(request)
+    person, row, ruleset = await _follow_up_target(request, patient_id, form)
+    store = _store(request)
+    if _text(form.get("withdraw")) == "1":
+        await asyncio.to_thread(store.flag_for_review, row.id, person.name, "", "", True)
+        return _done(request, patient_id, row.trial, "Flag for review withdrawn.")
+    if row.verdict in FLAGGED:
+        problem = "Not saved: the rules do not exclude this patient; record a decision instead."
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    reason = _text(form.get("reason")).strip()
+    note = _text(form.get("note")).strip()
+    if reason not in _reasons(request).review:
+        problem = "Not saved: choose why the patient should be reviewed."
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    if len(note) > NOTE_MAX:
+        problem = f"Not saved: the note is longer than {NOTE_MAX} characters."
+        return await _follow_refused(request, person, patient_id, row.trial, problem, form)
+    await asyncio.to_thread(store.flag_for_review, row.id, person.name, reason, note)
+    return _done(
+        request,
+        patient_id,
+        row.trial,
+        f"Flagged for review for {ruleset.trial.acronym}. The rules' verdict stays as it is.",
+    )
 
 
 # --- signing in and out -------------------------------------------------------------------------

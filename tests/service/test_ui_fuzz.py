@@ -112,7 +112,22 @@ def test_every_ui_route_with_generated_queries_and_forms_answers_no_5xx(site: Si
     client = site.signed_in
 
     @FUZZ
-    @given(params=query("trial", "status", "since", "changed", "sort", "page"))
+    @given(
+        params=query(
+            "trial",
+            "status",
+            "since",
+            "changed",
+            "sort",
+            "page",
+            "dir",
+            "size",
+            "show",
+            "whose",
+            "due",
+            "review",
+        )
+    )
     def worklist(params: dict[str, str]) -> None:
         no_5xx(client.get("/ui/worklist", params=params))
 
@@ -187,9 +202,49 @@ def test_every_ui_route_with_generated_queries_and_forms_answers_no_5xx(site: Si
         path = f"/ui/overview/{quote(trial, safe='')}/excluded/{quote(step, safe='')}"
         no_5xx(client.get(path, params=params))
 
+    @FUZZ
+    @given(
+        path=st.sampled_from(["note", "follow-up", "review"]),
+        patient=st.sampled_from(["p0", "p1", "nobody"]),
+        form=st.fixed_dictionaries(
+            {},
+            optional={
+                "trial": st.one_of(st.just("relieve"), values),
+                "note": values,
+                "assignee": st.one_of(st.just("fuzzer"), values),
+                "follow_up_on": values,
+                "reason": st.one_of(st.just("Clinician judgement"), values),
+                "withdraw": values,
+            },
+        ),
+    )
+    def follow_up(path: str, patient: str, form: dict[str, str]) -> None:
+        data = {"csrf_token": site.token, **form}
+        no_5xx(client.post(f"/ui/patients/{patient}/{path}", data=data))
+
+    @FUZZ
+    @given(
+        rows=st.lists(st.one_of(st.sampled_from(["1:candidate", "2:on-study"]), values)),
+        form=st.fixed_dictionaries(
+            {},
+            optional={
+                "status": st.one_of(st.sampled_from(["eligible", "not-registered"]), values),
+                "reason-not-registered": values,
+                "note": values,
+                "shown_at": st.one_of(st.just("2026-01-01T00:00:00+05:00"), values),
+                "query": values,
+            },
+        ),
+    )
+    def bulk(rows: list[str], form: dict[str, str]) -> None:
+        data: dict[str, Any] = {"csrf_token": site.token, **form, "row": rows}
+        no_5xx(client.post("/ui/worklist/bulk", data=data))
+
     worklist()
     patient_page()
     decision()
+    follow_up()
+    bulk()
     pages()
     audit()
     excluded()

@@ -106,11 +106,13 @@ def test_coordinator_reads_the_evidence_decides_and_signs_out(browser: Any, site
     panel = page.locator("#trial-relieve")
     panel.get_by_role("radio", name="Ineligible").check()
     panel.get_by_role("button", name="Record decision").click()
-    expect(panel.get_by_role("alert")).to_contain_text("choose why the patient is ineligible")
+    expect(panel.get_by_role("alert")).to_contain_text("choose why (Ineligible)")
     assert subject_status(site, patient) == "candidate"
     panel = page.locator("#trial-relieve")
     panel.get_by_role("radio", name="Ineligible").check()
-    panel.get_by_label("Reason (required for ineligible)").select_option("Declined to take part")
+    panel.get_by_label("Reason for Ineligible (required for it)").select_option(
+        "Declined to take part"
+    )
     panel.get_by_label("Note (optional)").fill("prefers to wait")
     panel.get_by_role("button", name="Record decision").click()
     expect(page.locator("#trial-relieve")).to_contain_text("Recorded for RELIEVE: Ineligible.")
@@ -271,6 +273,7 @@ def test_a_stale_decision_shows_the_other_decision(browser: Any, site: Site) -> 
         assert decided.status_code == 200
     carol = first.locator("#trial-relieve")
     carol.get_by_role("radio", name="Withdrawn").check()
+    carol.get_by_label("Reason for Withdrawn (required for it)").select_option("Withdrew consent")
     carol.get_by_role("button", name="Record decision").click()
     expect(first.locator("#trial-relieve").get_by_role("alert")).to_contain_text("“Enrolled”")
     assert subject_status(site, patient) == "on-study"
@@ -282,7 +285,7 @@ def _decide(page: Page, status: str, reason: str = "", note: str = "") -> None:
     block = page.locator("#decision-relieve")
     block.get_by_role("radio", name=status, exact=True).check()
     if reason:
-        block.get_by_label("Reason (required for ineligible)").select_option(reason)
+        block.get_by_label(f"Reason for {status} (required for it)").select_option(reason)
     if note:
         block.get_by_label("Note (optional)").fill(note)
     block.get_by_role("button", name="Record decision").click()
@@ -307,7 +310,7 @@ def test_an_ended_session_keeps_the_decision_until_it_is_sent_after_signing_in(
     expect(notice).to_contain_text("your session had ended")
     expect(notice).to_be_focused()
     expect(block.get_by_role("radio", name="Ineligible")).to_be_checked()
-    expect(block.get_by_label("Reason (required for ineligible)")).to_have_value(
+    expect(block.get_by_label("Reason for Ineligible (required for it)")).to_have_value(
         "Could not be reached"
     )
     expect(block.get_by_label("Note (optional)")).to_have_value(note)
@@ -356,7 +359,7 @@ def test_feedback_takes_the_focus_beside_the_form_and_keeps_the_choice(
     page.goto(patient_url(site, patient))
     _decide(page, "Ineligible", note="asked twice")
     notice = page.locator("#notice-relieve")
-    expect(notice).to_contain_text("choose why the patient is ineligible")
+    expect(notice).to_contain_text("choose why (Ineligible)")
     expect(notice).to_be_focused()
     expect(notice).to_be_in_viewport()
     form = page.locator("#decision-relieve form")
@@ -370,7 +373,9 @@ def test_feedback_takes_the_focus_beside_the_form_and_keeps_the_choice(
 
     beside()
     block = page.locator("#decision-relieve")
-    block.get_by_label("Reason (required for ineligible)").select_option("Clinician judgement")
+    block.get_by_label("Reason for Ineligible (required for it)").select_option(
+        "Clinician judgement"
+    )
     block.get_by_role("button", name="Record decision").click()
     expect(notice).to_contain_text("Recorded for RELIEVE: Ineligible.")
     expect(notice).to_be_focused()
@@ -439,7 +444,11 @@ def test_the_screening_log_holds_the_rows_of_the_filtered_worklist(
     page.goto(patient_url(site, site.patient("proposed-radiosurgery-plan")))
     _decide(page, "Ineligible", "Declined to take part", note="=not a formula")
     expect(page.locator("#notice-relieve")).to_contain_text("Recorded for RELIEVE")
-    for query in ("trial=relieve&status=any", "status=ineligible&sort=oldest", "status=open"):
+    for query in (
+        "trial=relieve&status=any",
+        "status=ineligible&sort=flagged&dir=asc",
+        "status=open",
+    ):
         page.goto(f"{site.url}/ui/worklist?{query}")
         shown = _table_patients(page)
         href = page.get_by_role("link", name=re.compile("as a screening log")).get_attribute("href")
@@ -474,7 +483,12 @@ def test_the_screening_log_holds_the_rows_of_the_filtered_worklist(
     finally:
         engine.dispose()
     assert (exports[-2].exported_by, exports[-2].via) == ("dora", "ui")
-    assert exports[-2].filters == {"trial": "relieve", "status": "any", "sort": "newest"}
+    assert exports[-2].filters == {
+        "trial": "relieve",
+        "status": "any",
+        "sort": "flagged",
+        "dir": "desc",
+    }
     assert (exports[-1].exported_by, exports[-1].via, exports[-1].rows) == (
         "ui-tests",
         "api",
@@ -596,7 +610,7 @@ def test_every_page_and_state_passes_axe_at_laptop_tablet_and_phone_widths(
         rows = api.get("/candidates", params={"trial": "relieve"}).json()["candidates"]
         row = next(r for r in rows if r["patient"] == f"Patient/{decided}")
         assert api.post(f"/candidates/{row['id']}/decision", json={"status": "eligible"}).is_success
-    _decide(page, "Withdrawn", note="after a conflict")
+    _decide(page, "Withdrawn", "Withdrew consent", note="after a conflict")
     expect(page.locator("#notice-relieve")).to_contain_text("Not saved: ui-tests recorded")
     expect(page.locator("#decision-relieve").get_by_role("radio", name="Withdrawn")).to_be_checked()
     expect(page.locator("#decision-relieve").get_by_label("Note (optional)")).to_have_value(

@@ -15,9 +15,10 @@ from typing import Any
 
 import pytest
 
-from service.api.decisions import DECLINED, NOT_REACHED
+from service.api.decisions import DECLINED, GENERAL_REASONS, NOT_REACHED
 from service.api.screening_log import COLUMNS, outcome, write_log
 from service.cli import main
+from service.errors import ConfigError
 from service.links import patient_page_url
 from service.roles import Access, RoleError
 from service.ruleset.loader import RuleSet
@@ -40,7 +41,7 @@ from service.ui.funnel import attrition, funnel_rows
 from service.ui.passwords import PasswordChecker, hash_password, verify_password
 from service.ui.people import who
 from service.ui.query import LAST_PAGE, read_worklist_query
-from service.ui.vocabulary import GENERAL_REASONS, ineligible_reasons
+from service.ui.vocabulary import DecisionReasons
 from tests.conftest import MAPPINGS_DIR
 
 CRITERIA = [
@@ -320,12 +321,23 @@ def test_passwords_are_argon2_hashes() -> None:
         hash_password("short")
 
 
-def test_ineligible_reasons_come_from_the_criteria(relieve: RuleSet) -> None:
-    reasons = ineligible_reasons(relieve)
+def test_reasons_are_data_for_each_closing_status(relieve: RuleSet, tmp_path: Path) -> None:
+    shipped = DecisionReasons.load(Settings().decision_reasons)
+    reasons = shipped.for_status("ineligible", relieve)
     assert reasons[0] == f"Does not meet: {relieve.criteria[0].text}"
     survival = next(c for c in relieve.criteria if c.id == "survival")
     assert f"Meets exclusion: {survival.text}" in reasons
     assert reasons[-len(GENERAL_REASONS) :] == list(GENERAL_REASONS)
+    # Every closing status has its own list; the others take no reason.
+    assert shipped.for_status("withdrawn", relieve) == shipped.general("withdrawn")
+    assert "Withdrew consent" in shipped.general("withdrawn")
+    assert shipped.closes("not-registered") and not shipped.closes("eligible")
+    assert shipped.for_status("screening", relieve) == [] and shipped.review
+    # A bad file fails at start-up, naming the file and what is wrong.
+    bad = tmp_path / "reasons.yaml"
+    bad.write_text("closing:\n  maybe: {reasons: [x]}\nreview: [y]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"reasons\.yaml.*maybe"):
+        DecisionReasons.load(bad)
 
 
 def test_the_demo_says_how_to_open_the_web_worklist(
@@ -351,7 +363,27 @@ def test_worklist_query_values_that_cannot_be_used_are_named_and_replaced() -> N
         3,
         [],
     )
-    assert good.filters().statuses == ["ineligible"] and good.filters().trials == ["ssrs"]
+    today = date(2026, 6, 15)
+    filters = good.filters("ann", today)
+    assert filters.statuses == ["ineligible"] and filters.trials == ["ssrs"]
+    sorted_query = read_worklist_query(
+        {"sort": "patient", "size": "100", "whose": "mine", "due": "1", "show": "changed"},
+        trials,
+        statuses,
+    )
+    assert (sorted_query.sort, sorted_query.dir, sorted_query.size) == ("patient", "asc", 100)
+    mine = sorted_query.filters("ann", today)
+    assert (mine.assignee, mine.due_by, mine.show, mine.sort) == (
+        "ann",
+        today,
+        "changed",
+        "patient",
+    )
+    assert sorted_query.sorted_by("patient")["dir"] == "desc"  # the other way round
+    assert sorted_query.sorted_by("flagged")["dir"] == "desc"  # newest first
+    # Links of earlier versions still work: newest or oldest flagged first, new or changed.
+    old = read_worklist_query({"sort": "oldest", "changed": "1"}, trials, statuses)
+    assert (old.sort, old.dir, old.show, old.problems) == ("flagged", "asc", "either", [])
     bad = read_worklist_query(
         {
             "trial": "x\x00",
@@ -360,19 +392,22 @@ def test_worklist_query_values_that_cannot_be_used_are_named_and_replaced() -> N
             "sort": "random",
             "page": "-2",
             "changed": "yes",
+            "size": "100000",
+            "dir": "sideways",
         },
         trials,
         statuses,
     )
-    assert (bad.trial, bad.status, bad.since, bad.sort, bad.page, bad.changed) == (
+    assert (bad.trial, bad.status, bad.since, bad.sort, bad.page, bad.show, bad.size) == (
         "",
         "open",
         "",
-        "newest",
+        "flagged",
         1,
         "",
+        25,
     )
-    assert len(bad.problems) == 5
+    assert len(bad.problems) == 6
     assert all("\x00" not in problem for problem in bad.problems)
     huge = read_worklist_query({"page": "9" * 90}, trials, statuses)
     assert huge.page == LAST_PAGE and huge.problems == []  # the worklist then shows its last page

@@ -131,7 +131,9 @@ def test_new_and_changed_since_a_person_looked(stores: tuple[Store, WorklistStor
     worklist.mark_seen("ann", [row(store, "a"), row(store, "b")])
     worklist.record_decision(row(store, "b"), "candidate", "candidate", "ann", "", "", "3")
     assert page(changed_only=True).total == 0
-    # Another person sees everything as new; filters and paging count the whole selection.
+    # "New" is opened by nobody: for another person, only c (nobody opened it) is new; b,
+    # which ann decided, is changed for them (someone else acted on it); a, only re-screened
+    # since ann opened it, is neither. Filters and paging count the whole selection.
     other = worklist.worklist(
         "bob",
         trials=[],
@@ -142,7 +144,7 @@ def test_new_and_changed_since_a_person_looked(stores: tuple[Store, WorklistStor
         offset=0,
         limit=1,
     )
-    assert (other.total, other.new, len(other.rows)) == (3, 3, 1)
+    assert (other.total, other.new, other.changed, len(other.rows)) == (2, 1, 1, 1)
     tomorrow = datetime.now() + timedelta(days=1)
     assert page(since=tomorrow).total == 0
     assert page(trials=["ssrs"]).total == 0
@@ -370,3 +372,119 @@ def test_names_and_identities_of_people(stores: tuple[Store, WorklistStore]) -> 
         worklist.link_user("old", issuer, "carol-sub")
     assert worklist.link_user("old", issuer, "old-sub")
     assert not worklist.link_user("nobody", issuer, "x")
+
+
+def test_sorting_filters_and_follow_up(stores: tuple[Store, WorklistStore]) -> None:
+    """Every column sorts both ways with a stable order; mine, due, new/changed (with who and
+    what), notes and flags for review are kept and filter the list; the screening log holds
+    them. On SQLite and PostgreSQL (the left-to-check count is SQL of each)."""
+    from datetime import date
+
+    from service.state.worklist import SORTS
+
+    store, worklist = stores
+    store.upsert_candidate("relieve", verdict("a", "candidate", x="unknown", y="unknown"), "d")
+    store.upsert_candidate("relieve", verdict("b", "potential-candidate", x="unknown"), "d")
+    store.upsert_candidate("relieve", verdict("c", "ineligible", x="not_met"), "d")
+    store.upsert_candidate("relieve", verdict("e", "candidate", x="met"), "d")
+    ids = {p: row(store, p).id for p in "abce"}
+    everything = WorklistFilters(trials=[], statuses=[])
+
+    def order(**options: Any) -> list[str]:
+        filters = WorklistFilters(**({"trials": [], "statuses": []} | options))
+        return [r.candidate.patient_id for r in worklist.page("ann", filters, 0, 10).rows]
+
+    assert order(sort="patient", descending=False) == ["a", "b", "c", "e"]
+    for sort in SORTS:
+        up, down = order(sort=sort, descending=False), order(sort=sort, descending=True)
+        assert sorted(up) == sorted(down) == ["a", "b", "c", "e"], sort
+        assert up == order(sort=sort, descending=False), sort  # the same order every time
+    assert order(sort="to_check", descending=True)[:2] == ["a", "b"]  # 2 unknown, then 1
+    assert order(sort="to_check", descending=False)[-2:] == ["b", "a"]
+    assert order(sort="verdict", descending=False)[-1] == "c"
+
+    # Follow-up: assigned to ann and due, or to bob later; notes; a flag for review.
+    assert worklist.set_follow_up(ids["a"], "bob", "ann", date(2026, 1, 1)) == [
+        "assigned to ann",
+        "follow up on 2026-01-01",
+    ]
+    assert worklist.set_follow_up(ids["a"], "bob", "ann", date(2026, 1, 1)) == []
+    worklist.set_follow_up(ids["b"], "ann", "bob", date(2999, 1, 1))
+    assert order(assignee="ann") == ["a"]
+    assert sorted(order(assignee="")) == ["c", "e"]
+    assert order(due_by=date(2026, 6, 1)) == ["a"]
+    assert order(sort="assignee", descending=False)[:2] == ["a", "b"]  # nobody's last
+    assert order(sort="follow_up", descending=True)[:2] == ["b", "a"]
+    worklist.flag_for_review(ids["c"], "bob", "Clinician judgement", "seen in clinic")
+    assert order(review_only=True) == ["c"]
+    kept = WorklistFilters(trials=[], statuses=["candidate"], with_review=True)
+    assert sorted(r.candidate.patient_id for r in worklist.page("ann", kept, 0, 9).rows) == [
+        "a",
+        "c",
+        "e",
+    ]
+    assert row(store, "c").verdict == "ineligible"  # the flag changes no verdict
+
+    # New is opened by nobody; changed says who did what since ann looked.
+    assert order(show="new") == order()  # nobody opened anything yet
+    worklist.mark_seen("ann", [row(store, "a"), row(store, "b")])
+    worklist.mark_seen("bob", [row(store, "e")])
+    assert sorted(order(show="new")) == ["c"]
+    worklist.add_note(ids["a"], "bob", "phoned, call back Monday")
+    worklist.add_note(ids["b"], "ann", "my own note")
+    worklist.record_decision(row(store, "e"), "screening", "candidate", "bob", "", "", "2")
+    page = worklist.page("ann", WorklistFilters(trials=[], statuses=[], show="changed"), 0, 9)
+    assert sorted(r.candidate.patient_id for r in page.rows) == ["a", "e"]
+    changes = worklist.changes_since_seen("ann", page.rows)
+    by_patient = {r.candidate.patient_id: changes[r.candidate.id] for r in page.rows}
+    assert [(c.who, c.kind) for c in by_patient["a"]] == [("bob", "note")]
+    assert [(c.who, c.kind, c.before, c.what) for c in by_patient["e"]] == [
+        ("bob", "decision", "candidate", "screening")
+    ]
+    kinds = [h.kind for h in worklist.history(ids["a"])]
+    assert "note" in kinds and "assign" in kinds and "follow-up" in kinds
+
+    lines = {r.patient_id: r for r in worklist.screening_log("ann", everything)}
+    assert (lines["c"].review_reason, lines["c"].review_by) == ("Clinician judgement", "bob")
+    assert lines["c"].verdict == "ineligible"
+    assert (lines["a"].assignee, lines["a"].follow_up_on) == ("ann", date(2026, 1, 1))
+    text = write_log(lines.values(), {"relieve": "NCT06746103"}).decode("utf-8-sig")
+    flagged = {r["patient"]: r for r in csv.DictReader(io.StringIO(text))}["Patient/c"]
+    assert flagged["review_reason"] == "Clinician judgement" and flagged["verdict"] == "ineligible"
+    worklist.flag_for_review(ids["c"], "bob", "", "", clear=True)
+    assert order(review_only=True) == []
+
+
+def test_migration_0008_counts_the_unknown_criteria_of_rows_already_screened(
+    stores: tuple[Store, WorklistStore],
+) -> None:
+    """Rows screened before 0008 get their count of unknown criteria (in SQL, per database);
+    down to 0007 and up again leaves the schema whole (the verdict-history triggers too)."""
+    from alembic import command
+    from alembic.config import Config
+
+    from service.state.store import MIGRATIONS
+
+    store, worklist = stores
+    store.upsert_candidate("relieve", verdict("a", "candidate", x="unknown", y="unknown"), "d")
+    store.upsert_candidate("relieve", verdict("b", "candidate", x="met"), "d")
+    assert row(store, "a").unknown_count == 2
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", store.engine.url.render_as_string(False))
+    store.engine.dispose()
+    command.downgrade(config, "0007")
+    command.upgrade(config, "head")
+    assert (row(store, "a").unknown_count, row(store, "b").unknown_count) == (2, 0)
+    everything = WorklistFilters(trials=[], statuses=[], sort="to_check")
+    assert [r.candidate.patient_id for r in worklist.page("ann", everything, 0, 9).rows] == [
+        "a",
+        "b",
+    ]
+    # The verdict history is still written by its triggers (migration 0004): a batch copy of
+    # the table on SQLite would have dropped them.
+    from service.state.models import VerdictEvent
+
+    store.upsert_candidate("relieve", verdict("c", "candidate"), "d")
+    with store.session() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(VerdictEvent)) == 3
