@@ -111,6 +111,7 @@ def screen_bulk_export(
     for flag, given in (
         ("--patients", args.patients),
         ("--patients-file", args.patients_file),
+        ("--appointments", args.appointments),
         ("--write-back", args.write_back),
         ("--dry-run", args.dry_run),
         ("--resume", args.resume),
