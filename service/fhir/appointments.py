@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from service.errors import PrescreenError
 from service.fhir.client import FhirClient, Json
@@ -34,6 +34,13 @@ class ClinicDays:
     def __post_init__(self) -> None:
         if self.last < self.first:
             raise PrescreenError("--appointments: the last day is before the first")
+        try:
+            ZoneInfo(self.zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise PrescreenError(
+                f"PRESCREEN_CLINIC_TIMEZONE: no time zone '{self.zone}' (an IANA name such as "
+                "Europe/Berlin)"
+            ) from exc
 
     def bounds(self) -> tuple[datetime, datetime]:
         zone = ZoneInfo(self.zone)
@@ -47,10 +54,10 @@ class ClinicDays:
 
 def parse_days(text: str, zone: str = "UTC") -> ClinicDays:
     """``2026-06-16`` or ``2026-06-16..2026-06-18`` (both ends included)."""
-    first, _, last = text.strip().partition("..")
+    first, sep, last = text.strip().partition("..")
     try:
         start = date.fromisoformat(first.strip())
-        end = date.fromisoformat(last.strip()) if last else start
+        end = date.fromisoformat(last.strip()) if sep else start
     except ValueError as exc:
         raise PrescreenError(
             f"--appointments must be DATE or DATE..DATE as YYYY-MM-DD, not '{text}'"
