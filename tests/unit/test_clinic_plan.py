@@ -47,4 +47,4 @@ def test_a_plan_reads_every_setting() -> None:
 )
 def test_a_wrong_setting_stops_the_start_naming_it(setting: str, value: str, named: str) -> None:
     with pytest.raises(ConfigError, match=named):
-        clinic_plan(Settings(**{setting: value}), TRIALS)
+        clinic_plan(Settings().model_copy(update={setting: value}), TRIALS)

@@ -157,6 +157,6 @@ def test_days_and_filters_are_read_strictly() -> None:
             parse_days(wrong)
     with pytest.raises(PrescreenError):
         parse_days("2026-06-16", "Mars/Olympus")
-    for wrong in (["practitioner"], ["=x"], ["date=2026-06-16"]):
+    for item in ("practitioner", "=x", "date=2026-06-16"):
         with pytest.raises(PrescreenError):
-            parse_filters(wrong)
+            parse_filters([item])
