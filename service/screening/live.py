@@ -572,7 +572,11 @@ async def _screen_groups(
             if advance is not None:
                 advance(done)
 
-    await asyncio.gather(*(one(group) for group in groups))
+    # The first group alone: what it learns of the server (batch refused, one patient per
+    # search) the others then know, instead of each finding it out at once.
+    for group in groups[:1]:
+        await one(group)
+    await asyncio.gather(*(one(group) for group in groups[1:]))
     return len(todo), fetcher.notices
 
 
