@@ -49,11 +49,17 @@ class CrossPatientSearchRefusedError(FhirServerError):
         "--appointments DATE[..DATE] (a clinic's schedule)"
     )
 
-    def __init__(self, resource_type: str, how: str, purpose: str = "cohort discovery") -> None:
+    def __init__(
+        self,
+        resource_type: str,
+        how: str,
+        purpose: str = "cohort discovery",
+        status: int | None = None,
+    ) -> None:
         self.resource_type = resource_type
         self.how = how
         self.purpose = purpose
-        super().__init__(self._text(), status=403)
+        super().__init__(self._text(), status=status)
 
     def _text(self) -> str:
         return (
@@ -64,7 +70,7 @@ class CrossPatientSearchRefusedError(FhirServerError):
         )
 
     def for_purpose(self, purpose: str) -> CrossPatientSearchRefusedError:
-        return CrossPatientSearchRefusedError(self.resource_type, self.how, purpose)
+        return CrossPatientSearchRefusedError(self.resource_type, self.how, purpose, self.status)
 
 
 class FhirUnavailableError(FhirServerError):

@@ -399,7 +399,9 @@ async def _patients_of(client: FhirClient, rtype: str, params: list[tuple[str, s
     except FhirServerError as exc:
         if not refuses_cross_patient(exc):
             raise
-        raise CrossPatientSearchRefusedError(rtype, f"HTTP {exc.status}") from exc
+        raise CrossPatientSearchRefusedError(
+            rtype, f"HTTP {exc.status}", status=exc.status
+        ) from exc
     if _refusal(first):
         raise CrossPatientSearchRefusedError(rtype, "an OperationOutcome error")
     found: set[str] = set()
