@@ -5,6 +5,7 @@ message; a clinic's appointments are the patient list, and give the offline verd
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from service.cli import main
 from tests.conftest import SAMPLE_DIR
 from tests.helpers import read_ndjson
+from tests.integration.conftest import fhir_put
 
 pytestmark = pytest.mark.integration
 AS_OF = "2026-06-15"
@@ -138,6 +140,34 @@ def test_an_appointment_filter_narrows_the_clinic_list(
     assert screened == expected and expected < booked_patients("2026-06-16", "2026-06-20")
     selection = json.loads((out / "summary.json").read_text())["live"]["selection"]
     assert selection["filters"] == [f"practitioner={spine}"]
+
+
+def test_a_group_is_screened_member_by_member(
+    constrained_hapi: Any, offline: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    members = sorted(offline["relieve"])[5:8]
+    group_id = f"clinic-{uuid.uuid4().hex[:12]}"
+    group = {
+        "resourceType": "Group",
+        "id": group_id,
+        "type": "person",
+        "actual": True,
+        "member": [
+            {"entity": {"reference": members[0]}},
+            {"entity": {"reference": members[1]}},
+            {"entity": {"reference": members[2]}, "inactive": True},  # no longer a member
+            {"entity": {"reference": "Practitioner/spine-onc-1"}},
+        ],
+    }
+    answer = fhir_put(f"{constrained_hapi.base_url}/Group/{group_id}", json=group)
+    assert answer.status_code in (200, 201)
+    out = tmp_path / "group"
+    command = ["--trial", "relieve", "--fhir-url", constrained_hapi.base_url]
+    assert screen(*command, "--group", group_id, "--out", str(out)) == 0
+    got = {v["patient"]: v for v in read_ndjson(out / "verdicts.ndjson")}
+    assert got == {p: offline["relieve"][p] for p in members[:2]}
+    selection = json.loads((out / "summary.json").read_text())["live"]["selection"]
+    assert selection == {"kind": "group", "group": group_id}
 
 
 def test_a_patient_level_export_refused_names_the_group_option(
