@@ -65,7 +65,7 @@ bench: $(STAMP)
 sample: $(STAMP)
 	rm -f samples/hospital/*.ndjson
 	$(BIN)/prescreen synth --patients 300 --seed 7 --as-of 2026-06-15 \
-		--spinal-fraction 0.2 --median-background 12 --out samples/hospital
+		--spinal-fraction 0.2 --median-background 12 --clinic-days 5 --out samples/hospital
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 
 from benchmarks import (
+    appointments,
     bulk_rest,
     cds_hooks,
     common,
@@ -30,7 +31,8 @@ def main() -> None:
         "--only",
         default="offline,floor,workers,portfolio,engines,live,cds_hooks,whatif",
         help="which benchmarks (on request too: bulk_rest starts HAPI FHIR, spark a cluster, "
-        "worklist the service with the web worklist at 5,000 patients)",
+        "worklist the service with the web worklist at 5,000 patients, appointments HAPI FHIR "
+        "in its constrained mode with clinic lists of 20, 100 and 1,000 patients)",
     )
     args = parser.parse_args()
     chosen = set(args.only.split(","))
@@ -72,6 +74,9 @@ def main() -> None:
     if "worklist" in chosen:
         print("the web worklist at 5,000 patients")
         worklist.report(worklist.measure())
+    if "appointments" in chosen:
+        print("clinic lists, patient by patient, on a constrained HAPI FHIR")
+        appointments.report(appointments.measure())
     if "spark" in chosen:
         print("local executor vs Spark local[2] vs a standalone cluster")
         spark.report(spark.measure(100_000, "relieve", 1))

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import smtplib
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
@@ -28,6 +29,7 @@ import orjson
 
 from service.errors import error_kind
 from service.links import patient_page_url
+from service.state.clinic import ClinicStore
 from service.state.leases import kept
 from service.state.store import CandidateChange, Store
 
@@ -66,6 +68,7 @@ def signature(secret: str, body: bytes) -> str:
 class Alerter:
     def __init__(self, store: Store, settings: AlertSettings) -> None:
         self.store = store
+        self.clinic = ClinicStore(store)
         self.settings = settings
         self.sent: dict[str, int] = {"webhook": 0, "email": 0}
         self.failed: dict[str, int] = {"webhook": 0, "email": 0}
@@ -96,6 +99,29 @@ class Alerter:
                     alert_id, channel, change.trial, change.patient_id, change.current
                 )
 
+    async def consider_visit(
+        self, trial: str, patient_id: str, appointment_id: str, day: str, status: str
+    ) -> None:
+        """A candidate (or potential one) with an appointment on ``day``: told once per
+        (trial, patient, appointment, channel), whatever its earlier alerts were."""
+        if status not in ALERTING[None]:
+            return
+        for channel in self.channels:
+            alert_id = await asyncio.to_thread(
+                self.clinic.claim_alert,
+                trial,
+                patient_id,
+                appointment_id,
+                day,
+                status,
+                channel,
+                self.settings.lease_seconds,
+            )
+            if alert_id is not None:
+                await self._deliver_visit(
+                    alert_id, channel, trial, patient_id, appointment_id, day, status
+                )
+
     async def retry_unsent(self) -> None:
         """Send again what failed (or what a stopped replica left in flight), never an alert
         whose delivery is still under way here or elsewhere."""
@@ -109,12 +135,28 @@ class Alerter:
                 await self._deliver(
                     alert.id, alert.channel, alert.trial, alert.patient_id, alert.reached
                 )
+        for visit in await asyncio.to_thread(self.clinic.unsent_alerts):
+            if visit.attempts >= ATTEMPTS:
+                continue
+            claimed = await asyncio.to_thread(
+                self.clinic.claim_retry, visit.id, self.settings.lease_seconds
+            )
+            if claimed:
+                await self._deliver_visit(
+                    visit.id,
+                    visit.channel,
+                    visit.trial,
+                    visit.patient_id,
+                    visit.appointment_id,
+                    visit.appointment_date,
+                    visit.reached,
+                )
 
-    async def _deliver(
-        self, alert_id: int, channel: str, trial: str, patient_id: str, status: str
-    ) -> None:
+    def _payload(
+        self, event: str, alert_id: int, trial: str, patient_id: str, status: str
+    ) -> dict[str, Any]:
         payload = {
-            "event": "prescreen.candidate",
+            "event": event,
             "id": str(alert_id),
             "trial": trial,
             "patient": f"Patient/{patient_id}",
@@ -124,7 +166,41 @@ class Alerter:
         page = patient_page_url(self.settings.public_url, trial, patient_id)
         if page is not None:
             payload["page"] = page
+        return payload
+
+    async def _deliver_visit(
+        self,
+        alert_id: int,
+        channel: str,
+        trial: str,
+        patient_id: str,
+        appointment_id: str,
+        day: str,
+        status: str,
+    ) -> None:
+        payload = self._payload("prescreen.visit", alert_id, trial, patient_id, status)
+        payload["appointment"] = f"Appointment/{appointment_id}"
+        payload["appointment_date"] = day
+        renew = functools.partial(self.clinic.renew_alert, alert_id, self.settings.lease_seconds)
+        mark = functools.partial(self.clinic.mark_alert, alert_id)
+        await self._send(alert_id, channel, payload, renew, mark)
+
+    async def _deliver(
+        self, alert_id: int, channel: str, trial: str, patient_id: str, status: str
+    ) -> None:
+        payload = self._payload("prescreen.candidate", alert_id, trial, patient_id, status)
         renew = functools.partial(self.store.renew_alert, alert_id, self.settings.lease_seconds)
+        mark = functools.partial(self.store.mark_alert, alert_id)
+        await self._send(alert_id, channel, payload, renew, mark)
+
+    async def _send(
+        self,
+        alert_id: int,
+        channel: str,
+        payload: dict[str, Any],
+        renew: Callable[[], bool],
+        mark: Callable[[str], None],
+    ) -> None:
         # The lease is held until the outcome is recorded, not only while sending: a delivery
         # whose "sent" could not be written yet must not look unsent to another replica.
         async with kept(renew, self.settings.lease_seconds):
@@ -140,14 +216,14 @@ class Alerter:
             else:
                 self.sent[channel] += 1
                 outcome = "sent"
-            await self._record(alert_id, outcome)
+            await self._record(alert_id, outcome, mark)
 
-    async def _record(self, alert_id: int, outcome: str) -> None:
+    async def _record(self, alert_id: int, outcome: str, mark: Callable[[str], None]) -> None:
         """Write a delivery's outcome, trying again while the database fails (a delivered
         alert recorded as unsent would be delivered again)."""
         for attempt in range(RECORD_ATTEMPTS):
             try:
-                await asyncio.to_thread(self.store.mark_alert, alert_id, outcome)
+                await asyncio.to_thread(mark, outcome)
                 return
             except Exception as exc:
                 if attempt + 1 == RECORD_ATTEMPTS:
@@ -173,13 +249,23 @@ class Alerter:
 
     def _email(self, payload: dict[str, Any]) -> None:
         message = EmailMessage()
-        message["Subject"] = f"[prescreen] {payload['trial']}: new {payload['status']}"
+        visit = payload.get("appointment_date")
+        message["Subject"] = (
+            f"[prescreen] {payload['trial']}: {payload['status']} coming on {visit}"
+            if visit
+            else f"[prescreen] {payload['trial']}: new {payload['status']}"
+        )
         message["From"] = self.settings.smtp_from
         message["To"] = ", ".join(self.settings.smtp_to)
         message["X-Prescreen-Event"] = payload["id"]
         message.set_content(
-            f"A patient is now a {payload['status']} for {payload['trial']}.\n"
-            f"Patient: {payload['patient']}\nWorklist: {payload['worklist']}\n"
+            (
+                f"A {payload['status']} for {payload['trial']} has an appointment on {visit} "
+                f"({payload['appointment']}).\n"
+                if visit
+                else f"A patient is now a {payload['status']} for {payload['trial']}.\n"
+            )
+            + f"Patient: {payload['patient']}\nWorklist: {payload['worklist']}\n"
             + (f"Open: {payload['page']}\n" if "page" in payload else "")
         )
         assert self.settings.smtp_host is not None

@@ -39,6 +39,40 @@ class FhirServerError(PrescreenError):
         super().__init__(message)
 
 
+class CrossPatientSearchRefusedError(FhirServerError):
+    """The server refused a search across patients (a clinical type searched without a patient):
+    it allows patient-scoped queries only. Nothing can be selected that way; the run needs a list
+    of patients (ids, a Group, a clinic's appointments)."""
+
+    OPTIONS = (
+        "--patients/--patients-file (ids), --group ID (the members of a Group) or "
+        "--appointments DATE[..DATE] (a clinic's schedule)"
+    )
+
+    def __init__(
+        self,
+        resource_type: str,
+        how: str,
+        purpose: str = "cohort discovery",
+        status: int | None = None,
+    ) -> None:
+        self.resource_type = resource_type
+        self.how = how
+        self.purpose = purpose
+        super().__init__(self._text(), status=status)
+
+    def _text(self) -> str:
+        return (
+            f"the FHIR server refused a search across patients ({self.resource_type} without a "
+            f"patient parameter: {self.how}); it allows patient-scoped queries only, so "
+            f"{self.purpose} cannot run there. Give the patients to screen instead: "
+            f"{self.OPTIONS}. See docs/servers.md."
+        )
+
+    def for_purpose(self, purpose: str) -> CrossPatientSearchRefusedError:
+        return CrossPatientSearchRefusedError(self.resource_type, self.how, purpose, self.status)
+
+
 class FhirUnavailableError(FhirServerError):
     """The server could not be reached, or kept failing, after every retry."""
 

@@ -235,6 +235,47 @@ class Settings(BaseSettings):
     smtp_from: str = Field(default="prescreen@localhost", description="alert sender")
     smtp_to: str = Field(default="", description="comma-separated coordinator addresses")
 
+    # --- a clinic's schedule (--appointments; the service's daily clinic screening) ---
+    clinic_timezone: str = Field(
+        default="UTC",
+        description="IANA time zone of the clinic's calendar days (Europe/Berlin...): "
+        "--appointments DATE..DATE and the daily schedule search from 00:00 of the first day to "
+        "00:00 after the last in this zone",
+    )
+    appointment_ignored_statuses: str = Field(
+        default="cancelled,entered-in-error,noshow",
+        description="comma-separated Appointment statuses left out of a clinic list (their "
+        "patients are not screened for that appointment)",
+    )
+    clinic_schedule_time: str = Field(
+        default="",
+        description="HH:MM (in clinic_timezone) at which the service screens the coming "
+        "appointments every day and alerts coordinators; empty: no daily clinic screening",
+    )
+    clinic_schedule_days_ahead: int = Field(
+        default=1,
+        ge=1,
+        le=31,
+        description="the daily clinic screening reads the appointments of the next this many "
+        "days (1: tomorrow's clinic)",
+    )
+    clinic_schedule_filters: str = Field(
+        default="",
+        description="Appointment search parameters narrowing the daily clinic list, NAME=VALUE "
+        "separated by ';' (practitioner=Practitioner/12;service-type=spine-oncology)",
+    )
+    clinic_schedule_trials: str = Field(
+        default="",
+        description="comma-separated trials the daily clinic screening screens for; empty: "
+        "every trial of the service",
+    )
+
+    @property
+    def ignored_appointment_statuses(self) -> frozenset[str]:
+        return frozenset(
+            s.strip() for s in self.appointment_ignored_statuses.split(",") if s.strip()
+        )
+
     # --- the web worklist (/ui) ---
     ui_mode: Literal["local", "oidc", "off"] = Field(
         default="local",

@@ -12,6 +12,7 @@ prescreen itself reads codes only from fhir_mappings/.
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from service.synth_clinic import clinic_schedule
 
 SCT = "http://snomed.info/sct"
 LOINC = "http://loinc.org"
@@ -916,14 +919,20 @@ def generate(
 
 
 def write_population(
-    out: Path, patients: int, seed: int, as_of: date, **options: Any
+    out: Path, patients: int, seed: int, as_of: date, *, clinic_days: int = 0, **options: Any
 ) -> Counter[str]:
-    """Write ``<ResourceType>.ndjson`` files; returns resources written per type."""
+    """Write ``<ResourceType>.ndjson`` files; returns resources written per type. With
+    ``clinic_days``, also a clinic schedule of that many days after ``as_of``
+    (``service.synth_clinic``)."""
     out.mkdir(parents=True, exist_ok=True)
     handles: dict[str, Any] = {}
     counts: Counter[str] = Counter()
+    resources = itertools.chain(
+        generate(patients, seed, as_of, **options),
+        clinic_schedule(patients, seed, as_of, clinic_days),
+    )
     try:
-        for resource in generate(patients, seed, as_of, **options):
+        for resource in resources:
             kind = resource["resourceType"]
             handle = handles.get(kind)
             if handle is None:

@@ -26,6 +26,12 @@ def register_synth(
         default=90,
         help="median routine resources per patient (long-tailed)",
     )
+    synth.add_argument(
+        "--clinic-days",
+        type=int,
+        default=0,
+        help="add a clinic schedule: Appointments over this many days after --as-of",
+    )
     synth.set_defaults(func=cmd_synth)
 
 
@@ -40,6 +46,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         as_of,
         spinal_fraction=args.spinal_fraction,
         median_background=args.median_background,
+        clinic_days=args.clinic_days,
     )
     stdout.print(
         f"Wrote {args.patients} patients ({sum(counts.values())} resources) to {args.out}: "

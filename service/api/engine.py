@@ -15,6 +15,7 @@ from typing import Any
 
 from service.alerts import Alerter
 from service.api.audit import send_due
+from service.api.clinic import ClinicSchedule
 from service.api.folders import OUTSIDE_ROOTS, files_within_roots
 from service.api.writelocks import WriteBackLocks
 from service.errors import error_kind
@@ -84,6 +85,8 @@ class ScreeningService:
         self.replica = uuid.uuid4().hex
         self.write_locks = WriteBackLocks(store, self.replica, settings.lease_seconds)
         self._running_runs: set[str] = set()
+        self.one_patient_per_search = False
+        self.clinic_schedule = ClinicSchedule(self)
 
     # --- FHIR -----------------------------------------------------------------------------------
 
@@ -136,9 +139,17 @@ class ScreeningService:
         return [v.as_contract(self.rulesets[trial], as_of) for v in verdicts]
 
     async def screen(
-        self, trial: str, patient_ids: list[str], as_of: date, write_back: bool
+        self,
+        trial: str,
+        patient_ids: list[str],
+        as_of: date,
+        write_back: bool,
+        *,
+        alert: bool = True,
     ) -> list[dict[str, Any]]:
-        """Fetch, evaluate, write back, update the worklist and alert: for a few patients."""
+        """Fetch, evaluate, write back, update the worklist and alert: for a few patients.
+        ``alert=False``: the caller tells the coordinators itself (the clinic screening's
+        alerts name the visit)."""
         ruleset = self.rulesets[trial]
         client = await self.client()
         abilities = await self.abilities()
@@ -149,12 +160,17 @@ class ScreeningService:
             codes_per_request=self.settings.fhir_codes_per_request,
             page_size=self.settings.fhir_page_size,
         )
+        # A server found to take one patient per search is not asked for several again.
+        fetcher.one_patient = self.one_patient_per_search
         resources: list[Json] = []
         lost: dict[str, str] = {}
         for group in chunked(patient_ids, self.settings.fhir_patients_per_request):
             fetched = await fetcher.fetch(group)
             resources += fetched.resources
             lost.update(fetched.lost)
+        if fetcher.notices and not self.one_patient_per_search:
+            self.one_patient_per_search = True
+            log.warning("%s", fetcher.notices[0])
         for rtype in sorted(lost):
             log.warning("%s: the FHIR server would not give its records (%s)", rtype, lost[rtype])
         skipped: dict[str, str] = {}
@@ -193,7 +209,8 @@ class ScreeningService:
                 as_of.isoformat(),
                 details.get(verdict.patient_id),
             )
-            await self.alerter.consider(change)
+            if alert:
+                await self.alerter.consider(change)
         return contracts
 
     # --- population runs ------------------------------------------------------------------------
@@ -401,8 +418,8 @@ class ScreeningService:
         )
 
     async def background(self) -> None:
-        """The debounce loop, retries of alerts that could not be delivered, and runs left by
-        a replica that stopped renewing its lease."""
+        """The debounce loop, retries of alerts that could not be delivered, runs left by a
+        replica that stopped renewing its lease, and the daily clinic screening when due."""
         ticks = 0
         while True:
             try:
@@ -412,6 +429,7 @@ class ScreeningService:
                     await self.alerter.retry_unsent()
                 if ticks % 20 == 0:
                     await self.resume_runs()
+                    await self.clinic_schedule.tick()
                 if self.settings.audit_to_fhir and ticks % 4 == 0:
                     await self.send_audit()
             except Exception as exc:

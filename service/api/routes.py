@@ -254,6 +254,23 @@ async def post_runs(body: RunRequest, request: Request) -> dict[str, Any]:
     return _run_json(run)
 
 
+@router.post(
+    "/clinic-schedule/run",
+    summary="Screen the coming appointments now and alert before each visit",
+    operation_id="postClinicScheduleRun",
+)
+async def post_clinic_schedule_run(request: Request) -> dict[str, Any]:
+    """What the daily clinic screening does, now: the appointments of the next
+    PRESCREEN_CLINIC_SCHEDULE_DAYS_AHEAD days screened for the schedule's trials; a visit
+    already alerted is not alerted again. Answers what was read and the verdict counts."""
+    _auth(request).require(request, "runs")
+    schedule = _service(request).clinic_schedule
+    try:
+        return await schedule.run(schedule.today())
+    except FhirServerError as exc:
+        raise HTTPException(502, f"the FHIR server failed: {error_kind(exc)}") from exc
+
+
 @router.get("/runs/{run_id}", summary="A run's progress and counts", operation_id="getRun")
 async def get_run(run_id: str, request: Request) -> dict[str, Any]:
     _auth(request).require(request, "runs")

@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-from service.errors import FhirServerError
+from service.errors import CrossPatientSearchRefusedError, FhirServerError, FhirUnavailableError
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import ServerAbilities, ungranted_reads
 from service.mapping.mapper import Mapper
-from service.mapping.resources import patient_of
+from service.mapping.resources import (
+    UnattributableResourceError,
+    patient_id_from_reference,
+    patient_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +141,30 @@ BATCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
 # reading it are never decided by its absence (service/ruleset/gaps.py).
 SEARCH_REFUSED = frozenset({400, 403, 404, 405, 422, 501})
 OUTCOME_ERRORS = frozenset({"error", "fatal"})
+# A search across patients answered so: the server allows patient-scoped queries only.
+CROSS_PATIENT_REFUSED = frozenset({400, 403})
+
+
+def refuses_cross_patient(exc: FhirServerError) -> bool:
+    """A refusal of a search that named no patient (or several): 400/403, or an outcome saying a
+    patient parameter is required."""
+    if isinstance(exc, FhirUnavailableError):
+        return False
+    if exc.status in CROSS_PATIENT_REFUSED:
+        return True
+    text = exc.diagnostics.lower()
+    return "patient" in text and any(word in text for word in ("required", "requires", "must"))
+
+
+class _OnePatientPerSearchError(Exception):
+    """A search naming several patients was refused: the server wants one per search."""
+
+
+# What a run says, once, when the server turns out to take one patient per search.
+ONE_PATIENT_NOTICE = (
+    "the FHIR server refused a search naming several patients: it allows patient-scoped "
+    "queries only; reading one patient at a time (more requests, the same verdicts)"
+)
 
 
 @dataclass
@@ -190,6 +218,10 @@ class PatientFetcher:
         # with why: not asked again, and lost sources for the screening.
         self.lost: dict[str, str] = {}
         self._scopes_checked = False
+        # Set when the server refuses searches naming several patients (patient-scoped EHR
+        # APIs): from then on each search names one patient; ``notices`` says so once.
+        self.one_patient = False
+        self.notices: list[str] = []
 
     def requests_for(self, patient_ids: list[str]) -> list[tuple[str, list[tuple[str, str]]]]:
         requests = [("Patient", [("_id", ",".join(patient_ids)), ("_count", str(self.page_size))])]
@@ -202,7 +234,23 @@ class PatientFetcher:
 
     async def fetch(self, patient_ids: list[str]) -> Fetched:
         """Every mapped resource of these patients (Patients included), and the types the
-        server would not give (their searches refused, or no scope granted to read them)."""
+        server would not give (their searches refused, or no scope granted to read them).
+        On a server that takes one patient per search, one patient at a time."""
+        if self.one_patient and len(patient_ids) > 1:
+            parts = await asyncio.gather(*(self.fetch([pid]) for pid in patient_ids))
+            merged = Fetched([r for part in parts for r in part.resources])
+            for part in parts:
+                merged.lost.update(part.lost)
+            return merged
+        try:
+            return await self._fetch(patient_ids)
+        except _OnePatientPerSearchError:
+            if not self.one_patient:
+                self.one_patient = True
+                self.notices.append(ONE_PATIENT_NOTICE)
+            return await self.fetch(patient_ids)
+
+    async def _fetch(self, patient_ids: list[str]) -> Fetched:
         await self._check_scopes()
         requests = [(t, p) for t, p in self.requests_for(patient_ids) if t not in self.lost]
         firsts: list[Json | None] | None = None
@@ -218,15 +266,23 @@ class PatientFetcher:
         if firsts is None:
             firsts = [None] * len(requests)
         # A search the batch could not run is sent on its own, where a refusal is told apart.
-        firsts = await asyncio.gather(
+        answers = await asyncio.gather(
             *(
                 self._search(rtype, params) if first is None else _given(first)
                 for (rtype, params), first in zip(requests, firsts, strict=True)
-            )
+            ),
+            return_exceptions=True,
         )
+        # Every search has ended before one's error is raised: none is left running unseen.
+        for answer in answers:
+            if isinstance(answer, _OnePatientPerSearchError):
+                raise answer
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
         resources: list[Json] = []
-        for first in firsts:
-            if first is not None:
+        for first in answers:
+            if isinstance(first, dict):
                 resources.extend(await self._entries(first))
         resources.extend(await self._referenced(resources))
         wanted = {t for t, _ in self.requests_for(patient_ids)} | self._join_targets()
@@ -254,6 +310,8 @@ class PatientFetcher:
             if exc.status not in SEARCH_REFUSED or rtype == "Patient":
                 raise
             status = f"HTTP {exc.status}"
+        if self._several_patients(rtype, params):
+            raise _OnePatientPerSearchError  # tried again one patient per search: not lost
         plain = [(k, v) for k, v in params if k in (self._patient_param(rtype), "_id", "_count")]
         if plain != params:
             # Perhaps a filter it does not take: the type's records unfiltered (the mapper
@@ -267,6 +325,10 @@ class PatientFetcher:
                     raise
         self.lost.setdefault(rtype, f"the server refused its search ({status})")
         return None
+
+    def _several_patients(self, rtype: str, params: list[tuple[str, str]]) -> bool:
+        param = self._patient_param(rtype)
+        return any(key == param and "," in value for key, value in params)
 
     def _join_targets(self) -> set[str]:
         """The types every mapping of this reading resolves references to."""
@@ -330,11 +392,26 @@ async def _given(first: Json) -> Json:
 
 
 async def _patients_of(client: FhirClient, rtype: str, params: list[tuple[str, str]]) -> set[str]:
+    """The patients of a search across patients; CrossPatientSearchRefusedError when the server
+    allows patient-scoped queries only (never a partial answer)."""
+    try:
+        first = await client.get(rtype, params, kind=f"search {rtype}")
+    except FhirServerError as exc:
+        if not refuses_cross_patient(exc):
+            raise
+        raise CrossPatientSearchRefusedError(
+            rtype, f"HTTP {exc.status}", status=exc.status
+        ) from exc
+    if _refusal(first):
+        raise CrossPatientSearchRefusedError(rtype, "an OperationOutcome error")
     found: set[str] = set()
-    async for resource in client.search(rtype, params):
-        patient = patient_of(resource)
-        if patient is not None:
-            found.add(patient)
+    async for page in client.pages(first):
+        for entry in page.get("entry", []):
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict):
+                patient = patient_of(resource)
+                if patient is not None:
+                    found.add(patient)
     return found
 
 
@@ -354,6 +431,25 @@ async def discover_cohort(
     return sorted(found)
 
 
+async def group_members(client: FhirClient, group_id: str) -> list[str]:
+    """The patients of a Group (its active members whose entity is a Patient)."""
+    group = await client.get(f"Group/{group_id}", kind="read Group")
+    if group.get("resourceType") != "Group":
+        raise FhirServerError("the Group read returned no Group")
+    found: set[str] = set()
+    for member in group.get("member") or []:
+        if not isinstance(member, dict) or member.get("inactive") is True:
+            continue
+        entity = member.get("entity")
+        reference = entity.get("reference") if isinstance(entity, dict) else None
+        if isinstance(reference, str):
+            try:
+                found.add(patient_id_from_reference(reference))
+            except UnattributableResourceError:
+                continue  # a Group of Practitioners or Devices has no patient to screen
+    return sorted(found)
+
+
 async def changed_since(
     client: FhirClient,
     mapper: Mapper | Sequence[Mapper],
@@ -364,6 +460,22 @@ async def changed_since(
 ) -> list[str]:
     """Patients with a mapped resource (or their Patient record) updated after ``since``; of
     any of several mappings, in one pass."""
+    try:
+        return await _changed_since(
+            client, mapper, since, codes_per_request=codes_per_request, page_size=page_size
+        )
+    except CrossPatientSearchRefusedError as exc:
+        raise exc.for_purpose("--since (changes of every patient)") from exc
+
+
+async def _changed_since(
+    client: FhirClient,
+    mapper: Mapper | Sequence[Mapper],
+    since: str,
+    *,
+    codes_per_request: int,
+    page_size: int,
+) -> list[str]:
     found = await _patients_of(
         client, "Patient", [("_lastUpdated", f"gt{since}"), ("_count", str(page_size))]
     )

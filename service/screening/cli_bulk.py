@@ -33,7 +33,11 @@ T = TypeVar("T")
 
 
 def _export_arguments(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--group", help="export the members of this Group (Group/ID/$export)")
+    group.add_argument(
+        "--group",
+        help="the members of this Group: exported (Group/ID/$export), or in a REST screen "
+        "(no --bulk) read from Group/ID and screened one by one",
+    )
     group.add_argument(
         "--export-level",
         choices=("patient", "system"),
@@ -111,6 +115,7 @@ def screen_bulk_export(
     for flag, given in (
         ("--patients", args.patients),
         ("--patients-file", args.patients_file),
+        ("--appointments", args.appointments),
         ("--write-back", args.write_back),
         ("--dry-run", args.dry_run),
         ("--resume", args.resume),

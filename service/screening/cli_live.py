@@ -27,9 +27,27 @@ if TYPE_CHECKING:  # imported lazily at run time: start-up stays fast for every 
 
 def add_live_arguments(screen: argparse.ArgumentParser) -> None:
     live = screen.add_argument_group("live runs (--fhir-url)")
-    live.add_argument("--patients", help="comma-separated patient ids (default: the cohort)")
+    live.add_argument(
+        "--patients",
+        help="comma-separated patient ids (default: the cohort; without --bulk, --group ID "
+        "screens the members of a Group)",
+    )
     live.add_argument("--patients-file", help="file with one patient id per line")
     live.add_argument("--since", help="patients with resources updated after this instant")
+    live.add_argument(
+        "--appointments",
+        metavar="DATE[..DATE]",
+        help="the patients with an appointment on these days (both included, in "
+        "PRESCREEN_CLINIC_TIMEZONE); cancelled, no-show and entered-in-error ones left out",
+    )
+    live.add_argument(
+        "--appointment-filter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an Appointment search parameter narrowing --appointments (practitioner=..., "
+        "location=..., service-type=...; repeatable)",
+    )
     live.add_argument("--write-back", action="store_true", help="write ResearchSubjects back")
     live.add_argument(
         "--dry-run", action="store_true", help="print the write-back transactions, send nothing"
@@ -37,7 +55,8 @@ def add_live_arguments(screen: argparse.ArgumentParser) -> None:
     live.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.ndjson")
 
 
-def selection(args: argparse.Namespace) -> Selection:
+def selection(args: argparse.Namespace, settings: Settings) -> Selection:
+    from service.fhir.appointments import parse_days, parse_filters
     from service.screening.live import Selection
 
     ids: list[str] = []
@@ -46,12 +65,38 @@ def selection(args: argparse.Namespace) -> Selection:
     if args.patients_file:
         lines = Path(args.patients_file).read_text(encoding="utf-8").splitlines()
         ids += [line.strip() for line in lines if line.strip()]
-    if ids and args.since:
-        raise PrescreenError("give patient ids or --since, not both")
+    group = getattr(args, "group", None)
+    appointments = getattr(args, "appointments", None)
+    filters = getattr(args, "appointment_filter", None) or []
+    given = [
+        name
+        for name, value in (
+            ("patient ids", ids),
+            ("--since", args.since),
+            ("--group", group),
+            ("--appointments", appointments),
+        )
+        if value
+    ]
+    if len(given) > 1:
+        raise PrescreenError(
+            f"give one of patient ids, --since, --group, --appointments, not {given}"
+        )
+    if filters and not appointments:
+        raise PrescreenError("--appointment-filter narrows --appointments: give that too")
     if ids:
         return Selection("ids", ids=tuple(ids))
     if args.since:
         return Selection("since", since=args.since)
+    if group:
+        return Selection("group", group=group)
+    if appointments:
+        return Selection(
+            "appointments",
+            days=parse_days(appointments, settings.clinic_timezone),
+            filters=parse_filters(filters),
+            ignored_statuses=settings.ignored_appointment_statuses,
+        )
     return Selection("cohort")
 
 
@@ -78,7 +123,7 @@ def screen_live_portfolio(
         settings,
         as_of=as_of,
         out=out,
-        selection=selection(args),
+        selection=selection(args, settings),
         write_back=args.write_back,
         dry_run=args.dry_run,
         resume=args.resume,
@@ -97,6 +142,7 @@ def screen_live_portfolio(
                 echo=lambda bundle: print(orjson.dumps(bundle).decode(), flush=True),
             )
         )
+    _report_reading(portfolio.summaries[0], report)
     for summary in portfolio.summaries:
         _report_trial(summary, report, args.dry_run)
     if len(portfolio.summaries) > 1:
@@ -107,6 +153,22 @@ def screen_live_portfolio(
             f"requests, {per_patient:.3f} per screened patient ({portfolio.screened} patients)."
         )
     return portfolio.exit_code
+
+
+def _report_reading(summary: LiveSummary, report: Console) -> None:
+    """Once for all the trials: what the server allowed, and the clinic list read."""
+    live = summary.extra_json()["live"]
+    for notice in live["server_notices"]:
+        report.print(f"[yellow]FHIR server:[/] {escape(notice)}")
+    chosen = live["selection"]
+    if chosen.get("kind") == "appointments":
+        days = chosen["days"]
+        report.print(
+            f"Clinic list {days['first']}..{days['last']} ({days['zone']}): "
+            f"{chosen['appointments_read']} appointments read, {chosen['appointments_kept']} "
+            f"kept, ignored {chosen['appointments_ignored'] or 'none'}; "
+            f"{chosen['patients']} patients."
+        )
 
 
 def _report_trial(summary: LiveSummary, report: Console, dry_run: bool) -> None:

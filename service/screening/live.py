@@ -19,6 +19,7 @@ from typing import IO, Any, Literal
 import orjson
 
 from service.errors import FhirServerError, FhirUnavailableError, error_kind
+from service.fhir.appointments import ClinicDays, ClinicList, read_clinic
 from service.fhir.client import FhirClient, Json
 from service.fhir.connect import (
     DRY_RUN_PERMISSIONS,
@@ -34,6 +35,7 @@ from service.fhir.retrieval import (
     changed_since,
     chunked,
     discover_cohort,
+    group_members,
     reads_needed,
 )
 from service.fhir.writeback import WriteBack, WriteStats
@@ -56,11 +58,27 @@ WRITE_TYPES = {"ResearchStudy", "ResearchSubject", "Observation", "Provenance"}
 
 @dataclass(frozen=True)
 class Selection:
-    """Which patients to screen: the mapping's cohort, explicit ids, or changes since a time."""
+    """Which patients to screen: the mapping's cohort, explicit ids, changes since a time, the
+    members of a Group, or the patients with an appointment on some days (a clinic's list)."""
 
-    kind: Literal["cohort", "ids", "since"]
+    kind: Literal["cohort", "ids", "since", "group", "appointments"]
     ids: tuple[str, ...] = ()
     since: str = ""
+    group: str = ""
+    days: ClinicDays | None = None
+    filters: tuple[tuple[str, str], ...] = ()
+    ignored_statuses: frozenset[str] = frozenset()
+
+    def as_json(self) -> dict[str, Any]:
+        """What summary.json records of the selection (the clinic list adds what it read)."""
+        detail: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "ids":
+            detail["patients"] = len(set(self.ids))
+        elif self.kind == "since":
+            detail["since"] = self.since
+        elif self.kind == "group":
+            detail["group"] = self.group
+        return detail
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,8 @@ class LiveSummary(ScreeningSummary):
     http_seconds: float = 0.0
     writes: WriteStats | None = None
     capability_warnings: list[str] = field(default_factory=list)
+    selection: dict[str, Any] = field(default_factory=dict)
+    server_notices: list[str] = field(default_factory=list)
 
     @property
     def screened_now(self) -> int:
@@ -111,6 +131,8 @@ class LiveSummary(ScreeningSummary):
             "retries": self.retries,
             "http_seconds": round(self.http_seconds, 3),
             "capability_warnings": self.capability_warnings,
+            "selection": self.selection,
+            "server_notices": self.server_notices,
         }
         if self.writes is not None:
             w = self.writes
@@ -223,6 +245,10 @@ async def select_patients(client: FhirClient, ruleset: RuleSet, options: LiveOpt
     selection = options.selection
     if selection.kind == "ids":
         return sorted(set(selection.ids))
+    if selection.kind == "group":
+        return await group_members(client, selection.group)
+    if selection.kind == "appointments":
+        return (await _clinic(client, options)).patients
     if selection.kind == "since":
         return await changed_since(
             client,
@@ -264,6 +290,7 @@ class LivePortfolio:
     overview: dict[str, Any] = field(default_factory=dict)
     requests: int = 0  # of the whole reading, cohort discovery and write-back included
     screened: int = 0  # patients screened now for one trial or more
+    clinic: ClinicList | None = None  # the appointments read (an --appointments selection)
 
     @property
     def exit_code(self) -> int:
@@ -339,6 +366,8 @@ async def screen_portfolio_server(
         if options.selection.kind == "since":
             for rtype in reads:
                 reads[rtype].add("_lastUpdated")
+        if options.selection.kind == "appointments":
+            reads.setdefault("Appointment", set()).add("date")
         capability = check_capabilities(
             abilities, reads, WRITE_TYPES if writing else set(), needs_transaction=writing
         )
@@ -354,7 +383,7 @@ async def screen_portfolio_server(
             )
             trials.append(trial)
             trial.summary.capability_warnings = found
-        await _select(client, trials, options)
+        clinic = await _select(client, trials, options)
         for trial in trials:
             if options.write_back:
                 trial.writer = WriteBack(
@@ -367,8 +396,9 @@ async def screen_portfolio_server(
                     echo=echo,
                 )
                 await trial.writer.prepare()
-        screened = await _screen_groups(trials, client, abilities, options, progress)
+        screened, notices = await _screen_groups(trials, client, abilities, options, progress)
         for trial in trials:
+            trial.summary.server_notices = notices
             if trial.writer is not None:
                 trial.summary.writes = trial.writer.stats
     finally:
@@ -376,7 +406,9 @@ async def screen_portfolio_server(
             trial.close()
     elapsed = time.perf_counter() - started
 
-    portfolio = LivePortfolio([t.summary for t in trials], options.out, screened=screened)
+    portfolio = LivePortfolio(
+        [t.summary for t in trials], options.out, screened=screened, clinic=clinic
+    )
     verdicts_by_patient: dict[str, dict[str, str]] = {}
     for trial in trials:
         lines = [trial.checkpoint.done[pid] for pid in sorted(trial.checkpoint.done)]
@@ -404,9 +436,38 @@ async def screen_portfolio_server(
     return portfolio
 
 
-async def _select(client: FhirClient, trials: list[_Trial], options: LiveOptions) -> None:
-    """Each trial's patients: its own cohort; the same ids for all; or, since an instant, the
-    patients with a change any of the trials reads (one pass for all)."""
+async def _clinic(client: FhirClient, options: LiveOptions) -> ClinicList:
+    selection = options.selection
+    if selection.days is None:
+        raise ValueError("an appointments selection without its days")
+    return await read_clinic(
+        client,
+        selection.days,
+        selection.filters,
+        selection.ignored_statuses,
+        page_size=options.page_size,
+    )
+
+
+async def _select(
+    client: FhirClient, trials: list[_Trial], options: LiveOptions
+) -> ClinicList | None:
+    """Each trial's patients: its own cohort; the same ids for all (given, a Group's members,
+    a clinic's appointments: read once); or, since an instant, the patients with a change any
+    of the trials reads (one pass for all). A server that refuses the cross-patient searches
+    of a cohort or of --since stops the run here, before any verdict is written: never a
+    partial cohort (CrossPatientSearchRefusedError names the options that work there)."""
+    selection = options.selection
+    for trial in trials:
+        trial.summary.selection = selection.as_json()
+    if selection.kind in ("group", "appointments"):
+        clinic = await _clinic(client, options) if selection.kind == "appointments" else None
+        ids = clinic.patients if clinic else await group_members(client, selection.group)
+        for trial in trials:
+            trial.select(ids)
+            if clinic is not None:
+                trial.summary.selection.update(clinic.as_json())
+        return clinic
     if options.selection.kind == "since":
         ids = await changed_since(
             client,
@@ -417,9 +478,10 @@ async def _select(client: FhirClient, trials: list[_Trial], options: LiveOptions
         )
         for trial in trials:
             trial.select(ids)
-        return
+        return None
     for trial in trials:
         trial.select(await select_patients(client, trial.ruleset, options))
+    return None
 
 
 def _finish(
@@ -462,9 +524,10 @@ async def _screen_groups(
     abilities: Any,
     options: LiveOptions,
     progress: ProgressSink | None,
-) -> int:
+) -> tuple[int, list[str]]:
     """Fetch the patients any trial still has to screen, a group at a time, and hand each
-    group's resources to the trials screening its patients; how many patients were screened."""
+    group's resources to the trials screening its patients; how many patients were screened,
+    and what the server turned out to allow (said once: one patient per search)."""
     fetcher = PatientFetcher(
         client,
         [trial.ruleset.mapper for trial in trials],
@@ -509,8 +572,12 @@ async def _screen_groups(
             if advance is not None:
                 advance(done)
 
-    await asyncio.gather(*(one(group) for group in groups))
-    return len(todo)
+    # The first group alone: what it learns of the server (batch refused, one patient per
+    # search) the others then know, instead of each finding it out at once.
+    for group in groups[:1]:
+        await one(group)
+    await asyncio.gather(*(one(group) for group in groups[1:]))
+    return len(todo), fetcher.notices
 
 
 async def _screen_trial_group(

@@ -366,3 +366,41 @@ class CdsFeedback(Base):
     override_reason: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     outcome_at: Mapped[datetime] = mapped_column(DateTime())
     received_at: Mapped[datetime] = mapped_column(DateTime())
+
+
+class ClinicDay(Base):
+    """The daily clinic screening of one day (the date it ran for, in the clinic's zone): claimed
+    by one replica at a time under a lease, done once."""
+
+    __tablename__ = "clinic_days"
+
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))  # running | done
+    owner: Mapped[str] = mapped_column(String(40))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class VisitAlert(Base):
+    """One alert per (trial, patient, appointment, channel): a coordinator hears of a candidate
+    before each visit once, however often the schedule screens it."""
+
+    __tablename__ = "visit_alerts"
+    __table_args__ = (
+        UniqueConstraint("trial", "patient_id", "appointment_id", "channel", name="uq_visit_alert"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    trial: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    appointment_id: Mapped[str] = mapped_column(String(64))
+    appointment_date: Mapped[str] = mapped_column(String(10))
+    reached: Mapped[str] = mapped_column(String(32))
+    channel: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))  # pending | sent | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(), nullable=True)

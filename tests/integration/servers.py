@@ -191,9 +191,13 @@ def rss_mb(pid: int) -> float:
 @dataclass
 class HapiServer:
     """HAPI FHIR JPA 8.8.0 (R4, H2 in memory), built from tests/hapi with Maven and run from a
-    plain classpath. Rest-hook Subscriptions and Bulk Data export are enabled."""
+    plain classpath. Rest-hook Subscriptions and Bulk Data export are enabled.
+
+    ``constrained``: the same build as an EHR that allows patient-scoped searches of clinical
+    types and Group-level export only (tests/hapi PatientScopedInterceptor)."""
 
     workdir: Path
+    constrained: bool = False
     name: str = "hapi"
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -217,6 +221,7 @@ class HapiServer:
                 [
                     "java",
                     "-Xmx1536m",
+                    f"-Dprescreen.constrained={str(self.constrained).lower()}",
                     "-cp",
                     classpath,
                     "org.prescreen.hapi.HarnessMain",

@@ -11,6 +11,7 @@ from typing import Any
 
 from service.ruleset.loader import RuleSet
 from service.synth import LEVELS, MRN_SYSTEM, REGIONS, generate, write_population
+from service.synth_clinic import clinic_schedule
 from tests.conftest import SAMPLE_DIR
 
 AS_OF = date(2026, 6, 15)
@@ -48,6 +49,7 @@ def test_the_shipped_sample_is_what_its_command_generates(tmp_path: Path) -> Non
         date.fromisoformat(options["--as-of"]),
         spinal_fraction=float(options["--spinal-fraction"]),
         median_background=int(options["--median-background"]),
+        clinic_days=int(options.get("--clinic-days", 0)),
     )
     shipped = sorted(path.name for path in SAMPLE_DIR.glob("*.ndjson"))
     assert shipped == sorted(path.name for path in tmp_path.glob("*.ndjson"))
@@ -135,3 +137,31 @@ def test_patients_have_names_and_unique_record_numbers_the_mapping_reads(
     # The same seed, the same names and numbers.
     again = [r for r in _population(300, 9) if r["resourceType"] == "Patient"]
     assert again == patients
+
+
+def test_the_clinic_schedule_is_deterministic_and_has_every_status() -> None:
+    first = list(clinic_schedule(60, 4, AS_OF, 5))
+    assert first == list(clinic_schedule(60, 4, AS_OF, 5))
+    appointments = [r for r in first if r["resourceType"] == "Appointment"]
+    assert {a["status"] for a in appointments} == {
+        "booked",
+        "cancelled",
+        "noshow",
+        "entered-in-error",
+    }
+    days = {a["start"][:10] for a in appointments}
+    assert min(days) > AS_OF.isoformat() and max(days) <= "2026-06-20"
+    by_patient: dict[str, set[str]] = {}
+    for a in appointments:
+        patient = a["participant"][0]["actor"]["reference"]
+        by_patient.setdefault(patient, set()).add(a["status"])
+    assert {"cancelled"} in by_patient.values()  # a patient whose only appointment is cancelled
+    assert list(clinic_schedule(60, 4, AS_OF, 0)) == []
+
+
+def test_the_clinic_schedule_leaves_the_clinical_records_as_they_were(tmp_path: Path) -> None:
+    write_population(tmp_path / "a", 80, 9, AS_OF, median_background=4)
+    write_population(tmp_path / "b", 80, 9, AS_OF, median_background=4, clinic_days=3)
+    for path in sorted((tmp_path / "a").glob("*.ndjson")):
+        assert path.read_bytes() == (tmp_path / "b" / path.name).read_bytes(), path.name
+    assert (tmp_path / "b" / "Appointment.ndjson").is_file()

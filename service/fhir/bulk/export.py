@@ -16,7 +16,7 @@ from typing import Protocol
 
 import orjson
 
-from service.errors import FhirServerError, PrescreenError
+from service.errors import FhirServerError, FhirUnavailableError, PrescreenError
 from service.fhir.bulk.deletions import apply_deletions
 from service.fhir.bulk.download import FileDownloader, download_all
 from service.fhir.bulk.job import STATE_FILE, ExportFile, ExportJob, ExportState
@@ -267,7 +267,35 @@ def _error_issues(line: bytes) -> list[str]:
     return texts
 
 
+# A patient- or system-level kick-off answered so: a server that exports Groups only.
+GROUP_ONLY_REFUSED = frozenset({400, 403})
+
+
 async def _kick_off(bulk: BulkClient, job: ExportJob, notes: list[str]) -> None:
+    """Kick the job's export off (see ``_kick_off_adapting``). A patient- or system-level
+    export the server refuses outright stops with a message naming --group: many EHR vendors'
+    servers export Groups only."""
+    try:
+        await _kick_off_adapting(bulk, job, notes)
+    except FhirServerError as exc:
+        level = job.request.level
+        if level == "group" or isinstance(exc, FhirUnavailableError):
+            raise
+        if exc.status not in GROUP_ONLY_REFUSED:
+            raise
+        what = "Patient/$export" if level == "patient" else "the system-level $export"
+        raise BulkExportError(
+            f"the server refused {what}"
+            + (f" (HTTP {exc.status})" if exc.status else "")
+            + "; servers that allow patient-scoped access only export the members of a Group: "
+            "give --group ID (Group/ID/$export), or screen over REST with --patients, --group "
+            "or --appointments (docs/servers.md)",
+            status=exc.status,
+            diagnostics=exc.diagnostics,
+        ) from exc
+
+
+async def _kick_off_adapting(bulk: BulkClient, job: ExportJob, notes: list[str]) -> None:
     """Kick the job's export off, adapting to what the server refuses: GET refused (405)
     becomes POST; types its refusal names are dropped (lost sources); else the kick-off goes
     again without _typeFilter, then without the types its CapabilityStatement lacks. Whatever

@@ -3,6 +3,7 @@ package org.prescreen.hapi;
 import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.batch2.jobs.export.BulkDataExportProvider;
 import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.interceptor.api.IInterceptorService;
 import ca.uhn.fhir.jpa.api.config.JpaStorageSettings;
 import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
 import ca.uhn.fhir.jpa.api.dao.IFhirSystemDao;
@@ -50,6 +51,17 @@ import org.springframework.orm.jpa.LocalContainerEntityManagerFactoryBean;
   SubscriptionProcessorConfig.class
 })
 public class HarnessConfig {
+
+  /**
+   * The constrained mode (system property {@code prescreen.constrained=true} or environment
+   * {@code PRESCREEN_HAPI_CONSTRAINED=1}): the same build then behaves like an EHR that allows
+   * patient-scoped searches and Group-level export only ({@link PatientScopedInterceptor}).
+   */
+  static boolean constrained() {
+    String property = System.getProperty("prescreen.constrained", "");
+    String env = System.getenv().getOrDefault("PRESCREEN_HAPI_CONSTRAINED", "");
+    return "true".equalsIgnoreCase(property) || "1".equals(env) || "true".equalsIgnoreCase(env);
+  }
 
   @Bean
   public DataSource dataSource() {
@@ -135,8 +147,16 @@ public class HarnessConfig {
       ResourceProviderFactory resourceProviders,
       JpaSystemProvider<?, ?> systemProvider,
       DatabaseBackedPagingProvider pagingProvider,
-      BulkDataExportProvider bulkExportProvider) {
+      BulkDataExportProvider bulkExportProvider,
+      IInterceptorService storageInterceptors) {
     RestfulServer server = new RestfulServer(systemDao.getContext());
+    if (constrained()) {
+      // Registered with both: the REST server fires the request hooks (export), the storage
+      // layer the search hooks (a batch's searches never pass the request hooks).
+      PatientScopedInterceptor constraints = new PatientScopedInterceptor();
+      server.registerInterceptor(constraints);
+      storageInterceptors.registerInterceptor(constraints);
+    }
     server.registerProviders(resourceProviders.createProviders());
     server.registerProvider(systemProvider);
     server.registerProvider(bulkExportProvider);

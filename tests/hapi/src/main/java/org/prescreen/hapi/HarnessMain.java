@@ -42,7 +42,9 @@ public final class HarnessMain {
     Runtime runtime = Runtime.getRuntime();
     long usedMb = (runtime.totalMemory() - runtime.freeMemory()) / (1024 * 1024);
     double seconds = (System.nanoTime() - started) / 1e9;
-    System.out.printf("READY port=%d boot_seconds=%.1f heap_used_mb=%d%n", port, seconds, usedMb);
+    System.out.printf(
+        "READY port=%d constrained=%b boot_seconds=%.1f heap_used_mb=%d%n",
+        port, HarnessConfig.constrained(), seconds, usedMb);
     System.out.flush();
     Runtime.getRuntime().addShutdownHook(new Thread(() -> {
       try {
