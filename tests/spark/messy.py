@@ -137,7 +137,9 @@ def _versions(path: Path, rng: random.Random) -> None:
         except ValueError:
             continue
         resource["meta"] = {"versionId": "2"}
-        resource["valueInteger"] = 9 if resource.get("valueInteger", 0) < 5 else 1
+        score = resource.get("valueInteger", 0)
+        # A score an earlier damage turned into a string is versioned like any other.
+        resource["valueInteger"] = 9 if isinstance(score, int) and score < 5 else 1
         lines.append(json.dumps(resource, separators=(",", ":")).encode())
         resource["meta"] = {"versionId": "1"}
         lines[index] = json.dumps(resource, separators=(",", ":")).encode()
