@@ -7,15 +7,16 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 
 from service.state.models import ClinicDay, VisitAlert
-from service.state.store import Store, _changed, now
+from service.state.store import AlertLeases, Store, _changed, now
 
 
 class ClinicStore:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self.leases = AlertLeases(store, VisitAlert)
 
     # --- the day's screening ---------------------------------------------------------------------
 
@@ -113,53 +114,16 @@ class ClinicStore:
             return int(alert_id) if alert_id is not None else None
 
     def claim_retry(self, alert_id: int, lease_seconds: float) -> bool:
-        stamp = now()
-        with self.store.session() as session:
-            result = session.execute(
-                update(VisitAlert)
-                .where(
-                    VisitAlert.id == alert_id,
-                    VisitAlert.state != "sent",
-                    or_(VisitAlert.lease_until.is_(None), VisitAlert.lease_until < stamp),
-                )
-                .values(lease_until=stamp + timedelta(seconds=lease_seconds))
-            )
-            return _changed(result) == 1
+        return self.leases.claim_retry(alert_id, lease_seconds)
 
     def renew_alert(self, alert_id: int, lease_seconds: float) -> bool:
-        with self.store.session() as session:
-            result = session.execute(
-                update(VisitAlert)
-                .where(VisitAlert.id == alert_id, VisitAlert.lease_until.is_not(None))
-                .values(lease_until=now() + timedelta(seconds=lease_seconds))
-            )
-            return _changed(result) == 1
+        return self.leases.renew(alert_id, lease_seconds)
 
     def mark_alert(self, alert_id: int, state: str) -> None:
-        with self.store.session() as session:
-            values: dict[str, Any] = {
-                "state": state,
-                "attempts": VisitAlert.attempts + 1,
-                "lease_until": None,
-            }
-            if state == "sent":
-                values["sent_at"] = now()
-            session.execute(update(VisitAlert).where(VisitAlert.id == alert_id).values(**values))
+        self.leases.mark(alert_id, state)
 
     def unsent_alerts(self) -> list[VisitAlert]:
-        stamp = now()
-        with self.store.session() as session:
-            return list(
-                session.scalars(
-                    select(VisitAlert)
-                    .where(
-                        VisitAlert.state != "sent",
-                        or_(VisitAlert.lease_until.is_(None), VisitAlert.lease_until < stamp),
-                    )
-                    .order_by(VisitAlert.id)
-                )
-            )
+        return self.leases.unsent()
 
     def alerts(self) -> list[VisitAlert]:
-        with self.store.session() as session:
-            return list(session.scalars(select(VisitAlert).order_by(VisitAlert.id)))
+        return self.leases.every()

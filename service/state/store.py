@@ -17,7 +17,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import (
     CursorResult,
@@ -44,6 +44,7 @@ from service.state.models import (
     PendingPatient,
     Run,
     RunPatient,
+    VisitAlert,
     WriteBackClaim,
 )
 from service.state.patients import details_row
@@ -490,50 +491,21 @@ class Store:
     def claim_retry(self, alert_id: int, lease_seconds: float) -> bool:
         """Lease an unsent alert for one more attempt; False while another send is in flight
         (its lease has not expired) or once it was sent."""
-        stamp = now()
-        with self.session() as session:
-            result = session.execute(
-                update(Alert)
-                .where(Alert.id == alert_id, Alert.state != "sent", _lease_free(Alert, stamp))
-                .values(lease_until=stamp + timedelta(seconds=lease_seconds))
-            )
-            return _changed(result) == 1
+        return AlertLeases(self, Alert).claim_retry(alert_id, lease_seconds)
 
     def renew_alert(self, alert_id: int, lease_seconds: float) -> bool:
-        with self.session() as session:
-            result = session.execute(
-                update(Alert)
-                .where(Alert.id == alert_id, Alert.lease_until.is_not(None))
-                .values(lease_until=now() + timedelta(seconds=lease_seconds))
-            )
-            return _changed(result) == 1
+        return AlertLeases(self, Alert).renew(alert_id, lease_seconds)
 
     def mark_alert(self, alert_id: int, state: str) -> None:
         """Record an attempt's outcome and end its lease."""
-        with self.session() as session:
-            values: dict[str, Any] = {
-                "state": state,
-                "attempts": Alert.attempts + 1,
-                "lease_until": None,
-            }
-            if state == "sent":
-                values["sent_at"] = now()
-            session.execute(update(Alert).where(Alert.id == alert_id).values(**values))
+        AlertLeases(self, Alert).mark(alert_id, state)
 
     def unsent_alerts(self) -> list[Alert]:
         """Alerts not sent and not being sent (no live lease): those a retry may claim."""
-        with self.session() as session:
-            return list(
-                session.scalars(
-                    select(Alert)
-                    .where(Alert.state != "sent", _lease_free(Alert, now()))
-                    .order_by(Alert.id)
-                )
-            )
+        return AlertLeases(self, Alert).unsent()
 
     def alerts(self) -> list[Alert]:
-        with self.session() as session:
-            return list(session.scalars(select(Alert).order_by(Alert.id)))
+        return AlertLeases(self, Alert).every()
 
     # --- debounced re-screening -----------------------------------------------------------------
 
@@ -632,7 +604,7 @@ def _changed(result: Any) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
-def _lease_free(table: type[Alert] | type[Run], stamp: datetime) -> Any:
+def _lease_free(table: type[Alert] | type[VisitAlert] | type[Run], stamp: datetime) -> Any:
     """No live lease on the row: none was taken, or it has expired."""
     return or_(table.lease_until.is_(None), table.lease_until < stamp)
 
@@ -640,3 +612,64 @@ def _lease_free(table: type[Alert] | type[Run], stamp: datetime) -> Any:
 def _run_free_for(owner: str, stamp: datetime) -> Any:
     """A run ``owner`` may take: unclaimed, already its own, or its claim has expired."""
     return or_(Run.owner.is_(None), Run.owner == owner, _lease_free(Run, stamp))
+
+
+AlertTable = TypeVar("AlertTable", Alert, VisitAlert)
+
+
+class AlertLeases(Generic[AlertTable]):
+    """The delivery lifecycle of one alert table (new-candidate alerts, visit alerts): a
+    delivery holds a lease while it sends; a retry claims an unsent alert whose lease ran out;
+    the outcome ends the lease."""
+
+    def __init__(self, store: Store, table: type[AlertTable]) -> None:
+        self.store = store
+        self.table: type[AlertTable] = table
+
+    def claim_retry(self, alert_id: int, lease_seconds: float) -> bool:
+        table = self.table
+        stamp = now()
+        with self.store.session() as session:
+            result = session.execute(
+                update(table)
+                .where(table.id == alert_id, table.state != "sent", _lease_free(table, stamp))
+                .values(lease_until=stamp + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
+
+    def renew(self, alert_id: int, lease_seconds: float) -> bool:
+        table = self.table
+        with self.store.session() as session:
+            result = session.execute(
+                update(table)
+                .where(table.id == alert_id, table.lease_until.is_not(None))
+                .values(lease_until=now() + timedelta(seconds=lease_seconds))
+            )
+            return _changed(result) == 1
+
+    def mark(self, alert_id: int, state: str) -> None:
+        table = self.table
+        values: dict[str, Any] = {
+            "state": state,
+            "attempts": table.attempts + 1,
+            "lease_until": None,
+        }
+        if state == "sent":
+            values["sent_at"] = now()
+        with self.store.session() as session:
+            session.execute(update(table).where(table.id == alert_id).values(**values))
+
+    def unsent(self) -> list[AlertTable]:
+        table = self.table
+        with self.store.session() as session:
+            return list(
+                session.scalars(
+                    select(table)
+                    .where(table.state != "sent", _lease_free(table, now()))
+                    .order_by(table.id)
+                )
+            )
+
+    def every(self) -> list[AlertTable]:
+        with self.store.session() as session:
+            return list(session.scalars(select(self.table).order_by(self.table.id)))
